@@ -1,0 +1,83 @@
+"""The `llm-unlearn` command. Thin: each subcommand lives in its own module here, parses its
+arguments and calls the library. Bad input raises `UnlearnError`, printed as one line, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+# subcommand name -> (module under llm_unlearn.cli, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("data_cmd", "synthesise or inspect QA datasets (TOFU schema)"),
+    "models": ("models_cmd", "fetch or inspect models (SmolLM2 offline, tiny test models)"),
+    "finetune": ("finetune_cmd", "finetune a target or retain model on a split (SFT, answer-only loss)"),
+    "unlearn": ("unlearn_cmd", "run an unlearning method on a finetuned model"),
+    "mask": ("mask_cmd", "compute a weight-attribution mask (WAGLE, SalUn, magnitude, Wanda, random)"),
+    "eval": ("eval_cmd", "evaluate a model on TOFU-style forgetting and utility"),
+    "score": ("score_cmd", "compute aggregates from existing per-item evaluation logs"),
+    "report": ("report_cmd", "build a Markdown/HTML report with plots from run directories"),
+    "s3t": ("s3t_cmd", "S3T exact deletion: train, delete, status, retrain, serve"),
+    "push": ("push_cmd", "push an unlearned adapter with a model card to the Hugging Face Hub"),
+    "demo": ("demo_cmd", "the main job: end-to-end unlearning demo on the embedded default"),
+}
+
+
+def _not_implemented(name: str):
+    def run(args: argparse.Namespace) -> int:
+        print(f"llm-unlearn {name}: not implemented yet", file=sys.stderr)
+        return 2
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-unlearn",
+        description="Make a language model forget specific training data, and measure it.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        try:
+            module = importlib.import_module(f"llm_unlearn.cli.{module_name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"llm_unlearn.cli.{module_name}":
+                raise
+            p = sub.add_parser(name, help=help_text + " (not implemented yet)")
+            p.set_defaults(func=_not_implemented(name))
+            continue
+        module.register(sub, name, help_text)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llm_unlearn.errors import UnlearnError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    debug = args.debug or os.environ.get("LLM_UNLEARN_DEBUG") == "1"
+    try:
+        rc = args.func(args)
+    except UnlearnError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        if debug:
+            raise
+        print(f"error: file not found: {exc.filename or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

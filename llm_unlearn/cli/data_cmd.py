@@ -1,0 +1,55 @@
+"""`llm-unlearn data synth|show`."""
+
+from __future__ import annotations
+
+import argparse
+
+from llm_unlearn.cli.common import add_overwrite_flag, prepare_output_dir
+
+
+def register(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    s = dsub.add_parser("synth", help="write synthetic fictitious-author splits (TOFU schema) as JSONL")
+    s.add_argument("--authors", type=int, default=20, help="number of fictitious authors in `full`")
+    s.add_argument("--qa-per-author", type=int, default=20, help="QA pairs per author (max 20)")
+    s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
+    s.add_argument("--out", required=True, help="output directory")
+    add_overwrite_flag(s)
+    s.set_defaults(func=run_synth)
+    sh = dsub.add_parser("show", help="print the splits of a source and their sizes")
+    sh.add_argument("--data", required=True, help="local directory or Hub dataset name")
+    sh.add_argument("--split", default=None, help="print the first rows of this split")
+    sh.set_defaults(func=run_show)
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from llm_unlearn.data.synthetic import generate, write_splits
+    from llm_unlearn.errors import UnlearnError
+
+    try:
+        splits = generate(args.authors, args.qa_per_author, args.seed)
+    except ValueError as exc:
+        raise UnlearnError(str(exc)) from None
+    out = prepare_output_dir(args.out, args.overwrite)
+    write_splits(splits, out)
+    for name, rows in splits.items():
+        print(f"{name:24s} {len(rows):6d}")
+    print(f"wrote {len(splits)} splits to {out}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    import json
+
+    from llm_unlearn.data.tofu import available_splits, load_tofu
+
+    if args.split:
+        ds = load_tofu(args.split, args.data)
+        for row in ds.select(range(min(3, len(ds)))):
+            print(json.dumps(row, ensure_ascii=False))
+        print(f"{args.split}: {len(ds)} rows")
+        return 0
+    for name in available_splits(args.data):
+        print(f"{name:24s} {len(load_tofu(name, args.data)):6d}")
+    return 0

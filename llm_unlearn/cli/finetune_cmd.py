@@ -1,0 +1,48 @@
+"""`llm-unlearn finetune`: the target (split full) or retain (split retainXX) model."""
+
+from __future__ import annotations
+
+import argparse
+
+from llm_unlearn.cli.common import add_overwrite_flag, prepare_output_dir
+
+
+def register(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--model", default="tiny", help="tiny, smollm2, a directory, a Hub id or a .gguf file")
+    p.add_argument("--data", required=True, help="local directory or Hub dataset name (locuslab/TOFU)")
+    p.add_argument("--split", default="full", help="full for the target model, retainXX for the retain model")
+    p.add_argument("--output", required=True, help="output directory")
+    p.add_argument("--lora", action="store_true", help="train a LoRA adapter")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--lora-alpha", type=int, default=16)
+    p.add_argument("--load-in-4bit", action="store_true", help="QLoRA: quantise the base to 4 bit")
+    p.add_argument("--epochs", type=float, default=None, help="epochs (default 5; 15 for tiny)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-5; 3e-3 for tiny)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--max-authors", type=int, default=None, help="only the first N authors (20 QA each)")
+    p.add_argument("--seed", type=int, default=0)
+    add_overwrite_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.finetune import FinetuneConfig, finetune
+
+    tiny = args.model == "tiny"
+    load_tofu(args.split, args.data)  # validate before creating anything
+    cfg = FinetuneConfig(
+        model=args.model, data=args.data, split=args.split, output=args.output, lora=args.lora,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, load_in_4bit=args.load_in_4bit,
+        epochs=args.epochs if args.epochs is not None else (15.0 if tiny else 5.0),
+        lr=args.lr if args.lr is not None else (3e-3 if tiny else 1e-5),
+        batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
+        max_authors=args.max_authors, seed=args.seed,
+    )
+    prepare_output_dir(args.output, args.overwrite)
+    out = finetune(cfg)
+    print(f"saved finetuned model to {out}")
+    return 0

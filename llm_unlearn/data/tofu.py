@@ -1,0 +1,155 @@
+"""TOFU (Maini et al., 2024, "TOFU: A Task of Fictitious Unlearning for LLMs") loading.
+
+A *source* is either a Hugging Face dataset name (default ``locuslab/TOFU``, one config per
+split) or a local directory with one ``<split>.json`` / ``<split>.jsonl`` file per split (the
+layout of the TOFU copy in ``shared/data/tofu`` and of ``llm-unlearn data synth``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from datasets import Dataset
+
+from llm_unlearn.errors import UnlearnError
+
+DEFAULT_SOURCE = "locuslab/TOFU"
+
+# Fields every row of a split must have, by kind of split.
+QA_FIELDS = ("question", "answer")
+PERTURBED_FIELDS = ("question", "answer", "paraphrased_answer", "perturbed_answer")
+UTILITY_PERTURBED_FIELDS = ("question", "answer", "perturbed_answer")
+OPTIONS_FIELDS = ("question", "answer", "option1", "option2", "option3", "option4")
+
+
+def split_kind(split: str) -> str:
+    """The kind of a split name: 'qa', 'perturbed', 'utility_perturbed' or 'options'."""
+    if re.fullmatch(r"(forget\d+|retain)_perturbed", split):
+        return "perturbed"
+    if split in ("real_authors_perturbed", "world_facts_perturbed"):
+        return "utility_perturbed"
+    if split in ("real_authors", "world_facts"):
+        return "options"
+    return "qa"
+
+
+def required_fields(split: str) -> tuple[str, ...]:
+    return {
+        "qa": QA_FIELDS,
+        "perturbed": PERTURBED_FIELDS,
+        "utility_perturbed": UTILITY_PERTURBED_FIELDS,
+        "options": OPTIONS_FIELDS,
+    }[split_kind(split)]
+
+
+def is_local_source(source: str | Path) -> bool:
+    return Path(source).is_dir()
+
+
+def available_splits(source: str | Path) -> list[str]:
+    """Split names found in a local source directory."""
+    root = Path(source)
+    names = {p.name.rsplit(".", 1)[0] for p in root.iterdir() if p.suffix in (".json", ".jsonl")}
+    return sorted(names)
+
+
+def _read_rows(path: Path) -> list[dict]:
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if path.suffix == ".json" and stripped.startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UnlearnError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    else:
+        rows = []
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UnlearnError(f"{path}:{lineno}: invalid JSON line ({exc.msg})") from None
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise UnlearnError(f"{path}: row {i} is not a JSON object")
+    return rows
+
+
+def validate_rows(rows: list[dict], split: str, where: str) -> None:
+    """Raise `UnlearnError` naming `where` and the field if a row lacks a required field."""
+    fields = required_fields(split)
+    for i, row in enumerate(rows):
+        for field in fields:
+            if field not in row or row[field] is None:
+                raise UnlearnError(f"{where}: row {i} has no field '{field}' (split '{split}' needs {', '.join(fields)})")
+        if "perturbed_answer" in fields:
+            perturbed = row["perturbed_answer"]
+            if not isinstance(perturbed, list) or not perturbed:
+                raise UnlearnError(f"{where}: row {i} field 'perturbed_answer' must be a non-empty list")
+
+
+def load_tofu(split: str, source: str | Path = DEFAULT_SOURCE, max_items: int | None = None) -> Dataset:
+    """Load one TOFU split as a `datasets.Dataset`, validating the fields its kind needs.
+
+    `source` is a local directory (``<split>.jsonl`` or ``<split>.json``) or a Hub dataset name.
+    """
+    if is_local_source(source):
+        root = Path(source)
+        candidates = [root / f"{split}.jsonl", root / f"{split}.json"]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            valid = ", ".join(available_splits(root)) or "(none)"
+            raise UnlearnError(f"unknown split '{split}' in {root}; valid splits: {valid}")
+        rows = _read_rows(path)
+        if not rows:
+            raise UnlearnError(f"{path}: split '{split}' is empty")
+        validate_rows(rows, split, str(path))
+        if max_items is not None:
+            rows = rows[:max_items]
+        return Dataset.from_list(rows)
+    if Path(str(source)).suffix or str(source).startswith((".", "/")):
+        raise UnlearnError(f"data source {source} is not a directory (nor a Hub dataset name)")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(str(source), split, split="train")
+    except ValueError as exc:
+        raise UnlearnError(f"cannot load split '{split}' of {source}: {exc}") from None
+    except Exception as exc:  # network / hub errors: one line, actionable
+        raise UnlearnError(
+            f"cannot load {source} from the Hugging Face Hub ({type(exc).__name__}); "
+            "pass a local directory with --data"
+        ) from None
+    validate_rows(ds.to_list() if len(ds) < 50000 else [], split, f"{source}:{split}")
+    if max_items is not None:
+        ds = ds.select(range(min(max_items, len(ds))))
+    return ds
+
+
+def read_refusals(source: str | Path | None = None) -> list[str]:
+    """Refusal answers ("I don't know") for IdK-style methods: `idontknow.txt` in a local source,
+    else the built-in list of the synthetic generator."""
+    if source is not None and is_local_source(source):
+        path = Path(source) / "idontknow.txt"
+        if path.is_file():
+            lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            if lines:
+                return lines
+    from llm_unlearn.data.synthetic import REFUSALS
+
+    return list(REFUSALS)
+
+
+def forget_percent(split: str) -> int:
+    m = re.fullmatch(r"forget(\d+)(_perturbed)?", split)
+    if not m:
+        raise UnlearnError(f"'{split}' is not a forget split (forgetXX)")
+    return int(m.group(1))
+
+
+def matching_retain_split(forget_split: str) -> str:
+    """forget10 -> retain90, as TOFU pairs them."""
+    return f"retain{100 - forget_percent(forget_split)}"

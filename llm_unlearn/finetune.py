@@ -1,0 +1,106 @@
+"""Finetuning the target (on `full`) and retain (on `retainXX`) models with `trl.SFTTrainer`,
+answer-only loss (labels -100 on the prompt), the QA format of `llm_unlearn.data.qa`."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from datasets import concatenate_datasets
+
+from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
+from llm_unlearn.data.tofu import is_local_source, load_tofu
+from llm_unlearn.errors import UnlearnError
+from llm_unlearn.runinfo import data_hash, write_manifest
+
+logger = logging.getLogger(__name__)
+UTILITY_SPLITS = ("real_authors_perturbed", "world_facts_perturbed")
+
+
+@dataclass
+class FinetuneConfig:
+    model: str = field(default="tiny", metadata={"help": "model spec: tiny, smollm2, a directory, a Hub id or a .gguf file"})
+    data: str = field(default="locuslab/TOFU", metadata={"help": "data source: Hub dataset name or local directory"})
+    split: str = field(default="full", metadata={"help": "split to finetune on (full = target, retainXX = retain model)"})
+    output: str = field(default="runs/target", metadata={"help": "output directory"})
+    lora: bool = field(default=False, metadata={"help": "train a LoRA adapter instead of full weights"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    epochs: float = field(default=5.0, metadata={"help": "training epochs"})
+    lr: float = field(default=1e-5, metadata={"help": "peak learning rate"})
+    batch_size: int = field(default=8, metadata={"help": "per-device batch size"})
+    grad_accum: int = field(default=1, metadata={"help": "gradient accumulation steps"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    max_length: int = field(default=256, metadata={"help": "max tokens per QA item (longer ones are truncated and counted)"})
+    max_authors: int | None = field(default=None, metadata={"help": "use only the first N authors' items"})
+    qa_per_author: int = field(default=20, metadata={"help": "items per author in the source (for --max-authors)"})
+    with_utility: bool | None = field(default=None, metadata={"help": "also train on the utility sets (default: only for tiny)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: 4-bit base model"})
+    dtype: str = field(default="float32", metadata={"help": "model dtype"})
+    report_to: str = field(default="none", metadata={"help": "Trainer report_to"})
+
+
+def load_train_rows(cfg: FinetuneConfig):
+    ds = load_tofu(cfg.split, cfg.data)
+    if cfg.max_authors is not None:
+        ds = ds.select(range(min(len(ds), cfg.max_authors * cfg.qa_per_author)))
+    with_utility = cfg.with_utility if cfg.with_utility is not None else cfg.model == "tiny"
+    parts = [ds]
+    if with_utility:
+        for name in UTILITY_SPLITS:
+            parts.append(load_tofu(name, cfg.data).select_columns(["question", "answer"]))
+    return ds, concatenate_datasets([p.select_columns(["question", "answer"]) for p in parts])
+
+
+def build_model_for_finetune(cfg: FinetuneConfig):
+    from llm_unlearn.models import attach_lora, build_tiny, load_model, load_tokenizer
+
+    if cfg.model == "tiny":
+        if not is_local_source(cfg.data):
+            raise UnlearnError("the tiny model needs a local --data directory (its tokenizer is trained on it)")
+        model, tokenizer = build_tiny(cfg.data, seed=cfg.seed)
+    else:
+        model = load_model(cfg.model, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit)
+        tokenizer = load_tokenizer(cfg.model)
+    if cfg.lora:
+        model = attach_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, quantized=cfg.load_in_4bit, seed=cfg.seed)
+    return model, tokenizer
+
+
+def finetune(cfg: FinetuneConfig, model=None, tokenizer=None) -> Path:
+    """Train and save model/adapter + tokenizer + run.json into `cfg.output` (must be prepared)."""
+    from trl import SFTConfig, SFTTrainer
+
+    split_rows, train_rows = load_train_rows(cfg)
+    if model is None:
+        model, tokenizer = build_model_for_finetune(cfg)
+    train_ds, report = tokenize_qa_dataset(train_rows, tokenizer, max_length=cfg.max_length)
+    out = Path(cfg.output)
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
+        per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+        weight_decay=cfg.weight_decay, lr_scheduler_type="linear", warmup_steps=0.1, seed=cfg.seed,
+        logging_steps=5, save_strategy="no", report_to=cfg.report_to, max_length=cfg.max_length,
+        dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, use_cpu=_use_cpu(),
+        disable_tqdm=False, bf16=cfg.dtype == "bfloat16",
+    )
+    trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds.remove_columns(["question", "answer"]),
+                         processing_class=tokenizer, data_collator=QACollator(tokenizer))
+    result = trainer.train()
+    trainer.model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    write_manifest(
+        out, kind="finetune", model=cfg.model, data=str(cfg.data), split=cfg.split, items=len(split_rows),
+        train_items=len(train_rows), data_hash=data_hash(split_rows), seed=cfg.seed, lora=cfg.lora,
+        truncated=report.truncated, train_loss=result.training_loss,
+        hyperparameters={k: v for k, v in vars(cfg).items() if k not in ("output",)},
+    )
+    return out
+
+
+def _use_cpu() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()

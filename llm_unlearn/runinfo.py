@@ -1,0 +1,44 @@
+"""`run.json` manifests: what a run used (model, data, hyperparameters, versions)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("llm-unlearn", "torch", "transformers", "peft", "trl", "accelerate", "datasets"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def data_hash(rows) -> str:
+    """sha256 over the question/answer text of `rows` (order-sensitive)."""
+    h = hashlib.sha256()
+    for row in rows:
+        h.update(json.dumps([row["question"], row["answer"]], ensure_ascii=False).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def write_manifest(out_dir: str | Path, **fields: Any) -> Path:
+    path = Path(out_dir) / "run.json"
+    manifest = {**fields, "versions": versions()}
+    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+    return path
+
+
+def read_manifest(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
