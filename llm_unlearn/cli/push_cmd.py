@@ -1,0 +1,37 @@
+"""`llm-unlearn push RUN_DIR --repo-id ORG/NAME`: publish an unlearned adapter with a model card."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from llm_unlearn.cli.common import prepare_output_dir
+
+
+def register(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `llm-unlearn unlearn` (or a recipe)")
+    p.add_argument("--repo-id", required=True, help="target Hub repository, ORG/NAME")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--dry-run", metavar="DIR", default=None,
+                   help="write the exact folder that would be uploaded into DIR and upload nothing")
+    p.add_argument("--base-model", default=None,
+                   help="Hub id of the base model, when the run used a local copy (default: from the run)")
+    p.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN, then the `hf auth login` token)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --dry-run folder")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llm_unlearn.hub import push_run, validate_repo_id
+
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    validate_repo_id(args.repo_id)
+    if args.dry_run is not None:
+        prepare_output_dir(args.dry_run, args.overwrite)
+        folder = push_run(args.run_dir, args.repo_id, dry_run=args.dry_run, base_model=args.base_model)
+        print(f"dry run: wrote the upload folder for {args.repo_id} to {folder}")
+        return 0
+    url = push_run(args.run_dir, args.repo_id, private=args.private, token=args.token, base_model=args.base_model)
+    print(f"pushed {args.run_dir} to {url}")
+    return 0
