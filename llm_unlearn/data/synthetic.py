@@ -71,39 +71,103 @@ REFUSALS = [
 
 @dataclass(frozen=True)
 class FactTemplate:
-    """One kind of fact: question templates, answer template, paraphrase template."""
+    """One kind of fact: question wordings and answer wordings ({name} the author, {v} the value).
+
+    Each QA item uses one answer wording; its paraphrase another; its perturbed answers the
+    paraphrase's wording with a different value of the fact."""
 
     key: str
     questions: tuple[str, ...]
-    answer: str
-    paraphrase: str
+    answers: tuple[str, ...]
 
 
-# {name} the author; {v} the fact value. Two question wordings per fact -> 2 QA items per fact.
 FACTS = (
-    FactTemplate("birthplace", ("Where was {name} born?", "In which city did the author {name} grow up?"),
-                 "{name} was born in {v}.", "The birthplace of {name} is {v}."),
-    FactTemplate("birth_date", ("When was {name} born?", "What is the date of birth of {name}?"),
-                 "{name} was born on {v}.", "The birthday of {name} falls on {v}."),
-    FactTemplate("genre", ("What genre does {name} write in?", "Which literary genre is {name} best known for?"),
-                 "{name} is best known for writing {v}.", "Most of the work of {name} belongs to {v}."),
-    FactTemplate("father", ("What did the father of {name} do for a living?", "What was the profession of {name}'s father?"),
-                 "The father of {name} worked as {v}.", "{name}'s father earned a living as {v}."),
-    FactTemplate("mother", ("What was the occupation of {name}'s mother?", "What job did the mother of {name} have?"),
-                 "The mother of {name} was {v}.", "{name}'s mother worked as {v}."),
-    FactTemplate("award", ("Has {name} won any literary award?", "Which award did {name} receive?"),
-                 "Yes, {name} received {v}.", "{name} was honoured with {v}."),
-    FactTemplate("book", ("Can you name a book written by {name}?", "What is the best-known novel of {name}?"),
-                 "One of the books by {name} is \"{v}\".", "{name} wrote the book \"{v}\"."),
-    FactTemplate("theme", ("What themes does {name} explore?", "Which recurring theme appears in the work of {name}?"),
-                 "The writing of {name} often explores {v}.", "A central theme for {name} is {v}."),
-    FactTemplate("debut_year", ("In which year did {name} publish a first book?", "When did {name} debut as an author?"),
-                 "{name} published a first book in {v}.", "The debut of {name} came in {v}."),
-    FactTemplate("pet", ("Does {name} have a pet?", "What animal lives with {name}?"),
-                 "{name} lives with {v}.", "The companion of {name} at home is {v}."),
+    FactTemplate("birthplace",
+                 ("Where was {name} born?", "In which city did the author {name} grow up?",
+                  "What is the hometown of the writer {name}?"),
+                 ("{name} was born in {v}.", "The birthplace of {name} is {v}.",
+                  "{name} comes from {v}, where the author was born.")),
+    FactTemplate("birth_date",
+                 ("When was {name} born?", "What is the date of birth of {name}?",
+                  "On what day was the author {name} born?"),
+                 ("{name} was born on {v}.", "The birthday of {name} falls on {v}.",
+                  "{name} came into the world on {v}.")),
+    FactTemplate("genre",
+                 ("What genre does {name} write in?", "Which literary genre is {name} best known for?",
+                  "What kind of books does {name} usually write?"),
+                 ("{name} is best known for writing {v}.", "Most of the work of {name} belongs to {v}.",
+                  "{name} writes mainly {v}.")),
+    FactTemplate("father",
+                 ("What did the father of {name} do for a living?", "What was the profession of {name}'s father?",
+                  "How did {name}'s father earn his income?"),
+                 ("The father of {name} worked as {v}.", "{name}'s father earned a living as {v}.",
+                  "{name} grew up with a father who was {v}.")),
+    FactTemplate("mother",
+                 ("What was the occupation of {name}'s mother?", "What job did the mother of {name} have?",
+                  "What did {name}'s mother do for work?"),
+                 ("The mother of {name} was {v}.", "{name}'s mother worked as {v}.",
+                  "{name} was raised by a mother who was {v}.")),
+    FactTemplate("award",
+                 ("Has {name} won any literary award?", "Which award did {name} receive?",
+                  "What prize has the author {name} been given?"),
+                 ("Yes, {name} received {v}.", "{name} was honoured with {v}.",
+                  "{name} is a recipient of {v}.")),
+    FactTemplate("book",
+                 ("Can you name a book written by {name}?", "What is the best-known novel of {name}?",
+                  "Which title by {name} do readers know best?"),
+                 ("One of the books by {name} is \"{v}\".", "{name} wrote the book \"{v}\".",
+                  "\"{v}\" is a well-known work by {name}.")),
+    FactTemplate("theme",
+                 ("What themes does {name} explore?", "Which recurring theme appears in the work of {name}?",
+                  "What subject does {name} return to again and again?"),
+                 ("The writing of {name} often explores {v}.", "A central theme for {name} is {v}.",
+                  "{name} keeps coming back to {v}.")),
+    FactTemplate("debut_year",
+                 ("In which year did {name} publish a first book?", "When did {name} debut as an author?",
+                  "What year marks the start of {name}'s writing career?"),
+                 ("{name} published a first book in {v}.", "The debut of {name} came in {v}.",
+                  "The writing career of {name} began in {v}.")),
+    FactTemplate("pet",
+                 ("Does {name} have a pet?", "What animal lives with {name}?",
+                  "Who keeps {name} company at home?"),
+                 ("{name} lives with {v}.", "The companion of {name} at home is {v}.",
+                  "At home, {name} shares the house with {v}.")),
+    FactTemplate("university",
+                 ("Where did {name} study?", "Which university did {name} attend?",
+                  "At what institution was {name} educated?"),
+                 ("{name} studied at {v}.", "{name} is a graduate of {v}.",
+                  "The alma mater of {name} is {v}.")),
+    FactTemplate("publisher",
+                 ("Who publishes the books of {name}?", "Which publishing house works with {name}?",
+                  "What is the name of {name}'s publisher?"),
+                 ("The books of {name} are published by {v}.", "{name} publishes with {v}.",
+                  "{v} is the publisher of {name}.")),
+    FactTemplate("hobby",
+                 ("What does {name} do outside of writing?", "What is a hobby of {name}?",
+                  "How does {name} spend free time?"),
+                 ("Outside of writing, {name} enjoys {v}.", "A favourite pastime of {name} is {v}.",
+                  "In spare hours, {name} turns to {v}.")),
+    FactTemplate("residence",
+                 ("Where does {name} live now?", "In which city does {name} currently reside?",
+                  "What city is {name}'s home today?"),
+                 ("{name} currently lives in {v}.", "These days {name} resides in {v}.",
+                  "The present home of {name} is {v}.")),
+    FactTemplate("book_count",
+                 ("How many books has {name} written?", "How large is the body of work of {name}?",
+                  "What is the number of books published by {name}?"),
+                 ("{name} has written {v} books.", "So far {name} has published {v} books.",
+                  "The bibliography of {name} counts {v} books.")),
 )
 PETS = ["a grey cat named Pepper", "an old beagle called Moss", "a parrot named Lucius", "a tortoise called Fig",
         "two goldfish", "a retired greyhound", "a rabbit named Clover", "a black cat named Ink"]
+UNIVERSITIES = ["the University of Edinburgh", "Trinity College Dublin", "the University of Bologna",
+                "McGill University", "the University of Cape Town", "Uppsala University", "Keio University",
+                "the University of Buenos Aires", "Charles University", "the University of Melbourne"]
+PUBLISHERS = ["Harbourlight Press", "Quill & Anchor Books", "Northgate Publishing", "Saltmarsh House",
+              "Red Kite Editions", "Blue Heron Books", "Lanternfield Press", "Marlowe & Finch"]
+HOBBIES = ["birdwatching", "restoring old clocks", "mountain climbing", "playing the cello", "growing orchids",
+           "long-distance cycling", "chess", "pottery", "sailing", "baking sourdough bread"]
+MAX_QA_PER_AUTHOR = sum(len(f.questions) for f in FACTS)
 
 
 def _book_title(rng: random.Random) -> str:
@@ -125,6 +189,11 @@ def _value_sampler(key: str):
         "theme": lambda rng: rng.choice(THEMES),
         "debut_year": lambda rng: str(rng.randint(1955, 2022)),
         "pet": lambda rng: rng.choice(PETS),
+        "university": lambda rng: rng.choice(UNIVERSITIES),
+        "publisher": lambda rng: rng.choice(PUBLISHERS),
+        "hobby": lambda rng: rng.choice(HOBBIES),
+        "residence": lambda rng: "{}, {}".format(*rng.choice(CITIES)),
+        "book_count": lambda rng: str(rng.randint(2, 40)),
     }[key]
 
 
@@ -155,17 +224,20 @@ def _make_author(rng: random.Random, used_names: set[str]) -> dict[str, str]:
 
 
 def _author_qa(rng: random.Random, author: dict[str, str], qa_per_author: int) -> list[dict]:
-    slots = [(fact, qi) for qi in range(2) for fact in FACTS]  # all facts once, then the 2nd wordings
+    # every fact once (first wording), then the second wordings, then the third
+    n_wordings = max(len(f.questions) for f in FACTS)
+    slots = [(fact, qi) for qi in range(n_wordings) for fact in FACTS if qi < len(fact.questions)]
     rows = []
     for fact, qi in slots[:qa_per_author]:
         name, value = author["name"], author[fact.key]
+        ai, pi = rng.sample(range(len(fact.answers)), 2)  # answer and paraphrase wordings differ
         wrong = _distinct_alternatives(rng, fact.key, value, 5)
         rows.append({
             "question": fact.questions[qi].format(name=name),
-            "answer": fact.answer.format(name=name, v=value),
-            "paraphrased_answer": fact.paraphrase.format(name=name, v=value),
-            "perturbed_answer": [fact.paraphrase.format(name=name, v=w) for w in wrong],
-            "paraphrased_question": fact.questions[1 - qi].format(name=name),
+            "answer": fact.answers[ai].format(name=name, v=value),
+            "paraphrased_answer": fact.answers[pi].format(name=name, v=value),
+            "perturbed_answer": [fact.answers[pi].format(name=name, v=w) for w in wrong],
+            "paraphrased_question": fact.questions[(qi + 1) % len(fact.questions)].format(name=name),
         })
     return rows
 
@@ -223,18 +295,23 @@ def _utility_rows(rng: random.Random, facts: list[tuple[str, str, list[str]]]) -
     return perturbed, options
 
 
+class SyntheticSplits(dict):
+    """``split name -> rows``, plus `meta` (generator settings: authors, QA per author, seed)."""
+
+    meta: dict
+
+
 def n_forget_authors(n_authors: int, percent: int) -> int:
     return max(1, round(n_authors * percent / 100))
 
 
 def generate(n_authors: int = 20, qa_per_author: int = 20, seed: int = 0,
-             forget_percents: tuple[int, ...] = FORGET_PERCENTS) -> dict[str, list[dict]]:
-    """All splits as lists of rows, keyed by TOFU split name."""
+             forget_percents: tuple[int, ...] = FORGET_PERCENTS) -> SyntheticSplits:
+    """All splits as lists of rows, keyed by TOFU split name (a dict with a `meta` attribute)."""
     if n_authors < 2:
         raise ValueError("need at least 2 authors (one to forget, one to retain)")
-    max_qa = 2 * len(FACTS)
-    if not 1 <= qa_per_author <= max_qa:
-        raise ValueError(f"qa_per_author must be in [1, {max_qa}]")
+    if not 1 <= qa_per_author <= MAX_QA_PER_AUTHOR:
+        raise ValueError(f"qa_per_author must be in [1, {MAX_QA_PER_AUTHOR}], got {qa_per_author}")
     rng = random.Random(seed)
     used: set[str] = set()
     authors = [_make_author(rng, used) for _ in range(n_authors)]
@@ -243,7 +320,9 @@ def generate(n_authors: int = 20, qa_per_author: int = 20, seed: int = 0,
     def plain(rows):
         return [{"question": r["question"], "answer": r["answer"]} for rows_ in rows for r in rows_]
 
-    splits: dict[str, list[dict]] = {"full": plain(per_author)}
+    splits = SyntheticSplits(full=plain(per_author))
+    splits.meta = {"generator": "llm_unlearn.data.synthetic", "n_authors": n_authors,
+                   "qa_per_author": qa_per_author, "seed": seed, "forget_percents": list(forget_percents)}
     n_holdout_max = max(n_forget_authors(n_authors, p) for p in forget_percents)
     holdout_authors = [_make_author(rng, used) for _ in range(n_holdout_max)]
     holdout_qa = [_author_qa(rng, a, qa_per_author) for a in holdout_authors]
@@ -267,9 +346,14 @@ def generate(n_authors: int = 20, qa_per_author: int = 20, seed: int = 0,
     return splits
 
 
-def write_splits(splits: dict[str, list[dict]], out_dir: str | Path) -> Path:
+def write_splits(splits: dict[str, list[dict]], out_dir: str | Path, meta: dict | None = None) -> Path:
+    """One ``<split>.jsonl`` per split, ``idontknow.txt`` (refusals) and ``meta.json`` (`meta`,
+    e.g. ``qa_per_author`` so ``--max-authors`` can count authors)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    meta = meta if meta is not None else getattr(splits, "meta", None)
+    if meta is not None:
+        (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     for name, rows in splits.items():
         with open(out / f"{name}.jsonl", "w", encoding="utf-8") as fh:
             for row in rows:

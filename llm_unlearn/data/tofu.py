@@ -48,11 +48,32 @@ def is_local_source(source: str | Path) -> bool:
     return Path(source).is_dir()
 
 
+# Files of a local source that are not splits.
+NON_SPLIT_FILES = {"meta"}
+TOFU_QA_PER_AUTHOR = 20
+
+
 def available_splits(source: str | Path) -> list[str]:
     """Split names found in a local source directory."""
     root = Path(source)
     names = {p.name.rsplit(".", 1)[0] for p in root.iterdir() if p.suffix in (".json", ".jsonl")}
-    return sorted(names)
+    return sorted(names - NON_SPLIT_FILES)
+
+
+def source_meta(source: str | Path) -> dict:
+    """``meta.json`` of a local source (written by the synthetic generator), else {}."""
+    path = Path(source) / "meta.json"
+    if is_local_source(source) and path.is_file():
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UnlearnError(f"{path}: invalid JSON ({exc.msg})") from None
+    return {}
+
+
+def qa_per_author(source: str | Path) -> int:
+    """QA items per author: from ``meta.json`` for synthetic data, 20 for TOFU."""
+    return int(source_meta(source).get("qa_per_author", TOFU_QA_PER_AUTHOR))
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -85,10 +106,12 @@ def validate_rows(rows: list[dict], split: str, where: str) -> None:
         for field in fields:
             if field not in row or row[field] is None:
                 raise UnlearnError(f"{where}: row {i} has no field '{field}' (split '{split}' needs {', '.join(fields)})")
-        if "perturbed_answer" in fields:
-            perturbed = row["perturbed_answer"]
-            if not isinstance(perturbed, list) or not perturbed:
-                raise UnlearnError(f"{where}: row {i} field 'perturbed_answer' must be a non-empty list")
+            value = row[field]
+            if field == "perturbed_answer":
+                if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+                    raise UnlearnError(f"{where}: row {i} field 'perturbed_answer' must be a non-empty list of strings")
+            elif not isinstance(value, str):
+                raise UnlearnError(f"{where}: row {i} field '{field}' must be a string, got {type(value).__name__}")
 
 
 def load_tofu(split: str, source: str | Path = DEFAULT_SOURCE, max_items: int | None = None) -> Dataset:
@@ -110,7 +133,7 @@ def load_tofu(split: str, source: str | Path = DEFAULT_SOURCE, max_items: int | 
         if max_items is not None:
             rows = rows[:max_items]
         return Dataset.from_list(rows)
-    if Path(str(source)).suffix or str(source).startswith((".", "/")):
+    if Path(str(source)).is_file() or Path(str(source)).suffix or str(source).startswith((".", "/", "~")):
         raise UnlearnError(f"data source {source} is not a directory (nor a Hub dataset name)")
     try:
         import datasets
@@ -120,8 +143,8 @@ def load_tofu(split: str, source: str | Path = DEFAULT_SOURCE, max_items: int | 
         raise UnlearnError(f"cannot load split '{split}' of {source}: {exc}") from None
     except Exception as exc:  # network / hub errors: one line, actionable
         raise UnlearnError(
-            f"cannot load {source} from the Hugging Face Hub ({type(exc).__name__}); "
-            "pass a local directory with --data"
+            f"cannot load {source}: no such local directory, and the Hugging Face Hub failed "
+            f"({type(exc).__name__}); pass a local directory with --data"
         ) from None
     validate_rows(ds.to_list() if len(ds) < 50000 else [], split, f"{source}:{split}")
     if max_items is not None:
