@@ -1,0 +1,31 @@
+"""TOFU evaluation: metrics as pure functions (`metrics`), per-item log readers and aggregates
+(`logs`), the model evaluator (`evaluator`) and Markdown/HTML reports (`report`)."""
+
+from llm_unlearn.eval.evaluator import (
+    evaluate_items,
+    evaluate_model,
+    generate_answers,
+    score_answers,
+    write_eval,
+)
+from llm_unlearn.eval.logs import EvalLogs, SplitLog, compute_summary, read_logs
+from llm_unlearn.eval.metrics import (
+    forget_quality,
+    forget_truth_ratio_score,
+    ks_floor_pvalue,
+    mia_auc,
+    model_utility,
+    normalised_probability,
+    privleak,
+    probability,
+    rouge_l_recall,
+    truth_ratios,
+    utility_truth_ratio_score,
+)
+
+__all__ = [
+    "EvalLogs", "SplitLog", "compute_summary", "evaluate_items", "evaluate_model", "forget_quality",
+    "forget_truth_ratio_score", "generate_answers", "ks_floor_pvalue", "mia_auc", "model_utility",
+    "normalised_probability", "privleak", "probability", "read_logs", "rouge_l_recall", "score_answers",
+    "truth_ratios", "utility_truth_ratio_score", "write_eval",
+]

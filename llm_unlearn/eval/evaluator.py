@@ -1,0 +1,282 @@
+"""The TOFU evaluator (Maini et al., 2024): the only part of `llm_unlearn.eval` that runs a model.
+
+For every QA item of the forget, retain, real-authors and world-facts splits it computes the
+answer-token NLL (mean and sum) and token count of the ground-truth, paraphrased and each
+perturbed answer (all variants of a batch of items go through the model together, right
+padded), a greedy generation (left padded, ``max_new_tokens``) and its ROUGE-L recall; on the
+forget and holdout splits it adds the membership-inference scores (LOSS, zlib, Min-K%,
+Min-K%++). Aggregates come from `llm_unlearn.eval.logs.compute_summary` (pure functions).
+
+Items are tokenised with `llm_unlearn.data.qa.encode_qa`, exactly as in training. The model is
+used only through ``model(input_ids=…, attention_mask=…).logits`` and ``model.generate(…)``, so
+any Hugging Face causal LM, a PeftModel or an HF-compatible ensemble works.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from llm_unlearn.data.qa import IGNORE_INDEX, GenerationCollator, check_tokenizer, encode_qa, pad_sequences
+from llm_unlearn.errors import UnlearnError
+from llm_unlearn.eval import metrics as M
+from llm_unlearn.eval.logs import (
+    ITEMS_FORMAT,
+    SUMMARY_FORMAT,
+    EvalLogs,
+    compute_summary,
+    logs_from_items,
+    read_logs,
+)
+
+# our split name -> TOFU split it is read from ({forget} is the forget split, e.g. forget10)
+SOURCE_SPLITS = {
+    "forget": "{forget}_perturbed",
+    "retain": "retain_perturbed",
+    "real_authors": "real_authors_perturbed",
+    "world_facts": "world_facts_perturbed",
+}
+
+
+def _device(model) -> torch.device:
+    dev = getattr(model, "device", None)
+    if isinstance(dev, torch.device):
+        return dev
+    try:
+        return next(model.parameters()).device
+    except (StopIteration, AttributeError):
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def score_answers(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 8,
+                  token_stats: bool = False, max_length: int | None = None,
+                  progress: tqdm | None = None) -> list[dict[str, Any]]:
+    """Answer-token NLL of each (question, answer) pair: ``{"loss" (mean), "loss_sum",
+    "num_tokens"}`` and, with `token_stats`, per-token ``logprobs``, ``mu`` and ``sigma`` (mean
+    and std of log p under the model's next-token distribution, for Min-K%++). Sequences are
+    right padded and scored `batch_size` at a time (one forward pass per batch)."""
+    check_tokenizer(tokenizer)
+    device = _device(model)
+    out: list[dict[str, Any]] = []
+    for start in range(0, len(pairs), batch_size):
+        encs = [encode_qa(tokenizer, q, a, max_length) for q, a in pairs[start:start + batch_size]]
+        input_ids = pad_sequences([e["input_ids"] for e in encs], tokenizer.pad_token_id, "right").to(device)
+        attention = pad_sequences([e["attention_mask"] for e in encs], 0, "right").to(device)
+        labels = pad_sequences([e["labels"] for e in encs], IGNORE_INDEX, "right").to(device)
+        logits = model(input_ids=input_ids, attention_mask=attention).logits
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+        target = labels[:, 1:]
+        mask = target != IGNORE_INDEX
+        tok_lp = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        nll_sum = -(tok_lp * mask).sum(-1)
+        counts = mask.sum(-1)
+        if token_stats:
+            probs = logp.exp()
+            mu = (probs * logp).sum(-1)
+            sigma = ((probs * logp.pow(2)).sum(-1) - mu.pow(2)).clamp(min=0).sqrt()
+        for i in range(len(encs)):
+            n = int(counts[i])
+            rec: dict[str, Any] = {
+                "loss": float(nll_sum[i]) / n if n else float("nan"),
+                "loss_sum": float(nll_sum[i]),
+                "num_tokens": n,
+            }
+            if token_stats:
+                sel = mask[i]
+                rec["logprobs"] = tok_lp[i][sel].tolist()
+                rec["mu"] = mu[i][sel].tolist()
+                rec["sigma"] = sigma[i][sel].tolist()
+            out.append(rec)
+        if progress is not None:
+            progress.update(len(encs))
+    return out
+
+
+@torch.no_grad()
+def generate_answers(model, tokenizer, questions: list[str], batch_size: int = 8, max_new_tokens: int = 200,
+                     progress: tqdm | None = None) -> list[str]:
+    """Greedy generations for `questions` (prompts built as in training, left padded); the new
+    tokens only, decoded without special tokens and stripped."""
+    collate = GenerationCollator(tokenizer)
+    device = _device(model)
+    out: list[str] = []
+    for start in range(0, len(questions), batch_size):
+        rows = [{"question": q, "answer": ""} for q in questions[start:start + batch_size]]
+        batch = collate(rows)
+        ids = batch["input_ids"].to(device)
+        gen = model.generate(
+            input_ids=ids, attention_mask=batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
+            do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        new = gen[:, ids.shape[1]:]
+        out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+        if progress is not None:
+            progress.update(len(rows))
+    return out
+
+
+def _load_rows(source, split: str, max_items: int | None) -> list[dict]:
+    from llm_unlearn.data.tofu import load_tofu
+
+    return load_tofu(split, source, max_items=max_items).to_list()
+
+
+def _holdout_rows(source, holdout_split: str, max_items: int | None) -> tuple[list[dict] | None, str | None]:
+    from llm_unlearn.data.tofu import available_splits, is_local_source
+
+    if is_local_source(source) and holdout_split not in available_splits(source):
+        return None, f"data source {source} has no {holdout_split} split"
+    try:
+        return _load_rows(source, holdout_split, max_items), None
+    except UnlearnError as exc:
+        return None, f"cannot load {holdout_split}: {exc}"
+
+
+def _mia_scores(answer: str, rec: dict[str, Any], min_k: float) -> dict[str, float]:
+    return {
+        "loss": rec["loss"],
+        "zlib": rec["loss"] / M.zlib_entropy(answer),
+        "min_k": M.min_k_score(rec["logprobs"], min_k),
+        "min_k_plus_plus": M.min_k_plus_plus_score(rec["logprobs"], rec["mu"], rec["sigma"], min_k),
+    }
+
+
+def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch_size: int = 8,
+                   max_new_tokens: int = 200, min_k: float = M.MIN_K_DEFAULT,
+                   progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+    """Per-item values for each split of `rows_by_split` (our split name -> TOFU rows). Splits
+    named ``forget``/``holdout`` get membership scores; ``holdout`` gets no generation."""
+    was_training = model.training
+    model.eval()
+    try:
+        plan = []  # (split, item index, kind, variant index, question, text)
+        for split, rows in rows_by_split.items():
+            for i, row in enumerate(rows):
+                plan.append((split, i, "gt", 0, row["question"], row["answer"]))
+                if split == "holdout":
+                    continue
+                if row.get("paraphrased_answer"):
+                    plan.append((split, i, "paraphrased", 0, row["question"], row["paraphrased_answer"]))
+                for j, p in enumerate(row.get("perturbed_answer") or []):
+                    plan.append((split, i, "perturbed", j, row["question"], p))
+        n_gen = sum(len(r) for s, r in rows_by_split.items() if s != "holdout")
+        bar = tqdm(total=len(plan) + n_gen, desc="eval (score + generate)", unit="seq", disable=not progress)
+        items: dict[str, list[dict[str, Any]]] = {
+            s: [{"index": i, "question": r["question"], "answer": r["answer"]} for i, r in enumerate(rows)]
+            for s, rows in rows_by_split.items()
+        }
+        # membership stats only where needed; separate passes keep the cheap path cheap
+        needs_stats = [p for p in plan if p[0] in ("forget", "holdout") and p[2] == "gt"]
+        rest = [p for p in plan if not (p[0] in ("forget", "holdout") and p[2] == "gt")]
+        for group, stats in ((needs_stats, True), (rest, False)):
+            recs = score_answers(model, tokenizer, [(p[4], p[5]) for p in group], batch_size,
+                                 token_stats=stats, progress=bar)
+            for (split, i, kind, _j, _q, text), rec in zip(group, recs):
+                item = items[split][i]
+                if kind == "perturbed":
+                    for key, src in (("perturbed_loss", "loss"), ("perturbed_loss_sum", "loss_sum"),
+                                     ("perturbed_num_tokens", "num_tokens")):
+                        item.setdefault(key, []).append(rec[src])
+                else:
+                    item[f"{kind}_loss"] = rec["loss"]
+                    item[f"{kind}_loss_sum"] = rec["loss_sum"]
+                    item[f"{kind}_num_tokens"] = rec["num_tokens"]
+                if stats:
+                    item["mia"] = _mia_scores(text, rec, min_k)
+        for split, rows in rows_by_split.items():
+            if split == "holdout":
+                continue
+            gens = generate_answers(model, tokenizer, [r["question"] for r in rows], batch_size, max_new_tokens,
+                                    progress=bar)
+            rouge = M.rouge_l_recall(gens, [r["answer"] for r in rows])
+            for item, g, r in zip(items[split], gens, rouge):
+                item["generation"], item["rougeL_recall"] = g, float(r)
+        bar.close()
+    finally:
+        model.train(was_training)
+    return items
+
+
+def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10",
+                   retain_logs: str | Path | EvalLogs | None = None, max_items: int | None = None,
+                   batch_size: int = 8, max_new_tokens: int = 200, holdout_split: str | None = None,
+                   min_k: float = M.MIN_K_DEFAULT, progress: bool = True,
+                   model_name: str | None = None) -> dict[str, Any]:
+    """Evaluate `model` on TOFU-style data. Returns ``{"summary": dict, "per_item": dict}``.
+
+    Splits: ``{forget_split}_perturbed``, ``retain_perturbed``, ``real_authors_perturbed``,
+    ``world_facts_perturbed`` and, for membership inference, `holdout_split` (default
+    ``holdoutXX`` matching the forget split; when the source has none the MIA metrics are
+    "n/a" with the reason). `retain_logs` (a path in any format `read_logs` accepts, or
+    `EvalLogs`) is the retain model's evaluation, needed for forget quality and privleak.
+    `max_items` caps every split."""
+    if batch_size < 1:
+        raise UnlearnError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise UnlearnError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    from llm_unlearn.data.tofu import forget_percent
+
+    forget_percent(forget_split)  # validates the name
+    retain = read_logs(retain_logs) if isinstance(retain_logs, (str, Path)) else retain_logs
+    t0 = time.time()
+    source_splits = {name: tmpl.format(forget=forget_split) for name, tmpl in SOURCE_SPLITS.items()}
+    rows = {name: _load_rows(data_source, split, max_items) for name, split in source_splits.items()}
+    holdout_split = holdout_split or forget_split.replace("forget", "holdout", 1)
+    hold, mia_reason = _holdout_rows(data_source, holdout_split, max_items)
+    if hold is not None:
+        rows["holdout"] = hold
+        source_splits["holdout"] = holdout_split
+    items = evaluate_items(model, tokenizer, rows, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                           min_k=min_k, progress=progress)
+    per_item = {
+        "format": ITEMS_FORMAT,
+        "data": str(data_source),
+        "forget_split": forget_split,
+        "mia_not_available": mia_reason,
+        "splits": {name: {"source_split": source_splits[name], "items": its} for name, its in items.items()},
+    }
+    logs = logs_from_items(per_item)
+    summary = {
+        "format": SUMMARY_FORMAT,
+        "model": model_name or getattr(getattr(model, "config", None), "_name_or_path", None),
+        "data": str(data_source),
+        "forget_split": forget_split,
+        "source_splits": source_splits,
+        **compute_summary(logs, retain),
+        "settings": {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_items": max_items,
+                     "min_k": min_k, "generation": "greedy, left padded", "scoring": "right padded, "
+                     "answer tokens incl. EOS, prompt as in training (encode_qa)"},
+        "eval_time_s": round(time.time() - t0, 3),
+    }
+    summary.pop("logs", None)
+    return {"summary": summary, "per_item": per_item}
+
+
+def write_eval(out_dir: str | Path, result: dict[str, Any]) -> Path:
+    """Write ``summary.json`` and ``per_item.json`` of an `evaluate_model` result into
+    `out_dir` (created); returns `out_dir`."""
+    import json
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    def clean(obj):
+        if isinstance(obj, float) and not np.isfinite(obj):
+            return None
+        if isinstance(obj, dict):
+            return {k: clean(v) for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [clean(v) for v in obj]
+        if isinstance(obj, np.generic):
+            return clean(obj.item())
+        return obj
+
+    (out / "summary.json").write_text(json.dumps(clean(result["summary"]), indent=2) + "\n")
+    (out / "per_item.json").write_text(json.dumps(clean(result["per_item"]), ensure_ascii=False) + "\n")
+    return out

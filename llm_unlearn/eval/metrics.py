@@ -1,0 +1,224 @@
+"""TOFU metrics as pure functions over per-item values (no model is run here).
+
+Definitions follow TOFU (Maini et al., 2024, "TOFU: A Task of Fictitious Unlearning for LLMs",
+Sec. 2.5 and the authors' ``aggregate_eval_stat.py``) so that the published aggregates of the
+reference logs are reproduced exactly, and MUSE (Shi et al., 2024) / open-unlearning for the
+membership-inference numbers (LOSS, zlib, Min-K% of Shi et al. 2024, Min-K%++ of Zhang et al.
+2024, privleak).
+
+Conventions (every function below states its own):
+
+* losses are per-item *mean* answer-token negative log-likelihoods (natural log), so a
+  probability is ``exp(-loss)``, the length-normalised probability TOFU uses;
+* a per-item truth ratio is ``R = P(perturbed)^ / P(correct)`` with ``P(perturbed)^`` the
+  geometric mean over the perturbed answers, i.e. ``R = exp(L_correct - mean_j L_perturbed_j)``
+  (this is the value TOFU's logs store under ``truth_ratio``);
+* membership scores are "higher = more likely a non-member" (loss-like), and an AUC of 1 means
+  the forget items look far more like training data than the holdout items.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.stats import hmean, ks_2samp, rankdata
+
+MIN_K_DEFAULT = 0.4
+
+
+def _as_1d(values: Sequence[float] | np.ndarray) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim != 1:
+        raise ValueError(f"expected a 1-D array of per-item values, got shape {arr.shape}")
+    return arr
+
+
+def _mean_of_rows(rows: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """Per-item mean over a (possibly ragged) list of per-variant losses."""
+    return np.array([float(np.mean(np.asarray(r, dtype=np.float64))) for r in rows], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# probability
+
+
+def probability(mean_losses: Sequence[float]) -> tuple[np.ndarray, float]:
+    """TOFU "Probability" on forget / retain: per item ``P(a|q) = exp(-mean answer-token NLL)``
+    (the length-normalised answer probability, ``P^(1/|a|)``); aggregate = mean over items.
+
+    Returns (per-item values, aggregate)."""
+    per_item = np.exp(-_as_1d(mean_losses))
+    return per_item, float(np.mean(per_item))
+
+
+def normalised_probability(true_mean_losses: Sequence[float],
+                           perturbed_mean_losses: Sequence[Sequence[float]]) -> tuple[np.ndarray, float]:
+    """TOFU "Probability" on real authors / world facts: per item
+    ``P(true) / (P(true) + sum_j P(perturbed_j))`` with every ``P = exp(-mean answer NLL)``
+    (a multiple-choice style score over the true and the perturbed answers); aggregate = mean.
+
+    Returns (per-item values, aggregate)."""
+    p_true = np.exp(-_as_1d(true_mean_losses))
+    p_false = np.array([float(np.sum(np.exp(-np.asarray(r, dtype=np.float64)))) for r in perturbed_mean_losses])
+    per_item = p_true / (p_true + p_false)
+    return per_item, float(np.mean(per_item))
+
+
+# --------------------------------------------------------------------------------------------
+# truth ratio
+
+
+def truth_ratios(correct_mean_losses: Sequence[float],
+                 perturbed_mean_losses: Sequence[Sequence[float]]) -> np.ndarray:
+    """Per-item TOFU truth ratio ``R = P^(perturbed) / P(correct)``, where ``P^(perturbed)`` is
+    the geometric mean of the perturbed answers' (length-normalised) probabilities:
+    ``R = exp(L_correct - mean_j L_perturbed_j)`` with L the mean answer-token NLL.
+
+    "correct" is the *paraphrased* answer on forget / retain and the ground-truth answer on
+    real authors / world facts (which have no paraphrase)."""
+    correct = _as_1d(correct_mean_losses)
+    perturbed = _mean_of_rows(perturbed_mean_losses)
+    if len(correct) != len(perturbed):
+        raise ValueError(f"{len(correct)} correct losses but {len(perturbed)} perturbed rows")
+    return np.exp(correct - perturbed)
+
+
+def forget_truth_ratio_score(ratios: Sequence[float]) -> float:
+    """TOFU truth-ratio score on the forget set: ``mean(min(R, 1/R))`` (1 = the model cannot
+    tell the true answer from the perturbed ones, as a model that never saw the data)."""
+    r = _as_1d(ratios)
+    return float(np.mean(np.minimum(r, 1.0 / r)))
+
+
+def utility_truth_ratio_score(ratios: Sequence[float]) -> float:
+    """TOFU truth-ratio score on retain / real authors / world facts: ``mean(max(0, 1 - R))``
+    (higher = the true answer is preferred over the perturbed ones)."""
+    r = _as_1d(ratios)
+    return float(np.mean(np.maximum(0.0, 1.0 - r)))
+
+
+# --------------------------------------------------------------------------------------------
+# forget quality
+
+
+def forget_quality(model_ratios: Sequence[float], retain_ratios: Sequence[float]) -> dict[str, float]:
+    """TOFU forget quality: the p-value of the two-sample Kolmogorov-Smirnov test between the
+    evaluated model's and the retain model's per-item forget truth ratios
+    (``scipy.stats.ks_2samp``, two-sided, method "auto"). High (close to 1) = indistinguishable
+    from a model never trained on the forget set.
+
+    Returns ``{"pvalue", "statistic", "floor"}`` where ``floor`` is the smallest p-value the test
+    can give with these item counts (see `ks_floor_pvalue`): a p-value at the floor means
+    "completely separated", not a precise measurement."""
+    a, b = _as_1d(model_ratios), _as_1d(retain_ratios)
+    res = ks_2samp(a, b)
+    return {"pvalue": float(res.pvalue), "statistic": float(res.statistic), "floor": ks_floor_pvalue(len(a), len(b))}
+
+
+def ks_floor_pvalue(n: int, m: int) -> float:
+    """The smallest p-value `ks_2samp` can return for samples of sizes n and m: the p-value of
+    two completely separated samples (KS statistic D = 1), computed with the same method."""
+    if n < 1 or m < 1:
+        raise ValueError("both samples need at least one item")
+    return float(ks_2samp(np.arange(n, dtype=float), np.arange(m, dtype=float) + n + 1).pvalue)
+
+
+# --------------------------------------------------------------------------------------------
+# ROUGE and model utility
+
+
+def rouge_l_recall(generations: Sequence[str], answers: Sequence[str]) -> np.ndarray:
+    """ROUGE-L recall (LCS length / reference length, Porter stemming, ``rouge_score``) of each
+    generation against its ground-truth answer, as TOFU reports it."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return np.array([scorer.score(ans, gen)["rougeL"].recall for gen, ans in zip(generations, answers)])
+
+
+UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
+UTILITY_MEASURES = ("probability", "rougeL_recall", "truth_ratio")
+
+
+def model_utility(values: dict[str, float]) -> float:
+    """TOFU model utility: the harmonic mean of the nine aggregates {probability, ROUGE-L
+    recall, truth-ratio score} x {retain, real authors, world facts}. `values` maps
+    ``f"{split}_{measure}"`` to the aggregate (e.g. ``retain_probability``). The harmonic mean is
+    0 if any value is 0, so utility collapses when any one capability does."""
+    keys = [f"{s}_{m}" for s in UTILITY_SPLITS for m in UTILITY_MEASURES]
+    missing = [k for k in keys if values.get(k) is None]
+    if missing:
+        raise KeyError(f"model utility needs {', '.join(missing)}")
+    vals = np.array([float(values[k]) for k in keys])
+    if np.any(vals == 0):
+        return 0.0
+    return float(hmean(vals))
+
+
+# --------------------------------------------------------------------------------------------
+# membership inference
+
+
+def mia_loss_scores(mean_losses: Sequence[float]) -> np.ndarray:
+    """LOSS attack (Yeom et al., 2018): score = mean answer-token NLL (higher = non-member)."""
+    return _as_1d(mean_losses).copy()
+
+
+def zlib_entropy(text: str) -> int:
+    """Length in bytes of the zlib-compressed UTF-8 text (at least 1)."""
+    return max(len(zlib.compress(text.encode("utf-8"))), 1)
+
+
+def mia_zlib_scores(mean_losses: Sequence[float], texts: Sequence[str]) -> np.ndarray:
+    """zlib attack (Carlini et al., 2021): score = mean answer NLL / zlib entropy of the answer
+    text (higher = non-member)."""
+    loss = _as_1d(mean_losses)
+    return np.array([loss[i] / zlib_entropy(t) for i, t in enumerate(texts)])
+
+
+def min_k_score(token_logprobs: Sequence[float], k: float = MIN_K_DEFAULT) -> float:
+    """Min-K% Prob (Shi et al., 2024) of one item: minus the mean of the lowest ``k`` fraction
+    (at least one) of its answer-token log-probabilities (higher = non-member)."""
+    lp = np.sort(np.asarray(token_logprobs, dtype=np.float64))
+    if lp.size == 0:
+        return math.nan
+    n = max(1, int(len(lp) * k))
+    return float(-np.mean(lp[:n]))
+
+
+def min_k_plus_plus_score(token_logprobs: Sequence[float], mu: Sequence[float], sigma: Sequence[float],
+                          k: float = MIN_K_DEFAULT) -> float:
+    """Min-K%++ (Zhang et al., 2024) of one item: each answer token's log-probability is
+    standardised by the mean ``mu_t = E_{z~p(.|x<t)} log p(z|x<t)`` and standard deviation
+    ``sigma_t`` of the log-probability under the model's own next-token distribution; the score
+    is minus the mean of the lowest ``k`` fraction of the standardised values."""
+    lp = np.asarray(token_logprobs, dtype=np.float64)
+    z = (lp - np.asarray(mu, dtype=np.float64)) / np.maximum(np.asarray(sigma, dtype=np.float64), 1e-12)
+    return min_k_score(z, k)
+
+
+def mia_auc(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> float:
+    """ROC AUC of separating holdout (label 1) from forget (label 0) items by a loss-like score
+    (the open-unlearning convention): 1 = every forget item looks more "seen" than every holdout
+    item, 0.5 = indistinguishable. Computed exactly with the Mann-Whitney U statistic (ties
+    count one half)."""
+    f, h = _as_1d(forget_scores), _as_1d(holdout_scores)
+    if len(f) == 0 or len(h) == 0:
+        raise ValueError("AUC needs at least one forget and one holdout item")
+    ranks = rankdata(np.concatenate([f, h]))
+    u = float(np.sum(ranks[len(f):])) - len(h) * (len(h) + 1) / 2.0
+    return u / (len(f) * len(h))
+
+
+def privleak(auc: float, retain_auc: float) -> float:
+    """PrivLeak (MUSE, Shi et al., 2024) in percent, as open-unlearning computes it from the
+    AUCs above: with ``a = 1 - AUC`` (MUSE's orientation), ``(a - a_retain) / a_retain * 100``.
+    0 = leaks as much as the retain model; strongly negative (towards -100) = the forget data is
+    still recognisable (under-unlearning); positive = over-unlearning."""
+    a, r = 1.0 - float(auc), 1.0 - float(retain_auc)
+    if r == 0:
+        return math.nan
+    return (a - r) / r * 100.0
