@@ -1,5 +1,9 @@
 """Finetuning the target (on `full`) and retain (on `retainXX`) models with `trl.SFTTrainer`,
-answer-only loss (labels -100 on the prompt), the QA format of `llm_unlearn.data.qa`."""
+answer-only loss (labels -100 on the prompt), the QA format of `llm_unlearn.data.qa` — the
+finetuning stage of TOFU (Maini et al., 2024, Sec. 3).
+
+The `tiny` model is built in memory (tokenizer trained on the data); with ``--lora`` or
+``--load-in-4bit`` its random base is saved as ``<output>/base`` so the adapter can be reloaded."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from pathlib import Path
 from datasets import concatenate_datasets
 
 from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
-from llm_unlearn.data.tofu import is_local_source, load_tofu
+from llm_unlearn.data.tofu import load_tofu, qa_per_author
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.runinfo import data_hash, write_manifest
 
@@ -34,7 +38,7 @@ class FinetuneConfig:
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     max_length: int = field(default=256, metadata={"help": "max tokens per QA item (longer ones are truncated and counted)"})
     max_authors: int | None = field(default=None, metadata={"help": "use only the first N authors' items"})
-    qa_per_author: int = field(default=20, metadata={"help": "items per author in the source (for --max-authors)"})
+    qa_per_author: int | None = field(default=None, metadata={"help": "items per author (for --max-authors); default: the source's meta.json, else 20 (TOFU)"})
     with_utility: bool | None = field(default=None, metadata={"help": "also train on the utility sets (default: only for tiny)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: 4-bit base model"})
@@ -45,7 +49,10 @@ class FinetuneConfig:
 def load_train_rows(cfg: FinetuneConfig):
     ds = load_tofu(cfg.split, cfg.data)
     if cfg.max_authors is not None:
-        ds = ds.select(range(min(len(ds), cfg.max_authors * cfg.qa_per_author)))
+        if cfg.max_authors < 1:
+            raise UnlearnError(f"--max-authors must be >= 1, got {cfg.max_authors}")
+        per_author = cfg.qa_per_author or qa_per_author(cfg.data)
+        ds = ds.select(range(min(len(ds), cfg.max_authors * per_author)))
     with_utility = cfg.with_utility if cfg.with_utility is not None else cfg.model == "tiny"
     parts = [ds]
     if with_utility:
@@ -54,18 +61,30 @@ def load_train_rows(cfg: FinetuneConfig):
     return ds, concatenate_datasets([p.select_columns(["question", "answer"]) for p in parts])
 
 
+TINY_BASE_DIR = "base"
+
+
 def build_model_for_finetune(cfg: FinetuneConfig):
     from llm_unlearn.models import attach_lora, build_tiny, load_model, load_tokenizer
 
+    if cfg.load_in_4bit and not cfg.lora:
+        raise UnlearnError("--load-in-4bit (QLoRA) needs --lora: a 4-bit base cannot be trained directly")
     if cfg.model == "tiny":
-        if not is_local_source(cfg.data):
-            raise UnlearnError("the tiny model needs a local --data directory (its tokenizer is trained on it)")
         model, tokenizer = build_tiny(cfg.data, seed=cfg.seed)
+        if cfg.lora:
+            # the random base exists only in memory: save it beside the adapter
+            base = Path(cfg.output) / TINY_BASE_DIR
+            model.save_pretrained(str(base), safe_serialization=True)
+            tokenizer.save_pretrained(str(base))
+            if cfg.load_in_4bit:
+                model = load_model(str(base), dtype=cfg.dtype, load_in_4bit=True)
     else:
         model = load_model(cfg.model, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit)
         tokenizer = load_tokenizer(cfg.model)
     if cfg.lora:
         model = attach_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, quantized=cfg.load_in_4bit, seed=cfg.seed)
+        if cfg.model == "tiny":
+            model.peft_config["default"].base_model_name_or_path = TINY_BASE_DIR  # relative to the adapter
     return model, tokenizer
 
 
@@ -77,6 +96,8 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None) -> Path:
     if model is None:
         model, tokenizer = build_model_for_finetune(cfg)
     train_ds, report = tokenize_qa_dataset(train_rows, tokenizer, max_length=cfg.max_length)
+    print(f"finetune: {len(split_rows)} items of '{cfg.split}' (+{len(train_rows) - len(split_rows)} utility), "
+          f"{report}")
     out = Path(cfg.output)
     args = SFTConfig(
         output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
@@ -91,10 +112,14 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None) -> Path:
     result = trainer.train()
     trainer.model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
+    checkpoints = out / "checkpoints"
+    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
+        checkpoints.rmdir()
     write_manifest(
         out, kind="finetune", model=cfg.model, data=str(cfg.data), split=cfg.split, items=len(split_rows),
         train_items=len(train_rows), data_hash=data_hash(split_rows), seed=cfg.seed, lora=cfg.lora,
-        truncated=report.truncated, train_loss=result.training_loss,
+        truncated=report.truncated, no_answer_left=report.no_answer_left, train_loss=result.training_loss,
+        base_model=TINY_BASE_DIR if cfg.model == "tiny" and cfg.lora else cfg.model,
         hyperparameters={k: v for k, v in vars(cfg).items() if k not in ("output",)},
     )
     return out

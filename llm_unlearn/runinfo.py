@@ -12,8 +12,11 @@ from typing import Any
 def versions() -> dict[str, str]:
     import importlib.metadata as md
 
-    out = {"python": platform.python_version()}
-    for pkg in ("llm-unlearn", "torch", "transformers", "peft", "trl", "accelerate", "datasets"):
+    from llm_unlearn import __version__
+
+    out = {"python": platform.python_version(), "llm-unlearn": __version__}
+    for pkg in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers",
+                "bitsandbytes", "gguf"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

@@ -12,7 +12,7 @@ def register(sub, name: str, help_text: str) -> None:
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     s = dsub.add_parser("synth", help="write synthetic fictitious-author splits (TOFU schema) as JSONL")
     s.add_argument("--authors", type=int, default=20, help="number of fictitious authors in `full`")
-    s.add_argument("--qa-per-author", type=int, default=20, help="QA pairs per author (max 20)")
+    s.add_argument("--qa-per-author", type=int, default=20, help="QA pairs per author (max 45)")
     s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
     s.add_argument("--out", required=True, help="output directory")
     add_overwrite_flag(s)

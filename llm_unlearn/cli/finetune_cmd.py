@@ -14,16 +14,18 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--split", default="full", help="full for the target model, retainXX for the retain model")
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--lora", action="store_true", help="train a LoRA adapter")
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--lora-alpha", type=int, default=16)
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha (scale alpha/r)")
     p.add_argument("--load-in-4bit", action="store_true", help="QLoRA: quantise the base to 4 bit")
     p.add_argument("--epochs", type=float, default=None, help="epochs (default 5; 15 for tiny)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-5; 3e-3 for tiny)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--max-length", type=int, default=256)
-    p.add_argument("--max-authors", type=int, default=None, help="only the first N authors (20 QA each)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=8, help="per-device batch size")
+    p.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    p.add_argument("--max-length", type=int, default=256,
+                   help="max tokens per QA item (longer items are truncated and counted, never dropped)")
+    p.add_argument("--max-authors", type=int, default=None,
+                   help="only the first N authors of the split (QA per author from the source's meta.json, else 20)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     add_overwrite_flag(p)
     p.set_defaults(func=run)
 
@@ -33,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from llm_unlearn.finetune import FinetuneConfig, finetune
 
     tiny = args.model == "tiny"
-    load_tofu(args.split, args.data)  # validate before creating anything
+    load_tofu(args.split, args.data)  # validate before --overwrite deletes anything
     cfg = FinetuneConfig(
         model=args.model, data=args.data, split=args.split, output=args.output, lora=args.lora,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, load_in_4bit=args.load_in_4bit,
