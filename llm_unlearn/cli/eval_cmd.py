@@ -1,0 +1,76 @@
+"""`llm-unlearn eval`: evaluate a model (full weights, LoRA adapter or S3T ensemble) on TOFU-style
+forgetting and utility; writes ``summary.json`` and ``per_item.json`` to --output."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub, name: str, help_text: str) -> None:
+    from llm_unlearn.cli.common import add_overwrite_flag
+
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--model", required=True, help="model directory, Hub id, alias (smollm2, tiny) or S3T run directory")
+    p.add_argument("--adapter", default=None, help="PEFT adapter directory to load on top of --model")
+    p.add_argument("--data", required=True, help="local TOFU-schema directory or Hub dataset name")
+    p.add_argument("--forget-split", default="forget10", help="forget split (forget01/05/10 …)")
+    p.add_argument("--retain-logs", default=None,
+                   help="the retain model's eval (our output dir / per_item.json, TOFU_EVAL.json or TOFU "
+                        "eval_log*.json dir); needed for forget quality and privleak")
+    p.add_argument("--holdout-split", default=None, help="holdout split for membership inference (default holdoutXX)")
+    p.add_argument("--max-items", type=int, default=None, help="evaluate at most N items per split")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass / prompts per generate call")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="greedy generation length")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
+    p.add_argument("--output", required=True, help="output directory (summary.json, per_item.json)")
+    add_overwrite_flag(p)
+    p.set_defaults(func=run)
+
+
+def load_for_eval(model: str, adapter: str | None = None, dtype: str = "float32"):
+    """(model, tokenizer) for evaluation. An S3T run directory is served through
+    ``llm_unlearn.s3t.serving.load_ensemble`` when that module provides it."""
+    from llm_unlearn.models import load_model, load_tokenizer, resolve_model_path
+
+    try:
+        from llm_unlearn.s3t import serving  # noqa: PLC0415
+    except ImportError:
+        serving = None
+    if serving is not None and hasattr(serving, "is_s3t_dir") and serving.is_s3t_dir(model):
+        return serving.load_ensemble(model)
+    m = load_model(model, dtype=dtype, adapter=adapter)
+    tok_spec = adapter if adapter and any((Path(adapter) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")) \
+        else resolve_model_path(model)
+    return m, load_tokenizer(tok_spec)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from llm_unlearn.cli.common import prepare_output_dir
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.eval.evaluator import evaluate_model, write_eval
+    from llm_unlearn.eval.logs import format_value, read_logs
+
+    # validate cheap inputs before loading a model
+    load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=1)
+    retain = read_logs(args.retain_logs) if args.retain_logs else None
+    out = prepare_output_dir(args.output, args.overwrite)
+    model, tok = load_for_eval(args.model, args.adapter, args.dtype)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if hasattr(model, "to") and not getattr(model, "hf_device_map", None):
+        model = model.to(device)
+    result = evaluate_model(model, tok, args.data, forget_split=args.forget_split, retain_logs=retain,
+                            max_items=args.max_items, batch_size=args.batch_size,
+                            max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
+                            model_name=args.model + (f" + {args.adapter}" if args.adapter else ""))
+    write_eval(out, result)
+    s = result["summary"]
+    for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability",
+                "forget_truth_ratio", "mia_auc_min_k", "privleak"):
+        reason = s["not_available"].get(key)
+        print(f"{key:24s} {format_value(s['metrics'][key], key)}" + (f"  ({reason})" if reason else ""))
+    print(f"wrote {out / 'summary.json'} and {out / 'per_item.json'}")
+    return 0

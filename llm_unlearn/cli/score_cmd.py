@@ -1,0 +1,36 @@
+"""`llm-unlearn score`: every TOFU aggregate from existing per-item logs (ours, open-unlearning's
+TOFU_EVAL.json or TOFU's legacy eval_log*.json), without running a model."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub, name: str, help_text: str) -> None:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--logs", required=True, help="per-item logs of the model (file or directory, any supported format)")
+    p.add_argument("--retain-logs", default=None, help="per-item logs of the retain model (forget quality, privleak)")
+    p.add_argument("--output", default=None, help="also write the summary as JSON to this file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from llm_unlearn.cli.common import prepare_output_file, write_json
+    from llm_unlearn.eval.logs import SUMMARY_FORMAT, compute_summary, format_value, read_logs
+
+    logs = read_logs(args.logs)
+    retain = read_logs(args.retain_logs) if args.retain_logs else None
+    out = prepare_output_file(args.output, args.overwrite) if args.output else None
+    summary = {"format": SUMMARY_FORMAT, **compute_summary(logs, retain)}
+    print(f"logs: {logs.path} ({logs.fmt}); items: "
+          + ", ".join(f"{k} {n}" for k, n in summary["n_items"].items()))
+    if retain is not None:
+        print(f"retain logs: {retain.path} ({retain.fmt})")
+    for key, value in summary["metrics"].items():
+        reason = summary["not_available"].get(key) if value is None else None
+        print(f"{key:30s} {format_value(value, key)}" + (f"  ({reason})" if reason else ""))
+    if out is not None:
+        write_json(out, summary)
+        print(f"wrote {out}")
+    return 0
