@@ -1,0 +1,252 @@
+"""Enforcing a `WeightMask` during training: frozen weights stay bit-identical.
+
+Full weights (plain model). For every covered parameter with some frozen entries:
+1. a gradient hook zeroes the frozen entries' gradient before it is accumulated, so gradient
+   clipping, Adam moments and any all-reduce see zeros there;
+2. an optimizer step post-hook copies the frozen entries' start values back after every step and
+   zeroes the optimizer state at those entries. Needed because AdamW's decoupled weight decay
+   (θ ← θ − lr·λ·θ) moves weights whose gradient is zero. Memory: a bool per weight plus a copy of
+   the frozen values (≈ (1 − ratio) of the covered weights, in the model dtype).
+Parameters the mask does not cover (embeddings, norms, lm_head by default) and fully frozen
+tensors get ``requires_grad=False``: the mask is the complete list of what may change.
+
+LoRA (PEFT model). Mask keys are base-model names; each LoRA layer is restricted so the effective
+update of its base weight stays inside the mask:
+- element granularity (mask of the weight's shape, paper-faithful): ΔW = M ⊙ (B·A)·scaling. The
+  layer's forward builds ΔW explicitly and `get_delta_weight` is masked too, so merging adds
+  exact zeros outside M. Cost: one bool per base weight (the mask) plus, per layer during
+  forward/backward, a dense out×in ΔW and its gradient (a full-weight-sized transient per layer).
+  The saved adapter (A, B) alone does not carry the mask: merge with the mask applied, or load
+  the adapter and re-apply the mask file.
+- row granularity (mask of shape (out, 1)): the frozen output rows of B are held at zero (hook +
+  restore as above), so rows of B·A outside the mask are exactly zero. Cost: one bool per output
+  channel, no extra compute; the saved adapter is an ordinary, self-contained PEFT adapter.
+  Cheap enough for 7B models.
+Both need a fresh adapter (ΔW = 0 outside the mask at the start); LoRA variants (DoRA, …) and
+``lora_bias`` are refused. LoRA layers whose base weight the mask does not cover are frozen.
+
+Not supported: DeepSpeed ZeRO / FSDP sharded parameters (the hooks need whole tensors).
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from llm_unlearn.errors import UnlearnError
+from llm_unlearn.masks.weight_mask import WeightMask, base_param_name, is_lora_param
+
+logger = logging.getLogger(__name__)
+
+
+def _is_peft(model: nn.Module) -> bool:
+    return any(is_lora_param(n) for n, _ in model.named_parameters())
+
+
+def _lora_layers(model: nn.Module):
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and hasattr(module, "lora_B") and hasattr(module, "base_layer"):
+            yield name, module
+
+
+class MaskEnforcer:
+    """The hooks and patches that keep a model inside its mask. Made by `enforce_mask`."""
+
+    def __init__(self, model: nn.Module, mask: WeightMask):
+        self.model = model
+        self.mask = mask
+        self._frozen: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = []  # (param, frozen mask, values)
+        self._handles: list[Any] = []
+        self._patched: list[tuple[nn.Module, str]] = []
+        self._requires_grad_off: list[nn.Parameter] = []
+        self._optimizers: set[int] = set()
+        self.lora_granularity: dict[str, str] = {}  # base weight name -> element | row
+
+    # building
+    def _freeze(self, p: nn.Parameter) -> None:
+        if p.requires_grad:
+            p.requires_grad_(False)
+            self._requires_grad_off.append(p)
+
+    def _hold(self, p: nn.Parameter, frozen: torch.Tensor) -> None:
+        """Zero gradients at `frozen` (broadcastable bool) and keep those entries at their current values."""
+        frozen = frozen.to(p.device)
+        if not bool(frozen.any()):
+            return
+        if bool(frozen.all()):
+            self._freeze(p)
+            return
+        values = p.detach()[frozen.expand_as(p)].clone()
+        self._handles.append(p.register_hook(lambda g, f=frozen: g.masked_fill(f, 0)))
+        self._frozen.append((p, frozen, values))
+
+    def _full_weights(self, name: str, p: nn.Parameter) -> None:
+        key = base_param_name(name)
+        if key not in self.mask:
+            self._freeze(p)
+            return
+        self._hold(p, ~self.mask[key])
+
+    def _lora_layer(self, mod_name: str, module: nn.Module) -> None:
+        key = base_param_name(mod_name) + ".weight"
+        lora_params = [p for ad in module.lora_A for p in (*module.lora_A[ad].parameters(), *module.lora_B[ad].parameters())]
+        if key not in self.mask:
+            for p in lora_params:
+                self._freeze(p)
+            return
+        if getattr(module, "lora_variant", None):
+            raise UnlearnError(f"{mod_name}: LoRA variants ({', '.join(module.lora_variant)}) cannot be masked; use plain LoRA")
+        if any(getattr(module, "lora_bias", {}).values()):
+            raise UnlearnError(f"{mod_name}: lora_bias=True cannot be masked; use lora_bias=False")
+        m = self.mask[key]
+        weight_shape = tuple(module.get_base_layer().weight.shape)
+        if tuple(m.shape) == weight_shape:
+            self._lora_element(mod_name, module, key, m)
+        else:
+            self._lora_row(mod_name, module, key, m)
+
+    def _lora_row(self, mod_name: str, module: nn.Module, key: str, m: torch.Tensor) -> None:
+        rows = m.reshape(-1)
+        for ad, lin in module.lora_B.items():
+            b = lin.weight
+            if b.shape[0] != rows.numel():
+                raise UnlearnError(f"{mod_name}: row mask has {rows.numel()} rows but lora_B has {b.shape[0]} outputs")
+            frozen = ~rows.to(b.device).unsqueeze(1)
+            if bool((b.detach().masked_select(frozen.expand_as(b)) != 0).any()):
+                raise UnlearnError(f"{mod_name}: adapter '{ad}' already changes rows outside the mask; masking needs a "
+                                   "fresh LoRA adapter (merge an existing one into the base model first)")
+            self._hold(b, frozen)
+        self.lora_granularity[key] = "row"
+
+    def _lora_element(self, mod_name: str, module: nn.Module, key: str, m: torch.Tensor) -> None:
+        frozen_w = (~m).to(module.get_base_layer().weight.device)  # base weight layout
+        fan_in_fan_out = getattr(module, "fan_in_fan_out", False)
+        frozen_oi = frozen_w.t() if fan_in_fan_out else frozen_w  # (out, in) layout of B @ A
+        for ad in module.lora_A:
+            delta0 = module.get_delta_weight(ad)
+            if bool((delta0.masked_select(frozen_w) != 0).any()):
+                raise UnlearnError(f"{mod_name}: adapter '{ad}' already changes weights outside the mask; masking "
+                                   "needs a fresh LoRA adapter (merge an existing one into the base model first)")
+        original_delta = module.get_delta_weight
+        original_forward = module.forward
+
+        def get_delta_weight(self, adapter):
+            return original_delta(adapter).masked_fill(frozen_w.to(self.lora_B[adapter].weight.device), 0)
+
+        def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if kwargs.get("adapter_names") is not None:
+                raise UnlearnError(f"{mod_name}: mixed-adapter batches are not supported with an element mask")
+            if self.disable_adapters or self.merged:
+                return original_forward(x, *args, **kwargs)
+            kwargs.pop("adapter_names", None)
+            result = self.base_layer(x, *args, **kwargs)
+            out_dtype = result.dtype
+            for ad in self.active_adapters:
+                if ad not in self.lora_A:
+                    continue
+                a, b = self.lora_A[ad].weight, self.lora_B[ad].weight
+                xa = self._cast_input_dtype(x, a.dtype)
+                delta = (b @ a).masked_fill(frozen_oi, 0) * self.scaling[ad]
+                result = result + F.linear(self.lora_dropout[ad](xa), delta)
+            return result.to(out_dtype)
+
+        module.get_delta_weight = types.MethodType(get_delta_weight, module)
+        module.forward = types.MethodType(forward, module)
+        self._patched.append((module, "get_delta_weight"))
+        self._patched.append((module, "forward"))
+        self.lora_granularity[key] = "element"
+
+    def build(self) -> MaskEnforcer:
+        self.mask.validate(self.model)
+        lora_param_ids: set[int] = set()
+        for mod_name, module in _lora_layers(self.model):
+            lora_param_ids.update(id(p) for p in module.lora_A.parameters())
+            lora_param_ids.update(id(p) for p in module.lora_B.parameters())
+            self._lora_layer(mod_name, module)
+        for name, p in self.model.named_parameters():
+            if id(p) in lora_param_ids or not p.requires_grad:
+                continue
+            self._full_weights(name, p)
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise UnlearnError("the mask leaves no trainable weight (ratio too small, or a LoRA adapter on modules "
+                               "the mask does not cover?)")
+        logger.info("mask enforced: %d partly frozen tensors, %d tensors frozen outright, LoRA layers %s",
+                    len(self._frozen), len(self._requires_grad_off), self.lora_granularity or "none")
+        return self
+
+    # training-time
+    @torch.no_grad()
+    def restore_(self) -> None:
+        """Copy the frozen entries' start values back (undoes weight decay on them)."""
+        for p, frozen, values in self._frozen:
+            p.masked_scatter_(frozen, values)
+
+    @torch.no_grad()
+    def _clear_state(self, optimizer: torch.optim.Optimizer) -> None:
+        for p, frozen, _ in self._frozen:
+            for v in optimizer.state.get(p, {}).values():
+                if isinstance(v, torch.Tensor) and v.shape == p.shape:
+                    v.masked_fill_(frozen, 0)
+
+    def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """After every step of `optimizer` (an accelerate wrapper is unwrapped), restore frozen
+        entries and zero the optimizer state there."""
+        inner = optimizer
+        while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
+            inner = inner.optimizer
+        if not hasattr(inner, "register_step_post_hook"):
+            raise UnlearnError(f"optimizer {type(optimizer).__name__} does not support step hooks; cannot enforce the mask")
+        if id(inner) in self._optimizers:
+            return
+        self._optimizers.add(id(inner))
+
+        def post_step(opt, args, kwargs):
+            self.restore_()
+            self._clear_state(opt)
+
+        self._handles.append(inner.register_step_post_hook(post_step))
+
+    def remove(self) -> None:
+        """Undo hooks, LoRA patches and requires_grad changes (the weights stay as they are)."""
+        for h in self._handles:
+            h.remove()
+        for module, attr in self._patched:
+            module.__dict__.pop(attr, None)
+        for p in self._requires_grad_off:
+            p.requires_grad_(True)
+        self._handles, self._patched, self._requires_grad_off, self._frozen = [], [], [], []
+        self._optimizers.clear()
+
+
+def enforce_mask(model: nn.Module, mask: WeightMask) -> MaskEnforcer:
+    """Validate `mask` against `model` and install the enforcement (see the module docstring).
+    Call before the optimizer is built, then `attach_optimizer(optimizer)`."""
+    return MaskEnforcer(model, mask).build()
+
+
+def attach_mask(trainer, mask: WeightMask) -> MaskEnforcer:
+    """Enforce `mask` on a `transformers.Trainer` (any subclass): installs the hooks on
+    `trainer.model` and makes every optimizer the trainer creates restore frozen entries after
+    each step. Call at the end of the trainer's ``__init__`` (before `train()`)."""
+    if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
+        raise UnlearnError("weight masks are not supported with DeepSpeed or FSDP (parameters are sharded)")
+    if getattr(trainer, "mask_enforcer", None) is not None:
+        raise UnlearnError("this trainer already has a mask attached")
+    enforcer = enforce_mask(trainer.model, mask)
+    if trainer.optimizer is not None:
+        enforcer.attach_optimizer(trainer.optimizer)
+    original = trainer.create_optimizer
+
+    def create_optimizer(*args, **kwargs):
+        optimizer = original(*args, **kwargs)
+        enforcer.attach_optimizer(trainer.optimizer)
+        return optimizer
+
+    trainer.create_optimizer = create_optimizer
+    trainer.mask_enforcer = enforcer
+    return enforcer

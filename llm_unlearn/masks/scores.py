@@ -1,0 +1,275 @@
+"""Weight-attribution scores, computed once on the original model before unlearning starts.
+
+WAGLE (Jia et al., NeurIPS 2024, "WAGLE: Strategic Weight Attribution for Effective and Modular
+Unlearning in LLMs"), the attribution score of each weight (their bi-level derivation, with the
+retain loss's Hessian approximated by a diagonal γI):
+
+    S(θ) = | (θ − (1/γ) ∇ℓ_r(θ)) ⊙ ∇ℓ_f(θ) |
+
+ℓ_f is the forget NLL and ℓ_r the retain NLL (mean token NLL of a batch, averaged over the
+batches of the loader). The weights with the highest scores may change during unlearning.
+
+Baselines: ``random`` (uniform, seeded), ``magnitude`` |θ|, ``salun`` |∇ℓ_f| (SalUn's gradient
+saliency, Fan et al. ICLR 2024) and ``wanda`` |W_ij|·‖X_j‖₂ (Sun et al. ICLR 2024) with X the
+inputs of the layer over the forget set's non-padding tokens.
+
+Gradients are accumulated in float32 buffers whatever the model dtype (a per-parameter hook moves
+each gradient into its buffer as soon as it is computed, so the model-dtype gradients never pile
+up). Memory for a model of N target weights: wagle 8N bytes (θ − ∇ℓ_r/γ, then ∇ℓ_f), salun /
+magnitude / random 4N bytes, wanda 4N bytes + one vector per layer.
+
+γ default (DEFAULT_GAMMA = 1.0). γ sets how much the retain gradient counts against θ: γ → ∞
+ranks by |θ ⊙ ∇ℓ_f| (a first-order forget-loss attribution), small γ ranks by |∇ℓ_r ⊙ ∇ℓ_f|.
+`benchmarks/mask_cost.py --gamma-sweep` sweeps γ ∈ {1e-3 … 1e3, ∞} on the tiny finetuned Llama
+and synthetic TOFU data (forget10): mask ratio 0.2, then 30 steps of masked GradDiff, measuring
+the rise of forget NLL and of retain NLL. The results are in benchmarks/results/gamma_sweep.json
+and the README of benchmarks; 1.0 is where forget-NLL rise per unit of retain-NLL rise was best
+or tied for best there. On that model ‖∇ℓ_r‖ per weight is about 1e-3–1e-2 against |θ| ≈ 0.05,
+so γ ≥ 1 is already close to the |θ ⊙ ∇ℓ_f| end; on other models the balance point moves with
+the ratio of retain-gradient to weight size — sweep γ when it matters.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llm_unlearn.errors import UnlearnError
+from llm_unlearn.masks.weight_mask import base_param_name, is_lora_param
+
+METHODS = ("wagle", "random", "magnitude", "salun", "wanda")
+DEFAULT_GAMMA = 1.0
+
+LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
+
+
+@dataclass
+class Target:
+    """One weight matrix scores and masks are computed for."""
+
+    name: str  # base-model parameter name
+    module: nn.Module
+    param: nn.Parameter
+    out_axis: int  # axis of output channels in the weight (0 for nn.Linear, 1 for Conv1D)
+
+
+def _linear_types() -> tuple[type, ...]:
+    types: list[type] = [nn.Linear]
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        types.append(Conv1D)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(types)
+
+
+def find_targets(model: nn.Module, target_modules: str | None = None) -> list[Target]:
+    """Weights of the modules a mask covers.
+
+    Default (``target_modules=None``): every ``nn.Linear`` (and GPT-2 ``Conv1D``) except the output
+    embedding (lm_head) — the same set PEFT's ``target_modules="all-linear"`` wraps with LoRA, so one
+    mask serves full-weight and LoRA runs. lm_head is left out because it is often tied to the input
+    embedding and its vocabulary rows are shared by every answer. A string is a regex searched
+    (``re.search``) in the base-model module name, e.g. ``r"mlp\\.(gate|up|down)_proj$"``; it
+    selects among linear modules, lm_head included if it matches.
+    """
+    linear_types = _linear_types()
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    output_emb = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    pattern = None
+    if target_modules is not None:
+        try:
+            pattern = re.compile(target_modules)
+        except re.error as exc:
+            raise UnlearnError(f"target_modules: invalid regex '{target_modules}': {exc}") from None
+    targets: list[Target] = []
+    seen: set[str] = set()
+    for mod_name, module in model.named_modules():
+        if not isinstance(module, linear_types) or is_lora_param(mod_name + ".") or ".modules_to_save." in mod_name:
+            continue
+        base_mod = base_param_name(mod_name)
+        if pattern is None:
+            if output_emb is not None and (module is output_emb or getattr(output_emb, "base_layer", None) is module):
+                continue
+        elif not pattern.search(base_mod):
+            continue
+        name = f"{base_mod}.weight"
+        if name in seen:
+            continue
+        seen.add(name)
+        out_axis = 0 if isinstance(module, nn.Linear) else 1
+        targets.append(Target(name, module, module.weight, out_axis))
+    if not targets:
+        raise UnlearnError(f"target_modules '{target_modules}' matches no linear module of the model")
+    return targets
+
+
+def default_loss(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Mean token NLL of a QACollator batch (the model's own shifted cross-entropy)."""
+    return model(**batch).loss
+
+
+def _to_device(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextmanager
+def _scoring_mode(model: nn.Module, targets: list[Target], need_grad: bool):
+    """eval mode, LoRA adapters disabled, gradients only on the target weights; all restored after."""
+    was_training = model.training
+    flags = {p: p.requires_grad for p in model.parameters()}
+    target_params = {id(t.param) for t in targets}
+    adapter_ctx = model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+    try:
+        model.eval()
+        if need_grad:
+            for t in targets:
+                if not t.param.is_floating_point():
+                    raise UnlearnError(f"cannot take gradients of '{t.name}' ({t.param.dtype}): score a float model, "
+                                       "not a quantised one")
+        for p in model.parameters():
+            if p.is_floating_point():
+                p.requires_grad_(need_grad and id(p) in target_params)
+        with adapter_ctx:
+            yield
+    finally:
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+            p.grad = None
+        model.train(was_training)
+
+
+def _progress(loader: Iterable, desc: str, show: bool):
+    if not show:
+        return loader
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=desc, leave=False)
+
+
+def accumulate_gradients(model: nn.Module, targets: list[Target], loader: Iterable, loss_fn: LossFn = default_loss,
+                         desc: str = "gradients", progress: bool = True) -> tuple[dict[str, torch.Tensor], int]:
+    """Sum over batches of ∇(batch loss), in float32 buffers; returns (buffers, number of batches).
+    Must run inside `_scoring_mode(..., need_grad=True)`."""
+    buffers = {t.name: torch.zeros(t.param.shape, dtype=torch.float32, device=t.param.device) for t in targets}
+    handles = []
+    for t in targets:
+        buf = buffers[t.name]
+
+        def hook(p: torch.Tensor, buf: torch.Tensor = buf) -> None:
+            buf.add_(p.grad.float())
+            p.grad = None
+
+        handles.append(t.param.register_post_accumulate_grad_hook(hook))
+    device = _device(model)
+    n = 0
+    try:
+        for batch in _progress(loader, desc, progress):
+            loss = loss_fn(model, _to_device(batch, device))
+            if not torch.isfinite(loss):
+                raise UnlearnError(f"{desc}: non-finite loss {loss.item()} on batch {n}")
+            loss.backward()
+            n += 1
+    finally:
+        for h in handles:
+            h.remove()
+    if n == 0:
+        raise UnlearnError(f"{desc}: the data loader yielded no batch")
+    return buffers, n
+
+
+def _input_norms(model: nn.Module, targets: list[Target], loader: Iterable, progress: bool) -> dict[str, torch.Tensor]:
+    """‖X_j‖₂ per input channel of each target, over non-padding tokens (Wanda's activation norm)."""
+    sumsq = {t.name: None for t in targets}
+    current_mask: dict[str, torch.Tensor | None] = {"m": None}
+    handles = []
+    for t in targets:
+        def hook(module, args, output, name=t.name):
+            x = args[0].detach().float()
+            m = current_mask["m"]
+            if m is not None and x.dim() == 3 and m.shape == x.shape[:2]:
+                x = x * m.unsqueeze(-1).to(x.dtype)
+            s = x.pow(2).reshape(-1, x.shape[-1]).sum(0)
+            sumsq[name] = s if sumsq[name] is None else sumsq[name] + s
+
+        handles.append(t.module.register_forward_hook(hook))
+    device = _device(model)
+    n = 0
+    try:
+        with torch.no_grad():
+            for batch in _progress(loader, "wanda activations", progress):
+                batch = _to_device(batch, device)
+                current_mask["m"] = batch.get("attention_mask")
+                model(**{k: v for k, v in batch.items() if k != "labels"})
+                n += 1
+    finally:
+        for h in handles:
+            h.remove()
+    if n == 0:
+        raise UnlearnError("wanda: the forget loader yielded no batch")
+    return {name: s.sqrt() for name, s in sumsq.items()}
+
+
+def compute_scores(model: nn.Module, forget_loader: Iterable | None = None, retain_loader: Iterable | None = None,
+                   method: str = "wagle", target_modules: str | None = None, gamma: float = DEFAULT_GAMMA,
+                   seed: int = 0, loss_fn: LossFn = default_loss, progress: bool = True) -> dict[str, torch.Tensor]:
+    """Score every target weight (higher = more worth changing); float32 tensors keyed by base name.
+
+    `forget_loader` / `retain_loader` yield QACollator batches (input_ids, attention_mask, labels).
+    wagle needs both, salun and wanda the forget loader, random and magnitude neither.
+    `loss_fn(model, batch)` returns the NLL to differentiate (default: ``model(**batch).loss``).
+    A PEFT model is scored with its adapters disabled, i.e. on the base weights.
+    """
+    if method not in METHODS:
+        raise UnlearnError(f"mask method '{method}' unknown; expected one of {', '.join(METHODS)}")
+    if method in ("wagle", "salun", "wanda") and forget_loader is None:
+        raise UnlearnError(f"mask method '{method}' needs a forget data loader")
+    if method == "wagle":
+        if retain_loader is None:
+            raise UnlearnError("mask method 'wagle' needs a retain data loader")
+        if not (gamma > 0) or math.isnan(gamma):
+            raise UnlearnError(f"gamma must be > 0 (inf allowed), got {gamma}")
+    targets = find_targets(model, target_modules)
+
+    if method == "random":
+        gen = torch.Generator().manual_seed(seed)
+        return {t.name: torch.rand(t.param.shape, generator=gen).to(t.param.device) for t in targets}
+    if method == "magnitude":
+        return {t.name: t.param.detach().float().abs() for t in targets}
+    if method == "wanda":
+        with _scoring_mode(model, targets, need_grad=False):
+            norms = _input_norms(model, targets, forget_loader, progress)
+        out = {}
+        for t in targets:
+            w = t.param.detach().float().abs()
+            norm = norms[t.name].to(w.device)
+            out[t.name] = w * (norm.unsqueeze(0) if t.out_axis == 0 else norm.unsqueeze(1))
+        return out
+
+    with _scoring_mode(model, targets, need_grad=True):
+        if method == "salun":
+            grads, n_f = accumulate_gradients(model, targets, forget_loader, loss_fn, "forget gradients", progress)
+            return {name: g.div_(n_f).abs_() for name, g in grads.items()}
+        # wagle: a = θ − ∇ℓ_r/γ first (in the retain buffer), then S = |a ⊙ ∇ℓ_f|
+        anchor, n_r = accumulate_gradients(model, targets, retain_loader, loss_fn, "retain gradients", progress)
+        for t in targets:
+            a = anchor[t.name]
+            if math.isinf(gamma):
+                a.copy_(t.param.detach())
+            else:
+                a.mul_(-1.0 / (gamma * n_r)).add_(t.param.detach().float())
+        grads, n_f = accumulate_gradients(model, targets, forget_loader, loss_fn, "forget gradients", progress)
+        for name, g in grads.items():
+            g.mul_(anchor.pop(name)).div_(n_f).abs_()
+        return grads
