@@ -1,0 +1,27 @@
+"""S3T fixtures: one tiny S3T run (2 shards x 2 slices x 2 sequences, 1 epoch per stage) trained
+once per session; tests that delete work on a copy."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def s3t_run(tmp_path_factory, synthetic_dir) -> Path:
+    from llm_unlearn.s3t.train import S3TConfig, train_s3t
+
+    out = tmp_path_factory.mktemp("s3t_run")
+    cfg = S3TConfig(model="tiny", data=str(synthetic_dir), split="full", output=str(out), shards=2, slices=2,
+                    sequences=2, epochs_per_stage=1, lr=1e-2, batch_size=8, max_items=32, seed=0)
+    return train_s3t(cfg)
+
+
+@pytest.fixture()
+def run_copy(s3t_run, tmp_path) -> Path:
+    """A private copy of the trained run (deletions change its ledger)."""
+    dst = tmp_path / "run"
+    shutil.copytree(s3t_run, dst)
+    return dst
