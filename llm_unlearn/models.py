@@ -249,10 +249,20 @@ def attach_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0,
 
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        _keep_4bit_weights_trainable(model)
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                         task_type="CAUSAL_LM")
     torch.manual_seed(seed)
     return get_peft_model(model, config)
+
+
+def _keep_4bit_weights_trainable(model) -> None:
+    """bitsandbytes (>= 0.49) repacks 4-bit weights into an AVX512-BF16 inference layout on the first
+    CPU forward in eval mode under no_grad; afterwards its kernel has no autograd, so gradients stop
+    at every 4-bit layer and most LoRA factors silently get none. Turn that repacking off."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_model_and_tokenizer(spec: str, **kwargs):
