@@ -1,0 +1,134 @@
+"""The evaluator on the tiny model: per-item NLL against model(...).loss, batch invariance, MIA."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from llm_unlearn.data.qa import encode_qa
+from llm_unlearn.data.tofu import load_tofu
+from llm_unlearn.eval.evaluator import evaluate_model, generate_answers, score_answers, write_eval
+from llm_unlearn.eval.logs import read_logs
+
+# float32 forward passes of differently padded batches agree to ~1e-6; we allow 1e-5 (absolute, nats)
+BATCH_ATOL = 1e-5
+
+
+def _direct_loss(model, tok, question, answer) -> float:
+    enc = encode_qa(tok, question, answer)
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor([enc["input_ids"]]), labels=torch.tensor([enc["labels"]]))
+    return float(out.loss)
+
+
+@pytest.fixture(scope="module")
+def tiny_eval(synthetic_dir, tiny_tokenizer):
+    from llm_unlearn.models import build_tiny_model
+
+    model = build_tiny_model(tiny_tokenizer, seed=0)
+    res = {bs: evaluate_model(model, tiny_tokenizer, str(synthetic_dir), max_items=4, batch_size=bs,
+                              max_new_tokens=6, progress=False) for bs in (1, 8)}
+    return model, res
+
+
+def test_per_item_nll_equals_direct_model_loss(tiny_eval, synthetic_dir, tiny_tokenizer):
+    model, res = tiny_eval
+    items = res[8]["per_item"]["splits"]["forget"]["items"]
+    rows = load_tofu("forget10_perturbed", synthetic_dir, max_items=4).to_list()
+    for item, row in zip(items, rows):
+        assert item["gt_loss"] == pytest.approx(_direct_loss(model, tiny_tokenizer, row["question"], row["answer"]), abs=1e-5)
+        assert item["paraphrased_loss"] == pytest.approx(
+            _direct_loss(model, tiny_tokenizer, row["question"], row["paraphrased_answer"]), abs=1e-5)
+        for j, p in enumerate(row["perturbed_answer"]):
+            assert item["perturbed_loss"][j] == pytest.approx(_direct_loss(model, tiny_tokenizer, row["question"], p), abs=1e-5)
+        assert item["gt_loss_sum"] == pytest.approx(item["gt_loss"] * item["gt_num_tokens"], rel=1e-5)
+    ra = res[8]["per_item"]["splits"]["real_authors"]["items"][0]
+    assert "paraphrased_loss" not in ra and len(ra["perturbed_loss"]) == 3
+
+
+def test_batch_size_1_and_8_give_the_same_values(tiny_eval):
+    _, res = tiny_eval
+    for split, block in res[1]["per_item"]["splits"].items():
+        other = res[8]["per_item"]["splits"][split]["items"]
+        for a, b in zip(block["items"], other):
+            for key in ("gt_loss", "paraphrased_loss"):
+                if key in a:
+                    assert a[key] == pytest.approx(b[key], abs=BATCH_ATOL)
+            if "perturbed_loss" in a:
+                np.testing.assert_allclose(a["perturbed_loss"], b["perturbed_loss"], atol=BATCH_ATOL)
+            assert a.get("gt_num_tokens") == b.get("gt_num_tokens")
+            if "mia" in a:
+                for attack, v in a["mia"].items():
+                    assert v == pytest.approx(b["mia"][attack], abs=1e-4)
+
+
+def test_summary_states_what_it_computed(tiny_eval):
+    _, res = tiny_eval
+    s = res[8]["summary"]
+    assert s["n_items"] == {"forget": 4, "retain": 4, "real_authors": 4, "world_facts": 4, "holdout": 4}
+    assert s["source_splits"]["forget"] == "forget10_perturbed" and s["source_splits"]["holdout"] == "holdout10"
+    assert s["metrics"]["forget_quality"] is None and "retain" in s["not_available"]["forget_quality"]
+    assert s["metrics"]["forget_quality_floor"] == pytest.approx(2 / 70)  # exact KS, n = m = 4
+    assert 0.0 <= s["metrics"]["mia_auc_min_k"] <= 1.0
+    assert {"forget_quality", "model_utility", "truth_ratio", "privleak"} <= set(s["definitions"])
+    assert s["settings"]["max_new_tokens"] == 6
+
+
+def test_generation_is_greedy_and_bounded(synthetic_dir, tiny_model, tiny_tokenizer):
+    qs = [r["question"] for r in load_tofu("forget10", synthetic_dir, max_items=3)]
+    a = generate_answers(tiny_model, tiny_tokenizer, qs, batch_size=3, max_new_tokens=5)
+    b = generate_answers(tiny_model, tiny_tokenizer, qs, batch_size=3, max_new_tokens=5)
+    assert a == b and len(a) == 3
+    for g in a:
+        assert len(tiny_tokenizer(g, add_special_tokens=False)["input_ids"]) <= 8
+
+
+def test_token_stats_for_min_k_plus_plus(tiny_model, tiny_tokenizer):
+    rec = score_answers(tiny_model, tiny_tokenizer, [("Who?", "Someone.")], token_stats=True)[0]
+    assert len(rec["logprobs"]) == len(rec["mu"]) == len(rec["sigma"]) == rec["num_tokens"]
+    assert -np.mean(rec["logprobs"]) == pytest.approx(rec["loss"], rel=1e-5)
+    assert all(s > 0 for s in rec["sigma"])
+
+
+def test_without_holdout_split_mia_is_na(synthetic_dir, tiny_model, tiny_tokenizer, tmp_path):
+    src = tmp_path / "nohold"
+    shutil.copytree(synthetic_dir, src)
+    for p in src.glob("holdout*"):
+        p.unlink()
+    res = evaluate_model(tiny_model, tiny_tokenizer, str(src), max_items=2, max_new_tokens=2, progress=False)
+    s = res["summary"]
+    assert s["metrics"]["mia_auc_loss"] is None and "holdout10" in s["not_available"]["mia_auc_loss"]
+    assert s["metrics"]["privleak"] is None
+
+
+def test_retain_logs_give_forget_quality_and_privleak(tiny_eval, tmp_path, synthetic_dir, tiny_model, tiny_tokenizer):
+    _, res = tiny_eval
+    ret = write_eval(tmp_path / "retain_eval", res[8])
+    other = evaluate_model(tiny_model, tiny_tokenizer, str(synthetic_dir), retain_logs=ret, max_items=4,
+                           max_new_tokens=2, progress=False)["summary"]["metrics"]
+    assert 0.0 < other["forget_quality"] <= 1.0 and other["privleak"] is not None
+    same = read_logs(ret)
+    from llm_unlearn.eval.logs import compute_summary
+
+    assert compute_summary(same, same)["metrics"]["forget_quality"] == 1.0
+
+
+def test_eval_cli_writes_summary_and_items(saved_tiny, synthetic_dir, tmp_path, capsys):
+    import json
+
+    from llm_unlearn.cli import main
+
+    out = tmp_path / "ev"
+    rc = main(["eval", "--model", str(saved_tiny), "--data", str(synthetic_dir), "--max-items", "2",
+               "--max-new-tokens", "2", "--device", "cpu", "--output", str(out)])
+    assert rc == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_items"]["forget"] == 2 and "forget_quality" in summary["not_available"]
+    assert read_logs(out).splits["forget"].gt_loss.shape == (2,)
+    assert "model_utility" in capsys.readouterr().out
+    rc = main(["eval", "--model", str(saved_tiny), "--data", str(synthetic_dir), "--forget-split", "forget99",
+               "--output", str(tmp_path / "bad")])
+    assert rc == 2
