@@ -1,0 +1,109 @@
+"""`llm-unlearn unlearn`: run an unlearning method on a finetuned model (calls
+`llm_unlearn.unlearn.run_unlearning`). Precedence: method defaults < ``--config`` YAML < flags."""
+
+from __future__ import annotations
+
+import argparse
+
+from llm_unlearn.cli.common import add_overwrite_flag
+
+# flag dest -> config field (flags left at None do not override)
+HYPERPARAMETER_FLAGS: dict[str, str] = {
+    "lr": "learning_rate", "epochs": "num_train_epochs", "max_steps": "max_steps",
+    "batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
+    "max_length": "max_length", "seed": "seed", "beta": "beta", "alpha": "alpha", "gamma": "gamma",
+    "delta": "delta", "retain_loss": "retain_loss_type", "steering_coeff": "steering_coeff", "layer": "layer",
+    "update_layers": "update_layers", "refusals": "refusals_file", "save_steps": "save_steps",
+    "logging_steps": "logging_steps", "report_to": "report_to", "hub_model_id": "hub_model_id",
+}
+
+
+def register(sub, name: str, help_text: str) -> None:
+    from llm_unlearn.trainers import METHODS
+
+    p = sub.add_parser(name, help=help_text, description=help_text + ". Precedence: defaults < --config < flags.")
+    p.add_argument("--model", required=True, help="finetuned model: directory (full or LoRA adapter), alias or Hub id")
+    p.add_argument("--data", required=True, help="local TOFU-schema directory or Hub dataset name")
+    p.add_argument("--forget-split", default="forget10", help="split to forget (default forget10)")
+    p.add_argument("--retain-split", default=None, help="split to keep (default: the matching retainXX)")
+    p.add_argument("--method", required=True, metavar="{" + ",".join(METHODS) + "}", help="unlearning method")
+    p.add_argument("--output", required=True, help="output directory (model or adapter, tokenizer, run.json)")
+    p.add_argument("--config", default=None, help="YAML file with fields of the method's config (NPOConfig, …)")
+    p.add_argument("--lora", action="store_true", help="train a LoRA adapter; the reference is the model with adapters off")
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
+    p.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha")
+    p.add_argument("--load-in-4bit", action="store_true", help="QLoRA: quantise the base to 4 bit (with --lora)")
+    p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16")
+    g = p.add_argument_group("hyperparameters (override the config file)")
+    g.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-5; rmu 5e-5)")
+    g.add_argument("--epochs", type=float, default=None, help="epochs over the forget set (default 5)")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (overrides --epochs)")
+    g.add_argument("--batch-size", type=int, default=None, help="forget items per device and micro-batch (default 4)")
+    g.add_argument("--grad-accum", type=int, default=None, help="gradient accumulation steps (default 1)")
+    g.add_argument("--max-length", type=int, default=None, help="max tokens per QA item (default 256)")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default 42)")
+    g.add_argument("--beta", type=float, default=None, help="npo / simnpo / idk_dpo inverse temperature")
+    g.add_argument("--alpha", type=float, default=None, help="retain-term weight (0: forget term only)")
+    g.add_argument("--gamma", type=float, default=None, help="forget-term weight")
+    g.add_argument("--delta", type=float, default=None, help="simnpo margin δ")
+    g.add_argument("--retain-loss", choices=["nll", "kl"], default=None, help="retain term: nll or kl(ref||θ)")
+    g.add_argument("--steering-coeff", type=float, default=None, help="rmu: norm c of the random target direction")
+    g.add_argument("--layer", type=int, default=None, help="rmu: decoder layer whose activations are steered")
+    g.add_argument("--update-layers", default=None, help="rmu: comma-separated layers whose parameters train")
+    g.add_argument("--refusals", default=None, help="idk_dpo: refusal answers file (default: idontknow.txt of --data)")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
+    g.add_argument("--save-steps", type=int, default=None, help="save a checkpoint every N steps (enables saving)")
+    g.add_argument("--logging-steps", type=float, default=None, help="log every N steps")
+    g.add_argument("--report-to", default=None, help="none, all, tensorboard, wandb, trackio, …")
+    g.add_argument("--push-to-hub", action="store_true", help="push the result to the Hub (needs --hub-model-id, a token)")
+    g.add_argument("--hub-model-id", default=None, help="Hub repository for --push-to-hub")
+    g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set any config field (value parsed as YAML), e.g. --set lr_scheduler_type=constant")
+    p.add_argument("--mask", default=None, help="a saved weight mask (llm-unlearn mask): only its weights change")
+    p.add_argument("--mask-method", default=None, help="compute a mask first: wagle, salun, magnitude, wanda, random")
+    p.add_argument("--mask-ratio", type=float, default=None, help="fraction of weights that may change (with --mask-method)")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                   help="resume from a checkpoint directory, or the last one in --output")
+    add_overwrite_flag(p)
+    p.set_defaults(func=run)
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    import yaml
+
+    from llm_unlearn.errors import UnlearnError
+
+    out = {field: getattr(args, dest) for dest, field in HYPERPARAMETER_FLAGS.items() if getattr(args, dest) is not None}
+    if args.save_steps is not None:
+        out["save_strategy"] = "steps"
+    if args.gradient_checkpointing:
+        out["activation_checkpointing"] = True
+    if args.push_to_hub:
+        out["push_to_hub"] = True
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UnlearnError(f"--set expects FIELD=VALUE, got '{item}'")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from llm_unlearn.unlearn import run_unlearning
+
+    if args.mask is not None and args.mask_method is not None:
+        from llm_unlearn.errors import UnlearnError
+
+        raise UnlearnError("pass either --mask or --mask-method, not both")
+    out, result = run_unlearning(
+        model=args.model, data=args.data, output=args.output, method=args.method, forget_split=args.forget_split,
+        retain_split=args.retain_split, config=args.config, overrides=overrides_from_args(args), lora=args.lora,
+        lora_r=args.lora_r, lora_alpha=args.lora_alpha, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
+        mask=args.mask, mask_method=args.mask_method, mask_ratio=args.mask_ratio,
+        resume_from_checkpoint=args.resume, overwrite=args.overwrite,
+    )
+    nll = result["nll"]
+    print(f"{args.method}: forget NLL {nll['forget_before']:.3f} -> {nll['forget_after']:.3f}, "
+          f"retain NLL {nll['retain_before']:.3f} -> {nll['retain_after']:.3f} ({result['steps']} steps)")
+    print(f"saved {'adapter' if args.lora else 'model'}, tokenizer and run.json to {out}")
+    return 0

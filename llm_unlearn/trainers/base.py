@@ -1,0 +1,327 @@
+"""`UnlearnTrainer`: a `transformers.Trainer` over paired ``{"forget": …, "retain": …}`` batches.
+
+A method subclasses it and writes one function, ``unlearn_loss(model, inputs, counts)``, that
+returns the loss and the named terms to log. The base class provides what every method shares:
+
+- Loss normalisation over the whole accumulated batch. `counts` holds the number of forget /
+  retain items and answer tokens of *all* micro-batches of one optimizer step, so a micro-batch
+  contributes ``sum / count`` and gradient accumulation 2×2 gives the update of one batch of 4
+  (``loss_is_scaled_for_ga = True``; the Trainer does not divide again).
+- A reference model without a second copy. Under LoRA the reference pass is the same model with
+  its adapters disabled. With full weights the reference log-likelihoods of the forget items
+  are computed once, before training, and stored as dataset columns (``ref_logprob``,
+  ``idk_ref_logprob``), so they follow shuffling, accumulation and data sharding. The one
+  exception is a KL retain term with full weights: it needs reference *logits* on retain
+  items, so the trainer keeps a frozen copy of the model (memory: one more set of weights, e.g.
+  0.27 GB for a 135 M model in fp16, 14 GB for 7 B in bf16; no optimizer state or gradients).
+- A divergence guard: a NaN/inf loss raises `DivergenceError` before the backward pass (so the
+  weights of the last finite step are untouched) naming the last saved checkpoint, which is kept.
+- Logging of ``forget_nll``, ``retain_nll`` and each method's terms next to ``loss``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from datasets import Dataset
+from transformers import Trainer, TrainingArguments
+
+from llm_unlearn.data.pairing import PairedCollator
+from llm_unlearn.data.qa import check_tokenizer
+from llm_unlearn.errors import DivergenceError, UnlearnError
+from llm_unlearn.trainers.losses import (
+    IGNORE_INDEX,
+    kl_per_token,
+    model_logits,
+    sequence_logprobs_from_logits,
+)
+
+logger = logging.getLogger(__name__)
+
+QA_KEYS = ("input_ids", "attention_mask", "labels")
+RETAIN_LOSS_TYPES = ("nll", "kl")
+
+
+@dataclass
+class UnlearnConfig(TrainingArguments):
+    """Training arguments shared by all unlearning methods (defaults for real models: lr 1e-5,
+    5 epochs, as in the TOFU unlearning runs)."""
+
+    learning_rate: float = field(default=1e-5, metadata={"help": "peak learning rate (AdamW)"})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "passes over the forget set"})
+    per_device_train_batch_size: int = field(default=4, metadata={"help": "forget items (and as many retain items) per device and micro-batch"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    warmup_steps: float = field(default=0.1, metadata={"help": "warmup: steps, or a fraction of all steps if < 1"})
+    logging_steps: float = field(default=5, metadata={"help": "log every N optimizer steps"})
+    save_strategy: str = field(default="no", metadata={"help": "checkpointing: no, steps or epoch"})
+    report_to: str | list[str] | None = field(default="none", metadata={"help": "where to report logs: none, all, tensorboard, wandb, trackio, …"})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False: batches are nested forget/retain dicts"})
+    max_length: int = field(default=256, metadata={"help": "max tokens per QA item when tokenising (longer ones are truncated and counted)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.max_length < 2:
+            raise UnlearnError(f"max_length must be >= 2, got {self.max_length}")
+
+
+@dataclass
+class RetainRegularisedConfig(UnlearnConfig):
+    """A forget term weighted by `gamma` plus a retain term weighted by `alpha`."""
+
+    gamma: float = field(default=1.0, metadata={"help": "weight of the forget term"})
+    alpha: float = field(default=1.0, metadata={"help": "weight of the retain term (0 disables it and the retain split)"})
+    retain_loss_type: str = field(default="nll", metadata={"help": "retain term: nll (cross-entropy on retain answers) or kl (KL(ref || θ) over retain answer tokens)"})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.retain_loss_type not in RETAIN_LOSS_TYPES:
+            raise UnlearnError(f"retain_loss_type must be one of {', '.join(RETAIN_LOSS_TYPES)}, got '{self.retain_loss_type}'")
+        if self.alpha < 0 or self.gamma < 0:
+            raise UnlearnError(f"alpha and gamma must be >= 0, got alpha={self.alpha}, gamma={self.gamma}")
+
+
+def is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def batch_counts(batches: list[dict]) -> dict[str, torch.Tensor]:
+    """Items, answer tokens (shifted labels) and attended positions of forget / retain over micro-batches."""
+    counts: dict[str, torch.Tensor] = {}
+    for part in ("forget", "retain"):
+        parts = [b[part] for b in batches if part in b]
+        if not parts:
+            continue
+        counts[f"{part}_items"] = torch.tensor(sum(p["input_ids"].shape[0] for p in parts))
+        counts[f"{part}_tokens"] = sum((p["labels"][:, 1:] != IGNORE_INDEX).sum() for p in parts)
+        counts[f"{part}_positions"] = sum(p["attention_mask"].sum() for p in parts)
+    return counts
+
+
+class UnlearnCollator(PairedCollator):
+    """`PairedCollator` that also carries cached reference log-likelihoods (``*ref_logprob``
+    columns, as float tensors in the forget batch) and refusal answers (``idk_*`` columns, as
+    a third padded batch ``"idk"``)."""
+
+    def __call__(self, items: list[dict]) -> dict[str, dict[str, torch.Tensor]]:
+        batch = super().__call__(items)
+        forget = [it["forget"] for it in items]
+        if "idk_input_ids" in forget[0]:
+            batch["idk"] = self.qa([{k: f[f"idk_{k}"] for k in QA_KEYS} for f in forget])
+        for prefix, part in (("", "forget"), ("idk_", "idk")):
+            if f"{prefix}ref_logprob" in forget[0]:
+                values = [f[f"{prefix}ref_logprob"] for f in forget]
+                batch[part]["ref_logprob"] = torch.tensor(values, dtype=torch.float32)
+        return batch
+
+
+@torch.no_grad()
+def add_reference_logprobs(model, dataset: Dataset, tokenizer, prefix: str = "", batch_size: int = 8) -> Dataset:
+    """Add column ``{prefix}ref_logprob``: Σ log π(y|x) of the model as it is now (eval mode).
+
+    Used with full weights, before training, so no frozen copy is needed for NPO / DPO."""
+    from torch.utils.data import DataLoader
+
+    from llm_unlearn.data.qa import QACollator
+
+    cols = [f"{prefix}{k}" for k in QA_KEYS]
+    missing = [c for c in cols if c not in dataset.column_names]
+    if missing:
+        raise UnlearnError(f"dataset has no column(s) {', '.join(missing)} to score for the reference")
+    view = dataset.select_columns(cols).rename_columns({f"{prefix}{k}": k for k in QA_KEYS}) if prefix else dataset.select_columns(cols)
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    values: list[float] = []
+    for batch in DataLoader(view, batch_size=batch_size, collate_fn=QACollator(tokenizer)):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        s, _ = sequence_logprobs_from_logits(model_logits(model, batch), batch["labels"])
+        values.extend(s.double().tolist())
+    model.train(was_training)
+    column = f"{prefix}ref_logprob"
+    if column in dataset.column_names:
+        dataset = dataset.remove_columns(column)
+    return dataset.add_column(column, values)
+
+
+def last_checkpoint(output_dir: str | None) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if output_dir and os.path.isdir(output_dir):
+        return get_last_checkpoint(output_dir)
+    return None
+
+
+class UnlearnTrainer(Trainer):
+    """Base trainer: paired forget/retain batches, reference handling, logging, divergence guard.
+
+    Subclasses set `method`, `uses_retain`, `reference_prefixes` (which forget-side answers need
+    reference log-likelihoods: "" = the forget answer, "idk_" = the refusal) and implement
+    `unlearn_loss`.
+    """
+
+    method: ClassVar[str] = "base"
+    uses_retain: ClassVar[bool] = False
+    reference_prefixes: ClassVar[tuple[str, ...]] = ()
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, model, args: UnlearnConfig, train_dataset, processing_class=None, data_collator=None,
+                 weight_mask=None, **kwargs: Any):
+        if processing_class is None:
+            raise UnlearnError(f"{self.method}: pass the tokenizer as processing_class")
+        check_tokenizer(processing_class)
+        if not hasattr(train_dataset, "forget"):
+            raise UnlearnError(f"{self.method}: train_dataset must be a ForgetRetainDataset (forget/retain pairs)")
+        if len(train_dataset) == 0:
+            raise UnlearnError(f"{self.method}: the forget set is empty")
+        if self.needs_retain(args) and getattr(train_dataset, "retain", None) is None:
+            raise UnlearnError(f"{self.method}: alpha > 0 needs a retain split (pass one, or set alpha=0)")
+        if args.remove_unused_columns:
+            args.remove_unused_columns = False  # nested forget/retain dicts must reach compute_loss intact
+        super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
+                         data_collator=data_collator or UnlearnCollator(processing_class), **kwargs)
+        self.is_peft = is_peft_model(self.model)
+        if self.is_peft and self.args.activation_checkpointing:
+            # reentrant checkpointing needs an input that requires grad when only adapters train
+            self.model.enable_input_require_grads()
+        self.ref_model = None
+        self._metric_sums: dict[str, float] = defaultdict(float)
+        self._metric_step = 0
+        self.setup()
+        self.setup_reference()
+        if weight_mask is not None:
+            try:
+                from llm_unlearn.masks import attach_mask
+            except ImportError:
+                raise UnlearnError("masks not available (llm_unlearn.masks is not installed)") from None
+            attach_mask(self, weight_mask)
+
+    # ---- what a method overrides -------------------------------------------------------
+
+    @classmethod
+    def needs_retain(cls, args) -> bool:
+        """Whether this method with these arguments uses the retain split."""
+        return cls.uses_retain and getattr(args, "alpha", 0.0) > 0
+
+    def setup(self) -> None:
+        """Per-method preparation after the model is on its device, before the reference cache
+        (extra dataset columns, which parameters train)."""
+
+    def unlearn_loss(self, model, inputs: dict, counts: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    # ---- reference ---------------------------------------------------------------------
+
+    def setup_reference(self) -> None:
+        if self.is_peft:
+            return
+        forget = self.train_dataset.forget
+        for prefix in self.reference_prefixes:
+            if f"{prefix}ref_logprob" not in forget.column_names:
+                forget = add_reference_logprobs(self.model, forget, self.processing_class, prefix=prefix,
+                                                batch_size=self.args.per_device_train_batch_size)
+        self.train_dataset.forget = forget
+        if self.needs_retain(self.args) and getattr(self.args, "retain_loss_type", "nll") == "kl":
+            logger.info("KL retain term with full weights: keeping a frozen copy of the model for reference logits")
+            self.ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
+
+    @contextmanager
+    def reference_mode(self, model):
+        """The reference model: adapters disabled (LoRA) or the frozen copy; eval mode, no grad."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        if self.is_peft:
+            was_training = unwrapped.training
+            unwrapped.eval()
+            try:
+                with unwrapped.disable_adapter(), torch.no_grad():
+                    yield unwrapped
+            finally:
+                unwrapped.train(was_training)
+        elif self.ref_model is not None:
+            with torch.no_grad():
+                yield self.ref_model
+        else:
+            raise RuntimeError(f"{self.method}: no reference model with full weights (use cached ref_logprob)")
+
+    def reference_logprobs(self, model, batch: dict) -> torch.Tensor:
+        """Σ log π_ref(y|x) per item of a QA batch: a disabled-adapter pass (LoRA) or its cached
+        ``ref_logprob`` (full weights)."""
+        if self.is_peft:
+            with self.reference_mode(model) as ref:
+                s, _ = sequence_logprobs_from_logits(model_logits(ref, batch), batch["labels"])
+            return s
+        if "ref_logprob" not in batch:
+            raise UnlearnError(f"{self.method}: batch has no cached ref_logprob (full-weight reference not prepared)")
+        return batch["ref_logprob"].to(device=batch["input_ids"].device, dtype=torch.float32)
+
+    # ---- shared terms -----------------------------------------------------------------
+
+    def retain_term(self, model, retain: dict, counts: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(retain loss contribution, retain NLL contribution), both over the step's retain tokens."""
+        logits = model_logits(model, retain)
+        s, _ = sequence_logprobs_from_logits(logits, retain["labels"])
+        nll = -s.sum() / counts["retain_tokens"].clamp(min=1)
+        if getattr(self.args, "retain_loss_type", "nll") == "nll":
+            return nll, nll
+        with self.reference_mode(model) as ref:
+            ref_logits = model_logits(ref, retain)
+        kl, _ = kl_per_token(logits, ref_logits, retain["labels"])
+        return kl.sum() / counts["retain_tokens"].clamp(min=1), nll
+
+    def add_retain_term(self, model, inputs: dict, counts: dict, loss: torch.Tensor, terms: dict) -> torch.Tensor:
+        """``loss + α·R(retain)`` when α > 0 (records retain_loss / retain_nll in `terms`)."""
+        if not self.needs_retain(self.args):
+            return loss
+        retain_loss, retain_nll = self.retain_term(model, inputs["retain"], counts)
+        terms.update(retain_loss=retain_loss, retain_nll=retain_nll)
+        return loss + self.args.alpha * retain_loss
+
+    # ---- Trainer hooks -----------------------------------------------------------------
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> dict[str, torch.Tensor]:
+        return {k: v.to(device) for k, v in batch_counts(batch_samples).items()}
+
+    def compute_loss(self, model, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
+        counts = num_items_in_batch if isinstance(num_items_in_batch, dict) else batch_counts([inputs])
+        counts = {k: v.to(inputs["forget"]["input_ids"].device) for k, v in counts.items()}
+        loss, terms = self.unlearn_loss(model, inputs, counts)
+        if not torch.isfinite(loss):
+            self._diverged(loss, terms)
+        if model.training:
+            for name, value in terms.items():
+                self._metric_sums[name] += float(value.detach())
+        return (loss, None) if return_outputs else loss
+
+    def _diverged(self, loss: torch.Tensor, terms: dict) -> None:
+        checkpoint = last_checkpoint(self.args.output_dir)
+        where = f"last good checkpoint kept at {checkpoint}" if checkpoint else "no checkpoint was saved (set save_steps)"
+        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        err = DivergenceError(
+            f"{self.method}: loss became {float(loss)} at step {self.state.global_step + 1} ({detail}); "
+            f"training stopped, {where}; try a lower learning_rate"
+        )
+        err.checkpoint = checkpoint
+        err.step = self.state.global_step + 1
+        raise err
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._metric_sums:
+            steps = max(self.state.global_step - self._metric_step, 1)
+            for name, total in self._metric_sums.items():
+                logs[name] = round(total / steps, 6)
+            self._metric_sums.clear()
+            self._metric_step = self.state.global_step
+        super().log(logs, start_time)
+
+    def floating_point_ops(self, inputs: dict) -> int:
+        return sum(super(UnlearnTrainer, self).floating_point_ops(part) for part in inputs.values() if isinstance(part, dict))

@@ -1,0 +1,24 @@
+"""Gradient Ascent (Jang et al., 2023; the GA baseline of Maini et al., 2024, TOFU §4):
+minimise ``−NLL(forget)``, i.e. maximise the cross-entropy of the forget answers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llm_unlearn.trainers.base import UnlearnConfig, UnlearnTrainer
+from llm_unlearn.trainers.losses import model_logits, sequence_logprobs_from_logits
+
+
+@dataclass
+class GradAscentConfig(UnlearnConfig):
+    """Gradient ascent has no method-specific hyperparameters (learning rate and epochs set the strength)."""
+
+
+class GradAscentTrainer(UnlearnTrainer):
+    method = "grad_ascent"
+
+    def unlearn_loss(self, model, inputs, counts):
+        forget = inputs["forget"]
+        s, _ = sequence_logprobs_from_logits(model_logits(model, forget), forget["labels"])
+        forget_nll = -s.sum() / counts["forget_tokens"].clamp(min=1)
+        return -forget_nll, {"forget_nll": forget_nll}

@@ -1,0 +1,117 @@
+"""Pure loss functions of the unlearning methods, per item, so each is testable on fixed numbers.
+
+- NPO (Zhang et al., 2024, "Negative Preference Optimization", eq. 3):
+  ``L = (2/β)·log(1 + (π_θ(y|x)/π_ref(y|x))^β) = (2/β)·softplus(β·(log π_θ − log π_ref))``
+  with ``log π(y|x)`` the log-likelihood summed over the answer tokens.
+- SimNPO (Fan et al., 2024, "Simplicity Prevails", eq. 4), reference-free, length-normalised:
+  ``L = −(2/β)·log σ(−(β/|y|)·log π_θ(y|x) − δ)``.
+- DPO (Rafailov et al., 2023, eq. 7):
+  ``L = −log σ(β·[(log π_θ(y_w) − log π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l))])``.
+- KL(ref‖θ) per answer token, the retain regulariser of Maini et al. (2024, TOFU) "KL" variants.
+- RMU (Li et al., 2024, WMDP, eq. 1–2): squared distance of a layer's activations to a target,
+  averaged over the hidden dimension, per token.
+
+The model-running helpers `sequence_logprobs` and `per_item_nll` are public: evaluation and
+masks reuse them. All log-likelihoods use shifted labels: position t predicts token t+1, and
+only tokens whose label is not -100 (the answer, by `llm_unlearn.data.qa`) count.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each next token and its mask: ``([B, T-1], [B, T-1] bool)``."""
+    logits = logits[:, :-1, :].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    safe = targets.masked_fill(~mask, 0)
+    picked = logits.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+    logp = picked - torch.logsumexp(logits, dim=-1)
+    return logp * mask, mask
+
+
+def sequence_logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(Σ_t log p(y_t | y_<t, x) [B], number of answer tokens [B])`` from logits."""
+    logp, mask = token_logprobs(logits, labels)
+    return logp.sum(-1), mask.sum(-1)
+
+
+def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits of a causal LM on a QA batch (labels are not passed: no internal loss)."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    return out.logits
+
+
+def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `model` on a padded QA batch: ``(sum_logprob [B], n_tokens [B])`` over the answer tokens."""
+    return sequence_logprobs_from_logits(model_logits(model, batch), batch["labels"])
+
+
+@torch.no_grad()
+def per_item_nll(model, dataset, tokenizer, batch_size: int = 8, progress: bool = False) -> list[float]:
+    """Mean answer-token NLL of every item of a tokenised QA dataset (eval mode, no grad)."""
+    from torch.utils.data import DataLoader
+
+    from llm_unlearn.data.qa import QACollator
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    cols = [c for c in ("input_ids", "attention_mask", "labels") if c in dataset.column_names]
+    loader = DataLoader(dataset.select_columns(cols), batch_size=batch_size, collate_fn=QACollator(tokenizer))
+    out: list[float] = []
+    iterator: Iterable = loader
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(loader, desc="NLL", leave=False)
+    for batch in iterator:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        s, n = sequence_logprobs(model, batch)
+        out.extend((-s / n.clamp(min=1)).tolist())
+    model.train(was_training)
+    return out
+
+
+def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO per item: ``(2/β)·softplus(β·(log π_θ − log π_ref))``; equals (2/β)·log 2 at θ = ref."""
+    return (2.0 / beta) * F.softplus(beta * (logp - ref_logp))
+
+
+def simnpo_loss(logp: torch.Tensor, n_tokens: torch.Tensor, beta: float, delta: float = 0.0) -> torch.Tensor:
+    """SimNPO per item: ``−(2/β)·log σ(−(β/|y|)·log π_θ − δ)``."""
+    return -(2.0 / beta) * F.logsigmoid(-(beta / n_tokens.clamp(min=1)) * logp - delta)
+
+
+def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+             beta: float) -> torch.Tensor:
+    """DPO per item: ``−log σ(β·[(c − c_ref) − (r − r_ref)])`` (chosen = refusal, rejected = forget answer)."""
+    return -F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected)))
+
+
+def kl_per_token(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``Σ_v p_ref·(log p_ref − log p_θ)`` at each answer position: ``(kl [B, T-1] masked, mask)``."""
+    mask = labels[:, 1:] != IGNORE_INDEX
+    logq = F.log_softmax(logits[:, :-1, :].float(), dim=-1)
+    logp_ref = F.log_softmax(ref_logits[:, :-1, :].float(), dim=-1)
+    kl = (logp_ref.exp() * (logp_ref - logq)).sum(-1)
+    return kl * mask, mask
+
+
+def activation_sq_error(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """RMU distance per token, ``mean_d (h − target)²`` over positions with `mask`: ``[B, T]``."""
+    err = (hidden.float() - target.float()).pow(2).mean(-1)
+    return err * mask
+
+
+def npo_at_reference(beta: float) -> float:
+    """The NPO loss of one item when θ = ref: (2/β)·log 2."""
+    return 2.0 / beta * math.log(2.0)

@@ -1,0 +1,259 @@
+"""`run_unlearning`: the one library entry point the CLI, recipes and demo call. It loads the model,
+tokenizer and forget/retain splits, builds the method's trainer (`llm_unlearn.trainers.METHODS`),
+trains, saves the unlearned model (or LoRA adapter) with its tokenizer, and writes ``run.json``
+with the mean answer NLL of the forget and retain sets before and after."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_unlearn.errors import DivergenceError, UnlearnError
+from llm_unlearn.trainers import METHODS, UnlearnConfig, get_method, per_item_nll
+
+logger = logging.getLogger(__name__)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Fields of a method config from a YAML (or JSON) file."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise UnlearnError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise UnlearnError(f"{p}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UnlearnError(f"{p}: expected a mapping of config fields, got {type(data).__name__}")
+    return data
+
+
+def build_config(method: str, config: UnlearnConfig | dict | str | Path | None = None,
+                 overrides: dict[str, Any] | None = None, output_dir: str | Path | None = None) -> UnlearnConfig:
+    """The method's config: defaults < `config` (object, dict or YAML path) < `overrides` (CLI flags).
+
+    A ``method`` key in the file must match `method`. Unknown fields raise `UnlearnError` naming them."""
+    _, config_cls = get_method(method)
+    if isinstance(config, UnlearnConfig):
+        if not isinstance(config, config_cls):
+            raise UnlearnError(f"config is a {type(config).__name__}, method '{method}' needs a {config_cls.__name__}")
+        fields: dict[str, Any] = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+        fields["report_to"] = config.report_to or "none"
+    elif isinstance(config, (str, Path)):
+        fields = load_config_file(config)
+    else:
+        fields = dict(config or {})
+    file_method = fields.pop("method", None)
+    if file_method is not None and file_method != method:
+        raise UnlearnError(f"config is for method '{file_method}', but method '{method}' was asked for")
+    fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if output_dir is not None:
+        fields["output_dir"] = str(output_dir)
+    if "use_cpu" not in fields and not torch.cuda.is_available():
+        fields["use_cpu"] = True
+    known = {f.name for f in dataclasses.fields(config_cls) if f.init}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise UnlearnError(f"unknown config field(s) for {method}: {', '.join(unknown)}")
+    try:
+        return config_cls(**fields)
+    except (TypeError, ValueError) as exc:
+        raise UnlearnError(f"invalid {config_cls.__name__}: {str(exc).splitlines()[0]}") from None
+
+
+def load_target(model: str, dtype: str = "float32", load_in_4bit: bool = False):
+    """The model to unlearn and its tokenizer; a LoRA-finetuned target is merged into its base."""
+    from llm_unlearn.models import is_adapter_dir, load_model, load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(model)
+    if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise UnlearnError(f"{path} has no tokenizer (tokenizer.json / tokenizer_config.json); save it beside the model")
+    tokenizer = load_tokenizer(path)
+    if Path(path).is_dir() and is_adapter_dir(path):
+        if load_in_4bit:
+            raise UnlearnError(f"{path} is a LoRA adapter: merge it into its base before loading in 4 bit")
+        loaded = load_model(path, dtype=dtype).merge_and_unload()
+    else:
+        loaded = load_model(path, dtype=dtype, load_in_4bit=load_in_4bit)
+    return loaded, tokenizer
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, tokenizer, batch_size):
+    if mask is None and mask_method is None:
+        return None, None
+    try:
+        import llm_unlearn.masks as masks
+    except ImportError:
+        raise UnlearnError("masks not available (llm_unlearn.masks is missing)") from None
+    if mask is not None:
+        return masks.load_mask(mask), {"path": str(mask)}
+    if mask_ratio is None:
+        raise UnlearnError("--mask-method needs --mask-ratio (fraction of weights that may change)")
+    from torch.utils.data import DataLoader
+
+    from llm_unlearn.data.qa import QACollator
+
+    def loader(ds):
+        if ds is None:
+            return None
+        cols = ["input_ids", "attention_mask", "labels"]
+        return DataLoader(ds.select_columns(cols), batch_size=batch_size, collate_fn=QACollator(tokenizer))
+
+    weight_mask = masks.compute_mask(model, loader(forget_tok), loader(retain_tok), method=mask_method, ratio=mask_ratio)
+    return weight_mask, {"method": mask_method, "ratio": mask_ratio}
+
+
+def run_unlearning(
+    model: Any,
+    data: str | Path,
+    output: str | Path,
+    method: str,
+    forget_split: str = "forget10",
+    retain_split: str | None = None,
+    config: UnlearnConfig | dict | str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    tokenizer: Any = None,
+    lora: bool = False,
+    lora_r: int = 8,
+    lora_alpha: int = 16,
+    load_in_4bit: bool = False,
+    dtype: str = "float32",
+    mask: str | Path | None = None,
+    mask_method: str | None = None,
+    mask_ratio: float | None = None,
+    resume_from_checkpoint: str | bool | None = None,
+    overwrite: bool = False,
+    nll_max_retain: int | None = 200,
+) -> tuple[Path, dict[str, Any]]:
+    """Unlearn `forget_split` of `data` from `model` with `method`; returns ``(output dir, run.json dict)``.
+
+    - `model`: a spec for `llm_unlearn.models.load_model` (directory, alias, Hub id; a LoRA
+      adapter directory is merged into its base), or an already loaded model with `tokenizer`.
+    - `retain_split`: default the matching one (forget10 -> retain90).
+    - `config` / `overrides`: see `build_config`; ``output_dir`` is always `output` (checkpoints
+      go to ``output/checkpoint-N``).
+    - `lora`: train a LoRA adapter (r, alpha) and save only the adapter; the reference is the same
+      model with adapters disabled.
+    - `mask` (a saved weight mask) or `mask_method` + `mask_ratio` (computed here on the forget /
+      retain sets): restrict which weights may change (`llm_unlearn.masks`).
+    - `resume_from_checkpoint`: a checkpoint directory, or True for the last one in `output`.
+    - `nll_max_retain`: retain items scored for the before/after NLL (the first N; None = all).
+    """
+    from llm_unlearn.cli.common import prepare_output_dir
+    from llm_unlearn.data.pairing import ForgetRetainDataset
+    from llm_unlearn.data.qa import check_tokenizer, tokenize_qa_dataset
+    from llm_unlearn.data.tofu import load_tofu, matching_retain_split
+    from llm_unlearn.models import attach_lora
+    from llm_unlearn.runinfo import data_hash, write_manifest
+
+    trainer_cls, _ = get_method(method)  # unknown method: fail before loading anything
+    out = Path(output)
+    cfg = build_config(method, config, overrides, output_dir=out)
+    if retain_split is None:
+        retain_split = matching_retain_split(forget_split)
+    forget_rows = load_tofu(forget_split, data)
+    retain_rows = load_tofu(retain_split, data)
+    if len(forget_rows) == 0:
+        raise UnlearnError(f"forget split '{forget_split}' of {data} is empty")
+
+    model_spec = model if isinstance(model, (str, Path)) else getattr(getattr(model, "config", None), "_name_or_path", "model")
+    if isinstance(model, (str, Path)):
+        model, loaded_tok = load_target(str(model), dtype=dtype, load_in_4bit=load_in_4bit)
+        tokenizer = tokenizer or loaded_tok
+    elif tokenizer is None:
+        raise UnlearnError("pass the tokenizer along with a loaded model")
+    check_tokenizer(tokenizer)
+    if lora:
+        model = attach_lora(model, r=lora_r, alpha=lora_alpha, quantized=load_in_4bit, seed=cfg.seed)
+
+    forget_tok, forget_report = tokenize_qa_dataset(forget_rows, tokenizer, max_length=cfg.max_length)
+    retain_tok, retain_report = tokenize_qa_dataset(retain_rows, tokenizer, max_length=cfg.max_length)
+    retain_eval = retain_tok.select(range(min(len(retain_tok), nll_max_retain or len(retain_tok))))
+
+    if resume_from_checkpoint is None:
+        prepare_output_dir(out, overwrite)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    if not load_in_4bit:
+        model.to(cfg.device)
+    batch = cfg.per_device_train_batch_size
+    logger.info("scoring forget/retain NLL before unlearning")
+    forget_before = per_item_nll(model, forget_tok, tokenizer, batch_size=batch)
+    retain_before = per_item_nll(model, retain_eval, tokenizer, batch_size=batch)
+
+    weight_mask, mask_info = _build_mask(mask, mask_method, mask_ratio, model, forget_tok,
+                                         retain_tok, tokenizer, batch)
+    kwargs: dict[str, Any] = {}
+    if method == "idk_dpo":
+        from llm_unlearn.data.tofu import read_refusals
+        from llm_unlearn.trainers.idk_dpo import read_refusal_file
+
+        kwargs["refusals"] = read_refusal_file(cfg.refusals_file) if cfg.refusals_file else read_refusals(data)
+    pairs = ForgetRetainDataset(forget_tok, retain_tok if trainer_cls.needs_retain(cfg) else None, seed=cfg.seed)
+    trainer = trainer_cls(model=model, args=cfg, train_dataset=pairs, processing_class=tokenizer,
+                          weight_mask=weight_mask, **kwargs)
+
+    manifest: dict[str, Any] = {
+        "kind": "unlearn", "method": method, "model": str(model_spec), "data": str(data),
+        "forget_split": forget_split, "retain_split": retain_split, "forget_items": len(forget_rows),
+        "retain_items": len(retain_rows), "forget_data_hash": data_hash(forget_rows),
+        "truncated": {"forget": forget_report.truncated, "retain": retain_report.truncated},
+        "lora": {"r": lora_r, "alpha": lora_alpha} if lora else None, "load_in_4bit": load_in_4bit, "dtype": dtype,
+        "mask": mask_info, "seed": cfg.seed, "hyperparameters": method_hyperparameters(cfg),
+    }
+    start = time.time()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    except DivergenceError as exc:
+        write_manifest(out, **manifest, status="diverged", error=str(exc), last_checkpoint=exc.checkpoint,
+                       log_history=trainer.state.log_history)
+        raise
+    runtime = time.time() - start
+    trainer.save_model(str(out), _internal_call=True)
+    forget_after = per_item_nll(trainer.model, forget_tok, tokenizer, batch_size=batch)
+    retain_after = per_item_nll(trainer.model, retain_eval, tokenizer, batch_size=batch)
+    manifest.update(
+        status="ok", steps=result.global_step, train_loss=result.training_loss, train_runtime_s=round(runtime, 2),
+        nll={
+            "forget_before": _mean(forget_before), "forget_after": _mean(forget_after),
+            "retain_before": _mean(retain_before), "retain_after": _mean(retain_after),
+            "retain_items_scored": len(retain_eval),
+            "forget_per_item_before": forget_before, "forget_per_item_after": forget_after,
+        },
+        log_history=trainer.state.log_history,
+    )
+    write_manifest(out, **manifest)
+    if cfg.push_to_hub:
+        trainer.push_to_hub(commit_message=f"llm-unlearn {method} on {forget_split}")
+    return out, manifest
+
+
+# the TrainingArguments fields that matter for reproducing an unlearning run, besides the method's own
+_GENERAL_FIELDS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                   "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type", "optim",
+                   "max_length", "seed", "activation_checkpointing", "bf16", "fp16")
+
+
+def method_hyperparameters(cfg: UnlearnConfig) -> dict[str, Any]:
+    """The general training fields plus every field the method's config adds to `UnlearnConfig`."""
+    from transformers import TrainingArguments
+
+    base = {f.name for f in dataclasses.fields(TrainingArguments)}
+    own = [f.name for f in dataclasses.fields(cfg) if f.name not in base]
+    out = {name: getattr(cfg, name) for name in (*_GENERAL_FIELDS, *own) if hasattr(cfg, name)}
+    return {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v) for k, v in out.items()}
+
+
+__all__ = ["METHODS", "build_config", "load_config_file", "load_target", "method_hyperparameters", "run_unlearning"]
