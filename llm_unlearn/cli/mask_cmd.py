@@ -1,0 +1,88 @@
+"""`llm-unlearn mask`: compute a weight-attribution mask (WAGLE or a baseline) on the original
+model and save it (bit-packed safetensors) for `llm-unlearn unlearn --mask FILE`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub, name: str, help_text: str) -> None:
+    from llm_unlearn.cli.common import add_overwrite_flag
+    from llm_unlearn.masks import DEFAULT_GAMMA, GRANULARITIES, METHODS, SCOPES
+
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--model", required=True, help="the model to unlearn: directory (full or LoRA adapter, merged), alias or Hub id")
+    p.add_argument("--data", required=True, help="local TOFU-schema directory or Hub dataset name")
+    p.add_argument("--forget-split", default="forget10", help="split to forget (default forget10)")
+    p.add_argument("--retain-split", default=None, help="split to keep (default: the matching retainXX)")
+    p.add_argument("--method", choices=METHODS, default="wagle", help="attribution score (default wagle)")
+    p.add_argument("--ratio", type=float, default=0.8, help="fraction of the covered weights that may change, in (0, 1]")
+    p.add_argument("--scope", choices=SCOPES, default="global", help="one top-k over all weights, or per tensor")
+    p.add_argument("--granularity", choices=GRANULARITIES, default="element",
+                   help="element: one bit per weight; row: one per output channel (cheap LoRA enforcement)")
+    p.add_argument("--target-modules", default=None,
+                   help="regex on module names (default: every linear layer except lm_head)")
+    p.add_argument("--gamma", type=float, default=DEFAULT_GAMMA,
+                   help=f"wagle: diagonal Hessian constant γ of the retain loss (default {DEFAULT_GAMMA}; 'inf' drops the retain term)")
+    p.add_argument("--batch-size", type=int, default=8, help="items per batch for gradients / activations")
+    p.add_argument("--max-length", type=int, default=256, help="max tokens per QA item")
+    p.add_argument("--max-retain", type=int, default=None, help="use only the first N retain items (default all)")
+    p.add_argument("--dtype", default="float32", help="model dtype (gradients are accumulated in float32 anyway)")
+    p.add_argument("--seed", type=int, default=0, help="seed (random method)")
+    p.add_argument("--output", required=True, help="mask file to write (.safetensors)")
+    add_overwrite_flag(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from llm_unlearn.cli.common import prepare_output_file
+    from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
+    from llm_unlearn.data.tofu import load_tofu, matching_retain_split
+    from llm_unlearn.errors import UnlearnError
+    from llm_unlearn.masks import check_ratio, compute_mask
+    from llm_unlearn.models import is_adapter_dir, load_model, load_tokenizer, resolve_model_path
+
+    check_ratio(args.ratio)
+    if args.batch_size < 1:
+        raise UnlearnError(f"--batch-size must be >= 1, got {args.batch_size}")
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise UnlearnError(f"output {out} already exists; pass --overwrite to replace it")
+    needs_forget = args.method in ("wagle", "salun", "wanda")
+    needs_retain = args.method == "wagle"
+    retain_split = args.retain_split or matching_retain_split(args.forget_split)
+    forget_rows = load_tofu(args.forget_split, args.data) if needs_forget else None
+    retain_rows = load_tofu(retain_split, args.data) if needs_retain else None
+    if retain_rows is not None and args.max_retain is not None:
+        retain_rows = retain_rows.select(range(min(len(retain_rows), args.max_retain)))
+
+    path = resolve_model_path(args.model)
+    tokenizer = load_tokenizer(path)
+    model = load_model(path, dtype=args.dtype)
+    if Path(path).is_dir() and is_adapter_dir(path):
+        model = model.merge_and_unload()  # the mask is over the weights unlearning starts from
+    if torch.cuda.is_available():
+        model.to("cuda")
+    collate = QACollator(tokenizer)
+
+    def loader(rows):
+        if rows is None:
+            return None
+        tok, _ = tokenize_qa_dataset(rows, tokenizer, max_length=args.max_length)
+        return DataLoader(tok.select_columns(["input_ids", "attention_mask", "labels"]),
+                          batch_size=args.batch_size, collate_fn=collate)
+
+    mask = compute_mask(model, loader(forget_rows), loader(retain_rows), method=args.method, ratio=args.ratio,
+                        scope=args.scope, target_modules=args.target_modules, gamma=args.gamma, seed=args.seed,
+                        granularity=args.granularity)
+    mask.meta.update({"model": str(args.model), "data": str(args.data), "forget_split": args.forget_split,
+                      "retain_split": retain_split if needs_retain else None})
+    mask.save(prepare_output_file(out, args.overwrite))
+    print(mask.summary(max_rows=40))
+    print(f"saved mask to {out}")
+    return 0
