@@ -1,12 +1,33 @@
 """S3T fixtures: one tiny S3T run (2 shards x 2 slices x 2 sequences, 1 epoch per stage) trained
-once per session; tests that delete work on a copy."""
+once per session; tests that delete work on a copy.
+
+S3T tests run torch on one thread: the tiny model gains nothing from two, and a busy machine
+makes two threads many times slower. Bitwise reproduction is checked under the same setting."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
+
+
+@contextlib.contextmanager
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with _one_thread():
+        yield
 
 
 @pytest.fixture(scope="session")
@@ -16,7 +37,8 @@ def s3t_run(tmp_path_factory, synthetic_dir) -> Path:
     out = tmp_path_factory.mktemp("s3t_run")
     cfg = S3TConfig(model="tiny", data=str(synthetic_dir), split="full", output=str(out), shards=2, slices=2,
                     sequences=2, epochs_per_stage=1, lr=1e-2, batch_size=8, max_items=32, seed=0)
-    return train_s3t(cfg)
+    with _one_thread():
+        return train_s3t(cfg)
 
 
 @pytest.fixture()
