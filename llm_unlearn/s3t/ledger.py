@@ -120,6 +120,8 @@ class DeletionLedger:
     def __init__(self, path: str | Path, busy_timeout_s: float = 120.0):
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
+        self._con: sqlite3.Connection | None = None
+        self._pid: int | None = None
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -131,23 +133,20 @@ class DeletionLedger:
             raise UnlearnError(f"{path} already exists")
         ledger = cls(path)
         con = ledger._connect()
-        try:
-            con.executescript(_SCHEMA)
-            con.execute("BEGIN IMMEDIATE")
-            rows = {"format": LEDGER_FORMAT, "schema_version": str(SCHEMA_VERSION), "created_at": _now(), **meta}
-            con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in rows.items()])
-            con.executemany(
-                "INSERT INTO samples (sample_id, content_hash, shard, slice, question, answer) VALUES (?,?,?,?,?,?)",
-                [(r["sample_id"], content_hash(r["question"], r["answer"]), r["shard"], r["slice"],
-                  r["question"], r["answer"]) for r in samples],
-            )
-            con.executemany(
-                "INSERT INTO sequences (shard, sequence, slice_order) VALUES (?,?,?)",
-                [(s, b, json.dumps(order)) for s, seqs in enumerate(sequences) for b, order in enumerate(seqs)],
-            )
-            con.execute("COMMIT")
-        finally:
-            con.close()
+        con.executescript(_SCHEMA)
+        con.execute("BEGIN IMMEDIATE")
+        rows = {"format": LEDGER_FORMAT, "schema_version": str(SCHEMA_VERSION), "created_at": _now(), **meta}
+        con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in rows.items()])
+        con.executemany(
+            "INSERT INTO samples (sample_id, content_hash, shard, slice, question, answer) VALUES (?,?,?,?,?,?)",
+            [(r["sample_id"], content_hash(r["question"], r["answer"]), r["shard"], r["slice"],
+              r["question"], r["answer"]) for r in samples],
+        )
+        con.executemany(
+            "INSERT INTO sequences (shard, sequence, slice_order) VALUES (?,?,?)",
+            [(s, b, json.dumps(order)) for s, seqs in enumerate(sequences) for b, order in enumerate(seqs)],
+        )
+        con.execute("COMMIT")
         return ledger
 
     @classmethod
@@ -172,26 +171,34 @@ class DeletionLedger:
         return ledger
 
     def _connect(self) -> sqlite3.Connection:
-        con = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s, isolation_level=None)
+        """One connection per ledger object and process (closing the last connection checkpoints
+        the WAL, which would cost every deletion a full database write)."""
+        if self._con is not None and self._pid == os.getpid():
+            return self._con
+        con = sqlite3.connect(str(self.path), timeout=self.busy_timeout_s, isolation_level=None,
+                              check_same_thread=False)
         con.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
         con.execute("PRAGMA journal_mode = WAL")
         con.execute("PRAGMA synchronous = FULL")
         con.execute("PRAGMA foreign_keys = ON")
+        self._con, self._pid = con, os.getpid()
         return con
+
+    def close(self) -> None:
+        if self._con is not None and self._pid == os.getpid():
+            self._con.close()
+        self._con = None
 
     def _transaction(self, fn, immediate: bool = True):
         con = self._connect()
+        con.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
         try:
-            con.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
-            try:
-                out = fn(con)
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
-            con.execute("COMMIT")
-            return out
-        finally:
-            con.close()
+            out = fn(con)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        return out
 
     def _read(self, fn):
         return self._transaction(fn, immediate=False)
