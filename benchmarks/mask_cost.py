@@ -42,7 +42,7 @@ def _prepare_tiny(workdir: Path) -> tuple[str, str]:
     if not (data / "full.jsonl").is_file():
         write_splits(generate(10, 10, seed=0), data)
     if not (model / "config.json").is_file():
-        finetune(FinetuneConfig(model="tiny", data=str(data), split="full", output=str(model), epochs=12, lr=3e-3,
+        finetune(FinetuneConfig(model="tiny", data=str(data), split="full", output=str(model), epochs=10, lr=3e-3,
                                 batch_size=16, seed=0))
     return str(model), str(data)
 

@@ -115,3 +115,23 @@ def test_mask_for_another_model_is_refused(tiny_model, tiny_tokenizer, make_trai
     mask = compute_mask(other, method="magnitude", ratio=0.5)
     with pytest.raises(UnlearnError, match="'model.layers.0.self_attn.q_proj.weight' has shape"):
         make_trainer(tiny_model, mask=mask)
+
+
+def test_row_mask_on_full_weights_with_plain_adamw():
+    from torch import nn
+
+    from llm_unlearn.masks import select_mask
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5, bias=False), nn.Linear(5, 4, bias=False))
+    mask = select_mask({"0.weight": torch.rand(5, 6), "1.weight": torch.rand(4, 5)}, 0.5, "per_layer", "row")
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
+    mask.apply(model, opt)
+    for _ in range(3):
+        model(torch.randn(3, 6)).pow(2).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    for n, p in model.named_parameters():
+        frozen = ~mask.expanded(n)
+        assert torch.equal(p[frozen], start[n][frozen]) and bool((p[~frozen] != start[n][~frozen]).all())
