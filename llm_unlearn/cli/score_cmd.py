@@ -27,9 +27,16 @@ def run(args: argparse.Namespace) -> int:
           + ", ".join(f"{k} {n}" for k, n in summary["n_items"].items()))
     if retain is not None:
         print(f"retain logs: {retain.path} ({retain.fmt})")
-    for key, value in summary["metrics"].items():
+    m = summary["metrics"]
+    n_forget = summary["n_items"].get("forget")
+    for key, value in m.items():
         reason = summary["not_available"].get(key) if value is None else None
+        if key == "forget_quality_floor" and value is not None:
+            n_ret = summary["retain_logs"]["n_forget_items"] if summary["retain_logs"] else n_forget
+            reason = f"smallest p-value reachable with {n_forget} vs {n_ret} items"
         print(f"{key:30s} {format_value(value, key)}" + (f"  ({reason})" if reason else ""))
+    if m["forget_quality"] is not None and m["forget_quality"] <= m["forget_quality_floor"] * (1 + 1e-9):
+        print("note: forget quality is at the floor (complete separation): a bound, not a measurement")
     if out is not None:
         write_json(out, summary)
         print(f"wrote {out}")

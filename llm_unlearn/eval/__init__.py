@@ -22,10 +22,11 @@ from llm_unlearn.eval.metrics import (
     truth_ratios,
     utility_truth_ratio_score,
 )
+from llm_unlearn.eval.report import build_report, load_run
 
 __all__ = [
-    "EvalLogs", "SplitLog", "compute_summary", "evaluate_items", "evaluate_model", "forget_quality",
-    "forget_truth_ratio_score", "generate_answers", "ks_floor_pvalue", "mia_auc", "model_utility",
+    "EvalLogs", "SplitLog", "build_report", "compute_summary", "evaluate_items", "evaluate_model", "forget_quality",
+    "forget_truth_ratio_score", "generate_answers", "ks_floor_pvalue", "load_run", "mia_auc", "model_utility",
     "normalised_probability", "privleak", "probability", "read_logs", "rouge_l_recall", "score_answers",
     "truth_ratios", "utility_truth_ratio_score", "write_eval",
 ]

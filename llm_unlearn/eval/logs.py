@@ -449,6 +449,8 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None) -> dict
         ref = mia_aucs(retain_logs)[0].get(PRIVLEAK_ATTACK)
         if ref is None:
             na["privleak"] = "the retain logs have no holdout membership scores"
+        elif ref >= 1.0:
+            na["privleak"] = "the retain model's MIA AUC is 1 (privleak divides by 1 - AUC_retain)"
         else:
             m["privleak"] = M.privleak(aucs[PRIVLEAK_ATTACK], ref)
     return {
