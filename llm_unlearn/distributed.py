@@ -1,0 +1,259 @@
+"""Per-rank work, one answer: helpers that keep reference passes, mask scores and evaluation correct
+when a recipe runs on several processes (DDP, FSDP2, DeepSpeed ZeRO-3 through Accelerate).
+
+Three patterns cover the library's needs:
+
+- *Per-item tables* (NPO reference log-likelihoods log π_ref(y|x) of every forget item, per-item
+  evaluation values): each rank computes a shard of the items (`shard_indices`), then
+  `gather_by_index` / `map_sharded` merge the shards into the full table, in item order, on every
+  rank. Shards are padded to equal length because under FSDP/ZeRO-3 every forward is a collective:
+  all ranks must run the same number of batches or the job hangs. Padding items are computed
+  twice and dropped at the merge.
+- *Sums over data* (WAGLE/SalUn gradient accumulators, Σ_i ∇ℓ_i over the forget or retain set):
+  each rank sums over its shard, `all_reduce_sum_` adds the partial sums. Reduce the gradients
+  *before* the non-linear score (|w·g|, g², …): the score of a sum is not the sum of scores.
+- *Scalars* (a mean loss over the whole forget set): `all_reduce_mean` weighted by item counts.
+
+Every function works unchanged in a single process (no process group): then it is the identity.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def rank_and_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised process group, else of the launcher's env, else (0, 1)."""
+    dist = _dist()
+    if dist is not None:
+        return dist.get_rank(), dist.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def is_main_process() -> bool:
+    return rank_and_world()[0] == 0
+
+
+def barrier() -> None:
+    dist = _dist()
+    if dist is not None:
+        dist.barrier()
+
+
+def shard_indices(n: int, rank: int | None = None, world_size: int | None = None) -> list[int]:
+    """This rank's item indices: strided, padded so every rank gets ``ceil(n / world)`` of them.
+
+    Rank r takes r, r+W, r+2W, …; a rank that runs out repeats index ``n-1`` (a padding item the
+    merge drops). Equal lengths keep collective forwards (FSDP, ZeRO-3) in lockstep.
+    """
+    if rank is None or world_size is None:
+        rank, world_size = rank_and_world()
+    if n == 0:
+        return []
+    per_rank = math.ceil(n / world_size)
+    own = list(range(rank, n, world_size))
+    return own + [n - 1] * (per_rank - len(own))
+
+
+def gather_objects(obj: T) -> list[T]:
+    """Every rank's `obj` (picklable), in rank order, on every rank; ``[obj]`` in one process."""
+    dist = _dist()
+    if dist is None:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_by_index(indices: Sequence[int], values: Sequence[T], n: int) -> list[T]:
+    """Merge per-rank ``(index, value)`` pairs into the full list of `n` values, on every rank.
+
+    Each index must be covered by some rank; repeats (padding) must agree and are kept once.
+    """
+    if len(indices) != len(values):
+        raise ValueError(f"{len(indices)} indices but {len(values)} values")
+    merged: dict[int, T] = {}
+    for part_idx, part_val in gather_objects((list(indices), list(values))):
+        for i, v in zip(part_idx, part_val):
+            merged.setdefault(i, v)
+    missing = [i for i in range(n) if i not in merged]
+    if missing:
+        raise RuntimeError(f"items {missing[:5]} were computed by no rank ({len(missing)} missing)")
+    return [merged[i] for i in range(n)]
+
+
+def map_sharded(fn: Callable[[list[T]], Sequence[R]], items: Sequence[T]) -> list[R]:
+    """``fn(items)`` computed shard-wise: each rank runs `fn` on its shard, results merged in order.
+
+    `fn` takes a list of items and returns one result per item (e.g. a function that batches the
+    items through the model and returns per-item log-likelihoods).
+    """
+    idx = shard_indices(len(items))
+    results = list(fn([items[i] for i in idx]))
+    if len(results) != len(idx):
+        raise ValueError(f"fn returned {len(results)} results for {len(idx)} items")
+    return gather_by_index(idx, results, len(items))
+
+
+def all_reduce_sum_(tensors: Iterable[torch.Tensor]) -> None:
+    """In place: each tensor becomes the sum of that tensor over ranks (no-op in one process).
+
+    For gradient accumulators of weight-attribution scores; tensors may live on CPU (gloo) or GPU
+    (nccl). DTensor shards (FSDP2) are reduced shard by shard through their local tensors: a
+    score-gathering step should call this on *unsharded* sums only if each rank holds full copies.
+    """
+    dist = _dist()
+    if dist is None:
+        return
+    for t in tensors:
+        local = t.to_local() if hasattr(t, "to_local") else t
+        dist.all_reduce(local, op=dist.ReduceOp.SUM)
+
+
+def all_reduce_mean(value: float, count: int = 1) -> float:
+    """The count-weighted mean of `value` over ranks (`count` items behind each rank's value)."""
+    dist = _dist()
+    if dist is None:
+        return float(value)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(value) * count, float(count)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return (t[0] / t[1].clamp(min=1)).item()
+
+
+def is_sharded_model(model) -> bool:
+    """True when parameters are sharded across ranks (FSDP1/FSDP2 or DeepSpeed ZeRO-3)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+
+        if any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()):
+            return True
+    except ImportError:  # pragma: no cover - torch without distributed
+        pass
+    return any(hasattr(p, "ds_id") for p in model.parameters())
+
+
+def generation_kwargs(model) -> dict[str, Any]:
+    """Extra `generate()` kwargs for sharded models: ``synced_gpus`` keeps every rank stepping until
+    all ranks finish (a sharded forward is a collective; ranks that stopped early would hang the rest)."""
+    dist = _dist()
+    if dist is not None and dist.get_world_size() > 1 and is_sharded_model(model):
+        return {"synced_gpus": True}
+    return {}
+
+
+def mark_for_synced_generation(model) -> None:
+    """Make `generate()` use ``synced_gpus`` on a sharded model, without changing its callers.
+
+    transformers turns ``synced_gpus`` on by itself for ZeRO-3 and for modules it wrapped with
+    FSDP; modules sharded by Accelerate's FSDP2 it does not recognise, so flag them here."""
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1 or not is_sharded_model(model):
+        return
+    for module in model.modules():
+        if hasattr(module, "generate") and hasattr(module, "generation_config"):
+            module._is_fsdp_managed_module = True
+
+
+@contextmanager
+def average_gradients_across_ranks(model):
+    """While active, every parameter gradient is replaced by its mean over ranks as soon as it is
+    accumulated (post-accumulate-grad hooks registered *before* any the body adds, so those see
+    the averaged gradient). Wrap a gradient-attribution pass (WAGLE / SalUn scores) in it and
+    give each rank its shard of the data with equally many batches: the accumulated gradients
+    then equal those of one process over all the data, and the non-linear score is taken once,
+    on the global gradient. A no-op in one process."""
+    dist = _dist()
+    if dist is None or dist.get_world_size() == 1:
+        yield
+        return
+    world = dist.get_world_size()
+
+    def hook(p: torch.Tensor) -> None:
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(world)
+
+    handles = [p.register_post_accumulate_grad_hook(hook) for p in model.parameters() if p.is_floating_point()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def shard_dataset(dataset):
+    """This rank's (padded) shard of a `datasets.Dataset` or list, see `shard_indices`."""
+    idx = shard_indices(len(dataset))
+    return dataset.select(idx) if hasattr(dataset, "select") else [dataset[i] for i in idx]
+
+
+def sharded_reference_logprobs(model, dataset, tokenizer, prefix: str = "", batch_size: int = 8):
+    """`dataset` + column ``{prefix}ref_logprob`` (Σ log π(y|x) of `model` as it is now), each rank
+    scoring its shard and all ranks receiving the full column. Add it before building an
+    `UnlearnTrainer` with full weights: the trainer then uses the column instead of scoring every
+    item on every rank."""
+    from llm_unlearn.trainers.base import add_reference_logprobs
+
+    column = f"{prefix}ref_logprob"
+    idx = shard_indices(len(dataset))
+    scored = add_reference_logprobs(model, dataset.select(idx), tokenizer, prefix=prefix, batch_size=batch_size)
+    values = gather_by_index(idx, scored[column], len(dataset))
+    if column in dataset.column_names:
+        dataset = dataset.remove_columns(column)
+    return dataset.add_column(column, values)
+
+
+def evaluate_sharded(model, tokenizer, data_source, forget_split: str = "forget10", retain_logs=None,
+                     max_items: int | None = None, batch_size: int = 8, max_new_tokens: int = 200,
+                     progress: bool = True) -> dict[str, Any]:
+    """`llm_unlearn.eval.evaluate_model`, with every split's items divided among ranks and the
+    per-item values merged (in item order) before the aggregates are computed; every rank
+    returns the same ``{"summary", "per_item"}``. One process: identical to `evaluate_model`."""
+    from llm_unlearn.eval import evaluator as E
+
+    _, world = rank_and_world()
+    if world == 1:
+        return E.evaluate_model(model, tokenizer, data_source, forget_split=forget_split, retain_logs=retain_logs,
+                                max_items=max_items, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                progress=progress)
+    mark_for_synced_generation(model)
+    retain = E.read_logs(retain_logs) if isinstance(retain_logs, (str, os.PathLike)) else retain_logs
+    source_splits = {name: tmpl.format(forget=forget_split) for name, tmpl in E.SOURCE_SPLITS.items()}
+    rows = {name: E._load_rows(data_source, split, max_items) for name, split in source_splits.items()}
+    holdout_split = forget_split.replace("forget", "holdout", 1)
+    hold, mia_reason = E._holdout_rows(data_source, holdout_split, max_items)
+    if hold is not None:
+        rows["holdout"] = hold
+        source_splits["holdout"] = holdout_split
+    shards = {name: shard_indices(len(r)) for name, r in rows.items()}
+    local = E.evaluate_items(model, tokenizer, {n: [rows[n][i] for i in shards[n]] for n in rows},
+                             batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress and is_main_process())
+    items = {}
+    for name in rows:
+        merged = gather_by_index(shards[name], local[name], len(rows[name]))
+        items[name] = [{**item, "index": i} for i, item in enumerate(merged)]
+    per_item = {"format": E.ITEMS_FORMAT, "data": str(data_source), "forget_split": forget_split,
+                "mia_not_available": mia_reason,
+                "splits": {n: {"source_split": source_splits[n], "items": its} for n, its in items.items()}}
+    summary = {"format": E.SUMMARY_FORMAT, "data": str(data_source), "forget_split": forget_split,
+               "source_splits": source_splits, **E.compute_summary(E.logs_from_items(per_item), retain),
+               "settings": {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_items": max_items,
+                            "world_size": world, "sharded": True}}
+    summary.pop("logs", None)
+    return {"summary": summary, "per_item": per_item}

@@ -1,0 +1,283 @@
+"""What every unlearning recipe shares: arguments, loading, the sharding-aware steps, saving,
+evaluation and the optional push. A recipe script is `parse → run_recipe(TrainerClass, …)`.
+
+Launch on one process (`python recipes/x.py --config …`), with Accelerate
+(`accelerate launch --config_file recipes/accelerate/fsdp.yaml recipes/x.py --config …`) or, on CPU,
+with `ACCELERATE_USE_CPU=true torchrun --nproc_per_node 2 recipes/x.py …` (gloo).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from transformers import TrainerCallback  # noqa: E402
+
+from llm_unlearn.errors import UnlearnError  # noqa: E402
+
+logger = logging.getLogger("recipes")
+
+
+@dataclass
+class ScriptArguments:
+    """Model, data, adapter, mask, evaluation and sharing options of an unlearning recipe."""
+
+    model_name_or_path: str = field(default="runs/target", metadata={"help": "the finetuned model to unlearn: directory, Hub id, alias (smollm2), or a LoRA adapter directory (merged first)"})
+    data: str = field(default="locuslab/TOFU", metadata={"help": "data source: Hub dataset name or local directory of <split>.jsonl"})
+    forget_split: str = field(default="forget10", metadata={"help": "split to forget (forget01 / forget05 / forget10)"})
+    retain_split: str | None = field(default=None, metadata={"help": "retain split (default: the one matching forget_split, e.g. retain90)"})
+    dtype: str = field(default="float32", metadata={"help": "model dtype: float32, bfloat16, float16"})
+    use_lora: bool = field(default=False, metadata={"help": "unlearn through a fresh LoRA adapter instead of full weights"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    load_in_4bit: bool = field(default=False, metadata={"help": "QLoRA: quantise the base to 4 bit with bitsandbytes (implies use_lora)"})
+    mask_method: str | None = field(default=None, metadata={"help": "weight mask to restrict unlearning: wagle, salun, magnitude, random, wanda (none by default)"})
+    mask_ratio: float = field(default=0.8, metadata={"help": "fraction of target weights that may change"})
+    mask_granularity: str = field(default="element", metadata={"help": "element (paper) or row (cheap, for 7B LoRA)"})
+    mask_path: str | None = field(default=None, metadata={"help": "use a precomputed mask file instead of computing one"})
+    run_eval: bool = field(default=True, metadata={"help": "evaluate the unlearned model (TOFU metrics) into OUTPUT/eval"})
+    retain_logs: str | None = field(default=None, metadata={"help": "retain model's eval (for forget quality)"})
+    eval_max_items: int | None = field(default=None, metadata={"help": "cap items per eval split"})
+    eval_max_new_tokens: int = field(default=200, metadata={"help": "greedy generation length in evaluation"})
+    loss_log: str | None = field(default=None, metadata={"help": "also write every logged step (loss and terms) to this JSON file"})
+    overwrite_output: bool = field(default=False, metadata={"help": "replace a non-empty output_dir"})
+
+
+class LossRecorder(TrainerCallback):
+    """Writes the Trainer's logged training values (loss, method terms) per step to a JSON file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.rows.append({"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}})
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps({"world_size": args.world_size, "steps": self.rows}, indent=1) + "\n")
+
+
+def _sharding() -> str | None:
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "fsdp"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        return "deepspeed"
+    return None
+
+
+def globally_normalised(trainer_cls):
+    """`trainer_cls` whose loss is normalised by the item / token counts of the *global* batch.
+
+    UnlearnTrainer divides each rank's sums by that rank's counts; DDP then averages the ranks,
+    which is a mean of per-rank means, not the mean over the global batch. Here the counts are
+    summed over ranks and the loss multiplied by the world size (DDP's average divides it back),
+    so N processes × batch b give the update and the logged loss of one process with batch N·b.
+    """
+
+    class Global(trainer_cls):
+        def _get_num_items_in_batch(self, batch_samples, device):
+            counts = super()._get_num_items_in_batch(batch_samples, device)
+            if self.accelerator.num_processes > 1 and isinstance(counts, dict):
+                counts = {k: self.accelerator.reduce(v, reduction="sum") for k, v in counts.items()}
+            return counts
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+            world = self.accelerator.num_processes
+            if world == 1 or not isinstance(num_items_in_batch, dict) or not model.training:
+                return out
+            return (out[0] * world, out[1]) if return_outputs else out * world
+
+    Global.__name__ = Global.__qualname__ = trainer_cls.__name__
+    return Global
+
+
+def load_model_for_unlearning(script: ScriptArguments, seed: int):
+    """The model to unlearn (a LoRA target is merged) + tokenizer, with a fresh adapter if asked."""
+    from llm_unlearn.models import attach_lora, is_adapter_dir, load_model, load_tokenizer
+
+    lora = script.use_lora or script.load_in_4bit
+    if script.load_in_4bit and is_adapter_dir(script.model_name_or_path):
+        raise UnlearnError("load_in_4bit: merge the target's LoRA adapter into a full model first "
+                           "(a 4-bit base cannot absorb it)")
+    model = load_model(script.model_name_or_path, dtype=script.dtype, load_in_4bit=script.load_in_4bit)
+    if hasattr(model, "merge_and_unload"):  # a LoRA-finetuned target: its adapter becomes part of the base
+        model = model.merge_and_unload()
+    tokenizer = load_tokenizer(script.model_name_or_path)
+    if lora:
+        model = attach_lora(model, r=script.lora_r, alpha=script.lora_alpha, dropout=script.lora_dropout,
+                            quantized=script.load_in_4bit, seed=seed)
+    return model, tokenizer
+
+
+def build_pairs(script: ScriptArguments, tokenizer, max_length: int, seed: int, with_retain: bool):
+    from llm_unlearn.data.pairing import ForgetRetainDataset
+    from llm_unlearn.data.qa import tokenize_qa_dataset
+    from llm_unlearn.data.tofu import load_tofu, matching_retain_split
+
+    forget_rows = load_tofu(script.forget_split, script.data)
+    forget, _ = tokenize_qa_dataset(forget_rows, tokenizer, max_length=max_length)
+    retain = None
+    retain_split = script.retain_split or matching_retain_split(script.forget_split)
+    if with_retain:
+        retain, _ = tokenize_qa_dataset(load_tofu(retain_split, script.data), tokenizer, max_length=max_length)
+    return forget_rows, retain_split, ForgetRetainDataset(forget, retain, seed=seed)
+
+
+def prepare_mask(script: ScriptArguments, model, tokenizer, pairs, batch_size: int, seed: int):
+    """The weight mask: loaded from `mask_path`, or computed with each rank scoring its shard of
+    the forget / retain items and gradients averaged across ranks (one global score)."""
+    if script.mask_method is None and script.mask_path is None:
+        return None
+    from torch.utils.data import DataLoader
+
+    from llm_unlearn.data.qa import QACollator
+    from llm_unlearn.distributed import average_gradients_across_ranks, shard_dataset
+    from llm_unlearn.masks import compute_mask, load_mask
+
+    if _sharding() is not None:
+        raise UnlearnError(f"weight masks need whole tensors; with {_sharding()} run the mask recipe on DDP / one "
+                           "GPU (QLoRA), see recipes/README.md")
+    if script.mask_path:
+        return load_mask(script.mask_path)
+    cols = ["input_ids", "attention_mask", "labels"]
+
+    def loader(ds):
+        return DataLoader(shard_dataset(ds.select_columns(cols)), batch_size=batch_size, collate_fn=QACollator(tokenizer))
+
+    retain = loader(pairs.retain) if pairs.retain is not None else None
+    with average_gradients_across_ranks(model):
+        return compute_mask(model, loader(pairs.forget), retain, method=script.mask_method, ratio=script.mask_ratio,
+                            granularity=script.mask_granularity, seed=seed)
+
+
+def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
+    """Load, (mask,) unlearn, save, evaluate, push. Returns the output directory."""
+    import torch
+    from transformers import set_seed
+
+    from llm_unlearn.cli.common import prepare_output_dir
+    from llm_unlearn.distributed import (
+        barrier,
+        evaluate_sharded,
+        is_main_process,
+        rank_and_world,
+        sharded_reference_logprobs,
+    )
+    from llm_unlearn.runinfo import data_hash, write_manifest
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    push = bool(args.push_to_hub)
+    args.push_to_hub = False  # the Trainer would push checkpoints on its own; we push the final run once
+    if push and not args.hub_model_id:
+        raise UnlearnError("push_to_hub needs hub_model_id (ORG/NAME)")
+    if push:
+        from llm_unlearn.hub import resolve_token, validate_repo_id
+
+        validate_repo_id(args.hub_model_id)
+        resolve_token(args.hub_token)  # fail before training, not after
+    out = Path(args.output_dir)
+    if is_main_process():
+        prepare_output_dir(out, script.overwrite_output)
+    barrier()
+    set_seed(args.seed)
+    model, tokenizer = load_model_for_unlearning(script, args.seed)
+    with_retain = trainer_cls.uses_retain and getattr(args, "alpha", 0.0) > 0
+    forget_rows, retain_split, pairs = build_pairs(script, tokenizer, args.max_length, args.seed, with_retain)
+    is_peft = hasattr(model, "disable_adapter")
+    _, world = rank_and_world()
+    if trainer_cls.reference_prefixes and not is_peft:
+        if _sharding() == "fsdp" and os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true":
+            raise UnlearnError("full-weight NPO-type methods need the reference before FSDP wraps the model: set "
+                               "fsdp_cpu_ram_efficient_loading: false, or use_lora: true")
+        if world > 1 and "" in trainer_cls.reference_prefixes:
+            pairs.forget = sharded_reference_logprobs(model, pairs.forget, tokenizer,
+                                                      batch_size=args.per_device_train_batch_size)
+    mask = prepare_mask(script, model, tokenizer, pairs, args.per_device_train_batch_size, args.seed)
+    callbacks = [LossRecorder(script.loss_log)] if script.loss_log else []
+    trainer = globally_normalised(trainer_cls)(model=model, args=args, train_dataset=pairs, processing_class=tokenizer,
+                          weight_mask=mask, callbacks=callbacks)
+    result = trainer.train()
+    trainer.save_model(str(out))  # FSDP: gathers the full state dict on rank 0 (FULL_STATE_DICT)
+    if is_main_process():
+        tokenizer.save_pretrained(str(out))
+        if mask is not None:
+            mask.save(out / "mask.safetensors")
+        hyper = {k: v for k, v in args.to_dict().items() if k in _method_fields(args)}
+        hyper.update({k: v for k, v in asdict(script).items()
+                      if k.startswith(("lora_", "mask_", "use_lora", "load_in_4bit", "dtype")) and v is not None})
+        write_manifest(out, kind="unlearn", method=trainer_cls.method, model=script.model_name_or_path,
+                       data=script.data, forget_split=script.forget_split, forget_items=len(forget_rows),
+                       forget_data_hash=data_hash(forget_rows), retain_split=retain_split if with_retain else None,
+                       world_size=world, train_loss=result.training_loss, hyperparameters=hyper)
+    if script.run_eval:
+        from llm_unlearn.eval.evaluator import write_eval
+
+        with torch.no_grad():
+            res = evaluate_sharded(trainer.model, tokenizer, script.data, forget_split=script.forget_split,
+                                   retain_logs=script.retain_logs, max_items=script.eval_max_items,
+                                   batch_size=args.per_device_eval_batch_size,
+                                   max_new_tokens=script.eval_max_new_tokens)
+        if is_main_process():
+            write_eval(out / "eval", res)
+    barrier()
+    if push and is_main_process():
+        from llm_unlearn.hub import push_run
+
+        url = push_run(out, args.hub_model_id, private=bool(args.hub_private_repo), token=args.hub_token)
+        logger.info("pushed %s to %s", out, url)
+    return out
+
+
+def _method_fields(args) -> set[str]:
+    """Fields a method config adds to TrainingArguments, plus the usual optimisation ones."""
+    from transformers import TrainingArguments
+
+    base = set(TrainingArguments.__dataclass_fields__)
+    extra = set(type(args).__dataclass_fields__) - base
+    return extra | {"learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
+                    "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type", "seed"}
+
+
+def parse(config_cls):
+    """``(ScriptArguments, config)`` from ``--config file.yaml`` and command-line overrides."""
+    from trl import TrlParser
+
+    script, parsed = TrlParser((ScriptArguments, _parsable(config_cls))).parse_args_and_config()
+    if type(parsed) is not config_cls:  # back to the real (picklable) class; Trainer saves it
+        from dataclasses import fields
+
+        parsed = config_cls(**{f.name: getattr(parsed, f.name) for f in fields(config_cls) if f.init})
+    return script, parsed
+
+
+def _parsable(config_cls):
+    """`config_cls`, with ``report_to`` re-declared as ``None | str | list[str]`` (the order
+    HfArgumentParser understands) when the class declares it otherwise."""
+    from dataclasses import make_dataclass
+
+    if str(config_cls.__dataclass_fields__["report_to"].type).replace(" ", "").startswith("None|"):
+        return config_cls
+    report_to = field(default="none", metadata={"help": "where to report logs: none, all, tensorboard, wandb, …"})
+    return make_dataclass(config_cls.__name__, [("report_to", "None | str | list[str]", report_to)], bases=(config_cls,))
+
+
+def main(trainer_cls, config_cls) -> int:
+    script, args = parse(config_cls)
+    try:
+        out = run_recipe(trainer_cls, script, args)
+    except UnlearnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"saved unlearned model to {out}")
+    return 0
