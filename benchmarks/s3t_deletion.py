@@ -56,14 +56,23 @@ def bench_latency(tmp: Path, data: Path, args) -> dict:
     ledger = DeletionLedger.open(out)
     ids = ledger.sample_ids()
     rng = random.Random(0)
-    lat = []
-    for _ in range(args.deletions):
+    cold = []  # a fresh process-like ledger object per deletion (what one CLI call pays)
+    for _ in range(min(args.deletions, 10)):
         run = tmp / "lat_copy"
         if run.exists():
             shutil.rmtree(run)
-        shutil.copytree(out, run)  # each deletion on a fresh copy: always a real change
-        victim = rng.choice(ids)
+        shutil.copytree(out, run)
         led = DeletionLedger.open(run)
+        t = time.perf_counter()
+        led.delete(ids=[rng.choice(ids)])
+        cold.append(time.perf_counter() - t)
+        led.close()
+    run = tmp / "lat_warm"
+    shutil.copytree(out, run)
+    led = DeletionLedger.open(run)
+    led.status()  # open the connection, as a long-running service has
+    lat = []  # a stream of distinct deletions through one warm ledger (a service)
+    for victim in rng.sample(ids, min(args.deletions, len(ids))):
         t = time.perf_counter()
         led.delete(ids=[victim])
         lat.append(time.perf_counter() - t)
@@ -80,7 +89,8 @@ def bench_latency(tmp: Path, data: Path, args) -> dict:
     retrain_s = time.perf_counter() - t
     med = statistics.median(lat)
     return {"train_all_s": train_all, "deletion_median_s": med, "deletion_p95_s": sorted(lat)[int(0.95 * len(lat)) - 1],
-            "retrain_shard_s": retrain_s, "speedup": retrain_s / med, "deletions": len(lat)}
+            "deletion_cold_median_s": statistics.median(cold), "retrain_shard_s": retrain_s,
+            "speedup": retrain_s / med, "speedup_cold": retrain_s / statistics.median(cold), "deletions": len(lat)}
 
 
 def _fake_run(tmp: Path, n: int, shards: int, slices: int, sequences: int, seed: int):
@@ -122,7 +132,7 @@ def bench_stream(tmp: Path, args) -> dict:
 
 
 def bench_tofu(tmp: Path, data: Path, args) -> dict:
-    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.data.tofu import load_tofu, matching_retain_split
     from llm_unlearn.eval.evaluator import evaluate_model
     from llm_unlearn.eval.logs import logs_from_items
     from llm_unlearn.s3t.ledger import DeletionLedger
@@ -132,7 +142,7 @@ def bench_tofu(tmp: Path, data: Path, args) -> dict:
 
     forget = load_tofu(args.forget_split, str(data))
     runs = {}
-    for name, split in (("s3t", "full"), ("retain", args.forget_split.replace("forget", "retain"))):
+    for name, split in (("s3t", "full"), ("retain", matching_retain_split(args.forget_split))):
         out = tmp / f"tofu_{name}"
         out.mkdir()
         train_s3t(_cfg(data, out, split, args, epochs_per_stage=args.tofu_epochs, lr=2e-2))
@@ -158,11 +168,11 @@ def bench_tofu(tmp: Path, data: Path, args) -> dict:
     retrained = retrain(runs["s3t"])
     retrain_s = time.perf_counter() - t
     after_retrain = evaluate(runs["s3t"], retain_logs)["summary"]
-    pick = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_rouge", "forget_prob")
+    pick = ("forget_quality", "model_utility", "forget_rouge", "forget_prob", "forget_truth_ratio", "retain_rouge")
 
     def keep(summary):
-        return {k: summary.get(k) for k in pick if k in summary} or {k: v for k, v in summary.items()
-                                                                     if isinstance(v, (int, float))}
+        metrics = summary.get("metrics", {})
+        return {k: metrics[k] for k in pick if k in metrics}
 
     return {"forget_split": args.forget_split, "author_items": len(victims), "delete_s": delete_s,
             "retrain_shards": res.retrain_shards, "retrained": retrained, "retrain_s": retrain_s,
@@ -200,9 +210,11 @@ def main() -> None:
         if "latency" in sections:
             r = result["latency"] = bench_latency(tmp, data, args)
             print(f"\n== deletion latency (tiny, {args.shards} shards x {args.slices} slices x {args.sequences} seq)")
-            print(f"{'deletion (median)':>22} {r['deletion_median_s'] * 1e3:10.2f} ms   p95 {r['deletion_p95_s'] * 1e3:.2f} ms")
-            print(f"{'retrain one shard':>22} {r['retrain_shard_s']:10.2f} s")
-            print(f"{'speedup':>22} {r['speedup']:10.0f} x   (target >= 1000 x)")
+            print(f"{'deletion, warm ledger':>24} {r['deletion_median_s'] * 1e3:10.2f} ms (median)  p95 "
+                  f"{r['deletion_p95_s'] * 1e3:.2f} ms")
+            print(f"{'deletion, cold open':>24} {r['deletion_cold_median_s'] * 1e3:10.2f} ms (median)")
+            print(f"{'retrain one shard':>24} {r['retrain_shard_s']:10.2f} s")
+            print(f"{'speedup warm / cold':>24} {r['speedup']:10.0f} x / {r['speedup_cold']:.0f} x  (target >= 1000 x)")
         if "stream" in sections:
             r = result["stream"] = bench_stream(tmp, args)
             print(f"\n== deletions served before the first retrain ({args.stream_items} items, {args.stream_shards} "
@@ -218,7 +230,9 @@ def main() -> None:
                                                for m, v in r[k].items()))
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "s3t_deletion.json"
-    path.write_text(json.dumps(result, indent=1, default=str) + "\n")
+    merged = json.loads(path.read_text()) if path.is_file() else {}  # keep sections not rerun
+    merged.update(result)
+    path.write_text(json.dumps(merged, indent=1, default=str) + "\n")
     print(f"\nwrote {path}")
 
 

@@ -63,7 +63,8 @@ class S3TEnsemble(torch.nn.Module):
                 self.peft.load_adapter(str(ckpt), adapter_name=name)
             self.served[shard] = {**info, "checkpoint": rec.checkpoint, "sha256": rec.sha256}
         for shard in [s for s in self.served if s not in snapshot]:
-            self.peft.delete_adapter(f"shard{shard}")
+            if len(self.peft.peft_config) > 1:  # PEFT keeps at least one adapter; an unserved one is never used
+                self.peft.delete_adapter(f"shard{shard}")
             del self.served[shard]
         self.eval()
         return self.served
