@@ -1,19 +1,56 @@
-"""llm-unlearn: make a language model forget specific training data, and measure it."""
+"""llm-unlearn: make a language model forget specific training data, and measure it.
+
+The public API is re-exported here lazily (importing the package stays cheap for the CLI)."""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from llm_unlearn.data import (  # noqa: E402
-    ForgetRetainDataset,
-    PairedCollator,
-    QACollator,
-    encode_qa,
-    generate_synthetic,
-    load_tofu,
-    tokenize_qa_dataset,
-)
-from llm_unlearn.errors import UnlearnError  # noqa: E402
+_EXPORTS = {
+    # data
+    "load_tofu": "llm_unlearn.data.tofu",
+    "generate_synthetic": ("llm_unlearn.data.synthetic", "generate"),
+    "write_splits": "llm_unlearn.data.synthetic",
+    "encode_qa": "llm_unlearn.data.qa",
+    "tokenize_qa_dataset": "llm_unlearn.data.qa",
+    "QACollator": "llm_unlearn.data.qa",
+    "ForgetRetainDataset": "llm_unlearn.data.pairing",
+    "PairedCollator": "llm_unlearn.data.pairing",
+    # models and finetuning
+    "load_model": "llm_unlearn.models",
+    "load_tokenizer": "llm_unlearn.models",
+    "attach_lora": "llm_unlearn.models",
+    "build_tiny": "llm_unlearn.models",
+    "FinetuneConfig": "llm_unlearn.finetune",
+    "finetune": "llm_unlearn.finetune",
+    # unlearning
+    "METHODS": "llm_unlearn.trainers",
+    "UnlearnTrainer": "llm_unlearn.trainers",
+    "run_unlearning": "llm_unlearn.unlearn",
+    # masks
+    "WeightMask": "llm_unlearn.masks",
+    "compute_mask": "llm_unlearn.masks",
+    "load_mask": "llm_unlearn.masks",
+    # evaluation
+    "evaluate_model": "llm_unlearn.eval.evaluator",
+    "build_report": "llm_unlearn.eval.report",
+    # S3T
+    "DeletionLedger": "llm_unlearn.s3t.ledger",
+    "load_s3t_model": "llm_unlearn.s3t.serve",
+    # errors
+    "UnlearnError": "llm_unlearn.errors",
+}
 
-__all__ = [
-    "ForgetRetainDataset", "PairedCollator", "QACollator", "UnlearnError", "__version__", "encode_qa",
-    "generate_synthetic", "load_tofu", "tokenize_qa_dataset",
-]
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str):
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'llm_unlearn' has no attribute '{name}'")
+    module_name, attr = target if isinstance(target, tuple) else (target, name)
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value
