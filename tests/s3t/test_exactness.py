@@ -145,3 +145,16 @@ def test_generate_left_padded_batch_matches_single_and_uncached(s3t_run):
         nxt = model(input_ids=ids, attention_mask=mask).logits[:, -1].argmax(-1)
         ids, mask = torch.cat([ids, nxt[:, None]], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
     assert torch.equal(ids, out)
+
+
+def test_reload_follows_deletions_while_serving(run_copy):
+    model = load_s3t_model(run_copy)
+    ledger = DeletionLedger.open(run_copy)
+    before = model.served_weights_sha256(0)
+    delete_samples(run_copy, ids=[_first_slice_sample(ledger, 0, b) for b in (0, 1)])
+    assert sorted(model.reload()) == [1]
+    ids = torch.tensor([[1, 5, 6, 7]])
+    assert model(input_ids=ids).logits.shape[:2] == (1, 4)
+    with pytest.raises(UnlearnError, match="not serving"):
+        model.served_weights_sha256(0)
+    assert before != model.served_weights_sha256(1)
