@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
+
+# bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional Hub kernel is missing;
+# the CPU fallback it then uses is correct, so keep the CLI's stderr to our own messages.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 # subcommand name -> (module under llm_unlearn.cli, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
