@@ -305,9 +305,9 @@ class UnlearnTrainer(Trainer):
     def _diverged(self, loss: torch.Tensor, terms: dict) -> None:
         checkpoint = last_checkpoint(self.args.output_dir)
         where = f"last good checkpoint kept at {checkpoint}" if checkpoint else "no checkpoint was saved (set save_steps)"
-        detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
         err = DivergenceError(
-            f"{self.method}: loss became {float(loss)} at step {self.state.global_step + 1} ({detail}); "
+            f"{self.method}: loss became {float(loss.detach())} at step {self.state.global_step + 1} ({detail}); "
             f"training stopped, {where}; try a lower learning_rate"
         )
         err.checkpoint = checkpoint
