@@ -7,7 +7,7 @@
    of a process that only loaded model and data.
 2. γ sweep (--gamma-sweep): masks at ratio 0.2 for γ ∈ {1e-3 … 1e3, ∞} and the baselines, each
    followed by the same short masked GradDiff run (plain AdamW loop); forget-NLL rise and
-   retain-NLL rise are reported. Chooses DEFAULT_GAMMA in llm_unlearn/masks/scores.py.
+   retain-NLL rise are reported (results/gamma_sweep_lr<lr>.json); they chose DEFAULT_GAMMA.
 
     python benchmarks/mask_cost.py                 # cost on the tiny model + synthetic data
     python benchmarks/mask_cost.py --gamma-sweep   # γ sweep
@@ -227,7 +227,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     if args.gamma_sweep:
         result = run_gamma_sweep(args)
-        (RESULTS / "gamma_sweep.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+        (RESULTS / f"gamma_sweep_lr{args.lr:g}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     else:
         result = run_cost(args)
         (RESULTS / "mask_cost.json").write_text(json.dumps(result, indent=2) + "\n")
