@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llm_unlearn.errors import UnlearnError
+
 
 def register(sub, name: str, help_text: str) -> None:
     from llm_unlearn.cli.common import add_overwrite_flag
@@ -30,16 +32,18 @@ def register(sub, name: str, help_text: str) -> None:
 
 
 def load_for_eval(model: str, adapter: str | None = None, dtype: str = "float32"):
-    """(model, tokenizer) for evaluation. An S3T run directory is served through
-    ``llm_unlearn.s3t.serving.load_ensemble`` when that module provides it."""
+    """(model, tokenizer) for evaluation. An S3T run directory (``run.json`` kind ``s3t``) is
+    served as its shard ensemble (`llm_unlearn.s3t.load_s3t_model`)."""
     from llm_unlearn.models import load_model, load_tokenizer, resolve_model_path
+    from llm_unlearn.runinfo import read_manifest
 
-    try:
-        from llm_unlearn.s3t import serving  # noqa: PLC0415
-    except ImportError:
-        serving = None
-    if serving is not None and hasattr(serving, "is_s3t_dir") and serving.is_s3t_dir(model):
-        return serving.load_ensemble(model)
+    if Path(model).is_dir() and read_manifest(model).get("kind") == "s3t":
+        if adapter:
+            raise UnlearnError("--adapter does not apply to an S3T run directory")
+        from llm_unlearn.s3t import load_s3t_model
+
+        ensemble = load_s3t_model(model, dtype=dtype)
+        return ensemble, ensemble.tokenizer
     m = load_model(model, dtype=dtype, adapter=adapter)
     tok_spec = adapter if adapter and any((Path(adapter) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")) \
         else resolve_model_path(model)

@@ -1,0 +1,312 @@
+"""The main job, end to end on the embedded default (synthetic fictitious authors, `tiny` model):
+
+data → target (finetuned on `full`) and retain (on `retain90`) models → GradDiff, NPO and
+NPO + WAGLE over LoRA → S3T exact deletion of one author → TOFU evaluation of every model →
+report (Markdown, HTML, PNG) + ``summary.json`` + a printed table.
+
+`model="smollm2"` runs the same on SmolLM2-135M-Instruct (after ``llm-unlearn models fetch``),
+`data=DIR` on a local TOFU copy (the first `authors` authors)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llm_unlearn.errors import UnlearnError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoConfig:
+    output: str = "demo_out"
+    model: str = "tiny"
+    data: str | None = None  # None: synthesise
+    authors: int = 20
+    qa_per_author: int = 10
+    forget_split: str = "forget10"
+    seed: int = 0
+    small: bool = False  # CI size: fewer authors, fewer steps
+    eval_max_new_tokens: int = 48
+    eval_max_items: int | None = None
+    # finetuning (target and retain alike)
+    ft_epochs: float = 15.0
+    ft_lr: float = 3e-3
+    ft_batch_size: int = 16
+    # unlearning over LoRA (same budget per method)
+    unlearn_epochs: float = 10.0
+    unlearn_lr: float = 2e-3
+    unlearn_batch_size: int = 4
+    lora_r: int = 16
+    lora_alpha: int = 32
+    npo_beta: float = 0.5
+    wagle_ratio: float = 0.5
+    # S3T
+    s3t_shards: int = 2
+    s3t_slices: int = 2
+    s3t_sequences: int = 2
+    s3t_epochs_per_stage: float = 8.0
+    s3t_lr: float = 3e-3
+    methods: list[str] = field(default_factory=lambda: ["graddiff", "npo", "npo_wagle"])
+
+    def __post_init__(self):
+        if self.small:
+            self.authors = min(self.authors, 10)
+            self.ft_epochs = min(self.ft_epochs, 12.0)
+            self.unlearn_epochs = min(self.unlearn_epochs, 8.0)
+            self.s3t_epochs_per_stage = min(self.s3t_epochs_per_stage, 4.0)
+        if self.model != "tiny":
+            # a pretrained model: gentler finetuning / unlearning
+            self.ft_epochs, self.ft_lr, self.ft_batch_size = 3.0, 1e-4, 8
+            self.unlearn_lr, self.unlearn_epochs = 2e-4, 5.0
+            self.eval_max_new_tokens = 64
+
+
+# name -> (method, overrides, mask method)
+def _method_runs(cfg: DemoConfig) -> dict[str, tuple[str, dict[str, Any], str | None]]:
+    npo = {"beta": cfg.npo_beta, "alpha": 1.0}
+    return {
+        "graddiff": ("grad_diff", {"alpha": 1.0}, None),
+        "npo": ("npo", npo, None),
+        "npo_wagle": ("npo", npo, "wagle"),
+    }
+
+
+def _print_table(rows: list[dict[str, Any]]) -> str:
+    cols = [("run", "Run"), ("forget_quality", "Forget quality"), ("model_utility", "Model utility"),
+            ("forget_rougeL_recall", "Forget ROUGE-L"), ("forget_probability", "Forget prob"),
+            ("forget_truth_ratio", "Forget TR"), ("time_s", "Time (s)")]
+
+    def fmt(v):
+        if v is None:
+            return "n/a"
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1e-3 and v != 0 else f"{v:.3f}"
+        return str(v)
+
+    table = [[h for _, h in cols]] + [[fmt(r.get(k)) for k, _ in cols] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Run the demo into `cfg.output`; returns the summary written to ``summary.json``."""
+    from llm_unlearn.cli.common import prepare_output_dir
+    from llm_unlearn.data.synthetic import generate, write_splits
+    from llm_unlearn.data.tofu import is_local_source, load_tofu, matching_retain_split
+    from llm_unlearn.eval.evaluator import evaluate_model, write_eval
+    from llm_unlearn.eval.report import build_report
+    from llm_unlearn.finetune import FinetuneConfig, finetune
+    from llm_unlearn.models import resolve_model_path
+    from llm_unlearn.runinfo import read_manifest
+    from llm_unlearn.unlearn import load_target, run_unlearning
+
+    t_start = time.time()
+    if cfg.model != "tiny":
+        resolve_model_path(cfg.model)  # fail early: "run llm-unlearn models fetch"
+    if cfg.data is not None and not is_local_source(cfg.data):
+        raise UnlearnError(f"--data {cfg.data} is not a directory")
+    out = prepare_output_dir(cfg.output, overwrite)
+    retain_split = matching_retain_split(cfg.forget_split)
+    timings: dict[str, float] = {}
+
+    # 1. data
+    if cfg.data is None:
+        data = write_splits(generate(cfg.authors, cfg.qa_per_author, seed=cfg.seed), out / "data")
+        max_authors = None
+    else:
+        data = Path(cfg.data)
+        load_tofu(cfg.forget_split, data)
+        max_authors = cfg.authors
+    # With --data DIR and a subset of authors, write the subset as a source of its own so every
+    # stage (finetune, unlearn, eval, S3T) sees the same items.
+    if max_authors is not None:
+        data = _subset_source(data, out / "data", cfg)
+
+    def evaluate(run_dir: Path, model, tokenizer, name: str, retain_logs=None) -> dict[str, Any]:
+        t0 = time.time()
+        result = evaluate_model(model, tokenizer, data, forget_split=cfg.forget_split, retain_logs=retain_logs,
+                                max_items=cfg.eval_max_items, max_new_tokens=cfg.eval_max_new_tokens,
+                                model_name=name)
+        write_eval(run_dir / "eval", result)
+        timings[f"eval_{name}"] = time.time() - t0
+        return result["summary"]
+
+    # 2. target and retain models
+    summaries: dict[str, dict[str, Any]] = {}
+    for role, split in (("retain", retain_split), ("target", "full")):
+        t0 = time.time()
+        run_dir = out / role
+        run_dir.mkdir()
+        finetune(FinetuneConfig(model=cfg.model, data=str(data), split=split, output=str(run_dir),
+                                epochs=cfg.ft_epochs, lr=cfg.ft_lr, batch_size=cfg.ft_batch_size, seed=cfg.seed))
+        timings[f"finetune_{role}"] = time.time() - t0
+        _tag(run_dir, role=role, run_time_s=timings[f"finetune_{role}"])
+        model, tokenizer = load_target(str(run_dir))
+        retain_logs = out / "retain" / "eval" / "per_item.json" if role == "target" else None
+        summaries[role] = evaluate(run_dir, model, tokenizer, role, retain_logs)
+    retain_logs = out / "retain" / "eval" / "per_item.json"
+    # the retain model's own forget quality needs its logs as the reference: re-score, no new forward pass
+    summaries["retain"] = _rescore(out / "retain", retain_logs)
+
+    # 3. approximate unlearning over LoRA
+    runs = _method_runs(cfg)
+    for name in cfg.methods:
+        method, hyper, mask_method = runs[name]
+        t0 = time.time()
+        overrides = {"num_train_epochs": cfg.unlearn_epochs, "learning_rate": cfg.unlearn_lr,
+                     "per_device_train_batch_size": cfg.unlearn_batch_size, "seed": cfg.seed,
+                     "logging_steps": 5, "warmup_steps": 0.0, **hyper}
+        run_dir, _ = run_unlearning(
+            str(out / "target"), data, out / name, method, forget_split=cfg.forget_split,
+            retain_split=retain_split, overrides=overrides, lora=True, lora_r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha, mask_method=mask_method,
+            mask_ratio=cfg.wagle_ratio if mask_method else None, overwrite=True,
+        )
+        timings[f"unlearn_{name}"] = time.time() - t0
+        _tag(run_dir, role="unlearned", name=name, run_time_s=timings[f"unlearn_{name}"])
+        model, tokenizer = _load_unlearned(run_dir)
+        summaries[name] = evaluate(run_dir, model, tokenizer, name, retain_logs)
+
+    # 4. S3T: train on full, delete the forget authors exactly, evaluate the served ensemble
+    summaries["s3t_deleted"] = _s3t(cfg, data, out, retain_logs, evaluate, timings)
+
+    # 5. report
+    order = ["target", "retain", *cfg.methods, "s3t_deleted"]
+    report = build_report([out / n for n in order], out / "report", title="llm-unlearn demo")
+    rows = []
+    for n in order:
+        m = summaries[n].get("metrics", {})
+        rows.append({"run": n, **{k: m.get(k) for k in ("forget_quality", "model_utility", "forget_rougeL_recall",
+                                                       "forget_probability", "forget_truth_ratio")},
+                     "time_s": round(read_manifest(out / n).get("run_time_s", 0.0), 1)})
+    table = _print_table(rows)
+    summary = {
+        "config": asdict(cfg), "data": str(data), "rows": rows,
+        "forget_quality": {r["run"]: r["forget_quality"] for r in rows},
+        "model_utility": {r["run"]: r["model_utility"] for r in rows},
+        "ks_floor_pvalue": summaries["target"].get("forget_quality_floor"),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "total_time_s": round(time.time() - t_start, 1),
+        "report": {k: str(v) for k, v in report.items()},
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    (out / "table.txt").write_text(table + "\n")
+    print(table)
+    print(f"\nreport: {report.get('html', out / 'report' / 'report.html')}  summary: {out / 'summary.json'}"
+          f"  total {summary['total_time_s']:.0f} s")
+    return summary
+
+
+def _tag(run_dir: Path, **fields: Any) -> None:
+    path = Path(run_dir) / "run.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest.update(fields)
+    path.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def _rescore(run_dir: Path, retain_logs: Path) -> dict[str, Any]:
+    from llm_unlearn.eval.logs import compute_summary, read_logs
+
+    summary_path = run_dir / "eval" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    logs = read_logs(retain_logs)
+    rescored = compute_summary(logs, logs)
+    rescored.pop("logs", None)
+    summary.update({k: v for k, v in rescored.items()})
+    summary_path.write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
+    return summary
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
+
+def _load_unlearned(run_dir: Path):
+    from llm_unlearn.models import is_adapter_dir, load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(run_dir))
+    model = load_model(str(run_dir))
+    if is_adapter_dir(run_dir):
+        model = model.merge_and_unload()
+    return model, tokenizer
+
+
+def _subset_source(source: Path, out: Path, cfg: DemoConfig) -> Path:
+    """The first `cfg.authors` authors of a TOFU-layout source (forget = the last 10 % of them)."""
+    from llm_unlearn.data.synthetic import write_splits
+    from llm_unlearn.data.tofu import available_splits, forget_percent, load_tofu
+
+    full = load_tofu("full", source).to_list()
+    per_author = 20
+    n = cfg.authors * per_author
+    if n > len(full):
+        raise UnlearnError(f"--authors {cfg.authors} needs {n} items, {source}/full has {len(full)}")
+    rows = full[:n]
+    k = max(1, round(cfg.authors * forget_percent(cfg.forget_split) / 100)) * per_author
+    perturbed = {r["question"]: r for name in available_splits(source) if name.endswith("_perturbed")
+                 and name.startswith(("forget", "retain")) for r in load_tofu(name, source).to_list()}
+    forget = rows[-k:]
+    missing = [r["question"] for r in forget if r["question"] not in perturbed]
+    if missing:
+        raise UnlearnError(f"{source}: no perturbed answers for forget item '{missing[0][:60]}'")
+    tag = cfg.forget_split.removeprefix("forget")
+    splits = {
+        "full": rows, cfg.forget_split: forget, f"retain{100 - int(tag):02d}": rows[:-k],
+        f"{cfg.forget_split}_perturbed": [perturbed[r["question"]] for r in forget],
+        "retain_perturbed": [perturbed[r["question"]] for r in rows[:-k] if r["question"] in perturbed][:k],
+    }
+    for name in ("real_authors_perturbed", "world_facts_perturbed"):
+        splits[name] = load_tofu(name, source).to_list()
+    if len(splits["retain_perturbed"]) < k:
+        raise UnlearnError(f"{source}: too few retain items with perturbed answers among the first {cfg.authors} authors")
+    return write_splits(splits, out)
+
+
+def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, timings) -> dict[str, Any]:
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.finetune import FinetuneConfig, finetune
+    from llm_unlearn.s3t.serve import load_s3t_model
+    from llm_unlearn.s3t.service import delete_samples
+    from llm_unlearn.s3t.train import S3TConfig, train_s3t
+
+    base = cfg.model
+    if cfg.model == "tiny":
+        # a random tiny model knows nothing: give S3T a base with the prior knowledge (utility sets)
+        # that the target and retain models also learn, so its LoRA slices learn only `full`.
+        base_dir = out / "s3t_base"
+        base_dir.mkdir()
+        finetune(FinetuneConfig(model="tiny", data=str(data), split="real_authors_perturbed", with_utility=True,
+                                output=str(base_dir), epochs=cfg.ft_epochs, lr=cfg.ft_lr,
+                                batch_size=cfg.ft_batch_size, seed=cfg.seed))
+        base = str(base_dir)
+    run_dir = out / "s3t_deleted"
+    run_dir.mkdir()
+    t0 = time.time()
+    train_s3t(S3TConfig(model=base, data=str(data), split="full",
+                        output=str(run_dir), shards=cfg.s3t_shards, slices=cfg.s3t_slices,
+                        sequences=cfg.s3t_sequences, epochs_per_stage=cfg.s3t_epochs_per_stage,
+                        lr=cfg.s3t_lr, seed=cfg.seed, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha))
+    timings["s3t_train"] = time.time() - t0
+    t1 = time.time()
+    forget_questions = {r["question"] for r in load_tofu(cfg.forget_split, data)}
+    from llm_unlearn.s3t.train import load_run
+
+    ledger, *_ = load_run(run_dir)
+    ids = [s["sample_id"] for s in ledger.samples(ledger.sample_ids()) if s["question"] in forget_questions]
+    result = delete_samples(run_dir, ids=ids)
+    timings["s3t_delete"] = time.time() - t1
+    _tag(run_dir, role="unlearned", name="s3t_deleted", run_time_s=timings["s3t_delete"],
+         deletion={"ids": len(ids), "result": str(result)})
+    model = load_s3t_model(run_dir)
+    return evaluate(run_dir, model, model.tokenizer, "s3t_deleted", retain_logs)
