@@ -32,6 +32,11 @@ SMOLLM2_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MODEL_ALIASES = {"smollm2": SMOLLM2_NAME, SMOLLM2_NAME: SMOLLM2_NAME, SMOLLM2_HUB_ID.lower(): SMOLLM2_NAME}
 
 
+# A weight mask saved beside a LoRA adapter trained under an element mask: the adapter's update is
+# M ⊙ (B·A), which A and B alone do not carry; `load_model` re-applies it.
+ADAPTER_MASK_FILE = "weight_mask.safetensors"
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("LLM_UNLEARN_CACHE", Path.home() / ".cache" / "llm_unlearn"))
 
@@ -206,7 +211,10 @@ def load_model(spec: str, dtype: str | torch.dtype | None = "float32", load_in_4
     """Load a causal LM from a Hub id, directory, GGUF file, alias, or a PEFT adapter directory.
 
     An adapter directory (``adapter_config.json``) loads its base model and the adapter on top;
-    `adapter` adds one explicitly. `load_in_4bit` quantises the base with bitsandbytes (QLoRA).
+    `adapter` adds one explicitly. An adapter directory holding ``weight_mask.safetensors`` (a
+    LoRA run under an element mask) gets that mask applied: forward and `merge_and_unload` use
+    ΔW = M ⊙ (B·A), the update that was trained. `load_in_4bit` quantises the base with
+    bitsandbytes (QLoRA).
     """
     from transformers import AutoModelForCausalLM
 
@@ -239,6 +247,43 @@ def load_model(spec: str, dtype: str | torch.dtype | None = "float32", load_in_4
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable_adapter)
+        mask_file = Path(adapter) / ADAPTER_MASK_FILE
+        if mask_file.is_file():
+            apply_adapter_mask(model, mask_file)
+    return model
+
+
+def apply_adapter_mask(model, mask_file: str | Path):
+    """Restrict a loaded, already trained LoRA adapter to its saved weight mask (in place).
+
+    `llm_unlearn.masks.enforce_mask` installs the masked forward and `get_delta_weight`, but it is
+    built for training from a fresh adapter: it refuses an adapter whose update already leaves
+    the mask (the unmasked B·A of a trained element-masked adapter always does) and a model with
+    nothing trainable. So it runs on the adapter with B zeroed and its factors marked trainable,
+    then B and the ``requires_grad`` flags are put back; the installed masking reads B live."""
+    from llm_unlearn.masks import enforce_mask, load_mask
+
+    mask = load_mask(mask_file)
+    lora = [(n, p) for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
+    if not lora:
+        raise UnlearnError(f"{mask_file}: the model has no LoRA adapter to apply the mask to")
+    requires_grad = {n: p.requires_grad for n, p in lora}
+    saved_b = {n: p.detach().clone() for n, p in lora if ".lora_B." in n}
+    params = dict(lora)
+    with torch.no_grad():
+        for n in saved_b:
+            params[n].zero_()
+    for _, p in lora:
+        p.requires_grad_(True)
+    try:
+        enforce_mask(model, mask)
+    finally:
+        with torch.no_grad():
+            for n, value in saved_b.items():
+                params[n].copy_(value)
+        if not any(requires_grad.values()):  # loaded for inference: leave it frozen as PEFT did
+            for _, p in lora:
+                p.requires_grad_(False)
     return model
 
 

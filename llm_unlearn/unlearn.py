@@ -90,7 +90,9 @@ def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, tokenizer, batch_size):
+def _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, tokenizer, batch_size,
+                granularity=None, scope=None, gamma=None):
+    """The weight mask of a run (loaded or computed) and what run.json records about it."""
     if mask is None and mask_method is None:
         return None, None
     try:
@@ -98,7 +100,8 @@ def _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, to
     except ImportError:
         raise UnlearnError("masks not available (llm_unlearn.masks is missing)") from None
     if mask is not None:
-        return masks.load_mask(mask), {"path": str(mask)}
+        loaded = masks.load_mask(mask)
+        return loaded, {"path": str(mask), **_mask_record(loaded)}
     if mask_ratio is None:
         raise UnlearnError("--mask-method needs --mask-ratio (fraction of weights that may change)")
     from torch.utils.data import DataLoader
@@ -111,8 +114,39 @@ def _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, to
         cols = ["input_ids", "attention_mask", "labels"]
         return DataLoader(ds.select_columns(cols), batch_size=batch_size, collate_fn=QACollator(tokenizer))
 
-    weight_mask = masks.compute_mask(model, loader(forget_tok), loader(retain_tok), method=mask_method, ratio=mask_ratio)
-    return weight_mask, {"method": mask_method, "ratio": mask_ratio}
+    options = {k: v for k, v in (("granularity", granularity), ("scope", scope), ("gamma", gamma)) if v is not None}
+    weight_mask = masks.compute_mask(model, loader(forget_tok), loader(retain_tok), method=mask_method,
+                                     ratio=mask_ratio, **options)
+    return weight_mask, {"method": mask_method, "ratio": mask_ratio, **_mask_record(weight_mask)}
+
+
+def _check_mask_options(mask, mask_method, granularity, scope, gamma) -> None:
+    """Fail before any loading on mask options that cannot apply."""
+    if mask is not None and mask_method is not None:
+        raise UnlearnError("pass either a saved mask (--mask) or a mask method (--mask-method), not both")
+    if granularity is None and scope is None and gamma is None:
+        return
+    if mask_method is None:
+        raise UnlearnError("mask granularity / scope / gamma apply when computing a mask: they need --mask-method"
+                           + (" (a saved --mask already has them)" if mask is not None else ""))
+    from llm_unlearn.masks import GRANULARITIES, SCOPES
+
+    if granularity is not None and granularity not in GRANULARITIES:
+        raise UnlearnError(f"mask granularity must be one of {', '.join(GRANULARITIES)}, got '{granularity}'")
+    if scope is not None and scope not in SCOPES:
+        raise UnlearnError(f"mask scope must be one of {', '.join(SCOPES)}, got '{scope}'")
+    if gamma is not None and not gamma > 0:
+        raise UnlearnError(f"mask gamma must be > 0, got {gamma}")
+
+
+def _mask_record(weight_mask) -> dict[str, Any]:
+    """How a mask was made (its metadata) and what it is: granularity from the stored shapes, density."""
+    meta = getattr(weight_mask, "meta", None)
+    if meta is None:  # not a WeightMask (a test double): nothing to describe
+        return {}
+    record = {k: meta[k] for k in ("method", "ratio", "scope", "gamma", "seed") if meta.get(k) is not None}
+    record.update(granularity=weight_mask.granularity, density=round(weight_mask.density(), 6))
+    return record
 
 
 def run_unlearning(
@@ -133,6 +167,9 @@ def run_unlearning(
     mask: str | Path | None = None,
     mask_method: str | None = None,
     mask_ratio: float | None = None,
+    mask_granularity: str | None = None,
+    mask_scope: str | None = None,
+    mask_gamma: float | None = None,
     resume_from_checkpoint: str | bool | None = None,
     overwrite: bool = False,
     nll_max_retain: int | None = 200,
@@ -147,7 +184,11 @@ def run_unlearning(
     - `lora`: train a LoRA adapter (r, alpha) and save only the adapter; the reference is the same
       model with adapters disabled.
     - `mask` (a saved weight mask) or `mask_method` + `mask_ratio` (computed here on the forget /
-      retain sets): restrict which weights may change (`llm_unlearn.masks`).
+      retain sets, with `mask_granularity` element|row, `mask_scope` global|per_layer and the
+      WAGLE `mask_gamma`; None = the `compute_mask` defaults): restrict which weights may change
+      (`llm_unlearn.masks`). A LoRA run with an element mask saves it beside the adapter
+      (``weight_mask.safetensors``); `llm_unlearn.models.load_model` re-applies it, so the
+      reloaded adapter (and its merge) is ΔW = M ⊙ (B·A), the update that was trained.
     - `resume_from_checkpoint`: a checkpoint directory, or True for the last one in `output`.
     - `nll_max_retain`: retain items scored for the before/after NLL (the first N; None = all).
     """
@@ -159,6 +200,7 @@ def run_unlearning(
     from llm_unlearn.runinfo import data_hash, write_manifest
 
     trainer_cls, _ = get_method(method)  # unknown method: fail before loading anything
+    _check_mask_options(mask, mask_method, mask_granularity, mask_scope, mask_gamma)
     out = Path(output)
     cfg = build_config(method, config, overrides, output_dir=out)
     if retain_split is None:
@@ -193,8 +235,8 @@ def run_unlearning(
     forget_before = per_item_nll(model, forget_tok, tokenizer, batch_size=batch)
     retain_before = per_item_nll(model, retain_eval, tokenizer, batch_size=batch)
 
-    weight_mask, mask_info = _build_mask(mask, mask_method, mask_ratio, model, forget_tok,
-                                         retain_tok, tokenizer, batch)
+    weight_mask, mask_info = _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, tokenizer,
+                                         batch, granularity=mask_granularity, scope=mask_scope, gamma=mask_gamma)
     kwargs: dict[str, Any] = {}
     if method == "idk_dpo":
         from llm_unlearn.data.tofu import read_refusals
@@ -222,6 +264,12 @@ def run_unlearning(
         raise
     runtime = time.time() - start
     trainer.save_model(str(out), _internal_call=True)
+    if lora and weight_mask is not None and getattr(weight_mask, "granularity", "row") != "row":
+        # A, B alone would reload as the unmasked B·A; row masks need nothing (B's frozen rows are zero)
+        from llm_unlearn.models import ADAPTER_MASK_FILE
+
+        weight_mask.save(out / ADAPTER_MASK_FILE)
+        mask_info["saved_as"] = ADAPTER_MASK_FILE
     forget_after = per_item_nll(trainer.model, forget_tok, tokenizer, batch_size=batch)
     retain_after = per_item_nll(trainer.model, retain_eval, tokenizer, batch_size=batch)
     manifest.update(

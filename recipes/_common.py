@@ -75,33 +75,6 @@ def _sharding() -> str | None:
     return None
 
 
-def globally_normalised(trainer_cls):
-    """`trainer_cls` whose loss is normalised by the item / token counts of the *global* batch.
-
-    UnlearnTrainer divides each rank's sums by that rank's counts; DDP then averages the ranks,
-    which is a mean of per-rank means, not the mean over the global batch. Here the counts are
-    summed over ranks and the loss multiplied by the world size (DDP's average divides it back),
-    so N processes × batch b give the update and the logged loss of one process with batch N·b.
-    """
-
-    class Global(trainer_cls):
-        def _get_num_items_in_batch(self, batch_samples, device):
-            counts = super()._get_num_items_in_batch(batch_samples, device)
-            if self.accelerator.num_processes > 1 and isinstance(counts, dict):
-                counts = {k: self.accelerator.reduce(v, reduction="sum") for k, v in counts.items()}
-            return counts
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
-            world = self.accelerator.num_processes
-            if world == 1 or not isinstance(num_items_in_batch, dict) or not model.training:
-                return out
-            return (out[0] * world, out[1]) if return_outputs else out * world
-
-    Global.__name__ = Global.__qualname__ = trainer_cls.__name__
-    return Global
-
-
 def load_model_for_unlearning(script: ScriptArguments, seed: int):
     """The model to unlearn (a LoRA target is merged) + tokenizer, with a fresh adapter if asked."""
     from llm_unlearn.models import attach_lora, is_adapter_dir, load_model, load_tokenizer
@@ -205,7 +178,7 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
                                                       batch_size=args.per_device_train_batch_size)
     mask = prepare_mask(script, model, tokenizer, pairs, args.per_device_train_batch_size, args.seed)
     callbacks = [LossRecorder(script.loss_log)] if script.loss_log else []
-    trainer = globally_normalised(trainer_cls)(model=model, args=args, train_dataset=pairs, processing_class=tokenizer,
+    trainer = trainer_cls(model=model, args=args, train_dataset=pairs, processing_class=tokenizer,
                           weight_mask=mask, callbacks=callbacks)
     result = trainer.train()
     trainer.save_model(str(out))  # FSDP: gathers the full state dict on rank 0 (FULL_STATE_DICT)

@@ -19,6 +19,7 @@ HYPERPARAMETER_FLAGS: dict[str, str] = {
 
 
 def register(sub, name: str, help_text: str) -> None:
+    from llm_unlearn.masks import DEFAULT_GAMMA
     from llm_unlearn.trainers import METHODS
 
     p = sub.add_parser(name, help=help_text, description=help_text + ". Precedence: defaults < --config < flags.")
@@ -62,6 +63,13 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--mask", default=None, help="a saved weight mask (llm-unlearn mask): only its weights change")
     p.add_argument("--mask-method", default=None, help="compute a mask first: wagle, salun, magnitude, wanda, random")
     p.add_argument("--mask-ratio", type=float, default=None, help="fraction of weights that may change (with --mask-method)")
+    p.add_argument("--mask-granularity", choices=["element", "row"], default=None,
+                   help="with --mask-method: element (one bit per weight, the paper) or row (output channels, cheap "
+                        "for 7B LoRA); default element")
+    p.add_argument("--mask-scope", choices=["global", "per_layer"], default=None,
+                   help="with --mask-method: one top-k over all weights (global) or within each tensor; default global")
+    p.add_argument("--mask-gamma", type=float, default=None,
+                   help=f"with --mask-method wagle: γ, the retain-gradient weight of the score (default {DEFAULT_GAMMA:g})")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="resume from a checkpoint directory, or the last one in --output")
     add_overwrite_flag(p)
@@ -91,15 +99,12 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from llm_unlearn.unlearn import run_unlearning
 
-    if args.mask is not None and args.mask_method is not None:
-        from llm_unlearn.errors import UnlearnError
-
-        raise UnlearnError("pass either --mask or --mask-method, not both")
     out, result = run_unlearning(
         model=args.model, data=args.data, output=args.output, method=args.method, forget_split=args.forget_split,
         retain_split=args.retain_split, config=args.config, overrides=overrides_from_args(args), lora=args.lora,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
         mask=args.mask, mask_method=args.mask_method, mask_ratio=args.mask_ratio,
+        mask_granularity=args.mask_granularity, mask_scope=args.mask_scope, mask_gamma=args.mask_gamma,
         resume_from_checkpoint=args.resume, overwrite=args.overwrite,
     )
     nll = result["nll"]

@@ -3,14 +3,18 @@
 A method subclasses it and writes one function, ``unlearn_loss(model, inputs, counts)``, that
 returns the loss and the named terms to log. The base class provides what every method shares:
 
-- Loss normalisation over the whole accumulated batch. `counts` holds the number of forget /
-  retain items and answer tokens of *all* micro-batches of one optimizer step, so a micro-batch
-  contributes ``sum / count`` and gradient accumulation 2×2 gives the update of one batch of 4
-  (``loss_is_scaled_for_ga = True``; the Trainer does not divide again).
+- Loss normalisation over the whole global batch. `counts` holds the number of forget / retain
+  items and answer tokens of *all* micro-batches of one optimizer step, summed over processes
+  (``average_tokens_across_devices``, default on), so a micro-batch contributes ``sum / count``:
+  gradient accumulation 2×2 gives the update of one batch of 4 (``loss_is_scaled_for_ga = True``;
+  the Trainer does not divide again), and N processes × batch b the update and logged values of
+  one process with batch N·b (the loss is multiplied by N because DDP averages the gradients of
+  the ranks, as `transformers.Trainer` does for token-averaged losses).
 - A reference model without a second copy. Under LoRA the reference pass is the same model with
   its adapters disabled. With full weights the reference log-likelihoods of the forget items
   are computed once, before training, and stored as dataset columns (``ref_logprob``,
-  ``idk_ref_logprob``), so they follow shuffling, accumulation and data sharding. The one
+  ``idk_ref_logprob``), so they follow shuffling, accumulation and data sharding; with several
+  processes each rank scores a shard and the column is gathered on every rank. The one
   exception is a KL retain term with full weights: it needs reference *logits* on retain
   items, so the trainer keeps a frozen copy of the model (memory: one more set of weights, e.g.
   0.27 GB for a 135 M model in fp16, 14 GB for 7 B in bf16; no optimizer state or gradients).
@@ -61,7 +65,9 @@ class UnlearnConfig(TrainingArguments):
     warmup_steps: float = field(default=0.1, metadata={"help": "warmup: steps, or a fraction of all steps if < 1"})
     logging_steps: float = field(default=5, metadata={"help": "log every N optimizer steps"})
     save_strategy: str = field(default="no", metadata={"help": "checkpointing: no, steps or epoch"})
-    report_to: str | list[str] | None = field(default="none", metadata={"help": "where to report logs: none, all, tensorboard, wandb, trackio, …"})
+    # `None | str | list[str]`, the order of TrainingArguments: HfArgumentParser / TrlParser read the
+    # first non-None member as the flag's type and fail on `str | list[str] | None`
+    report_to: None | str | list[str] = field(default="none", metadata={"help": "where to report logs: none, all, tensorboard, wandb, trackio, …"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False: batches are nested forget/retain dicts"})
     max_length: int = field(default=256, metadata={"help": "max tokens per QA item when tokenising (longer ones are truncated and counted)"})
 
@@ -227,7 +233,15 @@ class UnlearnTrainer(Trainer):
             return
         forget = self.train_dataset.forget
         for prefix in self.reference_prefixes:
-            if f"{prefix}ref_logprob" not in forget.column_names:
+            if f"{prefix}ref_logprob" in forget.column_names:
+                continue
+            if self.accelerator.num_processes > 1:
+                from llm_unlearn.distributed import sharded_reference_logprobs
+
+                # each rank scores 1/N of the items; every rank gets the whole column
+                forget = sharded_reference_logprobs(self.model, forget, self.processing_class, prefix=prefix,
+                                                    batch_size=self.args.per_device_train_batch_size)
+            else:
                 forget = add_reference_logprobs(self.model, forget, self.processing_class, prefix=prefix,
                                                 batch_size=self.args.per_device_train_batch_size)
         self.train_dataset.forget = forget
@@ -288,10 +302,20 @@ class UnlearnTrainer(Trainer):
 
     # ---- Trainer hooks -----------------------------------------------------------------
 
+    def counts_across_processes(self) -> bool:
+        """Whether step counts are summed over processes (several processes and
+        ``average_tokens_across_devices``): then each rank's loss is its share of the global mean."""
+        return self.accelerator.num_processes > 1 and bool(getattr(self.args, "average_tokens_across_devices", True))
+
     def _get_num_items_in_batch(self, batch_samples: list, device: torch.device) -> dict[str, torch.Tensor]:
-        return {k: v.to(device) for k, v in batch_counts(batch_samples).items()}
+        counts = {k: v.to(device) for k, v in batch_counts(batch_samples).items()}
+        if self.counts_across_processes():
+            # every rank has the same keys (same method and config); a fixed order keeps the collectives aligned
+            counts = {k: self.accelerator.reduce(counts[k], reduction="sum") for k in sorted(counts)}
+        return counts
 
     def compute_loss(self, model, inputs: dict, return_outputs: bool = False, num_items_in_batch=None):
+        global_counts = isinstance(num_items_in_batch, dict) and self.counts_across_processes()
         counts = num_items_in_batch if isinstance(num_items_in_batch, dict) else batch_counts([inputs])
         counts = {k: v.to(inputs["forget"]["input_ids"].device) for k, v in counts.items()}
         loss, terms = self.unlearn_loss(model, inputs, counts)
@@ -299,7 +323,11 @@ class UnlearnTrainer(Trainer):
             self._diverged(loss, terms)
         if model.training:
             for name, value in terms.items():
-                self._metric_sums[name] += float(value.detach())
+                self._metric_sums[name] += float(value.detach())  # summed over ranks in `log`
+        if global_counts:
+            # this rank's sums over the global counts; DDP averages the ranks' gradients and the Trainer
+            # the ranks' logged losses, so ×N gives the global-batch mean (Trainer.compute_loss does the same)
+            loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
 
     def _diverged(self, loss: torch.Tensor, terms: dict) -> None:
@@ -317,7 +345,13 @@ class UnlearnTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs and self._metric_sums:
             steps = max(self.state.global_step - self._metric_step, 1)
-            for name, total in self._metric_sums.items():
+            names = sorted(self._metric_sums)
+            totals = [self._metric_sums[n] for n in names]
+            if self.counts_across_processes():  # each rank holds its share of the global-batch value
+                reduced = self.accelerator.reduce(torch.tensor(totals, dtype=torch.float64, device=self.args.device),
+                                                  reduction="sum")
+                totals = reduced.tolist()
+            for name, total in zip(names, totals):
                 logs[name] = round(total / steps, 6)
             self._metric_sums.clear()
             self._metric_step = self.state.global_step
