@@ -8,6 +8,12 @@ model-card spec (``base_model``, ``library_name``, ``tags``, ``datasets``, ``mod
 forget quality and model utility). The card describes *what* was forgotten (split name, item
 count, sha256 of the content), never the forget data itself; every staged text file is checked
 for forget-set text before anything leaves the machine. `push_run` uploads that folder.
+
+An S3T run directory (``run.json`` kind ``s3t``, Chowdhury et al., 2024) is published as its
+served ensemble: one PEFT adapter folder per serving shard (``adapters/shard<s>/``, the ledger's
+served prefix, checked exact with `verify_run` first), ``plan.json``, ``s3t_serving.json`` (which
+prefix each shard serves, checkpoint hashes, deletion counts and content hashes) and a card. The
+deletion ledger holds sample text and is never uploaded; `load_published_s3t` loads the folder.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import logging
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -322,6 +328,8 @@ def stage_upload(run_dir: str | Path, folder: str | Path, repo_id: str, base_mod
     a leak in a required file is an error. `forget_texts` overrides loading the forget split.
     """
     validate_repo_id(repo_id)
+    if Path(run_dir).is_dir() and read_manifest(Path(run_dir)).get("kind") == "s3t":
+        return stage_s3t_upload(run_dir, folder, repo_id, base_model=base_model)
     contents = collect_run(run_dir)
     for message in contents.warnings:
         logger.warning(message)
@@ -419,3 +427,226 @@ def push_run(run_dir: str | Path, repo_id: str, private: bool = False, token: st
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model",
                           commit_message=commit_message or f"Upload {method} unlearned model (llm-unlearn)")
     return str(url)
+
+
+# ----------------------------------------------------------------------------------------------
+# S3T runs: the served ensemble
+
+
+S3T_SERVING_NAME = "s3t_serving.json"
+S3T_SERVING_FORMAT = "llm-unlearn-s3t-serving"
+S3T_ADAPTERS_DIR = "adapters"
+S3T_BUNDLED_BASE = "base"  # the tiny model's random base travels with its adapters
+S3T_HIDDEN_CONFIG = {"model", "data", "output"}
+
+
+def _hash_of_hashes(hashes: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(hashes)).encode()).hexdigest()
+
+
+def s3t_serving_manifest(run_dir: str | Path, base: str) -> tuple[dict[str, Any], list[str]]:
+    """The serving manifest of an S3T run (no sample text: counts, ids of shards, sha256 only) and
+    the deleted samples' text (for the leak check; never written)."""
+    from llm_unlearn.s3t.ledger import content_hash
+    from llm_unlearn.s3t.train import S3T_FORMAT, load_run
+
+    ledger, plan, cfg, manifest = load_run(run_dir)
+    status = {s.shard: s for s in ledger.status()}
+    shards = []
+    for rec in ledger.active_stages():
+        st = status[rec.shard]
+        shards.append({"shard": rec.shard, "adapter": f"{S3T_ADAPTERS_DIR}/shard{rec.shard}", "sequence": rec.sequence,
+                       "prefix": rec.stage, "num_slices": st.num_slices, "generation": rec.generation,
+                       "slices": rec.slices, "trained_samples": rec.num_samples, "sha256": rec.sha256,
+                       "weights_sha256": rec.weights_sha256})
+    deleted_rows = ledger.samples(sorted(ledger.deleted_ids()))
+    hash_of = {r["sample_id"]: content_hash(r["question"], r["answer"]) for r in deleted_rows}
+    requests = [{"request_id": d["request_id"], "requested_at": d["requested_at"], "samples": len(d["sample_ids"]),
+                 "content_sha256": _hash_of_hashes([hash_of[i] for i in d["sample_ids"] if i in hash_of]),
+                 "affected_shards": d["affected_shards"], "retrain_shards": d["retrain_shards"], "status": d["status"]}
+                for d in ledger.deletions()]  # the request's text query is left out: it quotes the data
+    serving = {
+        "format": S3T_SERVING_FORMAT, "s3t_format": S3T_FORMAT, "base_model": base,
+        "combine": "mean over serving shards of log_softmax(logits), renormalised (llm_unlearn.s3t.serve)",
+        "plan": {"shards": plan.num_shards, "slices": plan.num_slices, "sequences": plan.num_sequences,
+                 "method": plan.method, "blocks": plan.blocks},
+        "trained": {"split": manifest.get("split"), "items": manifest.get("items"),
+                    "data_sha256": manifest.get("data_hash")},
+        "config": {k: v for k, v in asdict(cfg).items() if k not in S3T_HIDDEN_CONFIG},
+        "shards": shards,
+        "not_serving": [{"shard": s.shard, "status": s.status} for s in status.values() if s.status != "serving"],
+        "deleted": {"samples": len(deleted_rows), "content_sha256": _hash_of_hashes(list(hash_of.values())),
+                    "requests": requests},
+    }
+    texts = [t.strip() for r in deleted_rows for t in (r["question"], r["answer"]) if len(t.strip()) >= MIN_LEAK_CHARS]
+    return serving, texts
+
+
+def stage_s3t_upload(run_dir: str | Path, folder: str | Path, repo_id: str, base_model: str | None = None) -> Path:
+    """Write the publishable form of an S3T run into `folder` (see module docstring); return it."""
+    from llm_unlearn.s3t.service import verify_run
+    from llm_unlearn.s3t.train import PLAN_FILE, base_model_path, load_run, tokenizer_path
+
+    root = Path(run_dir)
+    verify_run(root)  # refuses a run whose served checkpoints saw a deleted sample or were altered
+    manifest = load_run(root)[3]
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.iterdir()):
+        raise UnlearnError(f"staging folder {out} is not empty")
+    bundled = manifest["base_model"] == "base"
+    if base_model:
+        base = base_model
+    elif bundled:
+        base = S3T_BUNDLED_BASE
+        shutil.copytree(base_model_path(root, manifest), out / S3T_BUNDLED_BASE)
+    elif HUB_ID.match(str(manifest["base_model"])) and not Path(str(manifest["base_model"])).exists():
+        base = str(manifest["base_model"])
+    else:
+        raise UnlearnError(f"the S3T base model is the local path {manifest['base_model']}: pass --base-model ORG/NAME "
+                           "(its Hub id) so users can load the adapters")
+    serving, deleted_texts = s3t_serving_manifest(root, base)
+    if not serving["shards"]:
+        raise UnlearnError(f"{root}: no shard is serving (run `llm-unlearn s3t retrain {root}` first)")
+    ledger, *_ = load_run(root)
+    for rec in ledger.active_stages():
+        dest = out / S3T_ADAPTERS_DIR / f"shard{rec.shard}"
+        dest.mkdir(parents=True)
+        for name in ADAPTER_FILES:
+            shutil.copy2(root / rec.checkpoint / name, dest / name)
+        cfg_path = dest / "adapter_config.json"
+        adapter_cfg = json.loads(cfg_path.read_text())
+        adapter_cfg["base_model_name_or_path"] = base
+        cfg_path.write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True) + "\n")
+    tok_dir = Path(tokenizer_path(root, manifest))
+    for name in TOKENIZER_FILES:
+        if (tok_dir / name).is_file():
+            shutil.copy2(tok_dir / name, out / name)
+    shutil.copy2(root / PLAN_FILE, out / PLAN_FILE)
+    (out / S3T_SERVING_NAME).write_text(json.dumps(serving, indent=1) + "\n")
+    summary = next((root / c for c in EVAL_SUMMARY_CANDIDATES if (root / c).is_file()), None)
+    if summary is not None and find_leaks(summary, deleted_texts):
+        logger.warning("%s quotes deleted samples; it is not uploaded", summary)
+        summary = None
+    if summary is None:
+        logger.warning("no (clean) eval summary in %s: the card will say n/a for the metrics", root)
+    else:
+        shutil.copy2(summary, out / EVAL_SUMMARY_NAME)
+    card = build_s3t_model_card(serving, repo_id, read_metrics(summary), summary is not None,
+                                manifest.get("versions") or {})
+    (out / "README.md").write_text(str(card), encoding="utf-8")
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        leaks = find_leaks(path, deleted_texts)
+        if leaks:
+            raise UnlearnError(f"{path.relative_to(out)} would publish deleted-sample text ({leaks[0][:40]!r}…); "
+                               "not pushing")
+    return out
+
+
+def build_s3t_model_card(serving: dict[str, Any], repo_id: str, metrics: dict[str, float | None], has_eval: bool,
+                         versions: dict[str, str]):
+    """Card of a published S3T ensemble: what it is, what was deleted (counts, hashes), how to load."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    base = serving["base_model"]
+    hub_base = base if base != S3T_BUNDLED_BASE else None
+    trained = serving["trained"]
+    deleted = serving["deleted"]
+    eval_results = [EvalResult(task_type="text-generation", task_name="Machine unlearning", dataset_type="tofu",
+                               dataset_name=f"TOFU ({trained['split']})", metric_type=key, metric_name=pretty,
+                               metric_value=round(metrics[key], 6))
+                    for key, pretty in (("forget_quality", "Forget quality"), ("model_utility", "Model utility"))
+                    if metrics[key] is not None]
+    name = repo_id.split("/")[-1]
+    card_data = ModelCardData(
+        base_model=hub_base, library_name="peft", pipeline_tag="text-generation",
+        tags=["unlearning", "machine-unlearning", "exact-unlearning", "s3t", "lora", "peft", "llm-unlearn"],
+        model_name=name if eval_results else None, eval_results=eval_results or None)
+    plan = serving["plan"]
+    lines = [f"# {name}", "",
+             f"An **S3T ensemble** (Chowdhury et al., 2024, exact unlearning with sequence-aware sharded LoRA "
+             f"training) over `{base}`: {len(serving['shards'])} LoRA adapters, one per serving shard, each the "
+             "longest prefix of slice-wise stages that never saw a deleted sample. The next-token distribution "
+             "is the renormalised mean of the shards' log-probabilities (a normalised geometric mean).", "",
+             "## Shards served", "", "| shard | sequence | prefix (stages) | samples trained | adapter | sha256 |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {s['shard']} | {s['sequence']} | {s['prefix']}/{s['num_slices']} | {s['trained_samples']} | "
+              f"`{s['adapter']}` | `{s['sha256'][:16]}…` |" for s in serving["shards"]]
+    if serving["not_serving"]:
+        lines += ["", "Not serving (waiting for retraining): "
+                  + ", ".join(f"shard {s['shard']}" for s in serving["not_serving"]) + "."]
+    lines += ["", f"Plan: {plan['shards']} shards × {plan['slices']} slices × {plan['sequences']} slice orders "
+              f"({plan['method']}); `plan.json` maps sample ids to shards and slices, `{S3T_SERVING_NAME}` "
+              "records the served prefixes and checkpoint hashes.", "",
+              "## What was deleted", "",
+              "Deleted samples are exactly absent: no served adapter was trained on them (checked against the "
+              "deletion ledger before upload). The samples themselves, and the ledger, are not published; they "
+              "are identified by sha256 only.", "", "| field | value |", "|---|---|",
+              f"| trained split | `{trained['split'] or 'n/a'}` ({trained['items']} items, content sha256 "
+              f"`{trained['data_sha256'] or 'n/a'}`) |",
+              f"| deleted samples | {deleted['samples']} |",
+              f"| deletion requests | {len(deleted['requests'])} |",
+              f"| sha256 of the deleted samples' content hashes | `{deleted['content_sha256']}` |"]
+    lines += ["", "## Training", "", "| hyperparameter | value |", "|---|---|"]
+    lines += [f"| {k} | `{_short(v)}` |" for k, v in sorted(serving["config"].items()) if not _is_local_path(v)]
+    lines += ["", "## Evaluation (the served ensemble)", "",
+              "| metric | value |", "|---|---|",
+              f"| forget quality (KS-test p-value vs. the retain model, higher is better) | {_fmt(metrics['forget_quality'])} |",
+              f"| model utility (harmonic mean of retain/real-author/world-fact scores) | {_fmt(metrics['model_utility'])} |"]
+    if has_eval:
+        lines += ["", f"Full numbers: `{EVAL_SUMMARY_NAME}`."]
+    lines += ["", "## How to load", "", "```python", "from huggingface_hub import snapshot_download",
+              "from llm_unlearn.hub import load_published_s3t", "",
+              f'model = load_published_s3t(snapshot_download("{repo_id}"))  # an llm_unlearn.s3t.S3TEnsemble',
+              "tokenizer = model.tokenizer",
+              "ids = model.generate(**tokenizer(\"...\", return_tensors=\"pt\"), max_new_tokens=32)", "```", "",
+              "On the machine that holds the run directory (with its deletion ledger, where further deletions are "
+              "served), the same ensemble is `llm_unlearn.s3t.load_s3t_model(run_dir)`.", ""]
+    if versions:
+        lines += ["## Framework versions", ""] + [f"- {k} {v}" for k, v in versions.items()] + [""]
+    return ModelCard(f"---\n{card_data.to_yaml()}\n---\n\n" + "\n".join(lines))
+
+
+def load_published_s3t(folder: str | Path, dtype: str = "float32", base_model: str | None = None):
+    """The S3T ensemble of a published folder (`stage_s3t_upload`'s layout): base + one adapter per
+    shard in ``s3t_serving.json``, combined as `llm_unlearn.s3t.S3TEnsemble` does. Checks each
+    adapter file against its recorded sha256. `base_model` overrides the recorded base."""
+    from llm_unlearn.s3t.serve import S3TEnsemble
+
+    class PublishedS3TEnsemble(S3TEnsemble):
+        """`S3TEnsemble` read from a published folder instead of a run directory and its ledger."""
+
+        def __init__(self, root: Path):
+            import torch
+            from peft import PeftModel
+
+            from llm_unlearn.models import load_model, load_tokenizer
+            from llm_unlearn.s3t.train import file_sha256
+
+            torch.nn.Module.__init__(self)
+            serving = json.loads((root / S3T_SERVING_NAME).read_text())
+            if serving.get("format") != S3T_SERVING_FORMAT:
+                raise UnlearnError(f"{root / S3T_SERVING_NAME}: not an llm-unlearn S3T serving manifest")
+            base = base_model or serving["base_model"]
+            self.run_dir, self.verify, self.manifest = root, True, serving
+            self._base = load_model(str(root / base) if base == S3T_BUNDLED_BASE else base, dtype=dtype)
+            self.tokenizer = load_tokenizer(str(root))
+            self.peft, self.served = None, {}
+            for info in serving["shards"]:
+                path = root / info["adapter"]
+                if file_sha256(path / "adapter_model.safetensors") != info["sha256"]:
+                    raise UnlearnError(f"{path}: adapter differs from the sha256 in {S3T_SERVING_NAME}")
+                name = f"shard{info['shard']}"
+                if self.peft is None:
+                    self.peft = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
+                else:
+                    self.peft.load_adapter(str(path), adapter_name=name)
+                self.served[info["shard"]] = info
+            self.eval()
+
+        def reload(self):
+            return self.served
+
+    return PublishedS3TEnsemble(Path(folder))

@@ -201,3 +201,81 @@ def test_push_with_token_uploads_the_dry_run_folder(lora_run, fake_hub, monkeypa
     assert main(["push", str(lora_run), "--repo-id", REPO_ID, "--dry-run", str(dry), "--base-model", "org/tiny-target"]) == 0
     assert upload["files"] == {p.name for p in dry.iterdir()}
     assert upload["card"] == (dry / "README.md").read_text()
+
+
+# ----------------------------------------------------------------------------------------------
+# S3T runs: the served ensemble is published, the ledger (sample text) is not
+
+
+@pytest.fixture(scope="module")
+def s3t_run(tmp_path_factory, synthetic_dir) -> Path:
+    """A tiny S3T run on forget10 (2 shards × 2 slices × 2 orders) after two deletions, with an eval summary."""
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.s3t import S3TConfig, delete_samples, train_s3t
+
+    run = tmp_path_factory.mktemp("s3t_run")
+    train_s3t(S3TConfig(model="tiny", data=str(synthetic_dir), split="forget10", output=str(run), shards=2, slices=2,
+                        sequences=2, lora_r=4, epochs_per_stage=1, lr=1e-2, batch_size=4, max_length=64))
+    delete_samples(run, ids=["forget10:0"])
+    delete_samples(run, match=load_tofu("forget10", str(synthetic_dir))[3]["question"])  # the query quotes the data
+    (run / "eval").mkdir()
+    (run / "eval" / "summary.json").write_text(json.dumps({"metrics": {"forget_quality": None, "model_utility": 0.25}}))
+    return run
+
+
+def test_s3t_dry_run_publishes_served_adapters_without_the_ledger(s3t_run, synthetic_dir, tmp_path):
+    from huggingface_hub import ModelCard
+
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.hub import S3T_SERVING_NAME, _hash_of_hashes, load_published_s3t
+    from llm_unlearn.s3t import DeletionLedger, load_s3t_model
+    from llm_unlearn.s3t.ledger import content_hash
+
+    out = tmp_path / "upload"
+    assert main(["push", str(s3t_run), "--repo-id", "org/tiny-s3t", "--dry-run", str(out)]) == 0
+    ledger = DeletionLedger.open(s3t_run)
+    active = ledger.active_stages()
+    files = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+    adapters = {f"adapters/shard{r.shard}/{n}" for r in active for n in ("adapter_config.json", "adapter_model.safetensors")}
+    assert adapters <= files and {"README.md", "plan.json", S3T_SERVING_NAME, "eval_summary.json"} <= files
+    assert not [f for f in files if "ledger" in f or f.endswith((".sqlite", "-wal", "-shm"))]
+    assert not [f for f in files if f.startswith("checkpoints")]  # only the served prefixes
+    # no sample text anywhere (deleted or not), and not the deletion query either
+    rows = load_tofu("forget10", str(synthetic_dir))
+    blob = b"".join((out / f).read_bytes() for f in files).decode("utf-8", errors="ignore")
+    for row in rows:
+        assert row["question"] not in blob and row["answer"] not in blob
+
+    serving = json.loads((out / S3T_SERVING_NAME).read_text())
+    assert [(s["shard"], s["prefix"], s["sha256"]) for s in serving["shards"]] == \
+        [(r.shard, r.stage, r.sha256) for r in active]
+    deleted = sorted(ledger.deleted_ids())
+    assert deleted == ["forget10:0", "forget10:3"]
+    assert serving["deleted"]["samples"] == 2 and len(serving["deleted"]["requests"]) == 2
+    expected = _hash_of_hashes([content_hash(rows[i]["question"], rows[i]["answer"]) for i in (0, 3)])
+    assert serving["deleted"]["content_sha256"] == expected
+
+    card = ModelCard.load(out / "README.md")
+    assert "s3t" in card.data.to_dict()["tags"]
+    for fact in ("S3T ensemble", "| deleted samples | 2 |", expected, "load_published_s3t", "load_s3t_model"):
+        assert fact in card.text
+
+    # the published folder serves the same ensemble as the run directory
+    ids = torch.tensor([[1, 10, 20, 30, 40]])
+    with torch.no_grad():
+        here = load_s3t_model(s3t_run)(input_ids=ids).logits
+        published = load_published_s3t(out)(input_ids=ids).logits
+    torch.testing.assert_close(published, here)
+
+
+def test_s3t_push_refuses_an_altered_served_checkpoint(s3t_run, tmp_path, capsys):
+    from llm_unlearn.s3t import DeletionLedger
+
+    run = tmp_path / "run"
+    shutil.copytree(s3t_run, run)
+    weights = run / DeletionLedger.open(run).active_stages()[0].checkpoint / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert main(["push", str(run), "--repo-id", "org/tiny-s3t", "--dry-run", str(tmp_path / "upload")]) == 2
+    assert "sha256" in capsys.readouterr().err

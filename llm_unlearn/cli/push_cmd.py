@@ -10,7 +10,7 @@ from llm_unlearn.cli.common import prepare_output_dir
 
 def register(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `llm-unlearn unlearn` (or a recipe)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory written by `llm-unlearn unlearn`, a recipe, or `llm-unlearn s3t train` (its served ensemble; never the ledger)")
     p.add_argument("--repo-id", required=True, help="target Hub repository, ORG/NAME")
     p.add_argument("--private", action="store_true", help="create the repository as private")
     p.add_argument("--dry-run", metavar="DIR", default=None,
