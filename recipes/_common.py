@@ -67,6 +67,45 @@ class LossRecorder(TrainerCallback):
             self.path.write_text(json.dumps({"world_size": args.world_size, "steps": self.rows}, indent=1) + "\n")
 
 
+@dataclass
+class EvalArguments:
+    """Evaluation options of the recipes that train a model rather than unlearn (finetune, S3T)."""
+
+    run_eval: bool = field(default=True, metadata={"help": "evaluate the trained model (TOFU metrics) into OUTPUT/eval"})
+    forget_split: str = field(default="forget10", metadata={"help": "forget split whose TOFU metrics are reported (forget01 / forget05 / forget10)"})
+    retain_logs: str | None = field(default=None, metadata={"help": "retain model's eval (for forget quality)"})
+    eval_max_items: int | None = field(default=None, metadata={"help": "cap items per eval split"})
+    eval_max_new_tokens: int = field(default=200, metadata={"help": "greedy generation length in evaluation"})
+    eval_batch_size: int = field(default=8, metadata={"help": "items per evaluation batch"})
+
+
+def run_evaluation(model, tokenizer, data: str, out: Path, ev: EvalArguments) -> dict:
+    """TOFU evaluation of `model` (items split across ranks), written to ``out/eval`` by rank 0."""
+    from llm_unlearn.distributed import evaluate_sharded, is_main_process
+    from llm_unlearn.eval.evaluator import write_eval
+
+    res = evaluate_sharded(model, tokenizer, data, forget_split=ev.forget_split, retain_logs=ev.retain_logs,
+                           max_items=ev.eval_max_items, batch_size=ev.eval_batch_size,
+                           max_new_tokens=ev.eval_max_new_tokens)
+    if is_main_process():
+        write_eval(Path(out) / "eval", res)
+    return res
+
+
+def check_quantization(script: ScriptArguments) -> None:
+    """Refuse, before anything is loaded, options a 4-bit base cannot serve."""
+    if not script.load_in_4bit:
+        return
+    if script.mask_method is not None and script.mask_path is None:
+        raise UnlearnError(
+            f"load_in_4bit with mask_method {script.mask_method}: mask scores need a float model (gradients / "
+            "weights of a 4-bit base are packed); set load_in_4bit: false (bf16 base + LoRA)")
+    if script.mask_path is not None:
+        # WeightMask.validate compares the mask with the packed 4-bit weight shapes and refuses it
+        raise UnlearnError("load_in_4bit with mask_path: a weight mask cannot be enforced on a 4-bit base yet; "
+                           "set load_in_4bit: false (bf16 base + LoRA)")
+
+
 def _sharding() -> str | None:
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         return "fsdp"
@@ -150,6 +189,7 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
     from llm_unlearn.runinfo import data_hash, write_manifest
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    check_quantization(script)
     push = bool(args.push_to_hub)
     args.push_to_hub = False  # the Trainer would push checkpoints on its own; we push the final run once
     if push and not args.hub_model_id:
