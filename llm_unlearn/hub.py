@@ -33,6 +33,7 @@ from llm_unlearn.runinfo import read_manifest
 logger = logging.getLogger(__name__)
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+ADAPTER_MASK_FILE = "weight_mask.safetensors"  # = llm_unlearn.models.ADAPTER_MASK_FILE
 FULL_MODEL_FILES = ("config.json", "generation_config.json")
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -79,6 +80,10 @@ def collect_run(run_dir: str | Path) -> RunContents:
         if not (root / "adapter_model.safetensors").is_file():
             raise UnlearnError(f"{root}/adapter_model.safetensors not found (only safetensors adapters are pushed)")
         weights = [root / name for name in ADAPTER_FILES]
+        # an element-masked LoRA adapter only reproduces the unlearned model with its mask
+        # (llm_unlearn.models.load_model applies it; plain PEFT would not)
+        if (root / ADAPTER_MASK_FILE).is_file():
+            weights.append(root / ADAPTER_MASK_FILE)
     else:
         shards = sorted(root.glob("model*.safetensors"))
         if not (root / "config.json").is_file() or not shards:
@@ -260,7 +265,14 @@ def _card_body(contents: RunContents, repo_id: str, base: str | None, method: st
               "prove the information is gone. The scores above measure how close it is to a model never "
               "trained on that set."]
     lines += ["", "## How to load", "", "```python"]
-    if contents.is_adapter:
+    if contents.is_adapter and any(w.name == ADAPTER_MASK_FILE for w in contents.weights):
+        lines += ["# element-masked LoRA: the update is M ⊙ (B·A), so load it with llm-unlearn (plain PEFT",
+                  f"# would ignore {ADAPTER_MASK_FILE})",
+                  "from huggingface_hub import snapshot_download",
+                  "from llm_unlearn.models import load_model, load_tokenizer", "",
+                  f'model = load_model(snapshot_download("{repo_id}"))',
+                  f'tokenizer = load_tokenizer(snapshot_download("{repo_id}"))']
+    elif contents.is_adapter:
         lines += ["from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer", "",
                   f'model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")',
                   f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")']

@@ -225,7 +225,11 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
     if is_main_process():
         tokenizer.save_pretrained(str(out))
         if mask is not None:
-            mask.save(out / "mask.safetensors")
+            # an element mask on LoRA is part of the adapter: load_model applies this file on reload
+            from llm_unlearn.models import ADAPTER_MASK_FILE
+
+            lora_element = (script.use_lora or script.load_in_4bit) and mask.granularity != "row"
+            mask.save(out / (ADAPTER_MASK_FILE if lora_element else "mask.safetensors"))
         hyper = {k: v for k, v in args.to_dict().items() if k in _method_fields(args)}
         hyper.update({k: v for k, v in asdict(script).items()
                       if k.startswith(("lora_", "mask_", "use_lora", "load_in_4bit", "dtype")) and v is not None})
