@@ -1,0 +1,460 @@
+"""The forget-quality / model-utility frontier on real TOFU with SmolLM2-135M-Instruct: not a test;
+writes ``benchmarks/results/tofu_frontier.{json,md,png}``.
+
+1. Data: the first ``--authors`` fictitious authors of a local TOFU copy (default 20 → 400 QA),
+   forget10 = the last 10 % of them (2 authors, 40 QA), written as a TOFU source of its own with
+   forget10_perturbed / retain_perturbed / utility sets (`common.write_tofu_subset`).
+2. Target (finetuned on ``full``) and retain (on ``retain90``) models, finetuned the same way
+   (`llm_unlearn.finetune`), cached under ``--cache`` keyed by every setting and reused.
+3. Grid: methods {GradDiff, NPO+RT, SimNPO} × masks {none, random, WAGLE} × {LoRA, full weights},
+   every run with the same budget (``--epochs`` over the forget set, batch 4 forget + 4 retain,
+   one learning rate per mode: ``--lr-full`` / ``--lr-lora``, no per-method tuning), through
+   `llm_unlearn.unlearn.run_unlearning`. Each mask (ratio ``--mask-ratio``) is computed once on
+   the target model and shared by all methods and both modes.
+4. Every model is evaluated (`evaluate_model`, retain logs from the retain model: forget quality,
+   model utility, ROUGE-L, probability, truth ratio); the table, the JSON (updated after every
+   run, so an interrupted run leaves its partial results) and the FQ-vs-MU plot are written.
+   Finished runs are reused when the script is run again with the same settings.
+
+    python benchmarks/tofu_frontier.py --quick          # smoke configuration, a few minutes
+    python benchmarks/tofu_frontier.py                  # the full grid (see README for the time)
+    python benchmarks/tofu_frontier.py --methods npo --masks none,wagle --modes lora --epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, default_data, machine_info, md_table, write_tofu_subset  # noqa: E402
+
+FORGET_SPLIT = "forget10"
+RETAIN_SPLIT = "retain90"
+# name -> (llm_unlearn method, method hyperparameters); the same retain weight for all
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "graddiff": ("grad_diff", {"alpha": 1.0}),
+    "npo_rt": ("npo", {"alpha": 1.0, "beta": 0.1}),
+    "simnpo": ("simnpo", {"alpha": 1.0, "beta": 2.5, "delta": 0.0}),
+}
+MASKS = ("none", "random", "wagle")
+MODES = ("lora", "full")
+METRICS = ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability", "forget_truth_ratio",
+           "retain_rougeL_recall", "retain_probability")
+
+
+def _key(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _stamp_ok(run_dir: Path, settings: dict) -> bool:
+    stamp = run_dir / "frontier_settings.json"
+    return (stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(settings, default=str))
+            and (run_dir / "eval" / "summary.json").is_file())
+
+
+def _write_stamp(run_dir: Path, settings: dict) -> None:
+    (run_dir / "frontier_settings.json").write_text(json.dumps(settings, indent=1, default=str) + "\n")
+
+
+def _tag(run_dir: Path, **fields: Any) -> None:
+    path = run_dir / "run.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest.update(fields)
+    path.write_text(json.dumps(manifest, indent=1, default=str) + "\n")
+
+
+def finetuned(role: str, data: Path, args, cache: Path) -> tuple[Path, float]:
+    """The target (``full``) or retain (``retain90``) model, finetuned or reused from `cache`."""
+    from llm_unlearn.finetune import FinetuneConfig, finetune
+
+    split = "full" if role == "target" else RETAIN_SPLIT
+    cfg = FinetuneConfig(model=args.model, data=str(data), split=split, output="", epochs=args.ft_epochs,
+                         lr=args.ft_lr, batch_size=args.ft_batch_size, seed=args.seed, with_utility=False)
+    settings = {k: v for k, v in vars(cfg).items() if k not in ("output", "data")}
+    settings["data"] = json.loads((data / "SUBSET").read_text())
+    out = cache / f"{role}_{_key(settings)}"
+    if (out / "run.json").is_file() and (out / "model.safetensors").is_file():
+        print(f"reusing {role} model {out}", flush=True)
+        return out, float(json.loads((out / "run.json").read_text()).get("finetune_s", 0.0))
+    if out.exists():
+        shutil.rmtree(out)
+    cfg.output = str(out)
+    t0 = time.time()
+    finetune(cfg)
+    elapsed = time.time() - t0
+    _tag(out, finetune_s=round(elapsed, 1), frontier_settings=settings)
+    return out, elapsed
+
+
+def mask_file(mask: str, target_dir: Path, data: Path, args, runs_dir: Path) -> tuple[Path, float]:
+    """One mask per kind, computed once on the target model and shared by every method and mode
+    (mask keys are base-model parameter names): WAGLE scores from the forget gradient and the
+    retain gradient over as many retain items as forget items (the first ones)."""
+    path = runs_dir / "masks" / f"{mask}_r{args.mask_ratio}.safetensors"
+    timing = path.with_suffix(".json")
+    if path.is_file() and timing.is_file():
+        return path, json.loads(timing.read_text())["mask_s"]
+    from torch.utils.data import DataLoader
+
+    from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.masks import compute_mask
+    from llm_unlearn.unlearn import load_target
+
+    print(f"[{time.strftime('%H:%M:%S')}] computing the {mask} mask", flush=True)
+    model, tok = load_target(str(target_dir))
+    forget, _ = tokenize_qa_dataset(load_tofu(FORGET_SPLIT, data), tok, max_length=256)
+    retain, _ = tokenize_qa_dataset(load_tofu(RETAIN_SPLIT, data), tok, max_length=256)
+    retain = retain.select(range(min(len(retain), len(forget))))
+    cols = ["input_ids", "attention_mask", "labels"]
+
+    def loader(ds):
+        return DataLoader(ds.select_columns(cols), batch_size=args.batch_size, collate_fn=QACollator(tok))
+
+    t0 = time.time()
+    weight_mask = compute_mask(model, loader(forget), loader(retain), method=mask, ratio=args.mask_ratio,
+                               seed=args.seed, progress=not args.no_progress)
+    elapsed = time.time() - t0
+    weight_mask.save(path)
+    timing.write_text(json.dumps({"mask_s": round(elapsed, 1), "retain_items": len(retain)}) + "\n")
+    return path, elapsed
+
+
+def estimate_minutes(args, methods: list[str], masks: list[str], modes: list[str]) -> dict[str, Any] | None:
+    """Time of this grid from the step times measured by `cost.py` (``results/cost.json``): each
+    optimizer step, mask, evaluation and NLL scoring as measured there (same model, same items),
+    scaled by the number of steps / items here. ``None`` without a cost.json."""
+    path = RESULTS / "cost.json"
+    if not path.is_file():
+        return None
+    cost = json.loads(path.read_text())
+    rows = cost["rows"]
+
+    def step_s(key: str) -> float | None:
+        r = rows.get(key, {})
+        return r["train_s"] / r["steps"] if r.get("steps") else None
+
+    full_step = step_s("grad_diff/full/-")
+    per_step = {("graddiff", "full"): full_step, ("graddiff", "lora"): step_s("grad_diff/lora/-"),
+                ("npo_rt", "full"): step_s("npo/full/cached"), ("npo_rt", "lora"): step_s("npo/lora/adapter-disabled")}
+    per_step[("simnpo", "full")], per_step[("simnpo", "lora")] = per_step[("graddiff", "full")], per_step[("graddiff", "lora")]
+    if full_step is None or any(v is None for v in per_step.values()) or "eval_s" not in rows.get("eval", {}):
+        return None
+    n = args.authors * 20
+    k = max(1, round(args.authors * 0.1)) * 20
+    score_seq = rows.get("profile", {}).get("eval_score_s_per_sequence", 0.0)
+    mask_s = rows.get("mask/wagle", {}).get("mask_s", 0.0) if "wagle" in masks else 0.0
+    items_ratio = min(args.eval_items, 40) / max(cost["settings"]["items"], 1)
+
+    def total(per_step: dict, full_step: float, eval_one: float) -> dict[str, float]:
+        ft_steps = (math.ceil(n / args.ft_batch_size) + math.ceil((n - k) / args.ft_batch_size)) * args.ft_epochs
+        # a finetuning step is batch 8 of one split; an unlearning step 4 forget + 4 retain: about the same
+        finetune = ft_steps * full_step * args.ft_batch_size / (2 * args.batch_size)
+        steps = math.ceil(k / args.batch_size) * args.epochs
+        unlearn = sum(per_step[(m, mode)] * steps for m in methods for mode in modes for _ in masks)
+        overhead = len(methods) * len(modes) * len(masks) * ((k + min(args.eval_items, n - k)) * 2 * score_seq + 15)
+        evals = (2 + len(methods) * len(masks) * len(modes)) * eval_one * items_ratio
+        parts = {"finetune_min": finetune, "unlearn_min": unlearn, "nll_scoring_and_io_min": overhead,
+                 "masks_min": mask_s, "evaluations_min": evals}
+        return {**{key: round(v / 60, 1) for key, v in parts.items()}, "total_min": round(sum(parts.values()) / 60, 1)}
+
+    measured = total(per_step, full_step, rows["eval"]["eval_s"])
+    # the same grid if the cost targets held (NPO 2.9 s / GradDiff 2.5 s per step, eval 110 s)
+    # (LoRA steps keep their measured ratio to the full-weight step of the same method)
+    at_target = {key: (2.9 if key[0] == "npo_rt" else 2.5) * (v / per_step[(key[0], "full")] if key[1] == "lora" else 1.0)
+                 for key, v in per_step.items()}
+    at_targets = total(at_target, 2.5, 110.0)
+    return {"basis": f"results/cost.json (threads {cost['settings'].get('threads')}, load average "
+                     f"{cost['machine'].get('load_average_at_start')})", "measured_speed": measured,
+            "at_cost_target_speed": at_targets}
+
+
+def _load_for_eval(run_dir: Path):
+    from llm_unlearn.models import is_adapter_dir, load_model, load_tokenizer
+
+    tokenizer = load_tokenizer(str(run_dir))
+    model = load_model(str(run_dir))
+    if is_adapter_dir(run_dir):
+        model = model.merge_and_unload()
+    return model, tokenizer
+
+
+def evaluate(model_dir: Path, run_dir: Path, data: Path, args, retain_logs: Path | None) -> tuple[dict, float]:
+    from llm_unlearn.eval.evaluator import evaluate_model, write_eval
+
+    model, tokenizer = _load_for_eval(model_dir)
+    t0 = time.time()
+    result = evaluate_model(model, tokenizer, data, forget_split=FORGET_SPLIT, retain_logs=retain_logs,
+                            max_items=args.eval_items, batch_size=8, max_new_tokens=args.max_new_tokens,
+                            progress=not args.no_progress, model_name=run_dir.name)
+    write_eval(run_dir / "eval", result)
+    return result["summary"], time.time() - t0
+
+
+def _row(name: str, summary: dict, **extra: Any) -> dict[str, Any]:
+    metrics = summary.get("metrics", {})
+    return {"run": name, **extra, **{k: metrics.get(k) for k in METRICS}}
+
+
+def plot(rows: list[dict], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"none": "tab:blue", "random": "tab:orange", "wagle": "tab:green"}
+    markers = {"graddiff": "o", "npo_rt": "s", "simnpo": "^"}
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for r in rows:
+        fq, mu = r.get("forget_quality"), r.get("model_utility")
+        if fq is None or mu is None:
+            continue
+        fq = max(fq, 1e-30)
+        if r["run"] in ("target", "retain"):
+            ax.scatter(mu, fq, marker="*", s=220, c="black" if r["run"] == "target" else "gold",
+                       edgecolors="black", zorder=3, label=r["run"])
+            continue
+        full = r.get("mode") == "full"
+        ax.scatter(mu, fq, marker=markers.get(r.get("method"), "x"), s=70, zorder=2,
+                   facecolors=colors.get(r.get("mask"), "grey") if full else "none",
+                   edgecolors=colors.get(r.get("mask"), "grey"), linewidths=1.8)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], marker=m, ls="", color="grey", label=k) for k, m in markers.items()]
+    handles += [Line2D([], [], marker="o", ls="", color=c, label=f"mask {k}") for k, c in colors.items()]
+    handles += [Line2D([], [], marker="o", ls="", markerfacecolor="grey", markeredgecolor="grey", label="full weights"),
+                Line2D([], [], marker="o", ls="", markerfacecolor="none", markeredgecolor="grey", label="LoRA")]
+    handles += [Line2D([], [], marker="*", ls="", color=c, markeredgecolor="black", markersize=12, label=n)
+                for n, c in (("target", "black"), ("retain", "gold"))]
+    ax.set_yscale("log")
+    ax.set_xlabel("model utility (harmonic mean, retain + real authors + world facts)")
+    ax.set_ylabel("forget quality (KS-test p-value, log)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(handles=handles, fontsize=7, loc="best", ncol=2)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(result: dict, out_prefix: Path) -> None:
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
+    out_prefix.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    header = ["Run", "Method", "Mask", "Mode", "Forget quality", "Model utility", "Forget ROUGE-L",
+              "Forget prob.", "Forget truth ratio", "Retain ROUGE-L", "Train s", "Eval s"]
+    rows = [[r["run"], r.get("method", "-"), r.get("mask", "-"), r.get("mode", "-"),
+             *[r.get(k) for k in ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability",
+                                  "forget_truth_ratio", "retain_rougeL_recall")],
+             r.get("train_s"), r.get("eval_s")] for r in result["rows"]]
+    s = result["settings"]
+    md = [f"# TOFU frontier: {s['model']}, first {s['authors']} authors, {FORGET_SPLIT}",
+          "", f"Status: **{result['status']}**, {len(result['rows']) - 2} of {result['planned_runs']} unlearning runs "
+          f"done; total time {result['total_s'] / 60:.1f} min (finetuning {result['finetune_s'] / 60:.1f} min, "
+          "cached models count their original time).", "",
+          md_table(header, rows), "",
+          f"Budget per run: {s['epochs']} epochs over the forget set, batch {s['batch_size']} forget + "
+          f"{s['batch_size']} retain, lr {s['lr_full']} (full weights) / {s['lr_lora']} (LoRA r={s['lora_r']}), "
+          f"mask ratio {s['mask_ratio']}, no per-method tuning. Eval: {s['eval_items']} items per split, "
+          f"greedy generation of {s['max_new_tokens']} new tokens. Command: `{result['command']}`", "",
+          f"![forget quality vs model utility]({out_prefix.with_suffix('.png').name})", ""]
+    out_prefix.with_suffix(".md").write_text("\n".join(md))
+    plot(result["rows"], out_prefix.with_suffix(".png"),
+         f"{s['model']}, TOFU {s['authors']} authors, {s['epochs']} epochs ({result['status']})")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=default_data(), help="TOFU-layout directory (default ../shared/data/tofu)")
+    p.add_argument("--model", default="smollm2", help="base model spec (default SmolLM2-135M-Instruct from the cache)")
+    p.add_argument("--authors", type=int, default=20, help="first N authors (forget10 = the last 10%% of them)")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
+    p.add_argument("--masks", default=",".join(MASKS), help=f"comma list of {', '.join(MASKS)}")
+    p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--epochs", type=float, default=2.0, help="unlearning epochs over the forget set (every run)")
+    p.add_argument("--lr-full", type=float, default=2e-5, help="learning rate with full weights")
+    p.add_argument("--lr-lora", type=float, default=2e-4, help="learning rate with LoRA")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--mask-ratio", type=float, default=0.5, help="fraction of weights a mask lets change")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--ft-epochs", type=float, default=2.0, help="finetuning epochs (target and retain)")
+    p.add_argument("--ft-lr", type=float, default=1e-4)
+    p.add_argument("--ft-batch-size", type=int, default=8)
+    p.add_argument("--eval-items", type=int, default=40, help="items per evaluation split")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="greedy generation length in the evaluation")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads")
+    p.add_argument("--cache", default=str(Path.home() / ".cache" / "llm_unlearn" / "frontier"),
+                   help="finetuned target/retain models and finished runs (reused between runs)")
+    p.add_argument("--keep-models", action="store_true", help="keep full-weight unlearned models (540 MB each)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke configuration: 10 authors, a few finetuning/unlearning steps, 2 methods x 2 masks x "
+                        "2 modes, 4 eval items, 8 new tokens")
+    p.add_argument("--out", default=None, help="output prefix (default results/tofu_frontier, quick: results/tofu_frontier_quick)")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.authors, args.ft_epochs, args.epochs = 10, 0.1, 0.4
+        args.eval_items, args.max_new_tokens = 4, 8
+        if args.methods == ",".join(METHODS):
+            args.methods = "npo_rt,graddiff"
+        if args.masks == ",".join(MASKS):
+            args.masks = "none,wagle"
+    if args.data is None:
+        p.error("--data DIR is required (no ../shared/data/tofu beside the repository)")
+    methods = [m for m in args.methods.split(",") if m]
+    masks = [m for m in args.masks.split(",") if m]
+    modes = [m for m in args.modes.split(",") if m]
+    for given, valid, what in ((methods, METHODS, "method"), (masks, MASKS, "mask"), (modes, MODES, "mode")):
+        bad = [x for x in given if x not in valid]
+        if bad:
+            p.error(f"unknown {what}(s) {', '.join(bad)}; valid: {', '.join(valid)}")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    out_prefix = Path(args.out) if args.out else RESULTS / ("tofu_frontier_quick" if args.quick else "tofu_frontier")
+    cache = Path(args.cache)
+    t_start = time.time()
+    data = write_tofu_subset(args.data, cache / f"data_{args.authors}authors", args.authors, FORGET_SPLIT)
+
+    settings = {
+        "model": args.model, "data_source": str(args.data), "authors": args.authors, "forget_split": FORGET_SPLIT,
+        "retain_split": RETAIN_SPLIT, "epochs": args.epochs, "batch_size": args.batch_size, "lr_full": args.lr_full,
+        "lr_lora": args.lr_lora, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r, "mask_ratio": args.mask_ratio,
+        "method_hyperparameters": {m: METHODS[m][1] for m in methods}, "warmup_steps": 0, "seed": args.seed,
+        "finetune": {"epochs": args.ft_epochs, "lr": args.ft_lr, "batch_size": args.ft_batch_size,
+                     "splits": {"target": "full", "retain": RETAIN_SPLIT}, "with_utility": False},
+        "eval_items": args.eval_items, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
+        "lr_grid": "none: one lr per mode for every method", "quick": args.quick,
+    }
+    runs_dir = cache / f"runs_{_key({k: v for k, v in settings.items() if k != 'threads'})}"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    grid = [(mode, mask, method) for mode in modes for mask in masks for method in methods]
+    result: dict[str, Any] = {
+        "benchmark": "tofu_frontier", "machine": machine_info(), "settings": settings, "data": str(data),
+        "runs_dir": str(runs_dir), "command": " ".join(["python", "benchmarks/tofu_frontier.py",
+                                                         *(argv if argv is not None else sys.argv[1:])]),
+        "planned_runs": len(grid), "rows": [], "timings_s": {}, "status": "running", "total_s": 0.0,
+        "finetune_s": 0.0, "estimate": estimate_minutes(args, methods, masks, modes),
+    }
+    if result["estimate"]:
+        est = result["estimate"]
+        print(f"estimated time of this grid: {est['measured_speed']['total_min']} min at the speed measured in "
+              f"{est['basis']}; {est['at_cost_target_speed']['total_min']} min at the cost targets' speed", flush=True)
+
+    def save(status: str = "running") -> None:
+        result["status"] = status
+        result["total_s"] = round(time.time() - t_start, 1)
+        write_outputs(result, out_prefix)
+
+    # target and retain
+    model_dirs: dict[str, Path] = {}
+    for role in ("retain", "target"):
+        model_dirs[role], ft_s = finetuned(role, data, args, cache)
+        result["timings_s"][f"finetune_{role}"] = round(ft_s, 1)
+        result["finetune_s"] += ft_s
+    eval_settings = {"eval_items": args.eval_items, "max_new_tokens": args.max_new_tokens}
+    retain_logs = runs_dir / "retain" / "eval" / "per_item.json"
+    for role in ("retain", "target"):
+        run_dir = runs_dir / role
+        stamp = {"model": str(model_dirs[role]), **eval_settings}
+        if _stamp_ok(run_dir, stamp):
+            summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+            eval_s = summary.get("eval_time_s")
+        else:
+            run_dir.mkdir(exist_ok=True)
+            print(f"[{time.strftime('%H:%M:%S')}] evaluating {role}", flush=True)
+            summary, eval_s = evaluate(model_dirs[role], run_dir, data, args,
+                                       retain_logs if role == "target" else None)
+            if role == "retain":  # its own forget quality: against itself (no extra forward pass)
+                from llm_unlearn.eval.logs import compute_summary, read_logs
+
+                logs = read_logs(retain_logs)
+                rescored = compute_summary(logs, logs)
+                rescored.pop("logs", None)
+                summary.update(rescored)
+                (run_dir / "eval" / "summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+            _tag(run_dir, name=role, role=role, model_dir=str(model_dirs[role]),
+                 run_time_s=result["timings_s"][f"finetune_{role}"])
+            _write_stamp(run_dir, stamp)
+        result["rows"].append(_row(role, summary, eval_s=eval_s))
+    save()
+
+    # the grid
+    from llm_unlearn.unlearn import run_unlearning
+
+    masks_files: dict[str, Path] = {}
+    for mask in masks:
+        if mask != "none":
+            masks_files[mask], mask_s = mask_file(mask, model_dirs["target"], data, args, runs_dir)
+            result["timings_s"][f"mask_{mask}"] = round(mask_s, 1)
+    done_s: list[float] = []
+    for i, (mode, mask, method) in enumerate(grid):
+        name = f"{method}_{mask}_{mode}"
+        run_dir = runs_dir / name
+        unlearn_method, hyper = METHODS[method]
+        overrides = {"num_train_epochs": args.epochs, "learning_rate": args.lr_full if mode == "full" else args.lr_lora,
+                     "per_device_train_batch_size": args.batch_size, "warmup_steps": 0.0, "seed": args.seed,
+                     "logging_steps": 5, "disable_tqdm": args.no_progress, **hyper}
+        stamp = {"target": str(model_dirs["target"]), "overrides": overrides, "mask": str(masks_files.get(mask)),
+                 "mode": mode,
+                 "mask_ratio": args.mask_ratio, "lora_r": args.lora_r, **eval_settings}
+        if _stamp_ok(run_dir, stamp):
+            summary = json.loads((run_dir / "eval" / "summary.json").read_text())
+            manifest = json.loads((run_dir / "run.json").read_text())
+            result["rows"].append(_row(name, summary, method=method, mask=mask, mode=mode,
+                                       train_s=manifest.get("train_runtime_s"), eval_s=summary.get("eval_time_s"),
+                                       run_s=manifest.get("run_time_s"), reused=True))
+            print(f"reusing {name}", flush=True)
+            continue
+        print(f"[{time.strftime('%H:%M:%S')}] run {i + 1}/{len(grid)}: {name}", flush=True)
+        t0 = time.time()
+        try:
+            _, manifest = run_unlearning(
+                str(model_dirs["target"]), data, run_dir, unlearn_method, forget_split=FORGET_SPLIT,
+                retain_split=RETAIN_SPLIT, overrides=overrides, lora=mode == "lora", lora_r=args.lora_r,
+                lora_alpha=2 * args.lora_r, mask=masks_files.get(mask), overwrite=True,
+                nll_max_retain=args.eval_items,
+            )
+        except Exception as exc:  # a diverged run is a result too
+            print(f"  {name} failed: {exc}", flush=True)
+            result["rows"].append({"run": name, "method": method, "mask": mask, "mode": mode,
+                                   "error": str(exc).splitlines()[0]})
+            save()
+            continue
+        unlearn_s = time.time() - t0
+        summary, eval_s = evaluate(run_dir, run_dir, data, args, retain_logs)
+        _tag(run_dir, name=name, role="unlearned", run_time_s=round(unlearn_s, 1))
+        _write_stamp(run_dir, stamp)
+        if mode == "full" and not args.keep_models:
+            for f in run_dir.glob("*.safetensors"):
+                f.unlink()  # 540 MB each; the eval and run.json stay
+        nll = manifest.get("nll", {})
+        result["rows"].append(_row(name, summary, method=method, mask=mask, mode=mode,
+                                   train_s=manifest.get("train_runtime_s"), run_s=round(unlearn_s, 1),
+                                   eval_s=round(eval_s, 1), steps=manifest.get("steps"),
+                                   forget_nll_before=nll.get("forget_before"), forget_nll_after=nll.get("forget_after"),
+                                   retain_nll_before=nll.get("retain_before"), retain_nll_after=nll.get("retain_after")))
+        done_s.append(time.time() - t0)
+        left = len(grid) - i - 1
+        eta = left * sum(done_s) / len(done_s)
+        print(f"  {name}: FQ {summary['metrics'].get('forget_quality')}, MU {summary['metrics'].get('model_utility')}"
+              f" ({done_s[-1]:.0f} s; {left} left, about {eta / 60:.0f} min)", flush=True)
+        save()
+    save("complete")
+    print(out_prefix.with_suffix(".md").read_text())
+    print(f"total {result['total_s'] / 60:.1f} min; wrote {out_prefix}.{{json,md,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
