@@ -265,7 +265,7 @@ def _card_body(contents: RunContents, repo_id: str, base: str | None, method: st
               "prove the information is gone. The scores above measure how close it is to a model never "
               "trained on that set."]
     lines += ["", "## How to load", "", "```python"]
-    if contents.is_adapter and any(w.name == ADAPTER_MASK_FILE for w in contents.weights):
+    if contents.is_adapter and any(w.name == ADAPTER_MASK_FILE for w in contents.weight_files):
         lines += ["# element-masked LoRA: the update is M ⊙ (B·A), so load it with llm-unlearn (plain PEFT",
                   f"# would ignore {ADAPTER_MASK_FILE})",
                   "from huggingface_hub import snapshot_download",
