@@ -12,7 +12,9 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Tiny models gain nothing from intra-op threads, and tests that start torchrun workers would
+# oversubscribe 2 cores (OpenMP spin-waits make that ~100x slower), so one thread each.
+torch.set_num_threads(1)
 
 SHARED_TOFU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tofu"
 N_AUTHORS, QA_PER_AUTHOR = 10, 10
