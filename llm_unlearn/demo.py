@@ -49,7 +49,7 @@ class DemoConfig:
     s3t_shards: int = 2
     s3t_slices: int = 2
     s3t_sequences: int = 2
-    s3t_epochs_per_stage: float = 8.0
+    s3t_epochs_per_stage: float = 10.0
     s3t_lr: float = 3e-3
     methods: list[str] = field(default_factory=lambda: ["graddiff", "npo", "npo_wagle"])
 
@@ -58,7 +58,7 @@ class DemoConfig:
             self.authors = min(self.authors, 10)
             self.ft_epochs = min(self.ft_epochs, 12.0)
             self.unlearn_epochs = min(self.unlearn_epochs, 8.0)
-            self.s3t_epochs_per_stage = min(self.s3t_epochs_per_stage, 4.0)
+            self.s3t_epochs_per_stage = min(self.s3t_epochs_per_stage, 8.0)
         if self.model != "tiny":
             # a pretrained model: gentler finetuning / unlearning
             self.ft_epochs, self.ft_lr, self.ft_batch_size = 3.0, 1e-4, 8
@@ -277,16 +277,21 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
     from llm_unlearn.data.tofu import load_tofu
     from llm_unlearn.finetune import FinetuneConfig, finetune
     from llm_unlearn.s3t.serve import load_s3t_model
-    from llm_unlearn.s3t.service import delete_samples
+    from llm_unlearn.s3t.service import delete_samples, retrain
     from llm_unlearn.s3t.train import S3TConfig, train_s3t
 
     base = cfg.model
     if cfg.model == "tiny":
-        # a random tiny model knows nothing: give S3T a base with the prior knowledge (utility sets)
-        # that the target and retain models also learn, so its LoRA slices learn only `full`.
+        # LoRA alone cannot teach a random 1 M-parameter model (embeddings and head stay frozen), so
+        # S3T gets what a pretrained LLM brings: a base pretrained on a disjoint corpus (other
+        # fictitious authors, same kinds of facts, another seed) and the utility sets. It never
+        # sees the demo's authors; everything it learns about them sits in deletable LoRA slices.
+        from llm_unlearn.data.synthetic import generate, write_splits
+
+        corpus = write_splits(generate(cfg.authors, cfg.qa_per_author, seed=cfg.seed + 1), out / "s3t_pretrain_data")
         base_dir = out / "s3t_base"
         base_dir.mkdir()
-        finetune(FinetuneConfig(model="tiny", data=str(data), split="real_authors_perturbed", with_utility=True,
+        finetune(FinetuneConfig(model="tiny", data=str(corpus), split="full", with_utility=True,
                                 output=str(base_dir), epochs=cfg.ft_epochs, lr=cfg.ft_lr,
                                 batch_size=cfg.ft_batch_size, seed=cfg.seed))
         base = str(base_dir)
@@ -306,7 +311,13 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
     ids = [s["sample_id"] for s in ledger.samples(ledger.sample_ids()) if s["question"] in forget_questions]
     result = delete_samples(run_dir, ids=ids)
     timings["s3t_delete"] = time.time() - t1
-    _tag(run_dir, role="unlearned", name="s3t_deleted", run_time_s=timings["s3t_delete"],
-         deletion={"ids": len(ids), "result": str(result)})
+    # A whole author is many deletions: shards where no sequence survives are retrained without it.
+    t2 = time.time()
+    retrained = retrain(run_dir) if result.retrain_shards else []
+    timings["s3t_retrain"] = time.time() - t2
+    _tag(run_dir, role="unlearned", name="s3t_deleted", run_time_s=timings["s3t_delete"] + timings["s3t_retrain"],
+         deletion={"samples": len(ids), "status": result.status, "affected_shards": result.affected_shards,
+                   "retrained_shards": retrained, "delete_s": round(timings["s3t_delete"], 4),
+                   "retrain_s": round(timings["s3t_retrain"], 2)})
     model = load_s3t_model(run_dir)
     return evaluate(run_dir, model, model.tokenizer, "s3t_deleted", retain_logs)
