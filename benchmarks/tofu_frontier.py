@@ -55,9 +55,17 @@ def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+def _comparable(settings: dict) -> dict:
+    """Settings as stored, without what does not change results (progress bars)."""
+    out = json.loads(json.dumps(settings, default=str))
+    if isinstance(out.get("overrides"), dict):
+        out["overrides"].pop("disable_tqdm", None)
+    return out
+
+
 def _stamp_ok(run_dir: Path, settings: dict) -> bool:
     stamp = run_dir / "frontier_settings.json"
-    return (stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(settings, default=str))
+    return (stamp.is_file() and _comparable(json.loads(stamp.read_text())) == _comparable(settings)
             and (run_dir / "eval" / "summary.json").is_file())
 
 
@@ -259,8 +267,9 @@ def write_outputs(result: dict, out_prefix: Path) -> None:
     s = result["settings"]
     md = [f"# TOFU frontier: {s['model']}, first {s['authors']} authors, {FORGET_SPLIT}",
           "", f"Status: **{result['status']}**, {len(result['rows']) - 2} of {result['planned_runs']} unlearning runs "
-          f"done; total time {result['total_s'] / 60:.1f} min (finetuning {result['finetune_s'] / 60:.1f} min, "
-          "cached models count their original time).", "",
+          f"done; compute time of everything in the table {result['compute_s'] / 60:.1f} min (finetuning "
+          f"{result['finetune_s'] / 60:.1f} min; reused models and runs count their original time), wall time of "
+          f"this invocation {result['total_s'] / 60:.1f} min.", "",
           md_table(header, rows), "",
           f"Budget per run: {s['epochs']} epochs over the forget set, batch {s['batch_size']} forget + "
           f"{s['batch_size']} retain, lr {s['lr_full']} (full weights) / {s['lr_lora']} (LoRA r={s['lora_r']}), "
@@ -297,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="finetuned target/retain models and finished runs (reused between runs)")
     p.add_argument("--keep-models", action="store_true", help="keep full-weight unlearned models (540 MB each)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--report-only", action="store_true",
+                   help="train and evaluate nothing: write the outputs from the finished runs of this grid "
+                        "(e.g. after running parts of the grid in parallel processes, --masks none / --masks wagle)")
     p.add_argument("--quick", action="store_true",
                    help="smoke configuration: 10 authors, a few finetuning/unlearning steps, 2 methods x 2 masks x "
                         "2 modes, 4 eval items, 8 new tokens")
@@ -354,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
     def save(status: str = "running") -> None:
         result["status"] = status
         result["total_s"] = round(time.time() - t_start, 1)
+        # time of everything in the table, also of runs reused from earlier invocations
+        result["compute_s"] = round(result["finetune_s"] + sum(v for k, v in result["timings_s"].items()
+                                                                if k.startswith("mask_"))
+                                    + sum((r.get("run_s") or 0) + (r.get("eval_s") or 0) for r in result["rows"]), 1)
         write_outputs(result, out_prefix)
 
     # target and retain
@@ -394,7 +410,12 @@ def main(argv: list[str] | None = None) -> int:
 
     masks_files: dict[str, Path] = {}
     for mask in masks:
-        if mask != "none":
+        if mask != "none" and args.report_only:
+            masks_files[mask] = runs_dir / "masks" / f"{mask}_r{args.mask_ratio}.safetensors"
+            timing = masks_files[mask].with_suffix(".json")
+            if timing.is_file():
+                result["timings_s"][f"mask_{mask}"] = json.loads(timing.read_text())["mask_s"]
+        elif mask != "none":
             masks_files[mask], mask_s = mask_file(mask, model_dirs["target"], data, args, runs_dir)
             result["timings_s"][f"mask_{mask}"] = round(mask_s, 1)
     done_s: list[float] = []
@@ -408,12 +429,19 @@ def main(argv: list[str] | None = None) -> int:
         stamp = {"target": str(model_dirs["target"]), "overrides": overrides, "mask": str(masks_files.get(mask)),
                  "mode": mode,
                  "mask_ratio": args.mask_ratio, "lora_r": args.lora_r, **eval_settings}
+        if args.report_only and not _stamp_ok(run_dir, stamp):
+            print(f"not finished: {name}", flush=True)
+            continue
         if _stamp_ok(run_dir, stamp):
             summary = json.loads((run_dir / "eval" / "summary.json").read_text())
             manifest = json.loads((run_dir / "run.json").read_text())
+            nll = manifest.get("nll", {})
             result["rows"].append(_row(name, summary, method=method, mask=mask, mode=mode,
-                                       train_s=manifest.get("train_runtime_s"), eval_s=summary.get("eval_time_s"),
-                                       run_s=manifest.get("run_time_s"), reused=True))
+                                       train_s=manifest.get("train_runtime_s"), run_s=manifest.get("run_time_s"),
+                                       eval_s=summary.get("eval_time_s"), steps=manifest.get("steps"),
+                                       forget_nll_before=nll.get("forget_before"), forget_nll_after=nll.get("forget_after"),
+                                       retain_nll_before=nll.get("retain_before"), retain_nll_after=nll.get("retain_after"),
+                                       reused=True))
             print(f"reusing {name}", flush=True)
             continue
         print(f"[{time.strftime('%H:%M:%S')}] run {i + 1}/{len(grid)}: {name}", flush=True)
@@ -450,7 +478,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: FQ {summary['metrics'].get('forget_quality')}, MU {summary['metrics'].get('model_utility')}"
               f" ({done_s[-1]:.0f} s; {left} left, about {eta / 60:.0f} min)", flush=True)
         save()
-    save("complete")
+    finished = len(result["rows"]) - 2
+    save("complete" if finished == len(grid) else f"partial ({finished} of {len(grid)} runs finished)")
     print(out_prefix.with_suffix(".md").read_text())
     print(f"total {result['total_s'] / 60:.1f} min; wrote {out_prefix}.{{json,md,png}}")
     return 0
