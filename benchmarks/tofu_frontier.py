@@ -186,20 +186,11 @@ def estimate_minutes(args, methods: list[str], masks: list[str], modes: list[str
             "at_cost_target_speed": at_targets}
 
 
-def _load_for_eval(run_dir: Path):
-    from llm_unlearn.models import is_adapter_dir, load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(str(run_dir))
-    model = load_model(str(run_dir))
-    if is_adapter_dir(run_dir):
-        model = model.merge_and_unload()
-    return model, tokenizer
-
-
 def evaluate(model_dir: Path, run_dir: Path, data: Path, args, retain_logs: Path | None) -> tuple[dict, float]:
     from llm_unlearn.eval.evaluator import evaluate_model, write_eval
+    from llm_unlearn.unlearn import load_target
 
-    model, tokenizer = _load_for_eval(model_dir)
+    model, tokenizer = load_target(str(model_dir))
     t0 = time.time()
     result = evaluate_model(model, tokenizer, data, forget_split=FORGET_SPLIT, retain_logs=retain_logs,
                             max_items=args.eval_items, batch_size=8, max_new_tokens=args.max_new_tokens,

@@ -171,7 +171,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
         )
         timings[f"unlearn_{name}"] = time.time() - t0
         _tag(run_dir, role="unlearned", name=name, run_time_s=timings[f"unlearn_{name}"])
-        model, tokenizer = _load_unlearned(run_dir)
+        model, tokenizer = load_target(str(run_dir))
         summaries[name] = evaluate(run_dir, model, tokenizer, name, retain_logs)
 
     # 4. S3T: train on full, delete the forget authors exactly, evaluate the served ensemble
@@ -230,16 +230,6 @@ def _json_default(obj):
     if isinstance(obj, np.generic):
         return obj.item()
     return str(obj)
-
-
-def _load_unlearned(run_dir: Path):
-    from llm_unlearn.models import is_adapter_dir, load_model, load_tokenizer
-
-    tokenizer = load_tokenizer(str(run_dir))
-    model = load_model(str(run_dir))
-    if is_adapter_dir(run_dir):
-        model = model.merge_and_unload()
-    return model, tokenizer
 
 
 def _subset_source(source: Path, out: Path, cfg: DemoConfig) -> Path:
