@@ -22,7 +22,9 @@ def register(sub, name: str, help_text: str) -> None:
                         "eval_log*.json dir); needed for forget quality and privleak")
     p.add_argument("--holdout-split", default=None, help="holdout split for membership inference (default holdoutXX)")
     p.add_argument("--max-items", type=int, default=None, help="evaluate at most N items per split")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass / prompts per generate call")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences scored per forward pass")
+    p.add_argument("--generation-batch-size", type=int, default=None,
+                   help="prompts per greedy generate call (default: max(batch size, 64))")
     p.add_argument("--max-new-tokens", type=int, default=200, help="greedy generation length")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         model = model.to(device)
     result = evaluate_model(model, tok, args.data, forget_split=args.forget_split, retain_logs=retain,
                             max_items=args.max_items, batch_size=args.batch_size,
+                            generation_batch_size=args.generation_batch_size,
                             max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
                             model_name=args.model + (f" + {args.adapter}" if args.adapter else ""))
     write_eval(out, result)

@@ -53,61 +53,161 @@ def _device(model) -> torch.device:
         return torch.device("cpu")
 
 
+def _records(logits: torch.Tensor, labels: torch.Tensor, token_stats: bool) -> list[dict[str, Any]]:
+    """Per-row answer NLL (and Min-K%++ token stats) from logits aligned so that ``logits[:, t]``
+    predicts ``labels[:, t + 1]``."""
+    logits = logits[:, :-1].float()
+    target = labels[:, 1:]
+    mask = target != IGNORE_INDEX
+    picked = logits.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    tok_lp = picked - lse
+    if token_stats:
+        logp = logits - lse.unsqueeze(-1)
+        probs = logp.exp()
+        mu = (probs * logp).sum(-1)
+        sigma = ((probs * logp.pow(2)).sum(-1) - mu.pow(2)).clamp(min=0).sqrt()
+    nll_sum = -(tok_lp * mask).sum(-1)
+    counts = mask.sum(-1)
+    out = []
+    for i in range(labels.shape[0]):
+        n = int(counts[i])
+        rec: dict[str, Any] = {"loss": float(nll_sum[i]) / n if n else float("nan"),
+                               "loss_sum": float(nll_sum[i]), "num_tokens": n}
+        if token_stats:
+            sel = mask[i]
+            rec["logprobs"] = tok_lp[i][sel].tolist()
+            rec["mu"] = mu[i][sel].tolist()
+            rec["sigma"] = sigma[i][sel].tolist()
+        out.append(rec)
+    return out
+
+
+def _shared_prefix(encs: list[dict]) -> int:
+    """Tokens every encoding shares before the position whose logits predict the first answer
+    token (the prompt of one question, minus its last token); 0 when nothing can be shared."""
+    first = min(next((t for t, y in enumerate(e["labels"]) if y != IGNORE_INDEX), len(e["labels"])) for e in encs)
+    limit = first - 1
+    ids0 = encs[0]["input_ids"]
+    for e in encs[1:]:
+        ids = e["input_ids"]
+        k = 0
+        while k < limit and ids[k] == ids0[k]:
+            k += 1
+        limit = k
+    return max(limit, 0)
+
+
+def supports_prefix_cache(model) -> bool:
+    """Whether `model` is a Hugging Face causal LM (under PEFT / DDP wrappers) that takes a KV
+    cache and ``logits_to_keep``: then answer variants of one question share one prompt pass."""
+    from transformers import PreTrainedModel
+
+    from llm_unlearn.trainers.losses import accepts_forward_arg, core_model
+
+    core = core_model(model)
+    return (isinstance(core, PreTrainedModel) and not core.config.is_encoder_decoder
+            and accepts_forward_arg(model, "logits_to_keep") and accepts_forward_arg(model, "past_key_values"))
+
+
+def _score_padded(model, encs: list[dict], device, token_stats: bool, trim: bool) -> list[dict[str, Any]]:
+    """One right-padded forward over whole sequences (the lm-head from the first answer position on)."""
+    input_ids = pad_sequences([e["input_ids"] for e in encs], 0, "right").to(device)
+    attention = pad_sequences([e["attention_mask"] for e in encs], 0, "right").to(device)
+    labels = pad_sequences([e["labels"] for e in encs], IGNORE_INDEX, "right").to(device)
+    from llm_unlearn.trainers.losses import answer_start
+
+    start = answer_start(labels) if trim else 0
+    kwargs = {"logits_to_keep": labels.shape[1] - start} if start > 0 else {}
+    logits = model(input_ids=input_ids, attention_mask=attention, **kwargs).logits
+    return _records(logits, labels[:, start:], token_stats)
+
+
+def _score_shared(model, encs: list[dict], prefix: int, batch_size: int, device,
+                  token_stats: bool) -> list[dict[str, Any]]:
+    """Variants of one prompt: the first `prefix` tokens go through the model once (KV cache),
+    then each chunk of `batch_size` continuations (right padded) attends to that cache."""
+    import copy
+
+    head = torch.tensor([encs[0]["input_ids"][:prefix]], device=device)
+    cache = model(input_ids=head, attention_mask=torch.ones_like(head), use_cache=True, logits_to_keep=1).past_key_values
+    out: list[dict[str, Any]] = []
+    chunks = [encs[i:i + batch_size] for i in range(0, len(encs), batch_size)]
+    for k, chunk in enumerate(chunks):
+        n = len(chunk)
+        past = cache if k == len(chunks) - 1 else copy.deepcopy(cache)
+        if n > 1:
+            past.batch_repeat_interleave(n)
+        ids = pad_sequences([e["input_ids"][prefix:] for e in chunk], 0, "right").to(device)
+        tail_mask = pad_sequences([e["attention_mask"][prefix:] for e in chunk], 0, "right").to(device)
+        labels = pad_sequences([e["labels"][prefix:] for e in chunk], IGNORE_INDEX, "right").to(device)
+        attention = torch.cat([torch.ones(n, prefix, dtype=tail_mask.dtype, device=device), tail_mask], dim=1)
+        positions = torch.arange(prefix, prefix + ids.shape[1], device=device).expand(n, -1)
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=past,
+                       use_cache=True).logits
+        out.extend(_records(logits, labels, token_stats))
+    return out
+
+
 @torch.no_grad()
 def score_answers(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 8,
                   token_stats: bool = False, max_length: int | None = None,
-                  progress: tqdm | None = None) -> list[dict[str, Any]]:
+                  progress: tqdm | None = None, share_prompt: bool | None = None) -> list[dict[str, Any]]:
     """Answer-token NLL of each (question, answer) pair: ``{"loss" (mean), "loss_sum",
     "num_tokens"}`` and, with `token_stats`, per-token ``logprobs``, ``mu`` and ``sigma`` (mean
-    and std of log p under the model's next-token distribution, for Min-K%++). Sequences are
-    right padded and scored `batch_size` at a time (one forward pass per batch)."""
+    and std of log p under the model's next-token distribution, for Min-K%++).
+
+    Pairs that share a question (TOFU's ground-truth, paraphrased and perturbed answers) run
+    the prompt once and the answers `batch_size` at a time against its KV cache
+    (`share_prompt`, default: when `supports_prefix_cache`); the rest are right padded, sorted
+    by length and scored `batch_size` at a time. Either way the vocabulary projection runs only
+    from the first answer position on, and the values equal one full forward per sequence
+    (tested to 1e-5)."""
     check_tokenizer(tokenizer)
     device = _device(model)
-    out: list[dict[str, Any]] = []
-    for start in range(0, len(pairs), batch_size):
-        encs = [encode_qa(tokenizer, q, a, max_length) for q, a in pairs[start:start + batch_size]]
-        input_ids = pad_sequences([e["input_ids"] for e in encs], tokenizer.pad_token_id, "right").to(device)
-        attention = pad_sequences([e["attention_mask"] for e in encs], 0, "right").to(device)
-        labels = pad_sequences([e["labels"] for e in encs], IGNORE_INDEX, "right").to(device)
-        logits = model(input_ids=input_ids, attention_mask=attention).logits
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        target = labels[:, 1:]
-        mask = target != IGNORE_INDEX
-        tok_lp = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        nll_sum = -(tok_lp * mask).sum(-1)
-        counts = mask.sum(-1)
-        if token_stats:
-            probs = logp.exp()
-            mu = (probs * logp).sum(-1)
-            sigma = ((probs * logp.pow(2)).sum(-1) - mu.pow(2)).clamp(min=0).sqrt()
-        for i in range(len(encs)):
-            n = int(counts[i])
-            rec: dict[str, Any] = {
-                "loss": float(nll_sum[i]) / n if n else float("nan"),
-                "loss_sum": float(nll_sum[i]),
-                "num_tokens": n,
-            }
-            if token_stats:
-                sel = mask[i]
-                rec["logprobs"] = tok_lp[i][sel].tolist()
-                rec["mu"] = mu[i][sel].tolist()
-                rec["sigma"] = sigma[i][sel].tolist()
-            out.append(rec)
+    if share_prompt is None:
+        share_prompt = supports_prefix_cache(model)
+    trim = share_prompt or supports_prefix_cache(model)
+    encs = [encode_qa(tokenizer, q, a, max_length) for q, a in pairs]
+    out: list[dict[str, Any] | None] = [None] * len(pairs)
+    alone: list[int] = []
+    groups: dict[str, list[int]] = {}
+    for i, (q, _a) in enumerate(pairs):
+        groups.setdefault(q, []).append(i)
+    for idx in groups.values():
+        prefix = _shared_prefix([encs[i] for i in idx]) if share_prompt and len(idx) > 1 else 0
+        if prefix < 1:
+            alone.extend(idx)
+            continue
+        for i, rec in zip(idx, _score_shared(model, [encs[i] for i in idx], prefix, batch_size, device, token_stats)):
+            out[i] = rec
         if progress is not None:
-            progress.update(len(encs))
-    return out
+            progress.update(len(idx))
+    alone.sort(key=lambda i: len(encs[i]["input_ids"]))
+    for start in range(0, len(alone), batch_size):
+        idx = alone[start:start + batch_size]
+        for i, rec in zip(idx, _score_padded(model, [encs[i] for i in idx], device, token_stats, trim)):
+            out[i] = rec
+        if progress is not None:
+            progress.update(len(idx))
+    return out  # type: ignore[return-value]
 
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions: list[str], batch_size: int = 8, max_new_tokens: int = 200,
                      progress: tqdm | None = None) -> list[str]:
     """Greedy generations for `questions` (prompts built as in training, left padded); the new
-    tokens only, decoded without special tokens and stripped."""
+    tokens only, decoded without special tokens and stripped. Questions are batched in order of
+    prompt length (less padding); the result follows the input order."""
+    from llm_unlearn.data.qa import prompt_ids
+
     collate = GenerationCollator(tokenizer)
     device = _device(model)
-    out: list[str] = []
-    for start in range(0, len(questions), batch_size):
-        rows = [{"question": q, "answer": ""} for q in questions[start:start + batch_size]]
+    order = sorted(range(len(questions)), key=lambda i: len(prompt_ids(tokenizer, questions[i])))
+    texts: dict[int, str] = {}
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        rows = [{"question": questions[i], "answer": ""} for i in idx]
         batch = collate(rows)
         ids = batch["input_ids"].to(device)
         gen = model.generate(
@@ -115,10 +215,11 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int = 8
             do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         )
         new = gen[:, ids.shape[1]:]
-        out.extend(t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True))
+        for i, t in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            texts[i] = t.strip()
         if progress is not None:
             progress.update(len(rows))
-    return out
+    return [texts[i] for i in range(len(questions))]
 
 
 def _load_rows(source, split: str, max_items: int | None) -> list[dict]:
@@ -149,9 +250,13 @@ def _mia_scores(answer: str, rec: dict[str, Any], min_k: float) -> dict[str, flo
 
 def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch_size: int = 8,
                    max_new_tokens: int = 200, min_k: float = M.MIN_K_DEFAULT,
-                   progress: bool = True) -> dict[str, list[dict[str, Any]]]:
+                   progress: bool = True, generation_batch_size: int | None = None) -> dict[str, list[dict[str, Any]]]:
     """Per-item values for each split of `rows_by_split` (our split name -> TOFU rows). Splits
-    named ``forget``/``holdout`` get membership scores; ``holdout`` gets no generation."""
+    named ``forget``/``holdout`` get membership scores; ``holdout`` gets no generation.
+    `batch_size` sequences are scored per forward; `generation_batch_size` (default
+    ``max(batch_size, 64)``) prompts are generated together (a decoding step costs little more
+    for 40 rows than for 8 on a CPU: 2.4x faster on SmolLM2)."""
+    gen_batch = generation_batch_size or max(batch_size, 64)
     was_training = model.training
     model.eval()
     try:
@@ -192,7 +297,7 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
         for split, rows in rows_by_split.items():
             if split == "holdout":
                 continue
-            gens = generate_answers(model, tokenizer, [r["question"] for r in rows], batch_size, max_new_tokens,
+            gens = generate_answers(model, tokenizer, [r["question"] for r in rows], gen_batch, max_new_tokens,
                                     progress=bar)
             rouge = M.rouge_l_recall(gens, [r["answer"] for r in rows])
             for item, g, r in zip(items[split], gens, rouge):
@@ -207,7 +312,7 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
                    retain_logs: str | Path | EvalLogs | None = None, max_items: int | None = None,
                    batch_size: int = 8, max_new_tokens: int = 200, holdout_split: str | None = None,
                    min_k: float = M.MIN_K_DEFAULT, progress: bool = True,
-                   model_name: str | None = None) -> dict[str, Any]:
+                   model_name: str | None = None, generation_batch_size: int | None = None) -> dict[str, Any]:
     """Evaluate `model` on TOFU-style data. Returns ``{"summary": dict, "per_item": dict}``.
 
     Splits: ``{forget_split}_perturbed``, ``retain_perturbed``, ``real_authors_perturbed``,
@@ -218,6 +323,8 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
     `max_items` caps every split."""
     if batch_size < 1:
         raise UnlearnError(f"batch_size must be >= 1, got {batch_size}")
+    if generation_batch_size is not None and generation_batch_size < 1:
+        raise UnlearnError(f"generation_batch_size must be >= 1, got {generation_batch_size}")
     if max_new_tokens < 1:
         raise UnlearnError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     from llm_unlearn.data.tofu import forget_percent
@@ -233,7 +340,7 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
         rows["holdout"] = hold
         source_splits["holdout"] = holdout_split
     items = evaluate_items(model, tokenizer, rows, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           min_k=min_k, progress=progress)
+                           min_k=min_k, progress=progress, generation_batch_size=generation_batch_size)
     per_item = {
         "format": ITEMS_FORMAT,
         "data": str(data_source),
@@ -249,7 +356,9 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
         "forget_split": forget_split,
         "source_splits": source_splits,
         **compute_summary(logs, retain),
-        "settings": {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_items": max_items,
+        "settings": {"batch_size": batch_size,
+                     "generation_batch_size": generation_batch_size or max(batch_size, 64),
+                     "max_new_tokens": max_new_tokens, "max_items": max_items,
                      "min_k": min_k, "generation": "greedy, left padded", "scoring": "right padded, "
                      "answer tokens incl. EOS, prompt as in training (encode_qa)"},
         "eval_time_s": round(time.time() - t0, 3),

@@ -42,8 +42,10 @@ from llm_unlearn.data.qa import check_tokenizer
 from llm_unlearn.errors import DivergenceError, UnlearnError
 from llm_unlearn.trainers.losses import (
     IGNORE_INDEX,
+    answer_logits,
     kl_per_token,
     model_logits,
+    sequence_logprobs,
     sequence_logprobs_from_logits,
 )
 
@@ -151,7 +153,7 @@ def add_reference_logprobs(model, dataset: Dataset, tokenizer, prefix: str = "",
     values: list[float] = []
     for batch in DataLoader(view, batch_size=batch_size, collate_fn=QACollator(tokenizer)):
         batch = {k: v.to(device) for k, v in batch.items()}
-        s, _ = sequence_logprobs_from_logits(model_logits(model, batch), batch["labels"])
+        s, _ = sequence_logprobs(model, batch)
         values.extend(s.double().tolist())
     model.train(was_training)
     column = f"{prefix}ref_logprob"
@@ -272,7 +274,7 @@ class UnlearnTrainer(Trainer):
         ``ref_logprob`` (full weights)."""
         if self.is_peft:
             with self.reference_mode(model) as ref:
-                s, _ = sequence_logprobs_from_logits(model_logits(ref, batch), batch["labels"])
+                s, _ = sequence_logprobs(ref, batch)
             return s
         if "ref_logprob" not in batch:
             raise UnlearnError(f"{self.method}: batch has no cached ref_logprob (full-weight reference not prepared)")
@@ -282,14 +284,17 @@ class UnlearnTrainer(Trainer):
 
     def retain_term(self, model, retain: dict, counts: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(retain loss contribution, retain NLL contribution), both over the step's retain tokens."""
-        logits = model_logits(model, retain)
-        s, _ = sequence_logprobs_from_logits(logits, retain["labels"])
+        logits, labels = answer_logits(model, retain)
+        s, _ = sequence_logprobs_from_logits(logits, labels)
         nll = -s.sum() / counts["retain_tokens"].clamp(min=1)
         if getattr(self.args, "retain_loss_type", "nll") == "nll":
             return nll, nll
         with self.reference_mode(model) as ref:
+            ref_logits, _ = answer_logits(ref, retain)
+        if ref_logits.shape != logits.shape:  # one of the two has no logits_to_keep: align on the longer
+            logits, labels = model_logits(model, retain), retain["labels"]
             ref_logits = model_logits(ref, retain)
-        kl, _ = kl_per_token(logits, ref_logits, retain["labels"])
+        kl, _ = kl_per_token(logits, ref_logits, labels)
         return kl.sum() / counts["retain_tokens"].clamp(min=1), nll
 
     def add_retain_term(self, model, inputs: dict, counts: dict, loss: torch.Tensor, terms: dict) -> torch.Tensor:

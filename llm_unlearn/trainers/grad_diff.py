@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llm_unlearn.trainers.base import RetainRegularisedConfig, UnlearnTrainer
-from llm_unlearn.trainers.losses import model_logits, sequence_logprobs_from_logits
+from llm_unlearn.trainers.losses import sequence_logprobs
 
 
 @dataclass
@@ -21,7 +21,7 @@ class GradDiffTrainer(UnlearnTrainer):
 
     def unlearn_loss(self, model, inputs, counts):
         forget = inputs["forget"]
-        s, _ = sequence_logprobs_from_logits(model_logits(model, forget), forget["labels"])
+        s, _ = sequence_logprobs(model, forget)
         forget_nll = -s.sum() / counts["forget_tokens"].clamp(min=1)
         loss = -self.args.gamma * forget_nll
         terms = {"forget_nll": forget_nll}

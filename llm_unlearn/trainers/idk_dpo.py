@@ -14,7 +14,7 @@ from pathlib import Path
 from llm_unlearn.data.qa import encode_qa
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.trainers.base import QA_KEYS, RetainRegularisedConfig, UnlearnTrainer
-from llm_unlearn.trainers.losses import dpo_loss, model_logits, sequence_logprobs_from_logits
+from llm_unlearn.trainers.losses import dpo_loss, sequence_logprobs
 
 
 @dataclass
@@ -71,8 +71,8 @@ class IdkDPOTrainer(UnlearnTrainer):
 
     def unlearn_loss(self, model, inputs, counts):
         forget, idk = inputs["forget"], inputs["idk"]
-        rejected, _ = sequence_logprobs_from_logits(model_logits(model, forget), forget["labels"])
-        chosen, n_idk = sequence_logprobs_from_logits(model_logits(model, idk), idk["labels"])
+        rejected, _ = sequence_logprobs(model, forget)
+        chosen, n_idk = sequence_logprobs(model, idk)
         ref_rejected = self.reference_logprobs(model, forget)
         ref_chosen = self.reference_logprobs(model, idk)
         dpo = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.args.beta).sum() / counts["forget_items"]

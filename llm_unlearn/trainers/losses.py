@@ -44,15 +44,65 @@ def sequence_logprobs_from_logits(logits: torch.Tensor, labels: torch.Tensor) ->
     return logp.sum(-1), mask.sum(-1)
 
 
-def model_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def model_logits(model, batch: dict[str, torch.Tensor], **kwargs) -> torch.Tensor:
     """Logits of a causal LM on a QA batch (labels are not passed: no internal loss)."""
-    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False, **kwargs)
     return out.logits
+
+
+_KEEP_SUPPORT: dict[type, bool] = {}
+
+
+def core_model(model):
+    """The Hugging Face model under DDP / DeepSpeed (``.module``) and PEFT (``get_base_model``) wrappers."""
+    for _ in range(8):
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), torch.nn.Module):
+            model = model.module
+        else:
+            break
+    return model
+
+
+def accepts_forward_arg(model, name: str) -> bool:
+    """Whether the causal LM under any wrappers takes `name` (e.g. ``logits_to_keep``) in forward."""
+    import inspect
+
+    cls = type(core_model(model))
+    key = (cls, name)
+    if key not in _KEEP_SUPPORT:
+        try:
+            _KEEP_SUPPORT[key] = name in inspect.signature(cls.forward).parameters
+        except (TypeError, ValueError):
+            _KEEP_SUPPORT[key] = False
+    return _KEEP_SUPPORT[key]
+
+
+def answer_start(labels: torch.Tensor) -> int:
+    """First position whose logits any answer token of the batch needs: one before the earliest
+    labelled token (0 when there is none)."""
+    labelled = (labels != IGNORE_INDEX).any(0).nonzero()
+    return max(int(labelled[0]) - 1, 0) if len(labelled) else 0
+
+
+def answer_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, labels)`` of a QA batch with the lm-head run only from the first answer
+    position on (``logits_to_keep``; the prompt's logits are never needed): ``logits[:, t]``
+    predicts ``labels[:, t + 1]`` as with full logits. Saves the vocabulary projection, its
+    log-softmax and their gradients on every prompt position (about 40 % of a TOFU item).
+    Models whose forward has no ``logits_to_keep`` get full logits."""
+    labels = batch["labels"]
+    start = answer_start(labels)
+    if start > 0 and accepts_forward_arg(model, "logits_to_keep"):
+        logits = model_logits(model, batch, logits_to_keep=labels.shape[1] - start)
+        return logits, labels[:, start:]
+    return model_logits(model, batch), labels
 
 
 def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Run `model` on a padded QA batch: ``(sum_logprob [B], n_tokens [B])`` over the answer tokens."""
-    return sequence_logprobs_from_logits(model_logits(model, batch), batch["labels"])
+    return sequence_logprobs_from_logits(*answer_logits(model, batch))
 
 
 @torch.no_grad()

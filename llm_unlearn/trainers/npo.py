@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.trainers.base import RetainRegularisedConfig, UnlearnTrainer
-from llm_unlearn.trainers.losses import model_logits, npo_loss, sequence_logprobs_from_logits
+from llm_unlearn.trainers.losses import npo_loss, sequence_logprobs
 
 
 @dataclass
@@ -34,7 +34,7 @@ class NPOTrainer(UnlearnTrainer):
 
     def unlearn_loss(self, model, inputs, counts):
         forget = inputs["forget"]
-        logp, _ = sequence_logprobs_from_logits(model_logits(model, forget), forget["labels"])
+        logp, _ = sequence_logprobs(model, forget)
         ref_logp = self.reference_logprobs(model, forget)
         npo = npo_loss(logp, ref_logp, self.args.beta).sum() / counts["forget_items"]
         loss = self.args.gamma * npo

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.trainers.base import RetainRegularisedConfig, UnlearnTrainer
-from llm_unlearn.trainers.losses import model_logits, sequence_logprobs_from_logits, simnpo_loss
+from llm_unlearn.trainers.losses import sequence_logprobs, simnpo_loss
 
 
 @dataclass
@@ -31,7 +31,7 @@ class SimNPOTrainer(UnlearnTrainer):
 
     def unlearn_loss(self, model, inputs, counts):
         forget = inputs["forget"]
-        logp, n = sequence_logprobs_from_logits(model_logits(model, forget), forget["labels"])
+        logp, n = sequence_logprobs(model, forget)
         simnpo = simnpo_loss(logp, n, self.args.beta, self.args.delta).sum() / counts["forget_items"]
         loss = self.args.gamma * simnpo
         terms = {"simnpo": simnpo, "forget_nll": -logp.sum() / counts["forget_tokens"].clamp(min=1)}

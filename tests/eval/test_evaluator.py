@@ -62,7 +62,8 @@ def test_batch_size_1_and_8_give_the_same_values(tiny_eval):
             assert a.get("gt_num_tokens") == b.get("gt_num_tokens")
             if "mia" in a:
                 for attack, v in a["mia"].items():
-                    assert v == pytest.approx(b["mia"][attack], abs=1e-4)
+                    # Min-K%++ divides by σ of log p, near 0 on a random tiny model: relative noise
+                    assert v == pytest.approx(b["mia"][attack], abs=1e-4, rel=2e-4), attack
 
 
 def test_summary_states_what_it_computed(tiny_eval):
@@ -132,3 +133,44 @@ def test_eval_cli_writes_summary_and_items(saved_tiny, synthetic_dir, tmp_path, 
     rc = main(["eval", "--model", str(saved_tiny), "--data", str(synthetic_dir), "--forget-split", "forget99",
                "--output", str(tmp_path / "bad")])
     assert rc == 2
+
+
+def test_prompt_shared_scoring_equals_whole_sequences(synthetic_dir, tiny_model, tiny_tokenizer):
+    """Answer variants of one question run the prompt once (KV cache): same NLL, token counts and
+    Min-K%++ stats as scoring each whole sequence, for a plain and a PEFT-wrapped model, with
+    chunks smaller than the group."""
+    from peft import LoraConfig, get_peft_model
+
+    from llm_unlearn.eval.evaluator import supports_prefix_cache
+
+    rows = load_tofu("forget10_perturbed", synthetic_dir, max_items=2).to_list()
+    pairs = [(r["question"], a) for r in rows for a in [r["answer"], r["paraphrased_answer"], *r["perturbed_answer"]]]
+    pairs.append(("A question asked once?", "Its only answer."))
+    peft = get_peft_model(build_tiny(tiny_tokenizer), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                               init_lora_weights=False))
+    for model in (tiny_model, peft):
+        assert supports_prefix_cache(model)
+        for stats in (False, True):
+            shared = score_answers(model, tiny_tokenizer, pairs, batch_size=3, token_stats=stats, share_prompt=True)
+            whole = score_answers(model, tiny_tokenizer, pairs, batch_size=1, token_stats=stats, share_prompt=False)
+            for a, b in zip(shared, whole):
+                assert a["num_tokens"] == b["num_tokens"]
+                assert a["loss"] == pytest.approx(b["loss"], abs=BATCH_ATOL)
+                if stats:
+                    np.testing.assert_allclose(a["mu"], b["mu"], atol=1e-4)
+                    np.testing.assert_allclose(a["sigma"], b["sigma"], atol=1e-4)
+    for (q, a), rec in zip(pairs[:3], score_answers(tiny_model, tiny_tokenizer, pairs[:3], share_prompt=True)):
+        assert rec["loss"] == pytest.approx(_direct_loss(tiny_model, tiny_tokenizer, q, a), abs=1e-5)
+
+
+def test_batched_generation_keeps_the_input_order(synthetic_dir, tiny_model, tiny_tokenizer):
+    qs = [r["question"] for r in load_tofu("retain90", synthetic_dir, max_items=5)]
+    qs.append("Short?")
+    one_by_one = [generate_answers(tiny_model, tiny_tokenizer, [q], batch_size=1, max_new_tokens=4)[0] for q in qs]
+    assert generate_answers(tiny_model, tiny_tokenizer, qs, batch_size=6, max_new_tokens=4) == one_by_one
+
+
+def build_tiny(tok):
+    from llm_unlearn.models import build_tiny_model
+
+    return build_tiny_model(tok, seed=3)

@@ -107,3 +107,30 @@ def test_grad_diff_loss_is_the_weighted_sum(make_trainer):
             nll[part] = -s.sum() / n.sum()
         loss = trainer.compute_loss(model, batch)
     assert loss.item() == pytest.approx((-0.7 * nll["forget"] + 2.0 * nll["retain"]).item(), rel=1e-5)
+
+
+def test_answer_logits_trim_the_prompt_and_keep_the_logprobs(tiny_model, tiny_tokenizer):
+    """The lm-head runs from the first answer position on; log-likelihoods, their gradients and
+    the wrapped (PEFT) path equal the full-logit computation."""
+    from peft import LoraConfig, get_peft_model
+
+    from llm_unlearn.data.qa import QACollator, encode_qa
+    from llm_unlearn.trainers.losses import answer_logits, model_logits, sequence_logprobs
+
+    pairs = [("Who wrote the red book?", "Anna Berg wrote it in 1999."),
+             ("Where was the long-named author with many titles born?", "In Oslo.")]
+    batch = QACollator(tiny_tokenizer)([encode_qa(tiny_tokenizer, q, a) for q, a in pairs])
+    first = int((batch["labels"] != -100).any(0).nonzero()[0])
+    for model in (tiny_model, get_peft_model(tiny_model, LoraConfig(r=4, target_modules=["q_proj"]))):
+        logits, labels = answer_logits(model, batch)
+        assert logits.shape[1] == batch["input_ids"].shape[1] - first + 1 < batch["input_ids"].shape[1]
+        assert torch.equal(labels, batch["labels"][:, first - 1:])
+        full = sequence_logprobs_from_logits(model_logits(model, batch), batch["labels"])
+        trimmed = sequence_logprobs(model, batch)
+        torch.testing.assert_close(trimmed[0], full[0], atol=1e-5, rtol=1e-5)
+        assert torch.equal(trimmed[1], full[1])
+        params = [p for p in model.parameters() if p.requires_grad][:3]
+        g_full = torch.autograd.grad(full[0].sum(), params)
+        g_trim = torch.autograd.grad(sequence_logprobs(model, batch)[0].sum(), params)
+        for a, b in zip(g_full, g_trim):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
