@@ -14,6 +14,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from llm_unlearn.perf import tune_allocator  # noqa: E402
+
+tune_allocator()  # every benchmark process reuses large CPU buffers, as the llm-unlearn command does
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "tofu"

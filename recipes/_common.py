@@ -20,6 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from transformers import TrainerCallback  # noqa: E402
 
 from llm_unlearn.errors import UnlearnError  # noqa: E402
+from llm_unlearn.perf import tune_allocator  # noqa: E402
+
+tune_allocator()  # recipes are scripts: keep large CPU buffers in the heap (llm_unlearn.perf)
 
 logger = logging.getLogger("recipes")
 

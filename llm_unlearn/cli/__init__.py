@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = args.debug or os.environ.get("LLM_UNLEARN_DEBUG") == "1"
+    from llm_unlearn.perf import tune_allocator
+
+    tune_allocator()  # large CPU buffers are reused, not page-faulted in again every step
     try:
         rc = args.func(args)
     except UnlearnError as exc:

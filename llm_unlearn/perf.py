@@ -1,0 +1,54 @@
+"""CPU allocator tuning for training and evaluation loops.
+
+glibc serves every allocation above 32 MB (the largest dynamic mmap threshold) with a fresh
+``mmap`` and returns it to the kernel on free. A training step allocates and frees such buffers
+every time: logits (batch × answer tokens × vocabulary), the dense gradient of the input
+embedding (vocabulary × hidden, 113 MB on SmolLM2) and its tied-weight sum. Each one is
+page-faulted in again, 4 KB at a time. Keeping freed memory in the heap instead
+(``M_MMAP_MAX = 0``: no mmap-served allocations; ``M_TRIM_THRESHOLD`` huge: the heap top is
+never trimmed) makes those buffers reusable. Measured with `benchmarks/cost.py` on SmolLM2-135M,
+2 CPU cores: 10 full-weight NPO steps 47.9 s → 34.4 s (-28 %), peak RSS 4.10 → 4.21 GB. Peak
+RSS barely moves because the freed memory is reused, not added; the process just does not hand
+it back to the OS before it exits.
+
+`tune_allocator` is called by the ``llm-unlearn`` command, the recipes and the benchmarks. It is
+a process-wide setting, so library code never calls it on its own: call it yourself at the top
+of a script if you want it. ``LLM_UNLEARN_MALLOC=default`` in the environment turns it off; on
+systems without glibc it does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import sys
+
+logger = logging.getLogger(__name__)
+
+# <malloc.h>
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+_TRIM_NEVER = 2**31 - 1  # an int: the largest threshold mallopt takes
+
+_done: bool | None = None
+
+
+def tune_allocator() -> bool:
+    """Keep freed CPU memory in the glibc heap for reuse (see the module docstring). Returns
+    whether the setting is active; idempotent."""
+    global _done
+    if _done is not None:
+        return _done
+    _done = False
+    if os.environ.get("LLM_UNLEARN_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, _TRIM_NEVER) == 1
+    except (OSError, AttributeError):  # musl or another libc: nothing to tune
+        return False
+    if not ok:
+        logger.debug("mallopt refused the allocator settings")
+    _done = bool(ok)
+    return _done
