@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
@@ -122,7 +121,21 @@ def all_reduce_sum_(tensors: Iterable[torch.Tensor]) -> None:
         return
     for t in tensors:
         local = t.to_local() if hasattr(t, "to_local") else t
-        dist.all_reduce(local, op=dist.ReduceOp.SUM)
+        dist.all_reduce(local, op=dist.ReduceOp.SUM, group=_group_for(local))
+
+
+_GLOO_GROUP: list = []
+
+
+def _group_for(t: torch.Tensor):
+    """The default group, or for a CPU tensor under NCCL (which only reduces GPU tensors) a gloo
+    group over the same ranks, created once (collectively: every rank reaches the first call)."""
+    dist = _dist()
+    if t.device.type != "cpu" or dist.get_backend() != "nccl":
+        return None
+    if not _GLOO_GROUP:
+        _GLOO_GROUP.append(dist.new_group(backend="gloo"))
+    return _GLOO_GROUP[0]
 
 
 def all_reduce_mean(value: float, count: int = 1) -> float:
@@ -168,33 +181,6 @@ def mark_for_synced_generation(model) -> None:
     for module in model.modules():
         if hasattr(module, "generate") and hasattr(module, "generation_config"):
             module._is_fsdp_managed_module = True
-
-
-@contextmanager
-def average_gradients_across_ranks(model):
-    """While active, every parameter gradient is replaced by its mean over ranks as soon as it is
-    accumulated (post-accumulate-grad hooks registered *before* any the body adds, so those see
-    the averaged gradient). Wrap a gradient-attribution pass (WAGLE / SalUn scores) in it and
-    give each rank its shard of the data with equally many batches: the accumulated gradients
-    then equal those of one process over all the data, and the non-linear score is taken once,
-    on the global gradient. A no-op in one process."""
-    dist = _dist()
-    if dist is None or dist.get_world_size() == 1:
-        yield
-        return
-    world = dist.get_world_size()
-
-    def hook(p: torch.Tensor) -> None:
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad.div_(world)
-
-    handles = [p.register_post_accumulate_grad_hook(hook) for p in model.parameters() if p.is_floating_point()]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def shard_dataset(dataset):

@@ -102,11 +102,9 @@ def check_quantization(script: ScriptArguments) -> None:
     if script.mask_method is not None and script.mask_path is None:
         raise UnlearnError(
             f"load_in_4bit with mask_method {script.mask_method}: mask scores need a float model (gradients / "
-            "weights of a 4-bit base are packed); set load_in_4bit: false (bf16 base + LoRA)")
-    if script.mask_path is not None:
-        # WeightMask.validate compares the mask with the packed 4-bit weight shapes and refuses it
-        raise UnlearnError("load_in_4bit with mask_path: a weight mask cannot be enforced on a 4-bit base yet; "
-                           "set load_in_4bit: false (bf16 base + LoRA)")
+            "weights of a 4-bit base are packed); compute the mask on the float model first "
+            "(llm-unlearn mask --model … --granularity row --output mask.safetensors) and pass mask_path, "
+            "or set load_in_4bit: false")
 
 
 def _sharding() -> str | None:
@@ -151,29 +149,40 @@ def build_pairs(script: ScriptArguments, tokenizer, max_length: int, seed: int, 
 
 def prepare_mask(script: ScriptArguments, model, tokenizer, pairs, batch_size: int, seed: int):
     """The weight mask: loaded from `mask_path`, or computed with each rank scoring its shard of
-    the forget / retain items and gradients averaged across ranks (one global score)."""
+    the forget / retain items and gradients averaged across ranks (one global score). Under FSDP
+    this runs before the Trainer wraps the model, on every rank's whole copy (the mask is then
+    cut to each rank's shards when the optimizer is created, `MaskEnforcer.rebind`)."""
     if script.mask_method is None and script.mask_path is None:
         return None
     from torch.utils.data import DataLoader
 
     from llm_unlearn.data.qa import QACollator
-    from llm_unlearn.distributed import average_gradients_across_ranks, shard_dataset
+    from llm_unlearn.distributed import shard_dataset
     from llm_unlearn.masks import compute_mask, load_mask
 
-    if _sharding() is not None:
-        raise UnlearnError(f"weight masks need whole tensors; with {_sharding()} run the mask recipe on DDP / one "
-                           "GPU (QLoRA), see recipes/README.md")
+    if _sharding() == "deepspeed":
+        raise UnlearnError("weight masks are not supported with DeepSpeed ZeRO-3 (parameters are partitioned while "
+                           "the model loads); use recipes/accelerate/fsdp.yaml (FSDP2) or ddp.yaml")
     if script.mask_path:
         return load_mask(script.mask_path)
+    if any(p.is_meta for p in model.parameters()):
+        raise UnlearnError("computing a weight mask needs the real weights on every rank before FSDP wraps the model: "
+                           "set fsdp_cpu_ram_efficient_loading: false (recipes/accelerate/fsdp_masked.yaml), or "
+                           "compute it once with `llm-unlearn mask` and pass mask_path")
     cols = ["input_ids", "attention_mask", "labels"]
 
     def loader(ds):
         return DataLoader(shard_dataset(ds.select_columns(cols)), batch_size=batch_size, collate_fn=QACollator(tokenizer))
 
     retain = loader(pairs.retain) if pairs.retain is not None else None
-    with average_gradients_across_ranks(model):
-        return compute_mask(model, loader(pairs.forget), retain, method=script.mask_method, ratio=script.mask_ratio,
-                            granularity=script.mask_granularity, seed=seed)
+    import torch
+
+    if torch.cuda.is_available() and next(model.parameters()).device.type == "cpu":
+        # score on this rank's GPU (the Trainer / FSDP would move the model there next anyway)
+        model.to(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+    # gradients summed over every rank's shard (`accumulate_gradients`), one global score
+    return compute_mask(model, loader(pairs.forget), retain, method=script.mask_method, ratio=script.mask_ratio,
+                        granularity=script.mask_granularity, seed=seed)
 
 
 def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:

@@ -25,7 +25,19 @@ update of its base weight stays inside the mask:
 Both need a fresh adapter (ΔW = 0 outside the mask at the start); LoRA variants (DoRA, …) and
 ``lora_bias`` are refused. LoRA layers whose base weight the mask does not cover are frozen.
 
-Not supported: DeepSpeed ZeRO / FSDP sharded parameters (the hooks need whole tensors).
+FSDP2 (``fully_shard``, e.g. ``accelerate launch --config_file recipes/accelerate/fsdp.yaml``).
+The enforcement is built on the whole model before the Trainer wraps it; wrapping replaces every
+parameter with a DTensor holding this rank's rows (Shard(0)), so `rebind` (called when the
+Trainer creates its optimizer, after wrapping) cuts each partly frozen entry's mask to the local
+rows and records the local frozen values. Gradient hooks on the sharded parameters would never
+fire (FSDP writes the reduce-scattered gradient directly), so `mask_grads_` zeroes the frozen
+entries of the local gradient after every backward (`attach_mask` wraps ``training_step``: before
+clipping and the optimizer, as with the hooks); the post-step restore works on local shards.
+The LoRA element path needs nothing more: ΔW is built from the unsharded B and A inside forward.
+Every rank needs the real weights before wrapping (``fsdp_cpu_ram_efficient_loading: false``).
+
+Not supported: DeepSpeed ZeRO-3 (it partitions parameters while the model loads, before a mask
+can be built) and FSDP1 (flattened parameters).
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_unlearn.errors import UnlearnError
-from llm_unlearn.masks.weight_mask import WeightMask, base_param_name, is_lora_param
+from llm_unlearn.masks.weight_mask import WeightMask, base_param_name, is_lora_param, logical_shape
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +66,12 @@ def _lora_layers(model: nn.Module):
             yield name, module
 
 
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (shares its storage); any other tensor as it is."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
 class MaskEnforcer:
     """The hooks and patches that keep a model inside its mask. Made by `enforce_mask`."""
 
@@ -65,6 +83,7 @@ class MaskEnforcer:
         self._patched: list[tuple[nn.Module, str]] = []
         self._requires_grad_off: list[nn.Parameter] = []
         self._optimizers: set[int] = set()
+        self._names: dict[int, str] = {}
         self.lora_granularity: dict[str, str] = {}  # base weight name -> element | row
 
     # building
@@ -104,7 +123,7 @@ class MaskEnforcer:
         if any(getattr(module, "lora_bias", {}).values()):
             raise UnlearnError(f"{mod_name}: lora_bias=True cannot be masked; use lora_bias=False")
         m = self.mask[key]
-        weight_shape = tuple(module.get_base_layer().weight.shape)
+        weight_shape = logical_shape(module.get_base_layer().weight)
         if tuple(m.shape) == weight_shape:
             self._lora_element(mod_name, module, key, m)
         else:
@@ -163,6 +182,7 @@ class MaskEnforcer:
 
     def build(self) -> MaskEnforcer:
         self.mask.validate(self.model)
+        self._names = {id(p): n for n, p in self.model.named_parameters()}  # for `rebind` after wrapping
         lora_param_ids: set[int] = set()
         for mod_name, module in _lora_layers(self.model):
             lora_param_ids.update(id(p) for p in module.lora_A.parameters())
@@ -179,19 +199,58 @@ class MaskEnforcer:
                     len(self._frozen), len(self._requires_grad_off), self.lora_granularity or "none")
         return self
 
+    # sharded parameters
+    @torch.no_grad()
+    def rebind(self, model: nn.Module) -> int:
+        """Point the partly frozen entries at the parameters `model` holds now: after FSDP2 wrapped
+        the model in place, each is a DTensor shard, and its mask and frozen values become the
+        local rows'. Returns how many entries moved to new parameter objects."""
+        current = {}
+        for name, p in model.named_parameters():
+            current[name.removeprefix("module.")] = p
+        moved = 0
+        entries = []
+        for p, frozen, values in self._frozen:
+            name = self._names.get(id(p))
+            new = current.get(name) if name is not None else None
+            if new is None or new is p:
+                entries.append((p, frozen, values))
+                continue
+            moved += 1
+            full = frozen.expand(tuple(new.shape))
+            local = _local(new)
+            if local is not new:  # DTensor: this rank's slice of every dimension
+                from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+                shape, offset = compute_local_shape_and_global_offset(tuple(new.shape), new.device_mesh, new.placements)
+                full = full[tuple(slice(o, o + n) for o, n in zip(offset, shape))]
+            frozen_local = full.to(local.device).contiguous()
+            entries.append((new, frozen_local, local[frozen_local].clone()))
+        self._frozen = entries
+        return moved
+
+    @torch.no_grad()
+    def mask_grads_(self) -> None:
+        """Zero the frozen entries of the (local) gradients; what the gradient hooks do on whole
+        tensors, for parameters whose gradients bypass autograd hooks (FSDP2 shards)."""
+        for p, frozen, _ in self._frozen:
+            if p.grad is not None:
+                _local(p.grad).masked_fill_(frozen, 0)
+
     # training-time
     @torch.no_grad()
     def restore_(self) -> None:
         """Copy the frozen entries' start values back (undoes weight decay on them)."""
         for p, frozen, values in self._frozen:
-            p.masked_scatter_(frozen, values)
+            _local(p).masked_scatter_(frozen, values)
 
     @torch.no_grad()
     def _clear_state(self, optimizer: torch.optim.Optimizer) -> None:
         for p, frozen, _ in self._frozen:
+            shape = _local(p).shape
             for v in optimizer.state.get(p, {}).values():
-                if isinstance(v, torch.Tensor) and v.shape == p.shape:
-                    v.masked_fill_(frozen, 0)
+                if isinstance(v, torch.Tensor) and _local(v).shape == shape:
+                    _local(v).masked_fill_(frozen, 0)
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """After every step of `optimizer` (an accelerate wrapper is unwrapped), restore frozen
@@ -233,8 +292,17 @@ def attach_mask(trainer, mask: WeightMask) -> MaskEnforcer:
     """Enforce `mask` on a `transformers.Trainer` (any subclass): installs the hooks on
     `trainer.model` and makes every optimizer the trainer creates restore frozen entries after
     each step. Call at the end of the trainer's ``__init__`` (before `train()`)."""
-    if getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False):
-        raise UnlearnError("weight masks are not supported with DeepSpeed or FSDP (parameters are sharded)")
+    if getattr(trainer, "is_deepspeed_enabled", False):
+        raise UnlearnError("weight masks are not supported with DeepSpeed (ZeRO-3 partitions the parameters while the "
+                           "model loads); use FSDP2 (recipes/accelerate/fsdp.yaml) or DDP")
+    fsdp = bool(getattr(trainer, "is_fsdp_enabled", False))
+    if fsdp:
+        plugin = trainer.accelerator.state.fsdp_plugin
+        if getattr(plugin, "fsdp_version", 1) != 2:
+            raise UnlearnError("weight masks under FSDP need fsdp_version: 2 (FSDP1 flattens the parameters)")
+        if any(p.is_meta for p in trainer.model.parameters()):
+            raise UnlearnError("weight masks under FSDP need the real weights on every rank before wrapping: set "
+                               "fsdp_cpu_ram_efficient_loading: false")
     if getattr(trainer, "mask_enforcer", None) is not None:
         raise UnlearnError("this trainer already has a mask attached")
     enforcer = enforce_mask(trainer.model, mask)
@@ -244,9 +312,20 @@ def attach_mask(trainer, mask: WeightMask) -> MaskEnforcer:
 
     def create_optimizer(*args, **kwargs):
         optimizer = original(*args, **kwargs)
+        if fsdp:  # the Trainer creates the optimizer after wrapping: the parameters are shards now
+            enforcer.rebind(trainer.model)
         enforcer.attach_optimizer(trainer.optimizer)
         return optimizer
 
     trainer.create_optimizer = create_optimizer
+    if fsdp:
+        original_step = trainer.training_step
+
+        def training_step(*args, **kwargs):
+            loss = original_step(*args, **kwargs)
+            enforcer.mask_grads_()  # after backward, before clipping / the optimizer
+            return loss
+
+        trainer.training_step = training_step
     trainer.mask_enforcer = enforcer
     return enforcer

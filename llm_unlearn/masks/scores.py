@@ -174,7 +174,9 @@ def _progress(loader: Iterable, desc: str, show: bool):
 def accumulate_gradients(model: nn.Module, targets: list[Target], loader: Iterable, loss_fn: LossFn = default_loss,
                          desc: str = "gradients", progress: bool = True) -> tuple[dict[str, torch.Tensor], int]:
     """Sum over batches of ∇(batch loss), in float32 buffers; returns (buffers, number of batches).
-    Must run inside `_scoring_mode(..., need_grad=True)`."""
+    Must run inside `_scoring_mode(..., need_grad=True)`. With several processes (a process group
+    initialised), each gives its shard of the data and gets back the sums and counts over all
+    ranks, so every rank computes the same global score."""
     buffers = {t.name: torch.zeros(t.param.shape, dtype=torch.float32, device=t.param.device) for t in targets}
     handles = []
     for t in targets:
@@ -197,6 +199,14 @@ def accumulate_gradients(model: nn.Module, targets: list[Target], loader: Iterab
     finally:
         for h in handles:
             h.remove()
+    from llm_unlearn.distributed import all_reduce_sum_, rank_and_world
+
+    if rank_and_world()[1] > 1:
+        # several processes, each over its shard of the data: the sums and batch counts add up to
+        # those of one process over all of it (reduced before any non-linear score is taken)
+        counts = torch.tensor([float(n)], dtype=torch.float64)
+        all_reduce_sum_([*buffers.values(), counts])
+        n = int(counts.item())
     if n == 0:
         raise UnlearnError(f"{desc}: the data loader yielded no batch")
     return buffers, n
@@ -229,6 +239,9 @@ def _input_norms(model: nn.Module, targets: list[Target], loader: Iterable, prog
     finally:
         for h in handles:
             h.remove()
+    from llm_unlearn.distributed import all_reduce_sum_
+
+    all_reduce_sum_([s for s in sumsq.values() if s is not None])  # every rank's shard of the forget set
     if n == 0:
         raise UnlearnError("wanda: the forget loader yielded no batch")
     return {name: s.sqrt() for name, s in sumsq.items()}

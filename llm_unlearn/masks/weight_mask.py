@@ -58,6 +58,14 @@ def named_base_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Paramete
     return out
 
 
+def logical_shape(p: torch.Tensor) -> tuple[int, ...]:
+    """The shape a weight has as a matrix: a bitsandbytes 4-bit parameter (``Params4bit``) is
+    stored packed (``(n/2, 1)`` uint8) and keeps its real shape in ``quant_state.shape``."""
+    qs = getattr(p, "quant_state", None)
+    shape = getattr(qs, "shape", None)
+    return tuple(shape) if shape is not None else tuple(p.shape)
+
+
 def _broadcasts_to(mask_shape: tuple[int, ...], shape: tuple[int, ...]) -> bool:
     return len(mask_shape) == len(shape) and all(m in (1, s) for m, s in zip(mask_shape, shape))
 
@@ -150,9 +158,9 @@ class WeightMask(Mapping[str, torch.Tensor]):
             p = params.get(name)
             if p is None:
                 raise UnlearnError(f"mask parameter '{name}' is not in the model (is the mask for another model?)")
-            if tuple(p.shape) != self.param_shapes[name]:
+            if logical_shape(p) != self.param_shapes[name]:
                 raise UnlearnError(
-                    f"mask parameter '{name}' has shape {self.param_shapes[name]} but the model's is {tuple(p.shape)}"
+                    f"mask parameter '{name}' has shape {self.param_shapes[name]} but the model's is {logical_shape(p)}"
                 )
 
     # enforcement
