@@ -113,6 +113,8 @@ def machine_info() -> dict[str, Any]:
         "memory_gb": mem_gb, "cuda": torch.cuda.is_available(), "platform": platform.platform(),
         "python": platform.python_version(), "load_average_at_start": list(os.getloadavg()),
         "versions": versions(),
+        "allocator": ("glibc, freed memory kept in the heap (llm_unlearn.perf.tune_allocator)" if tune_allocator()
+                      else "default"),
     }
 
 
