@@ -254,36 +254,15 @@ def load_model(spec: str, dtype: str | torch.dtype | None = "float32", load_in_4
 
 
 def apply_adapter_mask(model, mask_file: str | Path):
-    """Restrict a loaded, already trained LoRA adapter to its saved weight mask (in place).
-
-    `llm_unlearn.masks.enforce_mask` installs the masked forward and `get_delta_weight`, but it is
-    built for training from a fresh adapter: it refuses an adapter whose update already leaves
-    the mask (the unmasked B·A of a trained element-masked adapter always does) and a model with
-    nothing trainable. So it runs on the adapter with B zeroed and its factors marked trainable,
-    then B and the ``requires_grad`` flags are put back; the installed masking reads B live."""
+    """Restrict a loaded, already trained LoRA adapter to its saved weight mask (in place):
+    `llm_unlearn.masks.enforce_mask` with ``trained_adapter=True`` installs the masked forward
+    and `get_delta_weight` (ΔW = M ⊙ B·A), which read the loaded factors live."""
     from llm_unlearn.masks import enforce_mask, load_mask
 
     mask = load_mask(mask_file)
-    lora = [(n, p) for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n]
-    if not lora:
+    if not any(".lora_A." in n or ".lora_B." in n for n, _ in model.named_parameters()):
         raise UnlearnError(f"{mask_file}: the model has no LoRA adapter to apply the mask to")
-    requires_grad = {n: p.requires_grad for n, p in lora}
-    saved_b = {n: p.detach().clone() for n, p in lora if ".lora_B." in n}
-    params = dict(lora)
-    with torch.no_grad():
-        for n in saved_b:
-            params[n].zero_()
-    for _, p in lora:
-        p.requires_grad_(True)
-    try:
-        enforce_mask(model, mask)
-    finally:
-        with torch.no_grad():
-            for n, value in saved_b.items():
-                params[n].copy_(value)
-        if not any(requires_grad.values()):  # loaded for inference: leave it frozen as PEFT did
-            for _, p in lora:
-                p.requires_grad_(False)
+    enforce_mask(model, mask, trained_adapter=True)
     return model
 
 

@@ -75,9 +75,10 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 class MaskEnforcer:
     """The hooks and patches that keep a model inside its mask. Made by `enforce_mask`."""
 
-    def __init__(self, model: nn.Module, mask: WeightMask):
+    def __init__(self, model: nn.Module, mask: WeightMask, trained_adapter: bool = False):
         self.model = model
         self.mask = mask
+        self.trained_adapter = trained_adapter
         self._frozen: list[tuple[nn.Parameter, torch.Tensor, torch.Tensor]] = []  # (param, frozen mask, values)
         self._handles: list[Any] = []
         self._patched: list[tuple[nn.Module, str]] = []
@@ -101,7 +102,8 @@ class MaskEnforcer:
             self._freeze(p)
             return
         values = p.detach()[frozen.expand_as(p)].clone()
-        self._handles.append(p.register_hook(lambda g, f=frozen: g.masked_fill(f, 0)))
+        if p.requires_grad:  # a loaded adapter kept frozen for inference has no gradient to mask
+            self._handles.append(p.register_hook(lambda g, f=frozen: g.masked_fill(f, 0)))
         self._frozen.append((p, frozen, values))
 
     def _full_weights(self, name: str, p: nn.Parameter) -> None:
@@ -136,7 +138,7 @@ class MaskEnforcer:
             if b.shape[0] != rows.numel():
                 raise UnlearnError(f"{mod_name}: row mask has {rows.numel()} rows but lora_B has {b.shape[0]} outputs")
             frozen = ~rows.to(b.device).unsqueeze(1)
-            if bool((b.detach().masked_select(frozen.expand_as(b)) != 0).any()):
+            if not self.trained_adapter and bool((b.detach().masked_select(frozen.expand_as(b)) != 0).any()):
                 raise UnlearnError(f"{mod_name}: adapter '{ad}' already changes rows outside the mask; masking needs a "
                                    "fresh LoRA adapter (merge an existing one into the base model first)")
             self._hold(b, frozen)
@@ -146,7 +148,7 @@ class MaskEnforcer:
         frozen_w = (~m).to(module.get_base_layer().weight.device)  # base weight layout
         fan_in_fan_out = getattr(module, "fan_in_fan_out", False)
         frozen_oi = frozen_w.t() if fan_in_fan_out else frozen_w  # (out, in) layout of B @ A
-        for ad in module.lora_A:
+        for ad in () if self.trained_adapter else module.lora_A:
             delta0 = module.get_delta_weight(ad)
             if bool((delta0.masked_select(frozen_w) != 0).any()):
                 raise UnlearnError(f"{mod_name}: adapter '{ad}' already changes weights outside the mask; masking "
@@ -192,7 +194,7 @@ class MaskEnforcer:
             if id(p) in lora_param_ids or not p.requires_grad:
                 continue
             self._full_weights(name, p)
-        if not any(p.requires_grad for p in self.model.parameters()):
+        if not self.trained_adapter and not any(p.requires_grad for p in self.model.parameters()):
             raise UnlearnError("the mask leaves no trainable weight (ratio too small, or a LoRA adapter on modules "
                                "the mask does not cover?)")
         logger.info("mask enforced: %d partly frozen tensors, %d tensors frozen outright, LoRA layers %s",
@@ -282,10 +284,12 @@ class MaskEnforcer:
         self._optimizers.clear()
 
 
-def enforce_mask(model: nn.Module, mask: WeightMask) -> MaskEnforcer:
+def enforce_mask(model: nn.Module, mask: WeightMask, trained_adapter: bool = False) -> MaskEnforcer:
     """Validate `mask` against `model` and install the enforcement (see the module docstring).
-    Call before the optimizer is built, then `attach_optimizer(optimizer)`."""
-    return MaskEnforcer(model, mask).build()
+    Call before the optimizer is built, then `attach_optimizer(optimizer)`. `trained_adapter`:
+    the LoRA adapter was already trained under this mask (reloading a saved run), so its update
+    is not required to start at zero and nothing needs to be trainable."""
+    return MaskEnforcer(model, mask, trained_adapter).build()
 
 
 def attach_mask(trainer, mask: WeightMask) -> MaskEnforcer:
