@@ -71,10 +71,10 @@ class IdkDPOTrainer(UnlearnTrainer):
 
     def unlearn_loss(self, model, inputs, counts):
         forget, idk = inputs["forget"], inputs["idk"]
+        ref_rejected = self.reference_logprobs(model, forget)  # no-grad passes before any graph is held
+        ref_chosen = self.reference_logprobs(model, idk)
         rejected, _ = sequence_logprobs(model, forget)
         chosen, n_idk = sequence_logprobs(model, idk)
-        ref_rejected = self.reference_logprobs(model, forget)
-        ref_chosen = self.reference_logprobs(model, idk)
         dpo = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.args.beta).sum() / counts["forget_items"]
         loss = self.args.gamma * dpo
         terms = {

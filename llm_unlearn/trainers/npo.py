@@ -34,8 +34,9 @@ class NPOTrainer(UnlearnTrainer):
 
     def unlearn_loss(self, model, inputs, counts):
         forget = inputs["forget"]
-        logp, _ = sequence_logprobs(model, forget)
+        # the reference pass first: its no-grad activations are freed before the graph is built
         ref_logp = self.reference_logprobs(model, forget)
+        logp, _ = sequence_logprobs(model, forget)
         npo = npo_loss(logp, ref_logp, self.args.beta).sum() / counts["forget_items"]
         loss = self.args.gamma * npo
         terms = {"npo": npo, "forget_nll": -logp.sum() / counts["forget_tokens"].clamp(min=1)}
