@@ -135,16 +135,18 @@ def run_phase(script: str | Path, args: list[str], timeout: float | None = None)
     return result
 
 
+def _cell(v: Any, decimals: int) -> str:
+    """A table cell: n/a for None, small floats in 3 significant digits, others with `decimals`."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.3g}" if v != 0 and abs(v) < 1e-2 else f"{v:.{decimals}f}"
+    return str(v)
+
+
 def fmt_table(header: list[str], rows: list[list[Any]]) -> str:
     """A plain-text table (left-aligned first column, right-aligned others)."""
-    def cell(v: Any) -> str:
-        if v is None:
-            return "n/a"
-        if isinstance(v, float):
-            return f"{v:.3g}" if v != 0 and abs(v) < 1e-2 else f"{v:.2f}"
-        return str(v)
-
-    table = [header] + [[cell(v) for v in r] for r in rows]
+    table = [header] + [[_cell(v, 2) for v in r] for r in rows]
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
              for r in table]
@@ -154,13 +156,6 @@ def fmt_table(header: list[str], rows: list[list[Any]]) -> str:
 
 def md_table(header: list[str], rows: list[list[Any]]) -> str:
     """The same table in Markdown."""
-    def cell(v: Any) -> str:
-        if v is None:
-            return "n/a"
-        if isinstance(v, float):
-            return f"{v:.3g}" if v != 0 and abs(v) < 1e-2 else f"{v:.3f}"
-        return str(v)
-
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    out += ["| " + " | ".join(_cell(v, 3) for v in r) + " |" for r in rows]
     return "\n".join(out)
