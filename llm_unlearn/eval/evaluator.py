@@ -56,18 +56,15 @@ def _device(model) -> torch.device:
 def _records(logits: torch.Tensor, labels: torch.Tensor, token_stats: bool) -> list[dict[str, Any]]:
     """Per-row answer NLL (and Min-K%++ token stats) from logits aligned so that ``logits[:, t]``
     predicts ``labels[:, t + 1]``."""
-    logits = logits[:, :-1].float()
-    target = labels[:, 1:]
-    mask = target != IGNORE_INDEX
-    picked = logits.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    lse = torch.logsumexp(logits, dim=-1)
-    tok_lp = picked - lse
+    from llm_unlearn.trainers.losses import token_logprobs
+
+    tok_lp, mask = token_logprobs(logits, labels)
     if token_stats:
-        logp = logits - lse.unsqueeze(-1)
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         probs = logp.exp()
         mu = (probs * logp).sum(-1)
         sigma = ((probs * logp.pow(2)).sum(-1) - mu.pow(2)).clamp(min=0).sqrt()
-    nll_sum = -(tok_lp * mask).sum(-1)
+    nll_sum = -tok_lp.sum(-1)
     counts = mask.sum(-1)
     out = []
     for i in range(labels.shape[0]):
@@ -110,17 +107,17 @@ def supports_prefix_cache(model) -> bool:
             and accepts_forward_arg(model, "logits_to_keep") and accepts_forward_arg(model, "past_key_values"))
 
 
-def _score_padded(model, encs: list[dict], device, token_stats: bool, trim: bool) -> list[dict[str, Any]]:
-    """One right-padded forward over whole sequences (the lm-head from the first answer position on)."""
-    input_ids = pad_sequences([e["input_ids"] for e in encs], 0, "right").to(device)
-    attention = pad_sequences([e["attention_mask"] for e in encs], 0, "right").to(device)
-    labels = pad_sequences([e["labels"] for e in encs], IGNORE_INDEX, "right").to(device)
-    from llm_unlearn.trainers.losses import answer_start
+def _score_padded(model, encs: list[dict], device, token_stats: bool) -> list[dict[str, Any]]:
+    """One right-padded forward over whole sequences (`answer_logits`: the lm-head from the
+    first answer position on where the model allows it)."""
+    from llm_unlearn.trainers.losses import answer_logits
 
-    start = answer_start(labels) if trim else 0
-    kwargs = {"logits_to_keep": labels.shape[1] - start} if start > 0 else {}
-    logits = model(input_ids=input_ids, attention_mask=attention, **kwargs).logits
-    return _records(logits, labels[:, start:], token_stats)
+    batch = {
+        "input_ids": pad_sequences([e["input_ids"] for e in encs], 0, "right").to(device),
+        "attention_mask": pad_sequences([e["attention_mask"] for e in encs], 0, "right").to(device),
+        "labels": pad_sequences([e["labels"] for e in encs], IGNORE_INDEX, "right").to(device),
+    }
+    return _records(*answer_logits(model, batch), token_stats)
 
 
 def _score_shared(model, encs: list[dict], prefix: int, batch_size: int, device,
@@ -167,7 +164,6 @@ def score_answers(model, tokenizer, pairs: list[tuple[str, str]], batch_size: in
     device = _device(model)
     if share_prompt is None:
         share_prompt = supports_prefix_cache(model)
-    trim = share_prompt or supports_prefix_cache(model)
     encs = [encode_qa(tokenizer, q, a, max_length) for q, a in pairs]
     out: list[dict[str, Any] | None] = [None] * len(pairs)
     alone: list[int] = []
@@ -186,7 +182,7 @@ def score_answers(model, tokenizer, pairs: list[tuple[str, str]], batch_size: in
     alone.sort(key=lambda i: len(encs[i]["input_ids"]))
     for start in range(0, len(alone), batch_size):
         idx = alone[start:start + batch_size]
-        for i, rec in zip(idx, _score_padded(model, [encs[i] for i in idx], device, token_stats, trim)):
+        for i, rec in zip(idx, _score_padded(model, [encs[i] for i in idx], device, token_stats)):
             out[i] = rec
         if progress is not None:
             progress.update(len(idx))

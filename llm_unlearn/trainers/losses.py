@@ -50,7 +50,7 @@ def model_logits(model, batch: dict[str, torch.Tensor], **kwargs) -> torch.Tenso
     return out.logits
 
 
-_KEEP_SUPPORT: dict[type, bool] = {}
+_FORWARD_ARGS: dict[tuple[type, str], bool] = {}  # (model class, argument) -> accepted
 
 
 def core_model(model):
@@ -71,12 +71,12 @@ def accepts_forward_arg(model, name: str) -> bool:
 
     cls = type(core_model(model))
     key = (cls, name)
-    if key not in _KEEP_SUPPORT:
+    if key not in _FORWARD_ARGS:
         try:
-            _KEEP_SUPPORT[key] = name in inspect.signature(cls.forward).parameters
+            _FORWARD_ARGS[key] = name in inspect.signature(cls.forward).parameters
         except (TypeError, ValueError):
-            _KEEP_SUPPORT[key] = False
-    return _KEEP_SUPPORT[key]
+            _FORWARD_ARGS[key] = False
+    return _FORWARD_ARGS[key]
 
 
 def answer_start(labels: torch.Tensor) -> int:
