@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -111,12 +110,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
     t_start = time.time()
     if cfg.model != "tiny":
         resolve_model_path(cfg.model)  # fail early: "run llm-unlearn models fetch"
-    elif "OMP_NUM_THREADS" not in os.environ:
-        import torch
 
-        # a 1 M-parameter model's matmuls are too small to split: extra OpenMP threads only
-        # spin-wait (the default demo: 130 s on one thread of a 2-core machine)
-        torch.set_num_threads(1)
     if cfg.data is not None and not is_local_source(cfg.data):
         raise UnlearnError(f"--data {cfg.data} is not a directory")
     out = prepare_output_dir(cfg.output, overwrite)

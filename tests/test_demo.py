@@ -52,3 +52,22 @@ def test_s3t_deletion_is_exact(demo_dir):
 def test_demo_refuses_existing_output(demo_dir, capsys):
     assert main(["demo", "--small", "--output", str(demo_dir)]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("env, expected", [(None, [1]), ("2", [])])
+def test_demo_command_pins_the_tiny_model_to_one_thread(env, expected, monkeypatch, tmp_path):
+    """The CLI runs the tiny demo on one torch thread unless OMP_NUM_THREADS says otherwise."""
+    import torch
+
+    import llm_unlearn.demo as demo
+    from llm_unlearn.cli import main
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    monkeypatch.setattr(demo, "run_demo", lambda cfg, overwrite=False: {})
+    if env is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", env)
+    assert main(["demo", "--output", str(tmp_path / "d"), "--small"]) == 0
+    assert calls == expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from llm_unlearn.cli.common import add_overwrite_flag
 
@@ -24,6 +25,13 @@ def register(sub, name: str, help_text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llm_unlearn.demo import DemoConfig, run_demo
+
+    if args.model == "tiny" and "OMP_NUM_THREADS" not in os.environ:
+        import torch
+
+        # a 1 M-parameter model's matmuls are too small to split: extra OpenMP threads only
+        # spin-wait (the default demo: 130 s on one thread of a 2-core machine)
+        torch.set_num_threads(1)
 
     cfg = DemoConfig(output=args.output, model=args.model, data=args.data, authors=args.authors,
                      qa_per_author=args.qa_per_author, small=args.small, seed=args.seed)

@@ -25,7 +25,7 @@ update of its base weight stays inside the mask:
 Both need a fresh adapter (ΔW = 0 outside the mask at the start); LoRA variants (DoRA, …) and
 ``lora_bias`` are refused. LoRA layers whose base weight the mask does not cover are frozen.
 
-FSDP2 (``fully_shard``, e.g. ``accelerate launch --config_file recipes/accelerate/fsdp.yaml``).
+FSDP2 (``fully_shard``, e.g. ``accelerate launch --config_file recipes/accelerate/fsdp_masked.yaml``).
 The enforcement is built on the whole model before the Trainer wraps it; wrapping replaces every
 parameter with a DTensor holding this rank's rows (Shard(0)), so `rebind` (called when the
 Trainer creates its optimizer, after wrapping) cuts each partly frozen entry's mask to the local
@@ -207,9 +207,7 @@ class MaskEnforcer:
         """Point the partly frozen entries at the parameters `model` holds now: after FSDP2 wrapped
         the model in place, each is a DTensor shard, and its mask and frozen values become the
         local rows'. Returns how many entries moved to new parameter objects."""
-        current = {}
-        for name, p in model.named_parameters():
-            current[name.removeprefix("module.")] = p
+        current = {name.removeprefix("module."): p for name, p in model.named_parameters()}
         moved = 0
         entries = []
         for p, frozen, values in self._frozen:
@@ -298,7 +296,7 @@ def attach_mask(trainer, mask: WeightMask) -> MaskEnforcer:
     each step. Call at the end of the trainer's ``__init__`` (before `train()`)."""
     if getattr(trainer, "is_deepspeed_enabled", False):
         raise UnlearnError("weight masks are not supported with DeepSpeed (ZeRO-3 partitions the parameters while the "
-                           "model loads); use FSDP2 (recipes/accelerate/fsdp.yaml) or DDP")
+                           "model loads); use FSDP2 (recipes/accelerate/fsdp_masked.yaml) or DDP")
     fsdp = bool(getattr(trainer, "is_fsdp_enabled", False))
     if fsdp:
         plugin = trainer.accelerator.state.fsdp_plugin
