@@ -16,6 +16,7 @@ from datasets import concatenate_datasets
 from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
 from llm_unlearn.data.tofu import load_tofu, qa_per_author
 from llm_unlearn.errors import UnlearnError
+from llm_unlearn.perf import own_trainable_weights
 from llm_unlearn.runinfo import data_hash, write_manifest
 
 logger = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None) -> Path:
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False, use_cpu=_use_cpu(),
         disable_tqdm=False, bf16=cfg.dtype == "bfloat16",
     )
+    own_trainable_weights(model)  # before the optimizer: weights it writes must not be file-mapped
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds.remove_columns(["question", "answer"]),
                          processing_class=tokenizer, data_collator=QACollator(tokenizer))
     result = trainer.train()

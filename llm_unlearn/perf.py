@@ -52,3 +52,25 @@ def tune_allocator() -> bool:
         logger.debug("mallopt refused the allocator settings")
     _done = bool(ok)
     return _done
+
+
+def own_trainable_weights(model) -> int:
+    """Copy trainable CPU parameters that live in a file mapping into process memory (in place;
+    returns how many were copied).
+
+    `from_pretrained` maps safetensors files copy-on-write: a CPU parameter's storage is the file's
+    pages. The first optimizer step writes every such page, and each write is a page fault that
+    copies 4 KB: on SmolLM2-135M (fp32, 2 cores) the first AdamW step took 2.9 s instead of 0.09 s.
+    One bulk copy before training costs 0.17 s. File-mapped storages are the non-resizable ones;
+    GPU, meta and frozen parameters (LoRA bases, which are only read) are left as they are.
+    Tied parameters stay tied: the `Parameter` object is kept, only its data is replaced."""
+    import torch
+
+    copied = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad and p.device.type == "cpu" and not p.untyped_storage().resizable():
+                p.data = p.data.clone()
+                copied += 1
+    return copied
+

@@ -3,10 +3,13 @@
 Full weights (plain model). For every covered parameter with some frozen entries:
 1. a gradient hook zeroes the frozen entries' gradient before it is accumulated, so gradient
    clipping, Adam moments and any all-reduce see zeros there;
-2. an optimizer step post-hook copies the frozen entries' start values back after every step and
-   zeroes the optimizer state at those entries. Needed because AdamW's decoupled weight decay
-   (θ ← θ − lr·λ·θ) moves weights whose gradient is zero. Memory: a bool per weight plus a copy of
-   the frozen values (≈ (1 − ratio) of the covered weights, in the model dtype).
+2. an optimizer step post-hook copies the frozen entries' start values back after every step.
+   Needed because AdamW's decoupled weight decay (θ ← θ − lr·λ·θ) moves weights whose gradient
+   is zero. After the first step it also zeroes the optimizer state at those entries (a state
+   resumed from a checkpoint may hold moments there); from then on zero gradients keep Adam's
+   moments (and momentum buffers) at zero by themselves, so later steps skip that pass. Memory: a
+   bool per weight plus a copy of the frozen values (≈ (1 − ratio) of the covered weights, in the
+   model dtype).
 Parameters the mask does not cover (embeddings, norms, lm_head by default) and fully frozen
 tensors get ``requires_grad=False``: the mask is the complete list of what may change.
 
@@ -14,8 +17,11 @@ LoRA (PEFT model). Mask keys are base-model names; each LoRA layer is restricted
 update of its base weight stays inside the mask:
 - element granularity (mask of the weight's shape, paper-faithful): ΔW = M ⊙ (B·A)·scaling. The
   layer's forward builds ΔW explicitly and `get_delta_weight` is masked too, so merging adds
-  exact zeros outside M. Cost: one bool per base weight (the mask) plus, per layer during
-  forward/backward, a dense out×in ΔW and its gradient (a full-weight-sized transient per layer).
+  exact zeros outside M. On a plain float base (not 4-bit, no LoRA dropout) the layer runs one
+  matmul with W + ΔW instead of two, so forward + backward cost 3 weight-sized matmuls (full-weight
+  training: 3; plain LoRA: 2). Cost: one bool per base weight (the mask) plus, per layer during
+  forward/backward, a dense out×in effective weight and its gradient (a full-weight-sized
+  transient per layer).
   The saved adapter (A, B) alone does not carry the mask: merge with the mask applied, or load
   the adapter and re-apply the mask file.
 - row granularity (mask of shape (out, 1)): the frozen output rows of B are held at zero (hook +
@@ -165,7 +171,17 @@ class MaskEnforcer:
             if self.disable_adapters or self.merged:
                 return original_forward(x, *args, **kwargs)
             kwargs.pop("adapter_names", None)
-            result = self.base_layer(x, *args, **kwargs)
+            active = [ad for ad in self.active_adapters if ad in self.lora_A]
+            base = self.base_layer
+            if _fusable(self, base, x, active) and not args and not kwargs:
+                # one matmul with W + ΔW instead of two (x·Wᵀ + x·ΔWᵀ): 3 weight-sized matmuls per
+                # forward + backward instead of 5; the same function, up to float rounding
+                weight = base.weight
+                for ad in active:
+                    delta = (self.lora_B[ad].weight @ self.lora_A[ad].weight).masked_fill(frozen_oi, 0)
+                    weight = weight + delta * self.scaling[ad]
+                return F.linear(x, weight, base.bias)
+            result = base(x, *args, **kwargs)
             out_dtype = result.dtype
             for ad in self.active_adapters:
                 if ad not in self.lora_A:
@@ -254,7 +270,8 @@ class MaskEnforcer:
 
     def attach_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """After every step of `optimizer` (an accelerate wrapper is unwrapped), restore frozen
-        entries and zero the optimizer state there."""
+        entries; after its first step, zero the optimizer state there too (see the module
+        docstring: later steps keep it zero, the gradients being zero)."""
         inner = optimizer
         while isinstance(getattr(inner, "optimizer", None), torch.optim.Optimizer):
             inner = inner.optimizer
@@ -264,9 +281,14 @@ class MaskEnforcer:
             return
         self._optimizers.add(id(inner))
 
+        cleared = False
+
         def post_step(opt, args, kwargs):
+            nonlocal cleared
             self.restore_()
-            self._clear_state(opt)
+            if not cleared:
+                self._clear_state(opt)
+                cleared = True
 
         self._handles.append(inner.register_step_post_hook(post_step))
 
@@ -280,6 +302,18 @@ class MaskEnforcer:
             p.requires_grad_(True)
         self._handles, self._patched, self._requires_grad_off, self._frozen = [], [], [], []
         self._optimizers.clear()
+
+
+def _fusable(layer: nn.Module, base: nn.Module, x: torch.Tensor, active: list[str]) -> bool:
+    """Whether an element-masked LoRA layer may run as one linear with the effective weight: a
+    plain float `nn.Linear` base (not 4-bit), (out, in) layout, no LoRA dropout, one dtype."""
+    if type(base) is not nn.Linear or getattr(layer, "fan_in_fan_out", False) or not active:
+        return False
+    w = base.weight
+    if not w.is_floating_point() or x.dtype != w.dtype:
+        return False
+    return all(isinstance(layer.lora_dropout[ad], nn.Identity) and layer.lora_A[ad].weight.dtype == w.dtype
+               for ad in active)
 
 
 def enforce_mask(model: nn.Module, mask: WeightMask, trained_adapter: bool = False) -> MaskEnforcer:

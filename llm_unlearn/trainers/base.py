@@ -40,6 +40,7 @@ from transformers import Trainer, TrainingArguments
 from llm_unlearn.data.pairing import PairedCollator
 from llm_unlearn.data.qa import check_tokenizer
 from llm_unlearn.errors import DivergenceError, UnlearnError
+from llm_unlearn.perf import own_trainable_weights
 from llm_unlearn.trainers.losses import (
     IGNORE_INDEX,
     answer_logits,
@@ -72,6 +73,7 @@ class UnlearnConfig(TrainingArguments):
     report_to: None | str | list[str] = field(default="none", metadata={"help": "where to report logs: none, all, tensorboard, wandb, trackio, …"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False: batches are nested forget/retain dicts"})
     max_length: int = field(default=256, metadata={"help": "max tokens per QA item when tokenising (longer ones are truncated and counted)"})
+    split_backward: bool = field(default=True, metadata={"help": "backward the forget term before the retain forward, so one of the two graphs is alive at a time (lower peak memory; the same gradients up to float summation order; off under DeepSpeed)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -196,6 +198,7 @@ class UnlearnTrainer(Trainer):
             raise UnlearnError(f"{self.method}: alpha > 0 needs a retain split (pass one, or set alpha=0)")
         if args.remove_unused_columns:
             args.remove_unused_columns = False  # nested forget/retain dicts must reach compute_loss intact
+        own_trainable_weights(model)  # before the optimizer: weights it writes must not be file-mapped
         super().__init__(model=model, args=args, train_dataset=train_dataset, processing_class=processing_class,
                          data_collator=data_collator or UnlearnCollator(processing_class), **kwargs)
         self.is_peft = is_peft_model(self.model)
@@ -301,9 +304,34 @@ class UnlearnTrainer(Trainer):
         """``loss + α·R(retain)`` when α > 0 (records retain_loss / retain_nll in `terms`)."""
         if not self.needs_retain(self.args):
             return loss
+        if self._splits_backward(model, loss):
+            loss = self._backward_forget_term(model, loss, terms)
         retain_loss, retain_nll = self.retain_term(model, inputs["retain"], counts)
         terms.update(retain_loss=retain_loss, retain_nll=retain_nll)
         return loss + self.args.alpha * retain_loss
+
+    def _splits_backward(self, model, loss: torch.Tensor) -> bool:
+        """``split_backward`` applies: a training forward with a graph, and a backend where two
+        backward calls per micro-batch are plain gradient accumulation (not DeepSpeed, whose
+        engine counts backward calls, nor DataParallel, which averages the returned loss)."""
+        from accelerate.utils import DistributedType
+
+        return (bool(getattr(self.args, "split_backward", False)) and model.training and loss.requires_grad
+                and self.accelerator.distributed_type != DistributedType.DEEPSPEED and self.args.n_gpu <= 1)
+
+    def _backward_forget_term(self, model, loss: torch.Tensor, terms: dict) -> torch.Tensor:
+        """Backward the finished forget term now, freeing its graph before the retain forward;
+        return it detached, so the caller's total has the full value and only the retain graph.
+
+        The scale matches what `compute_loss` applies to the total (× processes when counts are
+        global). Under DDP / FSDP each of the two backward passes reduces gradients across ranks
+        (averages of averages: the same result, twice the gradient traffic of one joint backward);
+        where communication rather than memory limits a run, set ``split_backward=False``."""
+        if not torch.isfinite(loss):
+            self._diverged(loss, terms)
+        scale = self.accelerator.num_processes if self.counts_across_processes() else 1
+        self.accelerator.backward(loss * scale)
+        return loss.detach()
 
     # ---- Trainer hooks -----------------------------------------------------------------
 

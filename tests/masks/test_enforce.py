@@ -63,6 +63,33 @@ def _lora(model, r: int = 4):
     return attach_lora(model, r=r, alpha=8)
 
 
+def test_resumed_optimizer_moments_at_frozen_entries_are_cleared_and_stay_zero(tiny_model, loaders):
+    """A state resumed from an unmasked run holds moments at frozen entries: the first masked step
+    clears them, and zero gradients keep them zero (later steps do not clear again)."""
+    mask = compute_mask(tiny_model, *loaders, method="salun", ratio=0.5, progress=False)
+    params = [q for q in tiny_model.parameters() if q.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+    batch = next(iter(loaders[0]))
+    (-tiny_model(**batch).loss).backward()
+    opt.step()  # unmasked: moments everywhere
+    opt.zero_grad()
+    name = "model.layers.0.mlp.up_proj.weight"
+    p = dict(tiny_model.named_parameters())[name]
+    frozen = ~mask[name]
+    assert torch.count_nonzero(opt.state[p]["exp_avg"][frozen]) > 0
+    start = p.detach().clone()
+    enforcer = enforce_mask(tiny_model, mask)
+    enforcer.attach_optimizer(opt)
+    for _ in range(3):
+        (-tiny_model(**batch).loss).backward()
+        opt.step()
+        opt.zero_grad()
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.count_nonzero(opt.state[p][key][frozen]) == 0, key
+        assert torch.equal(p[frozen], start[frozen])
+    assert torch.count_nonzero(opt.state[p]["exp_avg"][~frozen]) > 0
+
+
 @pytest.mark.parametrize("granularity", ["element", "row"])
 def test_lora_merged_update_exactly_zero_outside_mask(tiny_model, loaders, make_trainer, granularity):
     mask = compute_mask(tiny_model, *loaders, method="wagle", ratio=0.5, granularity=granularity, progress=False)
@@ -135,3 +162,36 @@ def test_row_mask_on_full_weights_with_plain_adamw():
     for n, p in model.named_parameters():
         frozen = ~mask.expanded(n)
         assert torch.equal(p[frozen], start[n][frozen]) and bool((p[~frozen] != start[n][~frozen]).all())
+
+
+def test_element_masked_lora_one_matmul_path_equals_two_matmul_path(tiny_model, loaders, monkeypatch):
+    """On a float base the element-masked LoRA layer runs x·(W + M⊙BA·s)ᵀ: the same logits and
+    adapter gradients as x·Wᵀ + x·(M⊙BA·s)ᵀ."""
+    import copy
+
+    from llm_unlearn.masks import enforce as enforce_module
+
+    mask = compute_mask(tiny_model, *loaders, method="wagle", ratio=0.5, progress=False)
+    batch = next(iter(loaders[0]))
+    results = []
+    for fused in (True, False):
+        model = _lora(copy.deepcopy(tiny_model))
+        with torch.no_grad():  # a trained-looking adapter: B ≠ 0, so ΔW matters
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.copy_(torch.randn_like(p, generator=torch.Generator().manual_seed(len(n))) * 0.1)
+        enforce_mask(model, mask, trained_adapter=True)
+        calls = []
+        real = enforce_module._fusable
+        monkeypatch.setattr(enforce_module, "_fusable",
+                            lambda *a, fused=fused: calls.append(1) or (fused and real(*a)))
+        out = model(**batch)
+        out.loss.backward()
+        assert calls  # the element path ran
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((out.logits.detach(), grads))
+    (logits_f, grads_f), (logits_u, grads_u) = results
+    assert grads_f and grads_f.keys() == grads_u.keys()
+    torch.testing.assert_close(logits_f, logits_u, rtol=1e-5, atol=1e-5)
+    for n in grads_f:
+        torch.testing.assert_close(grads_f[n], grads_u[n], rtol=1e-4, atol=1e-6)
