@@ -272,6 +272,74 @@ def write_outputs(result: dict, out_prefix: Path) -> None:
          f"{s['model']}, TOFU {s['authors']} authors, {s['epochs']} epochs ({result['status']})")
 
 
+# set by `run_parallel` for its final, in-process report pass: the wall clock and command of the whole job
+_PARALLEL: dict[str, Any] = {}
+# relative cost of a run (training + its evaluation), for sharing the grid out: element-masked LoRA
+# trains ~2x as long as plain LoRA, masked full weights ~1.3x (session-2 measurements)
+_RUN_COST = {("lora", "none"): 1.9, ("lora", "masked"): 2.5, ("full", "none"): 2.0, ("full", "masked"): 2.3}
+
+
+def _without(argv: list[str], *flags: str) -> list[str]:
+    """`argv` without the given valued flags (``--f V`` and ``--f=V``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        elif not any(a.startswith(f + "=") for f in flags):
+            out.append(a)
+    return out
+
+
+def run_parallel(args, argv: list[str], methods: list[str], masks: list[str], modes: list[str]) -> int:
+    """``--jobs N``: the same work in N single-thread worker processes of this script, in three
+    phases (each waits for the previous one): (1) target and retain finetuning side by side;
+    (2) the retain model's evaluation (every forget quality needs its logs) beside the masks;
+    (3) the target's evaluation and the grid runs, shared out longest first to the least-loaded
+    worker. Everything lands in the cache; the outputs are then written from it in this process,
+    with the wall time of the whole job."""
+    import subprocess
+
+    t0 = time.time()
+    base = [sys.executable, str(Path(__file__).resolve()), *_without(argv, "--jobs", "--threads"), "--threads", "1"]
+    if "--no-progress" not in base:
+        base.append("--no-progress")  # N interleaved progress bars are unreadable
+    n = args.jobs
+    grid_runs = sorted(((_RUN_COST[(mode, "none" if mask == "none" else "masked")], f"run:{method}_{mask}_{mode}")
+                        for mode in modes for mask in masks for method in methods), reverse=True)
+    lanes: list[list[str]] = [[] for _ in range(n)]
+    load = [0.0] * n
+    for cost, task in [(1.0, "eval:target"), *grid_runs]:
+        i = load.index(min(load))
+        lanes[i].append(task)
+        load[i] += cost
+    mask_tasks = [f"mask:{m}" for m in masks if m != "none"]
+    phases = [("finetune", [["ft:retain"], ["ft:target"]]),
+              ("retain_eval_and_masks", [["eval:retain"], mask_tasks] if mask_tasks else [["eval:retain"]]),
+              ("grid", [lane for lane in lanes if lane])]
+    phases_s: dict[str, float] = {}
+    for phase, groups in phases:
+        groups = [g for g in groups if g]
+        # more groups than workers: merge the tail into the first lanes
+        while len(groups) > n:
+            groups[len(groups) - 2] += groups.pop()
+        print(f"[{time.strftime('%H:%M:%S')}] phase {phase}: {len(groups)} worker(s)", flush=True)
+        start = time.time()
+        procs = [subprocess.Popen([*base, "--worker", ",".join(g)]) for g in groups]
+        codes = [proc.wait() for proc in procs]
+        phases_s[phase] = round(time.time() - start, 1)
+        if any(codes):
+            print(f"phase {phase}: a worker failed (exit codes {codes}); finished work stays in the cache", flush=True)
+            return 1
+    _PARALLEL.update(t_start=t0, jobs=n, phases_s=phases_s, assignment=[lane for lane in lanes if lane],
+                     command=" ".join(["python", "benchmarks/tofu_frontier.py", *argv]))
+    try:
+        return main([*_without(argv, "--jobs"), "--report-only"])
+    finally:
+        _PARALLEL.clear()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=default_data(), help="TOFU-layout directory (default ../shared/data/tofu)")
@@ -304,6 +372,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="smoke configuration: 10 authors, a few finetuning/unlearning steps, 2 methods x 2 masks x "
                         "2 modes, 4 eval items, 8 new tokens")
     p.add_argument("--out", default=None, help="output prefix (default results/tofu_frontier, quick: results/tofu_frontier_quick)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes (one torch thread each): target and retain finetune side by side, then "
+                        "the grid is shared out; the parent writes the outputs. Default 1: everything in this process")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # comma list of ft:ROLE, eval:ROLE, mask:M, run:NAME
     args = p.parse_args(argv)
     if args.quick:
         args.authors, args.ft_epochs, args.epochs = 10, 0.1, 0.4
@@ -321,12 +393,17 @@ def main(argv: list[str] | None = None) -> int:
         bad = [x for x in given if x not in valid]
         if bad:
             p.error(f"unknown {what}(s) {', '.join(bad)}; valid: {', '.join(valid)}")
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.jobs > 1 and args.worker is None and not args.report_only:
+        return run_parallel(args, list(argv if argv is not None else sys.argv[1:]), methods, masks, modes)
+    tasks = set(args.worker.split(",")) if args.worker else None
     import torch
 
     torch.set_num_threads(args.threads)
     out_prefix = Path(args.out) if args.out else RESULTS / ("tofu_frontier_quick" if args.quick else "tofu_frontier")
     cache = Path(args.cache)
-    t_start = time.time()
+    t_start = _PARALLEL.get("t_start", time.time())
     data = write_tofu_subset(args.data, cache / f"data_{args.authors}authors", args.authors, FORGET_SPLIT)
 
     settings = {
@@ -344,17 +421,22 @@ def main(argv: list[str] | None = None) -> int:
     grid = [(mode, mask, method) for mode in modes for mask in masks for method in methods]
     result: dict[str, Any] = {
         "benchmark": "tofu_frontier", "machine": machine_info(), "settings": settings, "data": str(data),
-        "runs_dir": str(runs_dir), "command": " ".join(["python", "benchmarks/tofu_frontier.py",
-                                                         *(argv if argv is not None else sys.argv[1:])]),
+        "runs_dir": str(runs_dir), "command": _PARALLEL.get("command") or " ".join(
+            ["python", "benchmarks/tofu_frontier.py", *(argv if argv is not None else sys.argv[1:])]),
         "planned_runs": len(grid), "rows": [], "timings_s": {}, "status": "running", "total_s": 0.0,
         "finetune_s": 0.0, "estimate": estimate_minutes(args, methods, masks, modes),
     }
-    if result["estimate"]:
+    if "phases_s" in _PARALLEL:
+        result["parallel"] = {"jobs": _PARALLEL["jobs"], "phases_s": _PARALLEL["phases_s"],
+                              "assignment": _PARALLEL["assignment"]}
+    if result["estimate"] and tasks is None:
         est = result["estimate"]
         print(f"estimated time of this grid: {est['measured_speed']['total_min']} min at the speed measured in "
               f"{est['basis']}; {est['at_cost_target_speed']['total_min']} min at the cost targets' speed", flush=True)
 
     def save(status: str = "running") -> None:
+        if tasks is not None:  # a worker: the parent writes the outputs
+            return
         result["status"] = status
         result["total_s"] = round(time.time() - t_start, 1)
         # time of everything in the table, also of runs reused from earlier invocations
@@ -365,6 +447,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # target and retain
     model_dirs: dict[str, Path] = {}
+    if tasks is not None and any(t.startswith("ft:") for t in tasks):
+        for role in ("retain", "target"):
+            if f"ft:{role}" in tasks:
+                finetuned(role, data, args, cache)
+        return 0
     for role in ("retain", "target"):
         model_dirs[role], ft_s = finetuned(role, data, args, cache)
         result["timings_s"][f"finetune_{role}"] = round(ft_s, 1)
@@ -372,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_settings = {"eval_items": args.eval_items, "max_new_tokens": args.max_new_tokens}
     retain_logs = runs_dir / "retain" / "eval" / "per_item.json"
     for role in ("retain", "target"):
+        if tasks is not None and f"eval:{role}" not in tasks:
+            continue
         run_dir = runs_dir / role
         stamp = {"model": str(model_dirs[role]), **eval_settings}
         if _stamp_ok(run_dir, stamp):
@@ -401,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
 
     masks_files: dict[str, Path] = {}
     for mask in masks:
-        if mask != "none" and args.report_only:
+        if mask != "none" and (args.report_only or (tasks is not None and f"mask:{mask}" not in tasks)):
             masks_files[mask] = runs_dir / "masks" / f"{mask}_r{args.mask_ratio}.safetensors"
             timing = masks_files[mask].with_suffix(".json")
             if timing.is_file():
@@ -409,6 +498,8 @@ def main(argv: list[str] | None = None) -> int:
         elif mask != "none":
             masks_files[mask], mask_s = mask_file(mask, model_dirs["target"], data, args, runs_dir)
             result["timings_s"][f"mask_{mask}"] = round(mask_s, 1)
+    if tasks is not None:
+        grid = [(mode, mask, method) for mode, mask, method in grid if f"run:{method}_{mask}_{mode}" in tasks]
     done_s: list[float] = []
     for i, (mode, mask, method) in enumerate(grid):
         name = f"{method}_{mask}_{mode}"
@@ -469,6 +560,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: FQ {summary['metrics'].get('forget_quality')}, MU {summary['metrics'].get('model_utility')}"
               f" ({done_s[-1]:.0f} s; {left} left, about {eta / 60:.0f} min)", flush=True)
         save()
+    if tasks is not None:
+        return 0
     finished = len(result["rows"]) - 2
     save("complete" if finished == len(grid) else f"partial ({finished} of {len(grid)} runs finished)")
     print(out_prefix.with_suffix(".md").read_text())

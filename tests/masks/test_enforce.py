@@ -174,6 +174,7 @@ def test_element_masked_lora_one_matmul_path_equals_two_matmul_path(tiny_model, 
     mask = compute_mask(tiny_model, *loaders, method="wagle", ratio=0.5, progress=False)
     batch = next(iter(loaders[0]))
     results = []
+    real = enforce_module._fusable
     for fused in (True, False):
         model = _lora(copy.deepcopy(tiny_model))
         with torch.no_grad():  # a trained-looking adapter: B ≠ 0, so ΔW matters
@@ -181,10 +182,9 @@ def test_element_masked_lora_one_matmul_path_equals_two_matmul_path(tiny_model, 
                 if "lora_B" in n:
                     p.copy_(torch.randn_like(p, generator=torch.Generator().manual_seed(len(n))) * 0.1)
         enforce_mask(model, mask, trained_adapter=True)
-        calls = []
-        real = enforce_module._fusable
+        calls: list[int] = []
         monkeypatch.setattr(enforce_module, "_fusable",
-                            lambda *a, fused=fused: calls.append(1) or (fused and real(*a)))
+                            lambda *a, fused=fused, calls=calls: calls.append(1) or (fused and real(*a)))
         out = model(**batch)
         out.loss.backward()
         assert calls  # the element path ran

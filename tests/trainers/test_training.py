@@ -91,3 +91,30 @@ def test_logged_terms_are_finite_means(make_trainer):
         assert math.isfinite(h["forget_nll"]) and math.isfinite(h["retain_nll"])
         # the logged loss is the combination of the logged terms (γ=α=1, retain term = NLL)
         assert h["loss"] == pytest.approx(-h["forget_nll"] + h["retain_loss"], abs=1e-3)
+
+
+@pytest.mark.parametrize("method,lora,fields", [
+    ("npo", False, {"alpha": 1.0}),
+    ("grad_diff", False, {"retain_loss_type": "kl"}),
+    ("simnpo", True, {"alpha": 2.0}),
+])
+def test_split_backward_gives_the_joint_update(method, lora, fields, make_trainer, snapshot):
+    """Backwarding the forget term before the retain forward (two backward calls per micro-batch)
+    gives the update of one joint backward; the logged loss is the total."""
+    common = dict(max_steps=2, optim="sgd", learning_rate=0.05, weight_decay=0.0, max_grad_norm=0.0,
+                  per_device_train_batch_size=2, gradient_accumulation_steps=2, **fields)
+    runs = []
+    for split in (True, False):
+        trainer = make_trainer(method, lora=lora, split_backward=split, **common)
+        start = snapshot(trainer.model)
+        calls: list[int] = []
+        trainer.accelerator.backward = (lambda loss, calls=calls, backward=trainer.accelerator.backward, **kw:
+                                        calls.append(1) or backward(loss, **kw))
+        trainer.train()
+        assert len(calls) == (8 if split else 4)  # 2 steps x 2 micro-batches (x 2 with the split)
+        runs.append((start, snapshot(trainer.model), trainer.state.log_history[-1]["train_loss"]))
+    (start, split_w, split_loss), (_, joint_w, joint_loss) = runs
+    assert max((split_w[n] - start[n]).abs().max().item() for n in split_w) > 1e-4
+    for n in split_w:
+        assert torch.allclose(split_w[n], joint_w[n], atol=1e-6, rtol=1e-4), n
+    assert split_loss == pytest.approx(joint_loss, rel=1e-5)
