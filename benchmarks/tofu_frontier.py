@@ -279,6 +279,21 @@ _PARALLEL: dict[str, Any] = {}
 _RUN_COST = {("lora", "none"): 1.9, ("lora", "masked"): 2.5, ("full", "none"): 2.0, ("full", "masked"): 2.3}
 
 
+_PER_RUN_SETTINGS = ("threads", "epochs", "lr_full", "lr_lora")
+DEFAULT_EPOCHS, DEFAULT_LR = 3.0, {"full": 4e-5, "lora": 6e-4}
+
+
+def _run_name(method: str, mask: str, mode: str, args) -> str:
+    """``{method}_{mask}_{mode}``, plus ``_lr{lr}`` / ``_ep{epochs}`` off the default budget."""
+    name = f"{method}_{mask}_{mode}"
+    lr = args.lr_full if mode == "full" else args.lr_lora
+    if lr != DEFAULT_LR[mode]:
+        name += f"_lr{lr:g}"
+    if args.epochs != DEFAULT_EPOCHS:
+        name += f"_ep{args.epochs:g}"
+    return name
+
+
 def _without(argv: list[str], *flags: str) -> list[str]:
     """`argv` without the given valued flags (``--f V`` and ``--f=V``)."""
     out, skip = [], False
@@ -306,7 +321,7 @@ def run_parallel(args, argv: list[str], methods: list[str], masks: list[str], mo
     if "--no-progress" not in base:
         base.append("--no-progress")  # N interleaved progress bars are unreadable
     n = args.jobs
-    grid_runs = sorted(((_RUN_COST[(mode, "none" if mask == "none" else "masked")], f"run:{method}_{mask}_{mode}")
+    grid_runs = sorted(((_RUN_COST[(mode, "none" if mask == "none" else "masked")], f"run:{_run_name(method, mask, mode, args)}")
                         for mode in modes for mask in masks for method in methods), reverse=True)
     lanes: list[list[str]] = [[] for _ in range(n)]
     load = [0.0] * n
@@ -348,9 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--masks", default=",".join(MASKS), help=f"comma list of {', '.join(MASKS)}")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
-    p.add_argument("--epochs", type=float, default=3.0, help="unlearning epochs over the forget set (every run)")
-    p.add_argument("--lr-full", type=float, default=4e-5, help="learning rate with full weights")
-    p.add_argument("--lr-lora", type=float, default=6e-4, help="learning rate with LoRA")
+    p.add_argument("--epochs", type=float, default=DEFAULT_EPOCHS, help="unlearning epochs over the forget set (every run)")
+    p.add_argument("--lr-full", type=float, default=DEFAULT_LR["full"], help="learning rate with full weights")
+    p.add_argument("--lr-lora", type=float, default=DEFAULT_LR["lora"], help="learning rate with LoRA")
     p.add_argument("--lora-r", type=int, default=8)
     p.add_argument("--mask-ratio", type=float, default=0.5, help="fraction of weights a mask lets change")
     p.add_argument("--batch-size", type=int, default=4)
@@ -416,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
         "eval_items": args.eval_items, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
         "lr_grid": "none: one lr per mode for every method", "quick": args.quick,
     }
-    runs_dir = cache / f"runs_{_key({k: v for k, v in settings.items() if k != 'threads'})}"
+    # one directory for every budget: a run's own stamp holds its epochs and learning rate, and a run
+    # off the default budget has them in its name, so sweeps share the target / retain evaluations
+    runs_dir = cache / f"runs_{_key({k: v for k, v in settings.items() if k not in _PER_RUN_SETTINGS})}"
     runs_dir.mkdir(parents=True, exist_ok=True)
     grid = [(mode, mask, method) for mode in modes for mask in masks for method in methods]
     result: dict[str, Any] = {
@@ -499,10 +516,10 @@ def main(argv: list[str] | None = None) -> int:
             masks_files[mask], mask_s = mask_file(mask, model_dirs["target"], data, args, runs_dir)
             result["timings_s"][f"mask_{mask}"] = round(mask_s, 1)
     if tasks is not None:
-        grid = [(mode, mask, method) for mode, mask, method in grid if f"run:{method}_{mask}_{mode}" in tasks]
+        grid = [(mode, mask, method) for mode, mask, method in grid if f"run:{_run_name(method, mask, mode, args)}" in tasks]
     done_s: list[float] = []
     for i, (mode, mask, method) in enumerate(grid):
-        name = f"{method}_{mask}_{mode}"
+        name = _run_name(method, mask, mode, args)
         run_dir = runs_dir / name
         unlearn_method, hyper = METHODS[method]
         overrides = {"num_train_epochs": args.epochs, "learning_rate": args.lr_full if mode == "full" else args.lr_lora,
