@@ -236,6 +236,11 @@ def phase_profile(args) -> dict:
            "adamw_state_gb": 2 * n_params * 4 / GB, "batch_shape": list(batch["input_ids"].shape),
            "answer_tokens_in_batch": answer_tokens, "logits_gb": logits.numel() * 4 / GB,
            "activations_saved_per_forward_gb": sum(saved.values()) / GB}
+    # what full-weight NPO / GradDiff cannot go below with fp32 AdamW, whatever the allocator: the
+    # runtime, weights, gradients and both moments, plus one forward's activations (split_backward
+    # keeps one of the forget / retain graphs alive at a time, next to the gradients)
+    out["full_weight_adamw_floor_gb"] = (out["rss_after_imports_gb"] + out["weights_gb"] + out["grads_gb"]
+                                         + out["adamw_state_gb"] + out["activations_saved_per_forward_gb"])
     del logits
     model.eval()
     # evaluation: time per scored sequence and per generated answer, on a sample
@@ -401,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
             ["python + torch + libraries (RSS after imports, GB)", prof["rss_after_imports_gb"]],
             ["weights fp32 (GB)", prof["weights_gb"]], ["gradients (GB)", prof["grads_gb"]],
             ["AdamW state (GB)", prof["adamw_state_gb"]],
+            ["full-weight floor: runtime + weights + grads + AdamW + one forward (GB)",
+             prof.get("full_weight_adamw_floor_gb")],
             [f"activations kept by one forward of {prof['batch_shape']} (GB)", prof["activations_saved_per_forward_gb"]],
             ["  of which logits (GB)", prof["logits_gb"]],
             ["answer tokens / all positions in that batch",
@@ -425,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
                     "description": "peak RSS of NPO over LoRA (adapter-disabled ref) / full-weight NPO with a frozen copy",
                     "measured_above_load_baseline": above,
                     "pass": None if ratio is None else bool(ratio <= LORA_RATIO_LIMIT)})
+    if prof and "full_weight_adamw_floor_gb" in prof:
+        targets.append({"target": "npo_memory floor, fp32 AdamW (informational)", "limit": 2.4,
+                        "measured": prof["full_weight_adamw_floor_gb"], "pass": None,
+                        "description": "runtime + weights + gradients + AdamW moments + one forward's activations "
+                                       "(rows.profile): the least peak RSS full-weight NPO can have"})
     lora_ckpt = rows.get("npo/lora/adapter-disabled+ckpt", {})
     if "peak_rss_gb" in lora_ckpt and "peak_rss_gb" in frozen:
         # informational, not the target: the same ratio with activation checkpointing on the LoRA run

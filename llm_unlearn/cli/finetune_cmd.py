@@ -26,6 +26,8 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--max-authors", type=int, default=None,
                    help="only the first N authors of the split (QA per author from the source's meta.json, else 20)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute activations in backward: less memory, about a third more compute")
     add_overwrite_flag(p)
     p.set_defaults(func=run)
 
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs if args.epochs is not None else (15.0 if tiny else 5.0),
         lr=args.lr if args.lr is not None else (3e-3 if tiny else 1e-5),
         batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
-        max_authors=args.max_authors, seed=args.seed,
+        max_authors=args.max_authors, seed=args.seed, activation_checkpointing=args.activation_checkpointing,
     )
     prepare_output_dir(args.output, args.overwrite)
     out = finetune(cfg)
