@@ -73,4 +73,3 @@ def own_trainable_weights(model) -> int:
                 p.data = p.data.clone()
                 copied += 1
     return copied
-

@@ -18,6 +18,9 @@ returns the loss and the named terms to log. The base class provides what every 
   exception is a KL retain term with full weights: it needs reference *logits* on retain
   items, so the trainer keeps a frozen copy of the model (memory: one more set of weights, e.g.
   0.27 GB for a 135 M model in fp16, 14 GB for 7 B in bf16; no optimizer state or gradients).
+- One graph at a time (``split_backward``, default on): a method's forget term is backwarded as
+  soon as it is complete (`add_retain_term`), before the retain forward, so the activations of
+  the two forwards are never held together.
 - A divergence guard: a NaN/inf loss raises `DivergenceError` before the backward pass (so the
   weights of the last finite step are untouched) naming the last saved checkpoint, which is kept.
 - Logging of ``forget_nll``, ``retain_nll`` and each method's terms next to ``loss``.
