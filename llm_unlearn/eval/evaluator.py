@@ -100,11 +100,11 @@ def supports_prefix_cache(model) -> bool:
     cache and ``logits_to_keep``: then answer variants of one question share one prompt pass."""
     from transformers import PreTrainedModel
 
-    from llm_unlearn.trainers.losses import accepts_forward_arg, core_model
+    from llm_unlearn.trainers.losses import accepts_forward_arg, cache_kwarg, core_model
 
     core = core_model(model)
     return (isinstance(core, PreTrainedModel) and not core.config.is_encoder_decoder
-            and accepts_forward_arg(model, "logits_to_keep") and accepts_forward_arg(model, "past_key_values"))
+            and accepts_forward_arg(model, "logits_to_keep") and cache_kwarg(model) is not None)
 
 
 def _score_padded(model, encs: list[dict], device, token_stats: bool) -> list[dict[str, Any]]:
@@ -126,8 +126,11 @@ def _score_shared(model, encs: list[dict], prefix: int, batch_size: int, device,
     then each chunk of `batch_size` continuations (right padded) attends to that cache."""
     import copy
 
+    from llm_unlearn.trainers.losses import cache_kwarg, output_cache
+
     head = torch.tensor([encs[0]["input_ids"][:prefix]], device=device)
-    cache = model(input_ids=head, attention_mask=torch.ones_like(head), use_cache=True, logits_to_keep=1).past_key_values
+    cache = output_cache(model(input_ids=head, attention_mask=torch.ones_like(head), use_cache=True, logits_to_keep=1))
+    cache_arg = cache_kwarg(model)
     out: list[dict[str, Any]] = []
     chunks = [encs[i:i + batch_size] for i in range(0, len(encs), batch_size)]
     for k, chunk in enumerate(chunks):
@@ -140,8 +143,8 @@ def _score_shared(model, encs: list[dict], prefix: int, batch_size: int, device,
         labels = pad_sequences([e["labels"][prefix:] for e in chunk], IGNORE_INDEX, "right").to(device)
         attention = torch.cat([torch.ones(n, prefix, dtype=tail_mask.dtype, device=device), tail_mask], dim=1)
         positions = torch.arange(prefix, prefix + ids.shape[1], device=device).expand(n, -1)
-        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, past_key_values=past,
-                       use_cache=True).logits
+        logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                       **{cache_arg: past}).logits
         out.extend(_records(logits, labels, token_stats))
     return out
 

@@ -20,6 +20,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.s3t.train import file_sha256, load_base, load_run, weights_sha256
+from llm_unlearn.trainers.losses import cache_kwarg, output_cache
 
 IGNORE_INDEX = -100
 
@@ -105,10 +106,11 @@ class S3TEnsemble(torch.nn.Module):
         """Per-shard log-probabilities [S, B, T, V] and updated caches."""
         outs, new_caches = [], []
         shards = sorted(self.served) or [None]
+        cache_arg = cache_kwarg(self._base) or "past_key_values"
         for i, shard in enumerate(shards):
             cache = caches[i] if caches is not None else None
             kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          past_key_values=cache, use_cache=caches is not None)
+                          use_cache=caches is not None, **{cache_arg: cache})
             if shard is None:
                 if self.peft is not None:
                     with self.peft.disable_adapter():
@@ -119,7 +121,7 @@ class S3TEnsemble(torch.nn.Module):
                 self.peft.set_adapter(f"shard{shard}", inference_mode=True)
                 out = self.peft(**kwargs)
             outs.append(torch.log_softmax(out.logits.float(), dim=-1))
-            new_caches.append(out.past_key_values)
+            new_caches.append(output_cache(out))
         return torch.stack(outs), new_caches
 
     @staticmethod

@@ -79,6 +79,21 @@ def accepts_forward_arg(model, name: str) -> bool:
     return _FORWARD_ARGS[key]
 
 
+def cache_kwarg(model) -> str | None:
+    """The forward argument that takes a KV cache: ``cache`` (transformers >= 5.24), else
+    ``past_key_values``; None when the model takes neither."""
+    for name in ("cache", "past_key_values"):
+        if accepts_forward_arg(model, name):
+            return name
+    return None
+
+
+def output_cache(out):
+    """The KV cache of a model output, under either field name (``cache`` from transformers 5.24)."""
+    cache = out.get("cache") if hasattr(out, "get") else None
+    return cache if cache is not None else out.past_key_values
+
+
 def answer_start(labels: torch.Tensor) -> int:
     """First position whose logits any answer token of the batch needs: one before the earliest
     labelled token (0 when there is none)."""
