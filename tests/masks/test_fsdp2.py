@@ -7,25 +7,21 @@ Accelerate enables its FSDP plugin only on GPUs; the recipe path on top of this 
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.recipes.test_multiprocess import _free_port
+from tests._torchrun import torchrun, worker_env
 
 WORKER = Path(__file__).with_name("_fsdp2_worker.py")
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run(out: Path, mode: str, procs: int, *extra: str) -> dict:
     out.mkdir(parents=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    head = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port",
-             str(_free_port())] if procs > 1 else [sys.executable])
+    env = worker_env()
+    head = torchrun(procs)
     proc = subprocess.run([*head, str(WORKER), str(out), mode, *extra], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,23 +9,16 @@ and float32 summation differ); generations and token counts exactly."""
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests._torchrun import torchrun, worker_env
+
 WORKER = Path(__file__).with_name("_eval_sharded_worker.py")
 MAX_ITEMS = 5
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _assert_items_equal(a, b, where: str) -> None:
@@ -50,10 +43,8 @@ def test_two_processes_give_the_per_item_results_of_one(target_dir, synthetic_di
     from llm_unlearn.eval.evaluator import evaluate_model
     from llm_unlearn.models import load_model, load_tokenizer
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(WORKER), str(target_dir), str(synthetic_dir), str(tmp_path), str(MAX_ITEMS)]
+    env = worker_env()
+    cmd = [*torchrun(2), str(WORKER), str(target_dir), str(synthetic_dir), str(tmp_path), str(MAX_ITEMS)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     # the single-process reference runs here while the two workers run
     model, tok = load_model(str(target_dir)), load_tokenizer(str(target_dir))

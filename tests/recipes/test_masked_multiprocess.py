@@ -14,24 +14,20 @@ enables its FSDP plugin on GPUs, so FSDP2 sharding of masks is tested directly w
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.recipes.test_multiprocess import _free_port
+from tests._torchrun import torchrun, worker_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _launch(recipe: str, args: list[str], out: Path, procs: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    head = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(procs), "--master_port",
-             str(_free_port())] if procs > 1 else [sys.executable])
+    env = worker_env()
+    head = torchrun(procs)
     cmd = [*head, str(ROOT / "recipes" / f"{recipe}.py"), "--config", str(ROOT / "recipes" / "configs" / f"{recipe}.yaml"),
            *args, "--output_dir", str(out), "--loss_log", str(out / "loss.json")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)

@@ -10,27 +10,21 @@ order in gloo's all-reduce (measured: equal to 5 decimals).
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests._torchrun import torchrun, worker_env
+
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "graddiff_tofu.py"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _run(cmd: list[str], out: Path) -> list[dict]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = worker_env()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = json.loads((out / "loss.json").read_text())
@@ -47,8 +41,7 @@ def test_two_cpu_processes_match_one(target_dir, synthetic_dir, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     log1 = _run([sys.executable, str(RECIPE), *common, "--output_dir", str(one), "--per_device_train_batch_size", "2",
                  "--loss_log", str(one / "loss.json")], one)
-    log2 = _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                 str(_free_port()), str(RECIPE), *common, "--output_dir", str(two),
+    log2 = _run([*torchrun(2), str(RECIPE), *common, "--output_dir", str(two),
                  "--per_device_train_batch_size", "1", "--loss_log", str(two / "loss.json")], two)
     assert (log1["world_size"], log2["world_size"]) == (1, 2)
     steps1, steps2 = log1["steps"], log2["steps"]

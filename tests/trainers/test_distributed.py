@@ -15,23 +15,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests._torchrun import torchrun, worker_env
+
 WORKER = Path(__file__).with_name("_ddp_worker.py")
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker():
@@ -44,10 +37,8 @@ def _worker():
 @pytest.mark.multiprocess
 def test_two_processes_match_one_global_batch(target_dir, synthetic_dir, tmp_path):
     one = _worker().run(str(target_dir), str(synthetic_dir), str(tmp_path / "one"), batch_size=2)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           str(WORKER), str(target_dir), str(synthetic_dir), str(tmp_path / "two"), "1"]
+    env = worker_env()
+    cmd = [*torchrun(2), str(WORKER), str(target_dir), str(synthetic_dir), str(tmp_path / "two"), "1"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / "two" / f"rank{r}.json").read_text()) for r in (0, 1)]
