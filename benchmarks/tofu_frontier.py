@@ -279,18 +279,20 @@ _PARALLEL: dict[str, Any] = {}
 _RUN_COST = {("lora", "none"): 1.9, ("lora", "masked"): 2.5, ("full", "none"): 2.0, ("full", "masked"): 2.3}
 
 
-_PER_RUN_SETTINGS = ("threads", "epochs", "lr_full", "lr_lora")
+_PER_RUN_SETTINGS = ("threads", "epochs", "lr_full", "lr_lora", "optim")
 DEFAULT_EPOCHS, DEFAULT_LR = 3.0, {"full": 4e-5, "lora": 6e-4}
 
 
 def _run_name(method: str, mask: str, mode: str, args) -> str:
-    """``{method}_{mask}_{mode}``, plus ``_lr{lr}`` / ``_ep{epochs}`` off the default budget."""
+    """``{method}_{mask}_{mode}``, plus ``_lr{lr}`` / ``_ep{epochs}`` / ``_{optim}`` off the default budget."""
     name = f"{method}_{mask}_{mode}"
     lr = args.lr_full if mode == "full" else args.lr_lora
     if lr != DEFAULT_LR[mode]:
         name += f"_lr{lr:g}"
     if args.epochs != DEFAULT_EPOCHS:
         name += f"_ep{args.epochs:g}"
+    if args.optim:
+        name += f"_{args.optim}"
     return name
 
 
@@ -367,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr-full", type=float, default=DEFAULT_LR["full"], help="learning rate with full weights")
     p.add_argument("--lr-lora", type=float, default=DEFAULT_LR["lora"], help="learning rate with LoRA")
     p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--optim", default=None,
+                   help="optimizer of the unlearning runs (TrainingArguments.optim, e.g. adafactor: no AdamW moments; "
+                        "default: the Trainer's AdamW)")
     p.add_argument("--mask-ratio", type=float, default=0.5, help="fraction of weights a mask lets change")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--ft-epochs", type=float, default=3.0, help="finetuning epochs (target and retain)")
@@ -424,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "model": args.model, "data_source": str(args.data), "authors": args.authors, "forget_split": FORGET_SPLIT,
         "retain_split": RETAIN_SPLIT, "epochs": args.epochs, "batch_size": args.batch_size, "lr_full": args.lr_full,
-        "lr_lora": args.lr_lora, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r, "mask_ratio": args.mask_ratio,
+        "lr_lora": args.lr_lora, "optim": args.optim, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r, "mask_ratio": args.mask_ratio,
         "method_hyperparameters": {m: METHODS[m][1] for m in methods}, "warmup_steps": 0, "seed": args.seed,
         "finetune": {"epochs": args.ft_epochs, "lr": args.ft_lr, "batch_size": args.ft_batch_size,
                      "splits": {"target": "full", "retain": RETAIN_SPLIT}, "with_utility": False},
@@ -525,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {"num_train_epochs": args.epochs, "learning_rate": args.lr_full if mode == "full" else args.lr_lora,
                      "per_device_train_batch_size": args.batch_size, "warmup_steps": 0.0, "seed": args.seed,
                      "logging_steps": 5, "disable_tqdm": args.no_progress, **hyper}
+        if args.optim:  # default-optimizer runs keep their stamps (and cached results) as before
+            overrides["optim"] = args.optim
         stamp = {"target": str(model_dirs["target"]), "overrides": overrides, "mask": str(masks_files.get(mask)),
                  "mode": mode,
                  "mask_ratio": args.mask_ratio, "lora_r": args.lora_r, **eval_settings}
