@@ -14,7 +14,7 @@ HYPERPARAMETER_FLAGS: dict[str, str] = {
     "max_length": "max_length", "seed": "seed", "beta": "beta", "alpha": "alpha", "gamma": "gamma",
     "delta": "delta", "retain_loss": "retain_loss_type", "steering_coeff": "steering_coeff", "layer": "layer",
     "update_layers": "update_layers", "refusals": "refusals_file", "save_steps": "save_steps",
-    "logging_steps": "logging_steps", "report_to": "report_to", "hub_model_id": "hub_model_id",
+    "logging_steps": "logging_steps", "report_to": "report_to", "hub_model_id": "hub_model_id", "optim": "optim",
 }
 
 
@@ -52,6 +52,9 @@ def register(sub, name: str, help_text: str) -> None:
     g.add_argument("--layer", type=int, default=None, help="rmu: decoder layer whose activations are steered")
     g.add_argument("--update-layers", default=None, help="rmu: comma-separated layers whose parameters train")
     g.add_argument("--refusals", default=None, help="idk_dpo: refusal answers file (default: idontknow.txt of --data)")
+    g.add_argument("--optim", default=None,
+                   help="optimizer (TrainingArguments.optim; default AdamW): adafactor drops AdamW's two moments "
+                        "(-1.1 GB on a 135 M model in fp32)")
     g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     g.add_argument("--save-steps", type=int, default=None, help="save a checkpoint every N steps (enables saving)")
     g.add_argument("--logging-steps", type=float, default=None, help="log every N steps")

@@ -43,6 +43,20 @@ def test_cli_lora_npo_with_config_file(target_dir, synthetic_dir, tmp_path, caps
     assert rc == 2 and "already exists" in capsys.readouterr().err
 
 
+def test_cli_full_weight_npo_with_adafactor(target_dir, synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "ada"
+    rc = main(["unlearn", "--model", str(target_dir), "--data", str(synthetic_dir), "--method", "npo", "--optim",
+               "adafactor", "--lr", "1e-3", "--max-steps", "3", "--output", str(out), "--set", "disable_tqdm=true"])
+    assert rc == 0, capsys.readouterr().err
+    run = json.loads((out / "run.json").read_text())
+    assert run["hyperparameters"]["optim"] == "adafactor" and run["steps"] == 3
+    assert run["nll"]["forget_after"] > run["nll"]["forget_before"]
+    rc = main(["unlearn", "--model", str(target_dir), "--data", str(synthetic_dir), "--method", "npo", "--optim",
+               "no_such_optimizer", "--output", str(tmp_path / "bad")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "optim" in err and "Traceback" not in err
+
+
 def test_run_unlearning_full_weights_and_diverged_manifest(target_dir, synthetic_dir, tmp_path, monkeypatch):
     out, result = run_unlearning(str(target_dir), synthetic_dir, tmp_path / "ga", method="grad_ascent",
                                  overrides={"max_steps": 3, "learning_rate": 5e-4, "disable_tqdm": True})
