@@ -77,32 +77,22 @@ def _cpu_s() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def _gflops_probe() -> float:
-    """fp32 matmul speed right now (the machine may be shared: this says how fast it was)."""
+def _gflops_probe(n: int = 50) -> float:
+    """fp32 matmul speed right now, over `n` products (the machine may be shared: this says how
+    fast it was)."""
     import torch
 
     a, b = torch.randn(512, 576), torch.randn(576, 1536)
     a @ b
-    t0, n = time.perf_counter(), 50
+    t0 = time.perf_counter()
     for _ in range(n):
         a @ b
     return 2 * 512 * 576 * 1536 * n / (time.perf_counter() - t0) / 1e9
 
 
 def _peak_gflops(repeats: int = 7) -> float:
-    """The best of `repeats` short runs of the probe's matmul: what the cores can do when nothing
-    else holds them (a shared host's momentary speed is `_gflops_probe`)."""
-    import torch
-
-    a, b = torch.randn(512, 576), torch.randn(576, 1536)
-    a @ b
-    best = 0.0
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(10):
-            a @ b
-        best = max(best, 2 * 512 * 576 * 1536 * 10 / (time.perf_counter() - t0) / 1e9)
-    return best
+    """The best of `repeats` short probes: what the cores can do when nothing else holds them."""
+    return max(_gflops_probe(10) for _ in range(repeats))
 
 
 def _start(args) -> dict:
@@ -130,10 +120,11 @@ def phase_train(args) -> dict:
     from llm_unlearn.data.pairing import ForgetRetainDataset
     from llm_unlearn.models import attach_lora
     from llm_unlearn.trainers import get_method
+    from llm_unlearn.trainers.losses import IGNORE_INDEX
     from llm_unlearn.unlearn import build_config
 
     info = _start(args)
-    peak_before = _peak_gflops()
+    peak_before = _peak_gflops() if args.mode == "full" else None
     model, tok, forget, retain = _load(args)
     info["rss_after_load_gb"] = _current_rss() / GB
     trainer_cls, _ = get_method(args.method)
@@ -155,7 +146,7 @@ def phase_train(args) -> dict:
         if pairs.retain is not None:
             used += [pairs.retain[j] for j in pairs.retain_index]
         tokens = sum(len(it["input_ids"]) for it in used)
-        answer_tokens = sum(sum(1 for t in it["labels"] if t != -100) for it in used)
+        answer_tokens = sum(sum(1 for t in it["labels"] if t != IGNORE_INDEX) for it in used)
         kwargs = {"refusals": None} if args.method == "idk_dpo" else {}
         t0 = time.perf_counter()
         trainer = trainer_cls(model=model, args=cfg, train_dataset=pairs, processing_class=tok, **kwargs)
@@ -206,9 +197,9 @@ def _count_rows(model):
 def _flop_floor(model, rows: dict, tokens: int, answer_tokens: int, gflops: float) -> dict:
     """Matmul FLOPs of the epoch as run (padded positions; the head on the rows `logits_to_keep`
     kept) and at perfect packing (decoder on the non-pad `tokens`, head on the `answer_tokens`
-    only), and the seconds the latter takes at `gflops` (the peak probe): the floor. Training a weight matrix costs
-    6 FLOPs per parameter and row (forward 2, backward 4); attention scores and element-wise ops
-    are left out, so the floor is an underestimate."""
+    only), and the seconds the latter takes at `gflops` (the peak probe): the floor. Training a
+    weight matrix costs 6 FLOPs per parameter and row (forward 2, backward 4); attention scores
+    and element-wise ops are left out, so the floor is an underestimate."""
     from llm_unlearn.trainers.losses import core_model
 
     core = core_model(model)

@@ -429,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "model": args.model, "data_source": str(args.data), "authors": args.authors, "forget_split": FORGET_SPLIT,
         "retain_split": RETAIN_SPLIT, "epochs": args.epochs, "batch_size": args.batch_size, "lr_full": args.lr_full,
-        "lr_lora": args.lr_lora, "optim": args.optim, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r, "mask_ratio": args.mask_ratio,
+        "lr_lora": args.lr_lora, "optim": args.optim, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r,
+        "mask_ratio": args.mask_ratio,
         "method_hyperparameters": {m: METHODS[m][1] for m in methods}, "warmup_steps": 0, "seed": args.seed,
         "finetune": {"epochs": args.ft_epochs, "lr": args.ft_lr, "batch_size": args.ft_batch_size,
                      "splits": {"target": "full", "retain": RETAIN_SPLIT}, "with_utility": False},

@@ -20,7 +20,7 @@ def torchrun(procs: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
 
 
-def worker_env(**extra: str) -> dict[str, str]:
+def worker_env() -> dict[str, str]:
     """The environment of a CPU worker: the repo importable, one thread per process, offline."""
     return {**os.environ, "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
-            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", **extra}
+            "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

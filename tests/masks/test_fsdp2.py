@@ -20,10 +20,8 @@ WORKER = Path(__file__).with_name("_fsdp2_worker.py")
 
 def _run(out: Path, mode: str, procs: int, *extra: str) -> dict:
     out.mkdir(parents=True)
-    env = worker_env()
-    head = torchrun(procs)
-    proc = subprocess.run([*head, str(WORKER), str(out), mode, *extra], env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([*torchrun(procs), str(WORKER), str(out), mode, *extra], env=worker_env(),
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return torch.load(out / "result.pt")
 

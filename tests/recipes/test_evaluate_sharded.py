@@ -20,7 +20,6 @@ WORKER = Path(__file__).with_name("_eval_sharded_worker.py")
 MAX_ITEMS = 5
 
 
-
 def _assert_items_equal(a, b, where: str) -> None:
     if isinstance(a, dict):
         assert a.keys() == b.keys(), where

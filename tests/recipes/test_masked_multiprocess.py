@@ -26,11 +26,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _launch(recipe: str, args: list[str], out: Path, procs: int) -> dict:
-    env = worker_env()
-    head = torchrun(procs)
-    cmd = [*head, str(ROOT / "recipes" / f"{recipe}.py"), "--config", str(ROOT / "recipes" / "configs" / f"{recipe}.yaml"),
+    cmd = [*torchrun(procs), str(ROOT / "recipes" / f"{recipe}.py"), "--config", str(ROOT / "recipes" / "configs" / f"{recipe}.yaml"),
            *args, "--output_dir", str(out), "--loss_log", str(out / "loss.json")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run(cmd, env=worker_env(), capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads((out / "loss.json").read_text())
 

@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPE = ROOT / "recipes" / "graddiff_tofu.py"
 
 
-
 def _run(cmd: list[str], out: Path) -> list[dict]:
     env = worker_env()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)

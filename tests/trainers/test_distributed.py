@@ -26,7 +26,6 @@ from tests._torchrun import torchrun, worker_env
 WORKER = Path(__file__).with_name("_ddp_worker.py")
 
 
-
 def _worker():
     spec = importlib.util.spec_from_file_location("_ddp_worker", WORKER)
     module = importlib.util.module_from_spec(spec)
