@@ -461,7 +461,6 @@ def _hash_of_hashes(hashes: list[str]) -> str:
 def s3t_serving_manifest(run_dir: str | Path, base: str) -> tuple[dict[str, Any], list[str]]:
     """The serving manifest of an S3T run (no sample text: counts, ids of shards, sha256 only) and
     the deleted samples' text (for the leak check; never written)."""
-    from llm_unlearn.s3t.ledger import content_hash
     from llm_unlearn.s3t.train import S3T_FORMAT, load_run
 
     ledger, plan, cfg, manifest = load_run(run_dir)
@@ -473,15 +472,16 @@ def s3t_serving_manifest(run_dir: str | Path, base: str) -> tuple[dict[str, Any]
                        "prefix": rec.stage, "num_slices": st.num_slices, "generation": rec.generation,
                        "slices": rec.slices, "trained_samples": rec.num_samples, "sha256": rec.sha256,
                        "weights_sha256": rec.weights_sha256})
-    deleted_rows = ledger.samples(sorted(ledger.deleted_ids()))
-    hash_of = {r["sample_id"]: content_hash(r["question"], r["answer"]) for r in deleted_rows}
+    deleted_rows = ledger.deleted_content_hashes()  # the text itself may already be purged
+    hash_of = dict(deleted_rows)
     requests = [{"request_id": d["request_id"], "requested_at": d["requested_at"], "samples": len(d["sample_ids"]),
                  "content_sha256": _hash_of_hashes([hash_of[i] for i in d["sample_ids"] if i in hash_of]),
                  "affected_shards": d["affected_shards"], "retrain_shards": d["retrain_shards"], "status": d["status"]}
                 for d in ledger.deletions()]  # the request's text query is left out: it quotes the data
     serving = {
         "format": S3T_SERVING_FORMAT, "s3t_format": S3T_FORMAT, "base_model": base,
-        "combine": "mean over serving shards of log_softmax(logits), renormalised (llm_unlearn.s3t.serve)",
+        "aggregate": cfg.aggregate,
+        "combine": f"{cfg.aggregate} over the serving shards (llm_unlearn.s3t.serve)",
         "plan": {"shards": plan.num_shards, "slices": plan.num_slices, "sequences": plan.num_sequences,
                  "method": plan.method, "blocks": plan.blocks},
         "trained": {"split": manifest.get("split"), "items": manifest.get("items"),
@@ -492,7 +492,7 @@ def s3t_serving_manifest(run_dir: str | Path, base: str) -> tuple[dict[str, Any]
         "deleted": {"samples": len(deleted_rows), "content_sha256": _hash_of_hashes(list(hash_of.values())),
                     "requests": requests},
     }
-    texts = [t.strip() for r in deleted_rows for t in (r["question"], r["answer"]) if len(t.strip()) >= MIN_LEAK_CHARS]
+    texts = [t.strip() for t in ledger.deleted_texts() if len(t.strip()) >= MIN_LEAK_CHARS]
     return serving, texts
 
 
@@ -580,8 +580,9 @@ def build_s3t_model_card(serving: dict[str, Any], repo_id: str, metrics: dict[st
     lines = [f"# {name}", "",
              f"An **S3T ensemble** (Chowdhury et al., 2024, exact unlearning with sequence-aware sharded LoRA "
              f"training) over `{base}`: {len(serving['shards'])} LoRA adapters, one per serving shard, each the "
-             "longest prefix of slice-wise stages that never saw a deleted sample. The next-token distribution "
-             "is the renormalised mean of the shards' log-probabilities (a normalised geometric mean).", "",
+             "longest prefix of slice-wise stages that never saw a deleted sample. The shards' next-token "
+             f"distributions are combined by `{serving.get('aggregate', 'mean-logprob')}` "
+             "(`llm_unlearn.s3t.serve`: mean-logprob, mixture, posterior or route).", "",
              "## Shards served", "", "| shard | sequence | prefix (stages) | samples trained | adapter | sha256 |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {s['shard']} | {s['sequence']} | {s['prefix']}/{s['num_slices']} | {s['trained_samples']} | "
@@ -643,6 +644,7 @@ def load_published_s3t(folder: str | Path, dtype: str = "float32", base_model: s
                 raise UnlearnError(f"{root / S3T_SERVING_NAME}: not an llm-unlearn S3T serving manifest")
             base = base_model or serving["base_model"]
             self.run_dir, self.verify, self.manifest = root, True, serving
+            self.aggregate, self.allow_base, self.serve_like = serving.get("aggregate", "mean-logprob"), False, None
             self._base = load_model(str(root / base) if base == S3T_BUNDLED_BASE else base, dtype=dtype)
             self.tokenizer = load_tokenizer(str(root))
             self.peft, self.served = None, {}

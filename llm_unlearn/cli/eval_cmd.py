@@ -28,23 +28,34 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--max-new-tokens", type=int, default=200, help="greedy generation length")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
+    p.add_argument("--aggregate", default=None,
+                   help="S3T run: how served shards are combined (mean-logprob, mixture, posterior, route; "
+                        "default: the run's recorded mode)")
+    p.add_argument("--allow-base", action="store_true",
+                   help="S3T run with no shard serving: evaluate the bare base model instead of refusing")
     p.add_argument("--output", required=True, help="output directory (summary.json, per_item.json)")
     add_overwrite_flag(p)
     p.set_defaults(func=run)
 
 
-def load_for_eval(model: str, adapter: str | None = None, dtype: str = "float32"):
-    """(model, tokenizer) for evaluation. An S3T run directory (``run.json`` kind ``s3t``) is
-    served as its shard ensemble (`llm_unlearn.s3t.load_s3t_model`)."""
-    from llm_unlearn.models import load_model, load_tokenizer, resolve_model_path
+def is_s3t_run(model: str) -> bool:
     from llm_unlearn.runinfo import read_manifest
 
-    if Path(model).is_dir() and read_manifest(model).get("kind") == "s3t":
+    return Path(model).is_dir() and read_manifest(model).get("kind") == "s3t"
+
+
+def load_for_eval(model: str, adapter: str | None = None, dtype: str = "float32", aggregate: str | None = None,
+                  allow_base: bool = False):
+    """(model, tokenizer) for evaluation. An S3T run directory (``run.json`` kind ``s3t``) is
+    served as its shard ensemble (`llm_unlearn.s3t.load_s3t_model`, combined by `aggregate`)."""
+    from llm_unlearn.models import load_model, load_tokenizer, resolve_model_path
+
+    if is_s3t_run(model):
         if adapter:
             raise UnlearnError("--adapter does not apply to an S3T run directory")
         from llm_unlearn.s3t import load_s3t_model
 
-        ensemble = load_s3t_model(model, dtype=dtype)
+        ensemble = load_s3t_model(model, dtype=dtype, aggregate=aggregate, allow_base=allow_base)
         return ensemble, ensemble.tokenizer
     m = load_model(model, dtype=dtype, adapter=adapter)
     tok_spec = adapter if adapter and any((Path(adapter) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")) \
@@ -63,8 +74,15 @@ def run(args: argparse.Namespace) -> int:
     # validate cheap inputs before loading a model
     load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=1)
     retain = read_logs(args.retain_logs) if args.retain_logs else None
+    s3t = is_s3t_run(args.model)
+    if s3t:
+        from llm_unlearn.s3t.service import check_servable
+
+        check_servable(args.model, args.aggregate, args.allow_base)
+    elif args.aggregate or args.allow_base:
+        raise UnlearnError("--aggregate and --allow-base apply to an S3T run directory only")
     out = prepare_output_dir(args.output, args.overwrite)
-    model, tok = load_for_eval(args.model, args.adapter, args.dtype)
+    model, tok = load_for_eval(args.model, args.adapter, args.dtype, args.aggregate, args.allow_base)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if hasattr(model, "to") and not getattr(model, "hf_device_map", None):
         model = model.to(device)
@@ -73,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
                             generation_batch_size=args.generation_batch_size,
                             max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
                             model_name=args.model + (f" + {args.adapter}" if args.adapter else ""))
+    if s3t:
+        result["summary"]["s3t"] = {"aggregate": model.aggregate, "served_shards": sorted(model.served)}
     write_eval(out, result)
     s = result["summary"]
     for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability",

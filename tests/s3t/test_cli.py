@@ -37,10 +37,17 @@ def test_cli_delete_status_verify_retrain(run_copy, capsys):
     status = json.loads(capsys.readouterr().out)
     assert status[0]["status"] == "needs_retrain" and status[0]["deleted"] >= 2 and status[0]["capacity"] == 0
     assert status[1]["status"] == "serving" and status[1]["prefix"] == 2
+    assert main(["s3t", "verify", str(run_copy)]) == 2  # the stages that saw them are still on disk
+    assert "run: llm-unlearn s3t purge" in capsys.readouterr().err
+    assert main(["s3t", "purge", str(run_copy)]) == 0
+    assert "purged:" in capsys.readouterr().out
     assert main(["s3t", "verify", str(run_copy)]) == 0
     assert "exact" in capsys.readouterr().out
+    assert main(["s3t", "delete", str(run_copy), "--match", text]) == 0  # text purged: known by its hash
+    assert "already deleted" in capsys.readouterr().out
     assert main(["s3t", "retrain", str(run_copy)]) == 0
     assert "retrained shards [0]" in capsys.readouterr().out
+    assert main(["s3t", "verify", str(run_copy)]) == 0
     assert main(["s3t", "status", str(run_copy)]) == 0
 
 
