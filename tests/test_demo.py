@@ -41,12 +41,16 @@ def test_s3t_deletion_is_exact(demo_dir):
     from llm_unlearn.data.tofu import load_tofu
     from llm_unlearn.s3t.train import load_run
 
+    from llm_unlearn.s3t.ledger import content_hash
+    from llm_unlearn.s3t.service import verify_run
+
     ledger, *_ = load_run(demo_dir / "s3t_deleted")
-    forget = {r["question"] for r in load_tofu("forget10", demo_dir / "data")}
-    deleted = ledger.samples(ledger.deleted_ids())
-    assert {s["question"] for s in deleted} == forget
+    forget = {content_hash(r["question"], r["answer"]) for r in load_tofu("forget10", demo_dir / "data")}
+    assert {h for _, h in ledger.deleted_content_hashes()} == forget  # the text itself is purged
+    assert ledger.deleted_texts() == []
     assert ledger.active_deleted_overlap() == []
     assert ledger.retrain_pending() == []
+    verify_run(demo_dir / "s3t_deleted")  # nothing trained on the deleted authors is left
 
 
 def test_demo_refuses_existing_output(demo_dir, capsys):
