@@ -51,6 +51,7 @@ class DemoConfig:
     s3t_sequences: int = 2
     s3t_epochs_per_stage: float = 10.0
     s3t_lr: float = 3e-3
+    s3t_prompt_loss: bool = False
     methods: list[str] = field(default_factory=lambda: ["graddiff", "npo", "npo_wagle"])
 
     def __post_init__(self):
@@ -307,7 +308,7 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
         base = str(base_dir)
     settings = dict(model=base, data=str(data), split="full", shards=cfg.s3t_shards, slices=cfg.s3t_slices,
                     sequences=cfg.s3t_sequences, epochs_per_stage=cfg.s3t_epochs_per_stage, lr=cfg.s3t_lr,
-                    seed=cfg.seed, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha)
+                    seed=cfg.seed, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, prompt_loss=cfg.s3t_prompt_loss)
     run_dir = out / "s3t_deleted"
     run_dir.mkdir()
     t0 = time.time()
