@@ -66,3 +66,31 @@ def test_cli_errors_are_one_line(run_copy, tmp_path, capsys):
     (run_copy / "run.json").write_text(json.dumps(manifest))
     assert main(["s3t", "status", str(run_copy)]) == 2
     assert "S3T run format 0" in capsys.readouterr().err
+
+
+def test_cli_train_bad_settings_fail_before_anything_is_written(tmp_path, synthetic_dir, capsys):
+    base = ["s3t", "train", "--data", str(synthetic_dir), "--max-items", "6", "--shards", "1", "--slices", "2"]
+    for extra, message in ((["--aggregate", "vote"], "--aggregate 'vote' unknown"),
+                           (["--exclude-ids", "full:999"], "--exclude-ids: unknown sample id 'full:999'"),
+                           (["--exclude-split", "nosuch"], "nosuch")):
+        out = tmp_path / "run"
+        assert main([*base, "--output", str(out), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+        assert not out.exists()
+
+
+def test_cli_train_exclude_split_records_the_reference(tmp_path, synthetic_dir, capsys):
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.s3t.ledger import DeletionLedger
+
+    out = tmp_path / "ref"
+    assert main(["s3t", "train", "--data", str(synthetic_dir), "--output", str(out), "--shards", "1", "--slices", "2",
+                 "--sequences", "1", "--epochs-per-stage", "0", "--exclude-split", "forget10",
+                 "--aggregate", "route"]) == 0
+    ledger = DeletionLedger.open(out)
+    assert len(ledger.deleted_ids()) == len(load_tofu("forget10", str(synthetic_dir)))
+    assert ledger.deleted_texts() == [] and ledger.deletions()[0]["status"] == "excluded"
+    assert json.loads((out / "run.json").read_text())["aggregate"] == "route"
+    for rec in ledger.stages():
+        assert not set(ledger.stage_sample_ids(rec.stage_id)) & ledger.deleted_ids()
