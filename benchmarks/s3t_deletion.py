@@ -366,6 +366,9 @@ def main() -> None:
     p.add_argument("--tag", default="tiny", help="demo: result key suffix (demo_TAG)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
+    from llm_unlearn.perf import tune_allocator
+
+    tune_allocator()
     torch.set_num_threads(args.threads)
     sections = set(args.sections.split(","))
     result = {"settings": vars(args), "machine": machine_info(),
