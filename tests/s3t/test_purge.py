@@ -203,3 +203,12 @@ def test_ledger_schema_is_created_in_one_transaction(tmp_path):
     con.close()
     with pytest.raises(UnlearnError, match="not an S3T ledger|cannot read"):
         DeletionLedger.open(tmp_path)
+
+
+def test_verify_fails_on_a_tokenizer_trained_on_deletable_text(run_copy):
+    manifest = json.loads((run_copy / "run.json").read_text())
+    verify_run(run_copy)
+    manifest["tokenizer_trained_on"] = ["full", "world_facts"]  # what build_tiny(data) did before issue 18
+    (run_copy / "run.json").write_text(json.dumps(manifest))
+    with pytest.raises(UnlearnError, match="tokenizer was trained on"):
+        verify_run(run_copy)
