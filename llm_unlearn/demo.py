@@ -308,7 +308,8 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
         base = str(base_dir)
     settings = dict(model=base, data=str(data), split="full", shards=cfg.s3t_shards, slices=cfg.s3t_slices,
                     sequences=cfg.s3t_sequences, epochs_per_stage=cfg.s3t_epochs_per_stage, lr=cfg.s3t_lr,
-                    seed=cfg.seed, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, prompt_loss=cfg.s3t_prompt_loss)
+                    seed=cfg.seed, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, prompt_loss=cfg.s3t_prompt_loss,
+                    with_utility=cfg.model == "tiny")  # as the demo's tiny single models are finetuned
     run_dir = out / "s3t_deleted"
     run_dir.mkdir()
     t0 = time.time()

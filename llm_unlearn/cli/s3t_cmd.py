@@ -34,6 +34,8 @@ def register(sub, name: str, help_text: str) -> None:
                         "posterior): "
                         "mean-logprob (product of experts), mixture (mean probability), posterior (shards weighted "
                         "by the likelihood they give the prompt), route (top-1 shard by that likelihood)")
+    t.add_argument("--with-utility", action="store_true",
+                   help="every stage also trains on the utility sets (never deleted), as a tiny single model is finetuned")
     t.add_argument("--prompt-loss", action="store_true",
                    help="train on the question tokens too (a shard's prompt likelihood then identifies its entities)")
     t.add_argument("--exclude-split", default=None,
@@ -81,7 +83,7 @@ def run_train(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha, epochs_per_stage=args.epochs_per_stage,
         lr=args.lr if args.lr is not None else (1e-2 if args.model == "tiny" else 1e-3),
         batch_size=args.batch_size, max_length=args.max_length, max_items=args.max_items, seed=args.seed,
-        prompt_loss=args.prompt_loss, **({"aggregate": args.aggregate} if args.aggregate else {}), exclude_ids=list(args.exclude_ids), exclude_split=args.exclude_split,
+        prompt_loss=args.prompt_loss, with_utility=args.with_utility, **({"aggregate": args.aggregate} if args.aggregate else {}), exclude_ids=list(args.exclude_ids), exclude_split=args.exclude_split,
     )
     validate_config(cfg)  # before creating anything
     prepare_output_dir(args.output, args.overwrite)

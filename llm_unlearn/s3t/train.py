@@ -69,6 +69,9 @@ class S3TConfig:
     max_items: int | None = field(default=None, metadata={"help": "train on the first N items of the split only"})
     seed: int = field(default=0, metadata={"help": "seed of the plan, LoRA init and batch order"})
     dtype: str = field(default="float32", metadata={"help": "model dtype"})
+    with_utility: bool = field(default=False, metadata={
+        "help": "every stage also trains on the source's utility sets (real authors, world facts): never deleted, "
+                "the same rows in every stage and in the exact-retrain reference (as a tiny single model is finetuned)"})
     prompt_loss: bool = field(default=False, metadata={
         "help": "train on the question tokens too, so each shard's likelihood of a prompt tells whether it saw "
                 "that entity (what the posterior and route serving modes weigh)"})
@@ -257,7 +260,7 @@ def train_sequence(run_dir: Path, ledger: DeletionLedger, base_model, tokenizer,
     for stage in range(1, len(order) + 1):
         slices = order[:stage]
         ids = ledger.sample_ids(shard=shard, slices=slices)  # undeleted samples, ledger order
-        rows = ledger.samples(ids)
+        rows = ledger.samples(ids) + fixed_rows(cfg)
         seed = stage_seed(cfg.seed, shard, sequence, stage)
         model = train_stage(base_model, tokenizer, plan.blocks, stage, rows, seed, cfg, previous)
         rel = f"{CHECKPOINTS_DIR}/shard{shard}/gen{generation}/seq{sequence}/stage{stage}"
@@ -285,6 +288,20 @@ def _load_rows(cfg: S3TConfig) -> list[dict]:
     n = len(ds) if cfg.max_items is None else min(len(ds), cfg.max_items)
     return [{"sample_id": f"{cfg.split}:{i}", "question": ds[i]["question"], "answer": ds[i]["answer"]}
             for i in range(n)]
+
+
+UTILITY_TRAIN_SPLITS = ("real_authors_perturbed", "world_facts_perturbed")  # what `finetune --with-utility` adds
+
+
+def fixed_rows(cfg: S3TConfig) -> list[dict]:
+    """Rows every stage trains on besides its slices (`cfg.with_utility`: the utility sets; they
+    are never deleted, so they do not enter the ledger), in a fixed order."""
+    from llm_unlearn.data.tofu import load_tofu
+
+    if not cfg.with_utility:
+        return []
+    return [{"question": r["question"], "answer": r["answer"]}
+            for name in UTILITY_TRAIN_SPLITS for r in load_tofu(name, cfg.data)]
 
 
 def excluded_ids(cfg: S3TConfig, rows: list[dict]) -> list[str]:
@@ -383,6 +400,9 @@ def validate_config(cfg: S3TConfig) -> tuple[list[dict], list[str]]:
     and the excluded ids."""
     rows = _load_rows(cfg)
     excluded = excluded_ids(cfg, rows)
+    fixed_rows(cfg)  # the utility sets exist, when asked for
+    if cfg.split in UTILITY_TRAIN_SPLITS and cfg.with_utility:
+        raise UnlearnError(f"--with-utility: the split {cfg.split} would be trained twice, once as deletable samples")
     if cfg.model == "tiny":
         tokenizer_texts(cfg)
     else:
@@ -498,7 +518,7 @@ def reproduce_stage(run_dir: str | Path, stage_id: int, base_model=None, tokeniz
     previous = None
     for stage in range(1, target.stage + 1):
         rec = by_stage[stage]
-        rows = ledger.samples(ledger.stage_sample_ids(rec.stage_id))
+        rows = ledger.samples(ledger.stage_sample_ids(rec.stage_id)) + fixed_rows(cfg)
         model = train_stage(base_model, tokenizer, plan.blocks, stage, rows, rec.seed, cfg, previous)
         previous = adapter_state(model)
         del model

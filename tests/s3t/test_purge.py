@@ -212,3 +212,21 @@ def test_verify_fails_on_a_tokenizer_trained_on_deletable_text(run_copy):
     (run_copy / "run.json").write_text(json.dumps(manifest))
     with pytest.raises(UnlearnError, match="tokenizer was trained on"):
         verify_run(run_copy)
+
+
+def test_utility_rows_train_every_stage_and_stay_exact(synthetic_dir, tmp_path, s3t_settings):
+    from llm_unlearn.s3t.train import fixed_rows, reproduce_stage, train_s3t, weights_sha256
+
+    cfg = s3t_settings(synthetic_dir, tmp_path / "util", shards=1, sequences=1, max_items=8, with_utility=True)
+    (tmp_path / "util").mkdir()
+    run = train_s3t(cfg)
+    plain = s3t_settings(synthetic_dir, tmp_path / "plain", shards=1, sequences=1, max_items=8)
+    (tmp_path / "plain").mkdir()
+    train_s3t(plain)
+    assert len(fixed_rows(cfg)) > 0 and fixed_rows(plain) == []
+    ledger = DeletionLedger.open(run)
+    assert len(ledger.sample_ids()) == 8  # utility rows are not deletable samples
+    rec = ledger.active_stages()[0]
+    assert weights_sha256(reproduce_stage(run, rec.stage_id)) == rec.weights_sha256
+    other = DeletionLedger.open(tmp_path / "plain").active_stages()[0]
+    assert other.weights_sha256 != rec.weights_sha256  # the utility rows were trained on
