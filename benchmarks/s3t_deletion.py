@@ -239,6 +239,8 @@ def bench_demo(tmp: Path, args) -> dict:
                          methods=[], s3t_prompt_loss=args.prompt_loss, eval_max_items=args.eval_items)
         if args.s3t_epochs is not None:
             cfg.s3t_epochs_per_stage = args.s3t_epochs
+        if args.s3t_lr is not None:
+            cfg.s3t_lr = args.s3t_lr
         if args.ft_epochs is not None:
             cfg.ft_epochs = args.ft_epochs
         t0 = time.perf_counter()
@@ -359,6 +361,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--prompt-loss", action="store_true", help="demo: S3T stages also train on the question tokens")
     p.add_argument("--s3t-epochs", type=float, default=None, help="demo: override the S3T epochs per stage")
+    p.add_argument("--s3t-lr", type=float, default=None, help="demo: override the S3T learning rate")
     p.add_argument("--ft-epochs", type=float, default=None, help="demo: override the single models' epochs")
     p.add_argument("--eval-items", type=int, default=None, help="demo: cap every evaluation split")
     p.add_argument("--cost-items", type=int, default=32, help="demo: QA pairs timed for tokens/s")
