@@ -11,9 +11,12 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.s3t.ledger import LEDGER_FILE, DeletionHook, DeletionResult, ShardStatus
 from llm_unlearn.s3t.train import (
+    AGGREGATES,
     CHECKPOINTS_DIR,
     LOCK_FILE,
     TOKENIZER_SPLITS,
@@ -37,7 +40,7 @@ def delete_samples(run_dir: str | Path, ids: Iterable[str] | None = None, match:
 
 def check_servable(run_dir: str | Path, aggregate: str | None = None, allow_base: bool = False) -> None:
     """Before loading anything: the serving mode is known and some shard serves (or `allow_base`)."""
-    from llm_unlearn.s3t.train import AGGREGATES
+
 
     ledger, *_ = load_run(run_dir)
     if aggregate is not None and aggregate not in AGGREGATES:
@@ -157,8 +160,6 @@ def verify_run(run_dir: str | Path, reproduce: bool = False) -> dict:
     a deleted sample is left (`check_nothing_left`); every served checkpoint file matches its
     recorded sha256; with `reproduce`, each served prefix is retrained from scratch and must match
     the checkpoint bit for bit. Raises UnlearnError on a violation."""
-    from safetensors.torch import load_file
-
     run_dir = Path(run_dir)
     ledger, _plan, cfg, manifest = load_run(run_dir)
     overlap = ledger.active_deleted_overlap()

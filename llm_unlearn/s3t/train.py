@@ -33,8 +33,23 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
 
-from llm_unlearn.errors import UnlearnError
+from llm_unlearn import __version__
+from llm_unlearn.data.qa import QACollator, encode_qa
+from llm_unlearn.data.tofu import available_splits, is_local_source, load_tofu
+from llm_unlearn.errors import DivergenceError, UnlearnError
+from llm_unlearn.models import (
+    build_tiny_model,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+    texts_for_tokenizer,
+    train_tiny_tokenizer,
+)
+from llm_unlearn.runinfo import data_hash, read_manifest, write_manifest
 from llm_unlearn.s3t.ledger import DeletionLedger, StageRecord
 from llm_unlearn.s3t.plan import S3TPlan, make_plan
 
@@ -184,10 +199,6 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
 
     Returns the PEFT model (base is deep-copied, never modified) holding adapters for blocks 1..stage.
     """
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-
-    from llm_unlearn.data.qa import QACollator, encode_qa
-
     layers = [li for block in blocks[:stage] for li in block]
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                         target_modules=lora_targets(base_model, layers), task_type="CAUSAL_LM")
@@ -231,8 +242,6 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
             batch = {k: v.to(model.device) for k, v in batch.items()}
             loss = model(**batch).loss
             if not torch.isfinite(loss):
-                from llm_unlearn.errors import DivergenceError
-
                 raise DivergenceError(f"stage {stage}: non-finite loss at step {step}; lower --lr")
             loss.backward()
             optim.step()
@@ -243,8 +252,6 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:
-    from peft import get_peft_model_state_dict
-
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
@@ -252,8 +259,6 @@ def adapter_state(model) -> dict[str, torch.Tensor]:
 def train_sequence(run_dir: Path, ledger: DeletionLedger, base_model, tokenizer, plan: S3TPlan, cfg: S3TConfig,
                    shard: int, sequence: int, generation: int, progress=None) -> list[StageRecord]:
     """Train stages 1..L of one slice order, writing and recording a checkpoint after each."""
-    from safetensors.torch import load_file
-
     order = ledger.sequence_orders(shard)[sequence]
     previous = None
     records = []
@@ -282,8 +287,6 @@ def train_sequence(run_dir: Path, ledger: DeletionLedger, base_model, tokenizer,
 
 # -- a run ------------------------------------------------------------------------------------
 def _load_rows(cfg: S3TConfig) -> list[dict]:
-    from llm_unlearn.data.tofu import load_tofu
-
     ds = load_tofu(cfg.split, cfg.data)
     n = len(ds) if cfg.max_items is None else min(len(ds), cfg.max_items)
     return [{"sample_id": f"{cfg.split}:{i}", "question": ds[i]["question"], "answer": ds[i]["answer"]}
@@ -296,8 +299,6 @@ UTILITY_TRAIN_SPLITS = ("real_authors_perturbed", "world_facts_perturbed")  # wh
 def fixed_rows(cfg: S3TConfig) -> list[dict]:
     """Rows every stage trains on besides its slices (`cfg.with_utility`: the utility sets; they
     are never deleted, so they do not enter the ledger), in a fixed order."""
-    from llm_unlearn.data.tofu import load_tofu
-
     if not cfg.with_utility:
         return []
     return [{"question": r["question"], "answer": r["answer"]}
@@ -307,8 +308,6 @@ def fixed_rows(cfg: S3TConfig) -> list[dict]:
 def excluded_ids(cfg: S3TConfig, rows: list[dict]) -> list[str]:
     """Ids of `rows` left out from the start: `cfg.exclude_ids` plus the rows whose (question,
     answer) is in `cfg.exclude_split`. Unknown ids and a split that matches nothing are errors."""
-    from llm_unlearn.data.tofu import load_tofu
-
     known = {r["sample_id"] for r in rows}
     unknown = [i for i in cfg.exclude_ids if i not in known]
     if unknown:
@@ -330,9 +329,6 @@ def tokenizer_texts(cfg: S3TConfig) -> tuple[list[str], list[str]]:
     """Text the tiny tokenizer of an S3T run is trained on, and the splits it came from: the
     utility splits only (`TOKENIZER_SPLITS`), which S3T never trains on and never deletes. A
     tokenizer trained on deletable text would keep its merges after the text is deleted."""
-    from llm_unlearn.data.tofu import available_splits, is_local_source
-    from llm_unlearn.models import texts_for_tokenizer
-
     if not is_local_source(cfg.data):
         raise UnlearnError("the tiny model needs a local --data directory (its tokenizer is trained on its utility sets)")
     if cfg.split in TOKENIZER_SPLITS:
@@ -350,8 +346,6 @@ def tokenizer_texts(cfg: S3TConfig) -> tuple[list[str], list[str]]:
 def check_base_independent(model: str, data: str) -> None:
     """Refuse a base directory finetuned on the same data source: its weights (and a tiny model's
     tokenizer) may hold samples that S3T is asked to delete, and S3T never retrains the base."""
-    from llm_unlearn.runinfo import read_manifest
-
     path = Path(model)
     if not path.is_dir():
         return
@@ -371,14 +365,6 @@ def check_base_independent(model: str, data: str) -> None:
 def _base_model(cfg: S3TConfig, run_dir: Path):
     """Build or load the base; a tiny base is saved into the run directory (it is random).
     Returns (model, tokenizer, base reference, splits the tokenizer was trained on or None)."""
-    from llm_unlearn.models import (
-        build_tiny_model,
-        load_model,
-        load_tokenizer,
-        resolve_model_path,
-        train_tiny_tokenizer,
-    )
-
     if cfg.model == "tiny":
         texts, splits = tokenizer_texts(cfg)
         tokenizer = train_tiny_tokenizer(texts)
@@ -416,11 +402,6 @@ def train_s3t(cfg: S3TConfig) -> Path:
     With `cfg.exclude_ids` / `cfg.exclude_split` the plan is the one of all samples (same shards,
     slices and seeds) and the excluded samples are deleted before any stage trains: the run a
     deletion of those samples must equal (`compare_with_reference`)."""
-    from tqdm.auto import tqdm
-
-    from llm_unlearn import __version__
-    from llm_unlearn.runinfo import data_hash, write_manifest
-
     run_dir = Path(cfg.output)
     rows, excluded = validate_config(cfg)
     torch.manual_seed(cfg.seed)
@@ -448,8 +429,6 @@ def train_s3t(cfg: S3TConfig) -> Path:
 
 def load_run(run_dir: str | Path) -> tuple[DeletionLedger, S3TPlan, S3TConfig, dict]:
     """Open a run directory, refusing one written by another S3T format version."""
-    from llm_unlearn.runinfo import read_manifest
-
     run_dir = Path(run_dir)
     ledger = DeletionLedger.open(run_dir)
     manifest = read_manifest(run_dir)
@@ -474,8 +453,6 @@ def tokenizer_path(run_dir: str | Path, manifest: dict) -> str:
 
 
 def load_base(run_dir: str | Path, manifest: dict, dtype: str = "float32"):
-    from llm_unlearn.models import load_model, load_tokenizer
-
     return (load_model(base_model_path(run_dir, manifest), dtype=dtype),
             load_tokenizer(tokenizer_path(run_dir, manifest)))
 
@@ -484,8 +461,6 @@ def retrain_shards(run_dir: str | Path, shards: list[int] | None = None) -> list
     """Retrain (all sequences of) the shards marked ``needs_retrain``, without their deleted samples,
     with the seeds of the first training (so the result is the run trained without them). The
     caller holds `run_lock`; `llm_unlearn.s3t.service.retrain` also purges afterwards."""
-    from tqdm.auto import tqdm
-
     run_dir = Path(run_dir)
     ledger, plan, cfg, manifest = load_run(run_dir)
     pending = ledger.retrain_pending()
