@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import hashlib
 import logging
 import math
@@ -179,8 +180,6 @@ def fsync_tree(path: Path, up_to: Path) -> None:
 @contextlib.contextmanager
 def run_lock(run_dir: str | Path):
     """Exclusive lock of a run's checkpoints (retrain and purge): one writer of checkpoint files at a time."""
-    import fcntl
-
     with open(Path(run_dir) / LOCK_FILE, "a+") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
