@@ -140,7 +140,7 @@ def _teach(model, shard, question, answer, steps=80):
 
 @pytest.mark.parametrize("mode", ["posterior", "route"])
 def test_fact_only_shard_one_knows_gets_shard_one_probability(s3t_run, mode):
-    from llm_unlearn.trainers.losses import sequence_logprobs
+    from llm_unlearn.scoring import sequence_logprobs
 
     model = load_s3t_model(s3t_run, aggregate=mode)
     question, answer = "Where was the novelist Quorvan Mestelby born?", "Quorvan Mestelby was born in Tallinn."
