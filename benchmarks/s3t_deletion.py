@@ -239,6 +239,8 @@ def bench_demo(tmp: Path, args) -> dict:
                          methods=[], s3t_prompt_loss=args.prompt_loss, eval_max_items=args.eval_items)
         if args.s3t_epochs is not None:
             cfg.s3t_epochs_per_stage = args.s3t_epochs
+        if args.eval_new_tokens is not None:
+            cfg.eval_max_new_tokens = args.eval_new_tokens
         if args.s3t_lr is not None:
             cfg.s3t_lr = args.s3t_lr
         if args.ft_epochs is not None:
@@ -364,6 +366,7 @@ def main() -> None:
     p.add_argument("--s3t-lr", type=float, default=None, help="demo: override the S3T learning rate")
     p.add_argument("--ft-epochs", type=float, default=None, help="demo: override the single models' epochs")
     p.add_argument("--eval-items", type=int, default=None, help="demo: cap every evaluation split")
+    p.add_argument("--eval-new-tokens", type=int, default=None, help="demo: override the evaluation's greedy tokens")
     p.add_argument("--cost-items", type=int, default=32, help="demo: QA pairs timed for tokens/s")
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--tag", default="tiny", help="demo: result key suffix (demo_TAG)")
