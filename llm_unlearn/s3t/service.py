@@ -58,6 +58,7 @@ def run_status(run_dir: str | Path) -> list[ShardStatus]:
 def retrain(run_dir: str | Path, shards: list[int] | None = None) -> list[int]:
     """Retrain the shards marked ``needs_retrain`` (all B sequences, deleted samples left out), then
     `purge` what the deletions left behind."""
+    load_run(run_dir)  # a missing or foreign directory is refused before the lock file is made
     with run_lock(run_dir):
         done = retrain_shards(run_dir, shards)
         _purge(Path(run_dir))
@@ -76,6 +77,7 @@ def purge(run_dir: str | Path) -> dict:
     * the free pages and WAL of the ledger file (``VACUUM``, truncating checkpoint).
 
     Safe to run again at any point (a crash in between leaves work the next run finishes)."""
+    load_run(run_dir)  # a missing or foreign directory is refused before the lock file is made
     with run_lock(run_dir):
         return _purge(Path(run_dir))
 

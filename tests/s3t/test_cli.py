@@ -61,6 +61,10 @@ def test_cli_errors_are_one_line(run_copy, tmp_path, capsys):
     assert DeletionLedger.open(run_copy).deletions() == before
     assert main(["s3t", "status", str(tmp_path)]) == 2
     assert "not an S3T run directory" in capsys.readouterr().err
+    for action in ("purge", "retrain", "verify"):
+        assert main(["s3t", action, str(tmp_path / "missing")]) == 2
+        assert "S3T run directory not found" in capsys.readouterr().err
+        assert not (tmp_path / "missing").exists()
     manifest = json.loads((run_copy / "run.json").read_text())
     manifest["s3t_format"] = 0
     (run_copy / "run.json").write_text(json.dumps(manifest))
