@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from llm_unlearn.cli.common import prepare_output_dir  # noqa: E402
+from llm_unlearn.outputs import staged_dir  # noqa: E402
 from llm_unlearn.runinfo import read_manifest  # noqa: E402
 
 
@@ -49,14 +49,24 @@ def _finetune(args, split: str, out: Path) -> None:
     finetune(cfg)
 
 
+def unlearn_argv(args, method: str, target: Path, out: Path) -> list[str]:
+    """The `llm-unlearn unlearn` command line of one method; the user's ``--unlearn-args`` win over
+    the suite's defaults (tiny: ``--lr 1e-3``)."""
+    import shlex
+
+    user = shlex.split(args.unlearn_args)
+    defaults = ["--lr", "1e-3"] if args.model == "tiny" else []
+    given = {a.split("=", 1)[0] for a in user if a.startswith("--")}
+    kept = [flag_or_value for i in range(0, len(defaults), 2) if defaults[i] not in given
+            for flag_or_value in defaults[i:i + 2]]
+    return ["unlearn", "--model", str(target), "--data", str(args.data), "--forget-split", args.forget_split,
+            "--method", method, "--output", str(out), "--overwrite", *kept, *user]
+
+
 def _unlearn(args, method: str, target: Path, out: Path) -> None:
     from llm_unlearn.cli import main
 
-    argv = ["unlearn", "--model", str(target), "--data", str(args.data), "--forget-split", args.forget_split,
-            "--method", method, "--output", str(out), "--overwrite", *args.unlearn_args.split()]
-    if args.model == "tiny":
-        argv += ["--lr", "1e-3"]
-    rc = main(argv)
+    rc = main(unlearn_argv(args, method, target, out))
     if rc != 0:
         raise RuntimeError(f"llm-unlearn unlearn --method {method} exited with {rc}")
 
@@ -108,10 +118,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
 
+    with staged_dir(args.output, args.overwrite, [args.data, args.target, args.retain]) as stage:
+        rc = _run_suite(args, stage.path)
+    print(f"report: {stage.final / 'report' / 'report.html'}")
+    return rc
+
+
+def _run_suite(args, out: Path) -> int:
     from llm_unlearn.data.tofu import matching_retain_split
     from llm_unlearn.eval.report import build_report
 
-    out = prepare_output_dir(args.output, args.overwrite)
     if args.data is None:
         from llm_unlearn.data.synthetic import generate, write_splits
 
@@ -146,11 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     for run, ok in unlearned:
         if ok:
             _timed(steps, f"eval {run.name}", _evaluate, args, run, retain_eval)
-    paths = build_report([retain, target] + [r for r, _ in unlearned], out / "report",
-                         title=f"TOFU suite: {args.model} on {Path(str(args.data)).name} ({args.forget_split})")
+    build_report([retain, target] + [r for r, _ in unlearned], out / "report",
+                 title=f"TOFU suite: {args.model} on {Path(str(args.data)).name} ({args.forget_split})")
     (out / "suite.json").write_text(json.dumps(record, indent=2) + "\n")
     failed = [k for k, v in steps.items() if not v["ok"]]
-    print(f"report: {paths['html']}" + (f"\nfailed steps: {', '.join(failed)}" if failed else ""))
+    if failed:
+        print(f"failed steps: {', '.join(failed)}")
     return 1 if failed else 0
 
 

@@ -97,15 +97,9 @@ def _print_table(rows: list[dict[str, Any]]) -> str:
 
 def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
     """Run the demo into `cfg.output`; returns the summary written to ``summary.json``."""
-    from llm_unlearn.cli.common import prepare_output_dir
-    from llm_unlearn.data.synthetic import generate, write_splits
-    from llm_unlearn.data.tofu import is_local_source, load_tofu, matching_retain_split
-    from llm_unlearn.eval.evaluator import evaluate_model, write_eval
-    from llm_unlearn.eval.report import build_report
-    from llm_unlearn.finetune import FinetuneConfig, finetune
+    from llm_unlearn.data.tofu import is_local_source
     from llm_unlearn.models import resolve_model_path
-    from llm_unlearn.runinfo import read_manifest
-    from llm_unlearn.unlearn import load_target, run_unlearning
+    from llm_unlearn.outputs import staged_dir
 
     t_start = time.time()
     if cfg.model != "tiny":
@@ -113,7 +107,26 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
 
     if cfg.data is not None and not is_local_source(cfg.data):
         raise UnlearnError(f"--data {cfg.data} is not a directory")
-    out = prepare_output_dir(cfg.output, overwrite)
+    inputs = [cfg.data, None if cfg.model in ("tiny", "smollm2") else cfg.model]
+    with staged_dir(cfg.output, overwrite, inputs) as stage:
+        summary = _run_demo_into(cfg, stage.path, t_start)
+    out = stage.final
+    summary = json.loads((out / "summary.json").read_text())  # with the paths of the final place
+    print(f"\nreport: {out / 'report' / 'report.html'}  summary: {out / 'summary.json'}"
+          f"  total {summary['total_time_s']:.0f} s")
+    return summary
+
+
+def _run_demo_into(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]:
+    """The demo's work, written into `out` (the staging directory of `cfg.output`)."""
+    from llm_unlearn.data.synthetic import generate, write_splits
+    from llm_unlearn.data.tofu import load_tofu, matching_retain_split
+    from llm_unlearn.eval.evaluator import evaluate_model, write_eval
+    from llm_unlearn.eval.report import build_report
+    from llm_unlearn.finetune import FinetuneConfig, finetune
+    from llm_unlearn.runinfo import read_manifest
+    from llm_unlearn.unlearn import load_target, run_unlearning
+
     retain_split = matching_retain_split(cfg.forget_split)
     timings: dict[str, float] = {}
 
@@ -200,8 +213,6 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "table.txt").write_text(table + "\n")
     print(table)
-    print(f"\nreport: {report.get('html', out / 'report' / 'report.html')}  summary: {out / 'summary.json'}"
-          f"  total {summary['total_time_s']:.0f} s")
     return summary
 
 

@@ -190,7 +190,6 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
     import torch
     from transformers import set_seed
 
-    from llm_unlearn.cli.common import prepare_output_dir
     from llm_unlearn.distributed import (
         barrier,
         evaluate_sharded,
@@ -198,6 +197,8 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
         rank_and_world,
         sharded_reference_logprobs,
     )
+    from llm_unlearn.outputs import StagedDir, check_output, staging_path
+    from llm_unlearn.perf import apply_thread_policy
     from llm_unlearn.runinfo import data_hash, write_manifest
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -211,12 +212,21 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
 
         validate_repo_id(args.hub_model_id)
         resolve_token(args.hub_token)  # fail before training, not after
-    out = Path(args.output_dir)
+    # written into a staging sibling (every rank writes there), moved into place by rank 0 at the end
+    final = Path(args.output_dir)
+    inputs = [script.model_name_or_path, script.data, script.mask_path, script.retain_logs]
+    stage = StagedDir(check_output(final, script.overwrite_output, inputs), staging_path(final))
     if is_main_process():
-        prepare_output_dir(out, script.overwrite_output)
+        import shutil
+
+        shutil.rmtree(stage.path, ignore_errors=True)
+        stage.path.mkdir(parents=True)
     barrier()
+    out = stage.path
+    args.output_dir = str(out)
     set_seed(args.seed)
     model, tokenizer = load_model_for_unlearning(script, args.seed)
+    threads = apply_thread_policy(model)
     with_retain = trainer_cls.uses_retain and getattr(args, "alpha", 0.0) > 0
     forget_rows, retain_split, pairs = build_pairs(script, tokenizer, args.max_length, args.seed, with_retain)
     is_peft = hasattr(model, "disable_adapter")
@@ -248,7 +258,7 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
         write_manifest(out, kind="unlearn", method=trainer_cls.method, model=script.model_name_or_path,
                        data=script.data, forget_split=script.forget_split, forget_items=len(forget_rows),
                        forget_data_hash=data_hash(forget_rows), retain_split=retain_split if with_retain else None,
-                       world_size=world, train_loss=result.training_loss, hyperparameters=hyper)
+                       world_size=world, train_loss=result.training_loss, hyperparameters=hyper, threads=threads)
     if script.run_eval:
         from llm_unlearn.eval.evaluator import write_eval
 
@@ -260,6 +270,11 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
         if is_main_process():
             write_eval(out / "eval", res)
     barrier()
+    if is_main_process():
+        stage.commit()
+    barrier()
+    out = stage.final
+    args.output_dir = str(out)
     if push and is_main_process():
         from llm_unlearn.hub import push_run
 

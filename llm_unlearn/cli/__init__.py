@@ -57,9 +57,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from llm_unlearn.errors import UnlearnError
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted run: the same one, plus ``--resume``."""
+    import shlex
 
+    args = [a for a in argv if a != "--resume"]
+    return "llm-unlearn " + shlex.join([*args, "--resume"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llm_unlearn.errors import TrainingInterrupted, UnlearnError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -71,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     tune_allocator()  # large CPU buffers are reused, not page-faulted in again every step
     try:
         rc = args.func(args)
+    except TrainingInterrupted as exc:
+        print(f"{exc}\nresume with: {resume_command(argv)}", file=sys.stderr)
+        return exc.exit_code
     except UnlearnError as exc:
         if debug:
             raise

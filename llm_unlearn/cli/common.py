@@ -1,35 +1,11 @@
-"""Helpers shared by subcommands: output directories, manifests."""
+"""Helpers shared by subcommands: flags, JSON output. Output directories and files are staged
+and checked against the command's inputs by `llm_unlearn.outputs`."""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
-
-from llm_unlearn.errors import UnlearnError
-
-
-def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Create `path`; refuse if it exists and is non-empty unless `overwrite`."""
-    out = Path(path)
-    if out.exists() and (out.is_file() or any(out.iterdir())):
-        if not overwrite:
-            raise UnlearnError(f"output {out} already exists; pass --overwrite to replace it")
-        if out.is_dir():
-            shutil.rmtree(out)
-        else:
-            out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def prepare_output_file(path: str | Path, overwrite: bool) -> Path:
-    out = Path(path)
-    if out.exists() and not overwrite:
-        raise UnlearnError(f"output {out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -52,28 +52,51 @@ def load_for_eval(model: str, adapter: str | None = None, dtype: str = "float32"
     return m, load_tokenizer(tok_spec)
 
 
+def _is_s3t_run(model: str) -> bool:
+    from llm_unlearn.runinfo import read_manifest
+
+    return Path(model).is_dir() and read_manifest(model).get("kind") == "s3t"
+
+
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from llm_unlearn.cli.common import prepare_output_dir
+    from llm_unlearn.checks import check_file
     from llm_unlearn.data.tofu import load_tofu
-    from llm_unlearn.eval.evaluator import evaluate_model, write_eval
-    from llm_unlearn.eval.logs import format_value, read_logs
+    from llm_unlearn.eval.logs import check_retain_for, format_value, read_logs
+    from llm_unlearn.models import resolve_device, resolve_model_path
+    from llm_unlearn.outputs import check_output, staged_dir
 
-    # validate cheap inputs before loading a model
-    load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=1)
+    # every check before a model loads: flags, model path, device, data, retain-log compatibility
+    for flag, value in (("--batch-size", args.batch_size), ("--generation-batch-size", args.generation_batch_size),
+                        ("--max-new-tokens", args.max_new_tokens), ("--max-items", args.max_items)):
+        if value is not None and value < 1:
+            raise UnlearnError(f"{flag} must be >= 1, got {value}")
+    if not _is_s3t_run(args.model):
+        resolve_model_path(args.model)
+    check_file("--adapter", args.adapter)
+    device = resolve_device(args.device)
+    inputs = [args.model, args.adapter, args.data, args.retain_logs]
+    check_output(args.output, args.overwrite, inputs)
+    forget = load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=args.max_items)
     retain = read_logs(args.retain_logs) if args.retain_logs else None
-    out = prepare_output_dir(args.output, args.overwrite)
-    model, tok = load_for_eval(args.model, args.adapter, args.dtype)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if hasattr(model, "to") and not getattr(model, "hf_device_map", None):
-        model = model.to(device)
-    result = evaluate_model(model, tok, args.data, forget_split=args.forget_split, retain_logs=retain,
-                            max_items=args.max_items, batch_size=args.batch_size,
-                            generation_batch_size=args.generation_batch_size,
-                            max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
-                            model_name=args.model + (f" + {args.adapter}" if args.adapter else ""))
-    write_eval(out, result)
+    if retain is not None:
+        check_retain_for(retain, args.forget_split, len(forget), list(forget["question"]))
+
+    from llm_unlearn.eval.evaluator import evaluate_model, write_eval
+    from llm_unlearn.perf import apply_thread_policy
+
+    with staged_dir(args.output, args.overwrite, inputs) as stage:
+        model, tok = load_for_eval(args.model, args.adapter, args.dtype)
+        threads = apply_thread_policy(model if hasattr(model, "parameters") else getattr(model, "model", None))
+        if hasattr(model, "to") and not getattr(model, "hf_device_map", None):
+            model = model.to(device)
+        result = evaluate_model(model, tok, args.data, forget_split=args.forget_split, retain_logs=retain,
+                                max_items=args.max_items, batch_size=args.batch_size,
+                                generation_batch_size=args.generation_batch_size,
+                                max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
+                                model_name=args.model + (f" + {args.adapter}" if args.adapter else ""))
+        result["summary"]["settings"]["threads"] = threads
+        write_eval(stage.path, result)
+    out = stage.final
     s = result["summary"]
     for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability",
                 "forget_truth_ratio", "mia_auc_min_k", "privleak"):

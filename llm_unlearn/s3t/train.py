@@ -244,6 +244,9 @@ def train_s3t(cfg: S3TConfig) -> Path:
     rows = _load_rows(cfg)
     torch.manual_seed(cfg.seed)
     base, tokenizer, base_ref = _base_model(cfg, run_dir)
+    from llm_unlearn.perf import apply_thread_policy
+
+    threads = apply_thread_policy(base)
     plan = make_plan([r["sample_id"] for r in rows], cfg.shards, cfg.slices, cfg.sequences,
                      base.config.num_hidden_layers, cfg.method, cfg.seed)
     plan.save(run_dir / PLAN_FILE)
@@ -254,7 +257,7 @@ def train_s3t(cfg: S3TConfig) -> Path:
     )
     write_manifest(run_dir, kind="s3t", s3t_format=S3T_FORMAT, base_model=base_ref, model=cfg.model,
                    data=str(cfg.data), split=cfg.split, items=len(rows), data_hash=data_hash(rows),
-                   config=asdict(cfg), blocks=plan.blocks)
+                   config=asdict(cfg), blocks=plan.blocks, threads=threads)
     total = cfg.shards * cfg.sequences * cfg.slices
     with tqdm(total=total, desc="S3T stages", unit="stage") as bar:
         for shard in range(cfg.shards):
