@@ -14,7 +14,6 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import os
 import re
 import struct
 from pathlib import Path
@@ -115,13 +114,5 @@ def check_file(flag: str, path: str | Path | None) -> None:
         raise UnlearnError(f"{flag} {path}: no such file or directory")
 
 
-def check_hub_online(action: str) -> None:
-    """Refuse a Hub action when the Hub is switched off in the environment."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            raise UnlearnError(f"{action} needs the Hugging Face Hub, but {var}={os.environ[var]} (offline); "
-                               f"unset it, or use --dry-run DIR to stage the upload locally")
-
-
-__all__ = ["check_file", "check_fraction", "check_hub_online", "check_local_model", "check_positive",
+__all__ = ["check_file", "check_fraction", "check_local_model", "check_positive",
            "check_safetensors", "is_valid_hub_id", "looks_like_path"]

@@ -158,6 +158,8 @@ def resolve_model_path(spec: str, flag: str = "--model") -> str:
             raise UnlearnError(f"GGUF file not found: {spec}")
         return str(Path(spec).expanduser())
     local = check_local_model(spec, flag)
+    if local is not None and is_adapter_dir(local):
+        adapter_base_path(local)  # an adapter whose base is missing is named as such, before any loading
     return local if local is not None else spec
 
 

@@ -239,10 +239,17 @@ def run_unlearning(
     if len(forget_rows) == 0:
         raise UnlearnError(f"forget split '{forget_split}' of {data} is empty")
     with staged_dir(out, overwrite, inputs, resume=resume_from_checkpoint is not None) as stage:
-        manifest = _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_split, retain_split,
-                                 forget_rows, retain_rows, cfg, lora, lora_r, lora_alpha, load_in_4bit, dtype,
-                                 mask, mask_method, mask_ratio, mask_granularity, mask_scope, mask_gamma,
-                                 resume_from_checkpoint, nll_max_retain, threads)
+        try:
+            manifest = _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_split, retain_split,
+                                     forget_rows, retain_rows, cfg, lora, lora_r, lora_alpha, load_in_4bit, dtype,
+                                     mask, mask_method, mask_ratio, mask_granularity, mask_scope, mask_gamma,
+                                     resume_from_checkpoint, nll_max_retain, threads)
+        except DivergenceError:
+            # the diverged run's record (run.json, status diverged) takes an empty place; it never
+            # replaces a previous output (it stays in the staging directory, named in the error)
+            if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+                stage.commit()
+            raise
     return stage.final, manifest
 
 

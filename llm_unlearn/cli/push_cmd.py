@@ -28,7 +28,7 @@ def _is_hub_error(exc: BaseException) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm_unlearn.checks import check_file, check_hub_online
+    from llm_unlearn.checks import check_file
     from llm_unlearn.errors import UnlearnError
     from llm_unlearn.hub import push_run, validate_repo_id
     from llm_unlearn.outputs import staged_dir
@@ -41,7 +41,6 @@ def run(args: argparse.Namespace) -> int:
             push_run(args.run_dir, args.repo_id, dry_run=stage.path, base_model=args.base_model)
         print(f"dry run: wrote the upload folder for {args.repo_id} to {stage.final}")
         return 0
-    check_hub_online("push")
     try:
         url = push_run(args.run_dir, args.repo_id, private=args.private, token=args.token, base_model=args.base_model)
     except UnlearnError:
