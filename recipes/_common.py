@@ -224,6 +224,9 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
     barrier()
     out = stage.path
     args.output_dir = str(out)
+    if script.loss_log and Path(script.loss_log).resolve().is_relative_to(final.resolve()):
+        # a loss log inside the output is part of it: written in the staging directory too
+        script.loss_log = str(out / Path(script.loss_log).resolve().relative_to(final.resolve()))
     set_seed(args.seed)
     model, tokenizer = load_model_for_unlearning(script, args.seed)
     threads = apply_thread_policy(model)
