@@ -181,4 +181,22 @@ def staged_file(path: str | Path, overwrite: bool, inputs: Iterable[str | Path |
     os.replace(tmp, final)
 
 
-__all__ = ["StagedDir", "check_output", "has_checkpoint", "staged_dir", "staged_file", "staging_path"]
+def prepare_output_dir(path: str | Path, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Unstaged: `check_output`, then empty and create `path` now. For writers that cannot work in a
+    staging directory; prefer `staged_dir`."""
+    out = check_output(path, overwrite, inputs)
+    if out.exists():
+        _remove(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def prepare_output_file(path: str | Path, overwrite: bool, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Unstaged: `check_output` for a file, parent created. Prefer `staged_file`."""
+    out = check_output(path, overwrite, inputs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+__all__ = ["StagedDir", "check_output", "has_checkpoint", "prepare_output_dir", "prepare_output_file", "staged_dir",
+           "staged_file", "staging_path"]

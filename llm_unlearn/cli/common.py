@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from llm_unlearn.outputs import prepare_output_dir, prepare_output_file  # noqa: F401  (older call sites)
+
 
 def write_json(path: str | Path, obj: Any) -> None:
     Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
