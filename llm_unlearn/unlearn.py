@@ -222,6 +222,12 @@ def run_unlearning(
     # every check before a model loads: method, mask options, config, model path, output, resume
     trainer_cls, _ = get_method(method)
     _check_mask_options(mask, mask_method, mask_granularity, mask_scope, mask_gamma, mask_ratio)
+    if load_in_4bit and not lora:
+        raise UnlearnError("--load-in-4bit (QLoRA) needs --lora: a 4-bit base cannot be trained directly")
+    if lora and (lora_r < 1 or not lora_alpha > 0):
+        raise UnlearnError(f"--lora-r must be >= 1 and --lora-alpha > 0, got r={lora_r}, alpha={lora_alpha}")
+    if dtype not in ("float32", "bfloat16", "float16", "auto"):
+        raise UnlearnError(f"--dtype must be float32, bfloat16, float16 or auto, got '{dtype}'")
     out = Path(output)
     staging = staging_path(out)
     cfg = build_config(method, config, overrides, output_dir=staging)

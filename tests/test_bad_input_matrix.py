@@ -169,6 +169,14 @@ CASES = {
     "push offline": (
         lambda w: ["push", str(w["model"]), "--repo-id", "org/name", "--token", "hf_x"],
         lambda w: [w["model"]], "HF_HUB_OFFLINE", False),
+    "unlearn 4-bit without LoRA": (
+        lambda w: ["unlearn", "--model", str(w["model"]), "--data", str(w["data"]), "--method", "npo",
+                   "--load-in-4bit", "--output", str(w["tmp"] / "out")],
+        lambda w: [w["model"]], "needs --lora", True),
+    "unlearn unknown dtype": (
+        lambda w: ["unlearn", "--model", str(w["model"]), "--data", str(w["data"]), "--method", "npo",
+                   "--dtype", "float8", "--output", str(w["tmp"] / "out")],
+        lambda w: [w["model"]], "--dtype must be", True),
     "finetune threads": (
         lambda w: ["finetune", "--data", str(w["data"]), "--output", str(w["tmp"] / "out"), "--threads", "many"],
         lambda w: [w["data"]], "--threads must be", True),
