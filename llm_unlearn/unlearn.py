@@ -122,12 +122,11 @@ def _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, to
 
 
 def _check_mask_options(mask, mask_method, granularity, scope, gamma, ratio=None) -> None:
-    """Fail before any loading on mask options that cannot apply."""
+    """Fail before any loading on mask options that cannot apply (then on a missing --mask file)."""
     from llm_unlearn.checks import check_file, check_fraction
 
     if mask is not None and mask_method is not None:
         raise UnlearnError("pass either a saved mask (--mask) or a mask method (--mask-method), not both")
-    check_file("--mask", mask)
     if ratio is not None and mask_method is None:
         raise UnlearnError("--mask-ratio applies when computing a mask: it needs --mask-method")
     if mask_method is not None and ratio is None:
@@ -138,19 +137,19 @@ def _check_mask_options(mask, mask_method, granularity, scope, gamma, ratio=None
 
         if mask_method not in MASK_METHODS:
             raise UnlearnError(f"--mask-method must be one of {', '.join(MASK_METHODS)}, got '{mask_method}'")
-    if granularity is None and scope is None and gamma is None:
-        return
-    if mask_method is None:
-        raise UnlearnError("mask granularity / scope / gamma apply when computing a mask: they need --mask-method"
-                           + (" (a saved --mask already has them)" if mask is not None else ""))
-    from llm_unlearn.masks import GRANULARITIES, SCOPES
+    if granularity is not None or scope is not None or gamma is not None:
+        if mask_method is None:
+            raise UnlearnError("mask granularity / scope / gamma apply when computing a mask: they need "
+                               "--mask-method" + (" (a saved --mask already has them)" if mask is not None else ""))
+        from llm_unlearn.masks import GRANULARITIES, SCOPES
 
-    if granularity is not None and granularity not in GRANULARITIES:
-        raise UnlearnError(f"mask granularity must be one of {', '.join(GRANULARITIES)}, got '{granularity}'")
-    if scope is not None and scope not in SCOPES:
-        raise UnlearnError(f"mask scope must be one of {', '.join(SCOPES)}, got '{scope}'")
-    if gamma is not None and not gamma > 0:
-        raise UnlearnError(f"mask gamma must be > 0, got {gamma}")
+        if granularity is not None and granularity not in GRANULARITIES:
+            raise UnlearnError(f"mask granularity must be one of {', '.join(GRANULARITIES)}, got '{granularity}'")
+        if scope is not None and scope not in SCOPES:
+            raise UnlearnError(f"mask scope must be one of {', '.join(SCOPES)}, got '{scope}'")
+        if gamma is not None and not gamma > 0:
+            raise UnlearnError(f"mask gamma must be > 0, got {gamma}")
+    check_file("--mask", mask)
 
 
 def _mask_record(weight_mask) -> dict[str, Any]:
