@@ -18,11 +18,20 @@ from transformers import TrainerCallback
 
 from llm_unlearn.errors import TrainingInterrupted
 
+_announce = False
+
+
+def announce_interrupts(on: bool = True) -> None:
+    """Print one line when training starts saying that Ctrl-C saves a checkpoint (the
+    ``unlearn`` and ``finetune`` commands turn this on; the demo and library calls stay quiet)."""
+    global _announce
+    _announce = on
+
 
 class SaveOnInterrupt(TrainerCallback):
-    def __init__(self, announce: bool = True):
+    def __init__(self, announce: bool | None = None):
         self.interrupted = False
-        self.announce = announce
+        self.announce = _announce if announce is None else announce
         self._previous = None
 
     def _handler(self, signum, frame):

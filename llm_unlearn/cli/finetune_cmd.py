@@ -42,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from llm_unlearn.data.tofu import load_tofu
     from llm_unlearn.errors import UnlearnError
     from llm_unlearn.finetune import FinetuneConfig, finetune
+    from llm_unlearn.interrupt import announce_interrupts
     from llm_unlearn.models import resolve_model_path
     from llm_unlearn.outputs import check_output, staged_dir, staging_path
 
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         max_authors=args.max_authors, seed=args.seed, activation_checkpointing=args.activation_checkpointing,
         threads=args.threads,
     )
+    announce_interrupts()
     with staged_dir(args.output, args.overwrite, inputs, resume=resume is not None) as stage:
         cfg.output = str(stage.path)
         finetune(cfg, resume_from_checkpoint=resume)

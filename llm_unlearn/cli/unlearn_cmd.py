@@ -105,7 +105,10 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from llm_unlearn.errors import UnlearnError
+    from llm_unlearn.interrupt import announce_interrupts
     from llm_unlearn.unlearn import run_unlearning
+
+    announce_interrupts()
 
     if args.threads not in ("auto", "keep") and not str(args.threads).isdigit():
         raise UnlearnError(f"--threads must be auto, keep or a number, got {args.threads!r}")
