@@ -35,6 +35,8 @@ _MAX_REWRITE_BYTES = 32 * 2**20
 def staging_path(path: str | Path) -> Path:
     """The temporary sibling an output is written to: ``DIR/.NAME.partial``."""
     p = Path(path)
+    if p.name in ("", ".", ".."):  # "." or "runs/..": name the directory itself
+        p = Path(os.path.abspath(p))
     return p.parent / f".{p.name}{STAGING_SUFFIX}"
 
 
@@ -147,6 +149,8 @@ def staged_dir(path: str | Path, overwrite: bool, inputs: Iterable[str | Path | 
     previous output is untouched and the staging directory is removed, unless it holds a training
     checkpoint (kept for ``--resume``). `resume`: reuse an existing staging directory."""
     final = check_output(path, overwrite, inputs, flag=flag)
+    if final.name in ("", ".", ".."):
+        final = Path(os.path.abspath(final))
     stage = StagedDir(final, staging_path(final))
     if stage.path.exists() and not (resume and stage.path.is_dir()):
         _remove(stage.path)
