@@ -49,30 +49,37 @@ def _finetune(args, split: str, out: Path) -> None:
     finetune(cfg)
 
 
-def unlearn_argv(args, method: str, target: Path, out: Path) -> list[str]:
-    """The `llm-unlearn unlearn` command line of one method; the user's ``--unlearn-args`` win over
-    the suite's defaults (tiny: ``--lr 1e-3``)."""
-    import shlex
+def unlearn_overrides(args) -> dict:
+    """The config fields of every unlearning run: the suite's defaults (tiny: learning rate 1e-3),
+    then the user's ``--lr`` and ``--set FIELD=VALUE``, which win."""
+    import yaml
 
-    user = shlex.split(args.unlearn_args)
-    defaults = ["--lr", "1e-3"] if args.model == "tiny" else []
-    given = {a.split("=", 1)[0] for a in user if a.startswith("--")}
-    kept = [flag_or_value for i in range(0, len(defaults), 2) if defaults[i] not in given
-            for flag_or_value in defaults[i:i + 2]]
-    return ["unlearn", "--model", str(target), "--data", str(args.data), "--forget-split", args.forget_split,
-            "--method", method, "--output", str(out), "--overwrite", *kept, *user]
+    overrides = {"num_train_epochs": args.epochs}
+    if args.model == "tiny":
+        overrides["learning_rate"] = 1e-3
+    if args.lr is not None:
+        overrides["learning_rate"] = args.lr
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"error: --set expects FIELD=VALUE, got '{item}'")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
 
 
 def _unlearn(args, method: str, target: Path, out: Path) -> None:
-    from llm_unlearn.cli import main
+    from llm_unlearn.unlearn import run_unlearning
 
-    rc = main(unlearn_argv(args, method, target, out))
-    if rc != 0:
-        raise RuntimeError(f"llm-unlearn unlearn --method {method} exited with {rc}")
+    overrides = unlearn_overrides(args)
+    _, result = run_unlearning(model=str(target), data=str(args.data), output=out, method=method,
+                               forget_split=args.forget_split, overrides=overrides, overwrite=True)
+    nll = result["nll"]
+    print(f"{method}: forget NLL {nll['forget_before']:.3f} -> {nll['forget_after']:.3f}, "
+          f"retain NLL {nll['retain_before']:.3f} -> {nll['retain_after']:.3f} ({result['steps']} steps)")
 
 
 def _evaluate(args, run_dir: Path, retain_eval: Path | None) -> None:
-    from llm_unlearn.cli.eval_cmd import load_for_eval
+    from llm_unlearn.eval import load_for_eval
     from llm_unlearn.eval.evaluator import evaluate_model, write_eval
     from llm_unlearn.eval.logs import compute_summary, read_logs
 
@@ -107,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="TOFU-schema directory (default: synthesise 10 authors x 10 QA)")
     p.add_argument("--forget-split", default="forget10")
     p.add_argument("--methods", default="grad_ascent,grad_diff,npo", help="comma-separated unlearning methods")
-    p.add_argument("--unlearn-args", default="--epochs 5", help="extra flags for llm-unlearn unlearn")
+    p.add_argument("--epochs", type=float, default=5.0, help="unlearning epochs over the forget set (default 5)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="unlearning learning rate (default: the method's; 1e-3 for the tiny model)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set a field of the methods' configs (value parsed as YAML), e.g. --set alpha=1.0")
     p.add_argument("--target", default=None, help="reuse this finetuned target run directory")
     p.add_argument("--retain", default=None, help="reuse this finetuned retain run directory")
     p.add_argument("--finetune-epochs", type=float, default=None)

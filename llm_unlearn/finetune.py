@@ -12,13 +12,18 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from datasets import concatenate_datasets
+from trl import SFTConfig, SFTTrainer
 
 from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
 from llm_unlearn.data.tofu import load_tofu, qa_per_author
 from llm_unlearn.errors import UnlearnError
+from llm_unlearn.interrupt import SaveOnInterrupt, last_checkpoint
+from llm_unlearn.models import attach_lora, build_tiny, load_model, load_tokenizer
 from llm_unlearn.perf import own_trainable_weights
 from llm_unlearn.runinfo import data_hash, write_manifest
+from llm_unlearn.threads import apply_thread_policy
 
 logger = logging.getLogger(__name__)
 UTILITY_SPLITS = ("real_authors_perturbed", "world_facts_perturbed")
@@ -70,8 +75,6 @@ TINY_BASE_DIR = "base"
 
 
 def build_model_for_finetune(cfg: FinetuneConfig):
-    from llm_unlearn.models import attach_lora, build_tiny, load_model, load_tokenizer
-
     if cfg.load_in_4bit and not cfg.lora:
         raise UnlearnError("--load-in-4bit (QLoRA) needs --lora: a 4-bit base cannot be trained directly")
     if cfg.model == "tiny":
@@ -99,11 +102,6 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None, resume_from_checkp
     Ctrl-C saves ``checkpoints/checkpoint-N`` and raises `TrainingInterrupted`;
     `resume_from_checkpoint` (a checkpoint directory, or True for the last one under
     ``cfg.output/checkpoints``) continues from it."""
-    from trl import SFTConfig, SFTTrainer
-
-    from llm_unlearn.interrupt import SaveOnInterrupt, last_checkpoint
-    from llm_unlearn.perf import apply_thread_policy
-
     if resume_from_checkpoint is True:
         resume_from_checkpoint = last_checkpoint(Path(cfg.output) / "checkpoints")
         if resume_from_checkpoint is None:
@@ -147,6 +145,4 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None, resume_from_checkp
 
 
 def _use_cpu() -> bool:
-    import torch
-
     return not torch.cuda.is_available()

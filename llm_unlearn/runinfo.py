@@ -1,19 +1,19 @@
-"""`run.json` manifests: what a run used (model, data, hyperparameters, versions)."""
+"""Run directories: `run.json` manifests (what a run used: model, data, hyperparameters, versions).
+Output directories themselves are checked and staged by `llm_unlearn.outputs`."""
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata as md
 import json
 import platform
 from pathlib import Path
 from typing import Any
 
+from llm_unlearn import __version__
+
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    from llm_unlearn import __version__
-
     out = {"python": platform.python_version(), "llm-unlearn": __version__}
     for pkg in ("torch", "transformers", "peft", "trl", "accelerate", "datasets", "tokenizers",
                 "bitsandbytes", "gguf"):
@@ -45,3 +45,7 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     return json.loads(path.read_text())
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")

@@ -1,5 +1,5 @@
-"""eval/tofu_suite.py: the user's --unlearn-args reach `llm-unlearn unlearn` and win over the
-suite's defaults."""
+"""eval/tofu_suite.py: the user's unlearning settings (--lr, --set) reach every run and win over
+the suite's defaults (the tiny model's learning rate 1e-3)."""
 
 from __future__ import annotations
 
@@ -18,18 +18,16 @@ def _suite():
     return module
 
 
-def test_user_lr_in_unlearn_args_is_used(target_dir, synthetic_dir, tmp_path):
+def test_user_lr_wins_over_the_suite_default(target_dir, synthetic_dir, tmp_path):
     suite = _suite()
-    args = argparse.Namespace(model="tiny", data=str(synthetic_dir), forget_split="forget10",
-                              unlearn_args="--lr 5e-4 --max-steps 2 --set disable_tqdm=true")
+    args = argparse.Namespace(model="tiny", data=str(synthetic_dir), forget_split="forget10", epochs=5.0, lr=5e-4,
+                              set=["max_steps=2", "disable_tqdm=true"])
     out = tmp_path / "ga"
     suite._unlearn(args, "grad_ascent", target_dir, out)
     run = json.loads((out / "run.json").read_text())
     assert run["hyperparameters"]["learning_rate"] == 5e-4 and run["steps"] == 2
 
-    # without a user --lr the tiny default applies; --lr=X counts as given
-    default = suite.unlearn_argv(argparse.Namespace(**{**vars(args), "unlearn_args": "--epochs 1"}),
-                                 "npo", target_dir, out)
-    assert default[default.index("--lr") + 1] == "1e-3"
-    given = suite.unlearn_argv(argparse.Namespace(**{**vars(args), "unlearn_args": "--lr=2e-4"}), "npo", target_dir, out)
-    assert "--lr" not in given and given[-1] == "--lr=2e-4"
+    no_lr = argparse.Namespace(**{**vars(args), "lr": None})
+    assert suite.unlearn_overrides(no_lr)["learning_rate"] == 1e-3  # the tiny default
+    by_set = argparse.Namespace(**{**vars(args), "lr": None, "set": ["learning_rate=2.0e-4"]})
+    assert suite.unlearn_overrides(by_set)["learning_rate"] == 2e-4

@@ -7,6 +7,7 @@ import argparse
 import importlib
 import logging
 import os
+import shlex
 import sys
 
 # bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional Hub kernel is missing;
@@ -59,8 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resume_command(argv: list[str]) -> str:
     """The command line that continues an interrupted run: the same one, plus ``--resume``."""
-    import shlex
-
     args = [a for a in argv if a != "--resume"]
     return "llm-unlearn " + shlex.join([*args, "--resume"])
 

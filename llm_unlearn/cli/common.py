@@ -1,17 +1,12 @@
-"""Helpers shared by subcommands: flags, JSON output. Output directories and files are staged
-and checked against the command's inputs by `llm_unlearn.outputs`."""
+"""Helpers shared by subcommands: the ``--overwrite`` flag; outputs are staged and checked against
+the command's inputs by `llm_unlearn.outputs`, manifests written by `llm_unlearn.runinfo`."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import Any
+from llm_unlearn.outputs import prepare_output_dir, prepare_output_file
+from llm_unlearn.runinfo import write_json
 
-from llm_unlearn.outputs import prepare_output_dir, prepare_output_file  # noqa: F401  (older call sites)
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+__all__ = ["add_overwrite_flag", "prepare_output_dir", "prepare_output_file", "write_json"]
 
 
 def add_overwrite_flag(parser) -> None:

@@ -25,7 +25,7 @@ def register(sub, name: str, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from llm_unlearn.demo import DemoConfig, run_demo
 
-    # threads: finetune and run_unlearning apply llm_unlearn.perf.apply_thread_policy (one thread for
+    # threads: finetune and run_unlearning apply llm_unlearn.threads.apply_thread_policy (one thread for
     # the 1 M-parameter tiny model: the default demo takes 130 s on one thread of a 2-core machine)
     cfg = DemoConfig(output=args.output, model=args.model, data=args.data, authors=args.authors,
                      qa_per_author=args.qa_per_author, small=args.small, seed=args.seed)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from llm_unlearn.cli.common import add_overwrite_flag
 
@@ -82,8 +83,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _resume_point(resume, staging) -> str | None:
     """The checkpoint `--resume` names, checked before any work."""
-    from pathlib import Path
-
     from llm_unlearn.errors import UnlearnError
     from llm_unlearn.interrupt import last_checkpoint
 

@@ -4,6 +4,7 @@ model and save it (bit-packed safetensors) for `llm-unlearn unlearn --mask FILE`
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -35,8 +36,6 @@ def register(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
     from torch.utils.data import DataLoader
 
@@ -46,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from llm_unlearn.masks import check_ratio, compute_mask
     from llm_unlearn.models import is_adapter_dir, load_model, load_tokenizer, resolve_model_path
     from llm_unlearn.outputs import check_output, staged_file
-    from llm_unlearn.perf import apply_thread_policy
+    from llm_unlearn.threads import apply_thread_policy
 
     check_ratio(args.ratio)
     for flag, value in (("--batch-size", args.batch_size), ("--max-length", args.max_length),

@@ -92,7 +92,7 @@ def test_sigint_during_finetune_saves_a_checkpoint(synthetic_dir, tmp_path, monk
 def test_thread_policy(monkeypatch):
     import torch
 
-    from llm_unlearn.perf import apply_thread_policy
+    from llm_unlearn.threads import apply_thread_policy
 
     before = torch.get_num_threads()
     try:
