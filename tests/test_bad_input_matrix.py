@@ -41,13 +41,16 @@ def world(tmp_path, target_dir, synthetic_dir):
 
 @pytest.fixture()
 def no_model_load(monkeypatch):
-    import llm_unlearn.models as models
+    """Loading any model or tokenizer fails the test (patched at the transformers / PEFT entry
+    points, whatever module imported them)."""
+    import peft
+    import transformers
 
     def tripwire(*args, **kwargs):
         raise AssertionError("a model was loaded before the bad input was refused")
 
-    monkeypatch.setattr(models, "load_model", tripwire)
-    monkeypatch.setattr(models, "load_tokenizer", tripwire)
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer, peft.PeftModel):
+        monkeypatch.setattr(cls, "from_pretrained", tripwire)
 
 
 def _retain_logs(path: Path, questions: list[str], with_losses: bool = True) -> Path:
@@ -213,7 +216,7 @@ def test_push_with_the_hub_unreachable_is_one_line(world, capsys, monkeypatch):
         def create_repo(self, *args, **kwargs):  # what requests / the socket layer raise offline
             raise ConnectionError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr("llm_unlearn.hub.make_api", lambda token: Unreachable())
+    monkeypatch.setattr("llm_unlearn.hub.publish.make_api", lambda token: Unreachable())
     before = _checksums([world["model"]])
     assert main(["push", str(world["model"]), "--repo-id", "org/name", "--token", "hf_x"]) == 2
     err = capsys.readouterr().err
