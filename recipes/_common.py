@@ -317,10 +317,21 @@ def _parsable(config_cls):
 
 
 def main(trainer_cls, config_cls) -> int:
+    import shutil
+
+    from llm_unlearn.distributed import is_main_process
+    from llm_unlearn.outputs import has_checkpoint, staging_path
+
     script, args = parse(config_cls)
+    staging = staging_path(args.output_dir)
     try:
         out = run_recipe(trainer_cls, script, args)
-    except UnlearnError as exc:
+    except BaseException as exc:
+        # a failed run leaves the previous output as it was and no half-written staging directory
+        if is_main_process() and staging.is_dir() and not has_checkpoint(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(exc, UnlearnError):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"saved unlearned model to {out}")
