@@ -38,25 +38,31 @@ def _is_s3t_run(model: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm_unlearn.checks import check_file
-    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.checks import check_file, check_local_model
     from llm_unlearn.errors import UnlearnError
-    from llm_unlearn.eval.loading import load_for_eval
-    from llm_unlearn.eval.logs import check_retain_for, format_value, read_logs
-    from llm_unlearn.models import resolve_device, resolve_model_path
     from llm_unlearn.outputs import check_output, staged_dir
 
-    # every check before a model loads: flags, model path, device, data, retain-log compatibility
+    # every check before a model loads: flags, model path, output, device, data, retain-log
+    # compatibility; the torch-free ones first, so a typo fails in a fraction of a second
     for flag, value in (("--batch-size", args.batch_size), ("--generation-batch-size", args.generation_batch_size),
                         ("--max-new-tokens", args.max_new_tokens), ("--max-items", args.max_items)):
         if value is not None and value < 1:
             raise UnlearnError(f"{flag} must be >= 1, got {value}")
-    if not _is_s3t_run(args.model):
-        resolve_model_path(args.model)
+    s3t = _is_s3t_run(args.model)
+    if not s3t:
+        check_local_model(args.model)
     check_file("--adapter", args.adapter)
-    device = resolve_device(args.device)
     inputs = [args.model, args.adapter, args.data, args.retain_logs]
     check_output(args.output, args.overwrite, inputs)
+
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.eval.loading import load_for_eval
+    from llm_unlearn.eval.logs import check_retain_for, format_value, read_logs
+    from llm_unlearn.models import resolve_device, resolve_model_path
+
+    if not s3t:
+        resolve_model_path(args.model)  # aliases, adapters and their base models
+    device = resolve_device(args.device)
     forget = load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=args.max_items)
     retain = read_logs(args.retain_logs) if args.retain_logs else None
     if retain is not None:
