@@ -212,9 +212,11 @@ def _optimizer_state(shape: ModelShape, optim: str, b: int, trainable: list[tupl
 
 
 def _step_temporaries(optim: str, largest: int, b: int) -> float:
-    """Temporaries of one tensor's update: AdamW's denominator; Adafactor's squared gradient, factored
-    estimate and update (fp32 on low-precision parameters); 8-bit AdamW dequantises in its kernel."""
-    return {"adamw_torch": 1 * b, "adafactor": 3 * 4, "sgd": 0}.get(optim, 0) * largest
+    """Temporaries of one tensor's update: AdamW's denominator; Adafactor's update and its negation
+    (plus fp32 copies of the parameter and gradient when they are 16-bit); 8-bit AdamW works in
+    its kernel; SGD without momentum in place."""
+    per_element = {"adamw_torch": b, "adafactor": 4 * (2 + (2 if b < 4 else 0))}.get(optim, 0)
+    return per_element * largest
 
 
 def estimate(config: Any, method: str = "npo", mode: str = "full", optim: str = "adamw_torch", batch: int = 4,
@@ -303,7 +305,8 @@ def estimate(config: Any, method: str = "npo", mode: str = "full", optim: str = 
         recompute = 0.0
     graphs = METHOD_GRAPHS[method]
     parts["activations_per_graph"] = graph
-    backward_transient = head_backward + recompute
+    # the head's backward buffers come first and are freed before any layer is recomputed
+    backward_transient = max(head_backward, recompute)
 
     # overlap within a step
     split = split_backward and not optim_in_backward and graphs > 1
