@@ -52,11 +52,13 @@ class OptimizerInBackward(torch.optim.Optimizer):
     hook (see the module docstring). `param_groups`: as for any optimizer (dicts with ``params``
     and per-group hyperparameters such as ``weight_decay``). `max_grad_norm` > 0 clips each
     parameter's gradient to that norm. `should_step`: called in each hook; False leaves the
-    gradient to accumulate (gradient accumulation)."""
+    gradient to accumulate (gradient accumulation). `param_kwargs`: constructor arguments for
+    some parameters' optimizers (e.g. ``{"optim_bits": 32}`` for embeddings under bitsandbytes)."""
 
     def __init__(self, param_groups: Iterable[dict] | Iterable[torch.nn.Parameter], optimizer_cls: type,
                  optimizer_kwargs: dict[str, Any] | None = None, max_grad_norm: float = 0.0,
-                 should_step: Callable[[], bool] | None = None):
+                 should_step: Callable[[], bool] | None = None,
+                 param_kwargs: dict[torch.Tensor, dict[str, Any]] | None = None):
         kwargs = dict(optimizer_kwargs or {})
         if "params" in kwargs:
             raise ValueError(f"{optimizer_cls.__name__} brings its own parameter list (GaLore-style optimizers "
@@ -74,7 +76,12 @@ class OptimizerInBackward(torch.optim.Optimizer):
             for p in group["params"]:
                 if p in self.inner:
                     raise ValueError("a parameter appears in two param groups")
-                self.inner[p] = optimizer_cls([{"params": [p], **hyper}], **kwargs)
+                inner = optimizer_cls([{"params": [p], **hyper}], **{**kwargs, **(param_kwargs or {}).get(p, {})})
+                if hasattr(inner, "mng") and hasattr(inner.mng, "index2config"):
+                    # bitsandbytes reads per-(group, index) overrides from a process-wide manager; here every
+                    # optimizer's one parameter is (0, 0), so another optimizer's entries would apply to all
+                    inner.mng = _private_bnb_manager(type(inner.mng))
+                self.inner[p] = inner
         self._link()
         self._handles = [p.register_post_accumulate_grad_hook(self._hook) for p in self.inner]
 
@@ -131,6 +138,13 @@ class OptimizerInBackward(torch.optim.Optimizer):
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def _private_bnb_manager(manager_cls: type):
+    """A fresh, unshared bitsandbytes ``GlobalOptimManager`` (its constructor is blocked: it is a singleton)."""
+    manager = manager_cls.__new__(manager_cls)
+    manager.initialize()
+    return manager
 
 
 __all__ = ["OptimizerInBackward"]

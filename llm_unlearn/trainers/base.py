@@ -383,8 +383,14 @@ class UnlearnTrainer(Trainer):
             if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or "params" in kwargs:
                 raise UnlearnError(f"{self.method}: optim_in_backward needs an optimizer that can step one parameter "
                                    f"at a time (adamw_torch, adafactor, sgd, adamw_8bit, …), not optim={self.args.optim}")
+            per_param = {}
+            if "bitsandbytes" in str(cls) and kwargs.get("optim_bits") == 8:
+                # as the Trainer does for bitsandbytes' 8-bit optimizers: embeddings keep 32-bit state
+                per_param = {m.weight: {"optim_bits": 32} for m in opt_model.modules()
+                             if isinstance(m, torch.nn.Embedding) and m.weight.requires_grad}
             self.in_backward = OptimizerInBackward(groups, cls, kwargs, max_grad_norm=self.args.max_grad_norm,
-                                                   should_step=lambda: self.accelerator.sync_gradients)
+                                                   should_step=lambda: self.accelerator.sync_gradients,
+                                                   param_kwargs=per_param)
             self.optimizer = self.in_backward
         return self.optimizer
 

@@ -157,3 +157,20 @@ def test_cli_flag_reaches_the_config():
     args = build_parser().parse_args(["unlearn", "--model", "m", "--data", "d", "--method", "npo", "--output", "o",
                                       "--optim-in-backward", "--optim", "adafactor"])
     assert overrides_from_args(args) == {"optim": "adafactor", "optim_in_backward": True}
+
+
+def test_8bit_adamw_in_backward(make_trainer, snapshot):
+    """bitsandbytes' 8-bit AdamW (CPU: slow but correct) steps per parameter like the ordinary one."""
+    pytest.importorskip("bitsandbytes")
+    # the same joint backward (no split): bit-equal gradients, so the same 8-bit codes
+    ordinary = make_trainer("npo", optim="adamw_8bit", split_backward=False, **NPO)
+    start = snapshot(ordinary.model)
+    ordinary.train()
+    fused = make_trainer("npo", optim="adamw_8bit", optim_in_backward=True, **NPO)
+    fused.train()
+    a, b = snapshot(ordinary.model), snapshot(fused.model)
+    assert _max_diff(a, start) > 1e-3
+    assert _max_diff(a, b) < 1e-6
+    states = {n: fused.in_backward.state[p] for n, p in fused.model.named_parameters()}
+    assert states["model.layers.0.mlp.up_proj.weight"]["state1"].dtype == torch.uint8  # 8-bit moments
+    assert states["model.embed_tokens.weight"]["state1"].dtype == torch.float32  # embeddings 32-bit, as the Trainer does
