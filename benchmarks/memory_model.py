@@ -226,37 +226,38 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print("8B, bf16, full-weight NPO, in-backward + checkpointing, one 40 GB GPU:",
           {k: (v["peak_gb"], v["fits_40gb"]) for k, v in eight.items()})
+    if args.plan_only:
+        return 0
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     rows = previous.get("rows", {})
-    if not args.plan_only:
-        wanted = set(args.only.split(",")) if args.only else None
-        for shape in args.shapes.split(","):
-            spec, batch, steps = SHAPES[shape]
-            for name, mode, optim, inb, ckpt in CONFIGS[shape]:
-                if wanted and name not in wanted:
-                    continue
-                key = f"{shape}/{name}"
-                print(f"[{time.strftime('%H:%M:%S')}] {key} ...", flush=True)
-                phase = ["--phase", "--model", spec, "--mode", mode, "--optim", optim, "--batch", str(batch),
-                         "--steps", str(steps), "--prompt", str(args.prompt), "--answer", str(args.answer),
-                         "--threads", str(args.threads), *(["--in-backward"] if inb else []),
-                         *(["--ckpt"] if ckpt else [])]
-                try:
-                    r = run_phase(__file__, phase)
-                except RuntimeError as exc:
-                    print(f"  failed: {exc}", flush=True)
-                    rows[key] = {"error": str(exc).splitlines()[-1]}
-                    continue
-                config = r.pop("config")
-                e = _predict(shape, mode, optim, inb, ckpt, batch, args.prompt + args.answer, args.answer, config)
-                r.update(predicted_gb=e.peak_gb, parts_gb=e.as_dict()["parts_gb"], batch=batch, steps=steps,
-                         seq=args.prompt + args.answer, mode=mode, optim=optim, in_backward=inb, checkpointing=ckpt,
-                         error=(e.peak_gb - r["measured_gb"]) / r["measured_gb"],
-                         error_live=(e.peak_gb - r["live_malloc_peak_gb"]) / r["live_malloc_peak_gb"])
-                rows[key] = r
-                print(f"  RSS − baseline {r['measured_gb']:.3f} GB, live {r['live_malloc_peak_gb']:.3f} GB, predicted "
-                      f"{e.peak_gb:.3f} GB ({100 * r['error']:+.1f} % / {100 * r['error_live']:+.1f} %), "
-                      f"train {r['train_s']:.0f} s", flush=True)
+    wanted = set(args.only.split(",")) if args.only else None
+    for shape in args.shapes.split(","):
+        spec, batch, steps = SHAPES[shape]
+        for name, mode, optim, inb, ckpt in CONFIGS[shape]:
+            if wanted and name not in wanted:
+                continue
+            key = f"{shape}/{name}"
+            print(f"[{time.strftime('%H:%M:%S')}] {key} ...", flush=True)
+            phase = ["--phase", "--model", spec, "--mode", mode, "--optim", optim, "--batch", str(batch),
+                     "--steps", str(steps), "--prompt", str(args.prompt), "--answer", str(args.answer),
+                     "--threads", str(args.threads), *(["--in-backward"] if inb else []),
+                     *(["--ckpt"] if ckpt else [])]
+            try:
+                r = run_phase(__file__, phase)
+            except RuntimeError as exc:
+                print(f"  failed: {exc}", flush=True)
+                rows[key] = {"error": str(exc).splitlines()[-1]}
+                continue
+            config = r.pop("config")
+            e = _predict(shape, mode, optim, inb, ckpt, batch, args.prompt + args.answer, args.answer, config)
+            r.update(predicted_gb=e.peak_gb, parts_gb=e.as_dict()["parts_gb"], batch=batch, steps=steps,
+                     seq=args.prompt + args.answer, mode=mode, optim=optim, in_backward=inb, checkpointing=ckpt,
+                     error=(e.peak_gb - r["measured_gb"]) / r["measured_gb"],
+                     error_live=(e.peak_gb - r["live_malloc_peak_gb"]) / r["live_malloc_peak_gb"])
+            rows[key] = r
+            print(f"  RSS − baseline {r['measured_gb']:.3f} GB, live {r['live_malloc_peak_gb']:.3f} GB, predicted "
+                  f"{e.peak_gb:.3f} GB ({100 * r['error']:+.1f} % / {100 * r['error_live']:+.1f} %), "
+                  f"train {r['train_s']:.0f} s", flush=True)
     shown = [[k, r.get("measured_gb"), r.get("live_malloc_peak_gb"), r.get("predicted_gb"),
               None if not isinstance(r.get("error"), float) else f"{100 * r['error']:+.1f} %",
               None if not isinstance(r.get("error_live"), float) else f"{100 * r['error_live']:+.1f} %"]
