@@ -133,6 +133,9 @@ def test_plan_memory_cli(capsys, tmp_path):
                  "--gradient-checkpointing"]) == 0
     out = capsys.readouterr().out
     assert "full, adamw_torch, in backward" in out and "qlora, adamw_torch" in out and "(no fit)" in out
+    assert main(["plan-memory", "--model", "llama-3.1-8b", "--modes", "full", "--optims", "adamw_torch",
+                 "--in-backward", "--parts"]) == 0
+    assert "full, adamw_torch, in backward, 1 device(s): weights 16.06, optimizer_state 32.12" in capsys.readouterr().out
     assert main(["plan-memory", "--model", "smollm2", "--modes", "full", "--optims", "sgd", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)["estimates"][0]
     assert record["settings"]["optim"] == "sgd" and record["parts_gb"]["optimizer_state"] == 0

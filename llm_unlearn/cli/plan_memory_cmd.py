@@ -40,6 +40,8 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (default 8)")
     p.add_argument("--device-gb", type=float, default=None,
                    help="mark rows that do not fit a device of this many GB (with 0.8 GB runtime, 10%% slack)")
+    p.add_argument("--parts", action="store_true",
+                   help="also print each row's parts (weights, gradients, optimizer state, activations, …)")
     p.add_argument("--json", action="store_true", help="print the estimates as JSON")
     p.set_defaults(func=run)
 
@@ -96,4 +98,9 @@ def run(args: argparse.Namespace) -> int:
     widths = [max(len(str(r[i])) for r in [header, *table]) for i in range(len(header))]
     for r in [header, ["-" * w for w in widths], *table]:
         print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    if args.parts:
+        print("\nparts, GB per device:")
+        for rec in records:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in rec["parts_gb"].items() if v)
+            print(f"  {rec['row']}, {rec['gpus']} device(s): {parts}")
     return 0
