@@ -1,6 +1,6 @@
 """The optimizer step inside the backward pass: each parameter is updated as soon as its gradient
 is complete, then the gradient is freed, so no full gradient buffer ever exists (LOMO: Lv et al.,
-2023, "Full Parameter Fine-tuning for Large Language Models with Limited Resources", §3.2;
+2023, "Full Parameter Fine-tuning for Large Language Models with Limited Resources";
 the mechanism is ``Tensor.register_post_accumulate_grad_hook``, torch ≥ 2.1).
 
 `OptimizerInBackward` holds one ordinary optimizer per parameter (any ``torch.optim.Optimizer``
