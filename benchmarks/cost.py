@@ -81,14 +81,14 @@ def _design_ratios(rows: dict) -> None:
     for key, r in rows.items():
         if "compute_floor_s" not in r or "train_s" not in r:
             continue
-        weights_gb = r.get("weights_fp32_gb") or rows.get("profile", {}).get("weights_gb")
+        weights_gb = r.get("weights_fp32_gb")  # rows measured before issue #20 (other runs, hosts) get none
         if not weights_gb:
             continue
         above = r["peak_rss_gb"] - r["rss_after_imports_gb"]
         r["peak_over_weights"] = above / weights_gb
         r["time_over_floor"] = r["train_s"] / r["compute_floor_s"]
         base = rows.get("/".join(key.split("+")[0].split("/")[:2]) + ("/cached" if key.startswith("npo/") else "/-"))
-        if base and "train_s" in base and base is not r:
+        if base and "train_s" in base and base.get("weights_fp32_gb") and base is not r:
             r["time_vs_adamw"] = r["train_s"] / base["train_s"]
             r["memory_vs_adamw"] = above / (base["peak_rss_gb"] - base["rss_after_imports_gb"])
 
