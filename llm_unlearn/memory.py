@@ -283,11 +283,8 @@ def estimate(config: Any, method: str = "npo", mode: str = "full", optim: str = 
     largest = max(math.prod(s) for s, _ in trainable)
     state = _optimizer_state(shape, optim, tb, trainable) / shard
     parts["optimizer_state"] = state
-    step_tmp = _step_temporaries(optim, largest, tb)
-    if optim_in_backward:
-        parts["gradients"] = largest * tb  # one tensor's gradient at a time
-    else:
-        parts["gradients"] = n_trainable * tb / shard
+    step_tmp = _step_temporaries(optim, largest, tb) / shard  # the step works on this device's shard
+    parts["gradients"] = n_trainable * tb / shard  # in backward: one tensor at a time (below)
 
     # activations of one graph
     tokens = batch * seq
@@ -310,16 +307,28 @@ def estimate(config: Any, method: str = "npo", mode: str = "full", optim: str = 
 
     # overlap within a step
     split = split_backward and not optim_in_backward and graphs > 1
+    vocab_rows = shape.vocab * shape.hidden
     if optim_in_backward:
-        live = graphs * graph + backward_transient + parts["gradients"] + step_tmp
+        # backward starts at the head with every graph alive; an untied head's gradient (and its update)
+        # comes then, the input embedding's (tied: the one shared tensor's) last, when the graphs are gone
+        if mode == "full":
+            first = vocab_rows if not shape.tied else max(math.prod(s) for k, s, _ in shape.tensors() if k == "linear")
+            last = vocab_rows
+        else:
+            first = last = largest
+        start = graphs * graph + backward_transient + first * tb + _step_temporaries(optim, first, tb)
+        end = last * tb + _step_temporaries(optim, last, tb)
+        live = max(start, end)
+        parts["gradients"] = max(first, last) * tb
+        step_tmp = _step_temporaries(optim, max(first, last), tb)
         notes.append("optimizer step in backward: the graphs of the step are alive together (no split_backward), "
                      "gradients one tensor at a time")
     elif split:  # the forget backward leaves the gradients; the retain graph is built next to them
-        live = parts["gradients"] + graph + backward_transient
-    else:
-        live = max(graphs * graph + backward_transient + shape.vocab * shape.hidden * tb / shard,
+        live = max(parts["gradients"] + graph + backward_transient, parts["gradients"] + step_tmp)
+    else:  # all graphs, then the head's gradient at the start of backward; or all gradients at the step
+        live = max(graphs * graph + backward_transient + (vocab_rows * tb / shard if mode == "full" else 0),
                    parts["gradients"] + step_tmp)
-    parts["activations_live"] = live - parts["gradients"] - (step_tmp if optim_in_backward else 0)
+    parts["activations_live"] = max(live - parts["gradients"] - (step_tmp if optim_in_backward else 0), 0.0)
     parts["step_temporaries"] = step_tmp
     peak = sum(v for k, v in parts.items() if k in ("weights", "fsdp_unsharded_layers", "reference_copy",
                                                       "optimizer_state")) + live
