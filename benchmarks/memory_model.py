@@ -131,9 +131,10 @@ def phase_train(args) -> dict:
 
 def _predict(shape_key: str, mode: str, optim: str, in_backward: bool, ckpt: bool, batch: int, seq: int,
              answer: int, config: dict | None = None):
-    from llm_unlearn.memory import BUILTIN_CONFIGS, estimate
+    from llm_unlearn.memory import ALIASES, BUILTIN_CONFIGS, estimate
 
-    cfg = config or BUILTIN_CONFIGS[SHAPES[shape_key][0]]
+    spec = SHAPES[shape_key][0]
+    cfg = config or BUILTIN_CONFIGS[ALIASES.get(spec, spec)]
     return estimate(cfg, "npo", mode, optim, batch=batch, seq=seq, dtype="float32", optim_in_backward=in_backward,
                     checkpointing=ckpt, answer_len=answer)
 
@@ -206,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--answer", type=int, default=64)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--plan-only", action="store_true", help="write the predicted GPU table only")
+    p.add_argument("--recompute", action="store_true",
+                   help="re-predict the measured rows already in --out with the current memory model (no runs)")
     p.add_argument("--out", default=str(RESULTS / "memory_model.json"))
     p.add_argument("--phase", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -230,8 +233,17 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     previous = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
     rows = previous.get("rows", {})
+    if args.recompute:
+        for key, r in rows.items():
+            if "measured_gb" not in r:
+                continue
+            e = _predict(key.split("/")[0], r["mode"], r["optim"], r["in_backward"], r["checkpointing"], r["batch"],
+                         r["seq"], args.answer)
+            r.update(predicted_gb=e.peak_gb, parts_gb=e.as_dict()["parts_gb"],
+                     error=(e.peak_gb - r["measured_gb"]) / r["measured_gb"],
+                     error_live=(e.peak_gb - r["live_malloc_peak_gb"]) / r["live_malloc_peak_gb"])
     wanted = set(args.only.split(",")) if args.only else None
-    for shape in args.shapes.split(","):
+    for shape in [] if args.recompute else args.shapes.split(","):
         spec, batch, steps = SHAPES[shape]
         for name, mode, optim, inb, ckpt in CONFIGS[shape]:
             if wanted and name not in wanted:

@@ -212,10 +212,10 @@ def _optimizer_state(shape: ModelShape, optim: str, b: int, trainable: list[tupl
 
 
 def _step_temporaries(optim: str, largest: int, b: int) -> float:
-    """Temporaries of one tensor's update: AdamW's denominator; Adafactor's update and its negation
-    (plus fp32 copies of the parameter and gradient when they are 16-bit); 8-bit AdamW works in
-    its kernel; SGD without momentum in place."""
-    per_element = {"adamw_torch": b, "adafactor": 4 * (2 + (2 if b < 4 else 0))}.get(optim, 0)
+    """Temporaries of one tensor's update: AdamW's denominator (``sqrt(v)``, then its quotient);
+    Adafactor's update and its negation (plus fp32 copies of the parameter and gradient when they
+    are 16-bit); 8-bit AdamW works in its kernel; SGD without momentum in place."""
+    per_element = {"adamw_torch": 2 * b, "adafactor": 4 * (2 + (2 if b < 4 else 0))}.get(optim, 0)
     return per_element * largest
 
 
@@ -310,14 +310,18 @@ def estimate(config: Any, method: str = "npo", mode: str = "full", optim: str = 
     vocab_rows = shape.vocab * shape.hidden
     if optim_in_backward:
         # backward starts at the head with every graph alive; an untied head's gradient (and its update)
-        # comes then, the input embedding's (tied: the one shared tensor's) last, when the graphs are gone
+        # comes then, the input embedding's last, when the graphs are gone. Tied: the head's contribution
+        # to the shared tensor's gradient is held through the whole backward, until the embedding's
+        # arrives; the two are summed into a third buffer, then the update runs
+        held = 0
         if mode == "full":
             first = vocab_rows if not shape.tied else max(math.prod(s) for k, s, _ in shape.tensors() if k == "linear")
             last = vocab_rows
+            held = vocab_rows * tb if shape.tied else 0
         else:
             first = last = largest
-        start = graphs * graph + backward_transient + first * tb + _step_temporaries(optim, first, tb)
-        end = last * tb + _step_temporaries(optim, last, tb)
+        start = graphs * graph + backward_transient + held + first * tb + _step_temporaries(optim, first, tb)
+        end = max(last * tb + _step_temporaries(optim, last, tb), 3 * held)
         live = max(start, end)
         parts["gradients"] = max(first, last) * tb
         step_tmp = _step_temporaries(optim, max(first, last), tb)
