@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "report": ("report_cmd", "build a Markdown/HTML report with plots from run directories"),
     "s3t": ("s3t_cmd", "S3T exact deletion: train, delete, status, retrain, serve"),
     "push": ("push_cmd", "push an unlearned adapter with a model card to the Hugging Face Hub"),
+    "plan-memory": ("plan_memory_cmd", "predict peak memory per device of an unlearning run from the config alone"),
     "demo": ("demo_cmd", "the main job: end-to-end unlearning demo on the embedded default"),
 }
 
