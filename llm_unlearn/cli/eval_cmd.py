@@ -10,6 +10,7 @@ from llm_unlearn.errors import UnlearnError
 
 
 def register(sub, name: str, help_text: str) -> None:
+    from llm_unlearn.cli.attack_cmd import add_attack_args
     from llm_unlearn.cli.common import add_overwrite_flag
 
     p = sub.add_parser(name, help=help_text, description=help_text)
@@ -29,6 +30,7 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
     p.add_argument("--output", required=True, help="output directory (summary.json, per_item.json)")
+    add_attack_args(p, required=False)
     add_overwrite_flag(p)
     p.set_defaults(func=run)
 
@@ -63,6 +65,10 @@ def run(args: argparse.Namespace) -> int:
     # validate cheap inputs before loading a model
     load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=1)
     retain = read_logs(args.retain_logs) if args.retain_logs else None
+    if args.attacks:
+        from llm_unlearn.cli.attack_cmd import validate
+
+        validate(args)
     out = prepare_output_dir(args.output, args.overwrite)
     model, tok = load_for_eval(args.model, args.adapter, args.dtype)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -73,11 +79,21 @@ def run(args: argparse.Namespace) -> int:
                             generation_batch_size=args.generation_batch_size,
                             max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
                             model_name=args.model + (f" + {args.adapter}" if args.adapter else ""))
+    if args.attacks:
+        from llm_unlearn.cli.attack_cmd import run_cli_attacks
+
+        attacked = run_cli_attacks(args, model, tok, device)
+        result["summary"]["attacks"] = attacked["summary"]  # every attacked value stays with the evaluation
+        result["per_item"]["attacks"] = attacked["per_item"]
     write_eval(out, result)
     s = result["summary"]
     for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability",
                 "forget_truth_ratio", "mia_auc_min_k", "privleak"):
         reason = s["not_available"].get(key)
         print(f"{key:24s} {format_value(s['metrics'][key], key)}" + (f"  ({reason})" if reason else ""))
+    if args.attacks:
+        from llm_unlearn.cli.attack_cmd import print_summary
+
+        print_summary(s["attacks"])
     print(f"wrote {out / 'summary.json'} and {out / 'per_item.json'}")
     return 0
