@@ -36,6 +36,8 @@ _EXPORTS = {
     # evaluation
     "evaluate_model": "llm_unlearn.eval.evaluator",
     "build_report": "llm_unlearn.eval.report",
+    "run_attacks": "llm_unlearn.eval.attacks",
+    "AttackConfig": "llm_unlearn.eval.attacks",
     # S3T
     "DeletionLedger": "llm_unlearn.s3t.ledger",
     "load_s3t_model": "llm_unlearn.s3t.serve",

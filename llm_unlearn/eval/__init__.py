@@ -1,6 +1,7 @@
 """TOFU evaluation: metrics as pure functions (`metrics`), per-item log readers and aggregates
 (`logs`), the model evaluator (`evaluator`) and Markdown/HTML reports (`report`)."""
 
+from llm_unlearn.eval.attacks import AttackConfig, find_attack_summary, run_attacks, write_attacks
 from llm_unlearn.eval.evaluator import (
     evaluate_items,
     evaluate_model,
@@ -25,8 +26,8 @@ from llm_unlearn.eval.metrics import (
 from llm_unlearn.eval.report import build_report, load_run
 
 __all__ = [
-    "EvalLogs", "SplitLog", "build_report", "compute_summary", "evaluate_items", "evaluate_model", "forget_quality",
+    "AttackConfig", "EvalLogs", "SplitLog", "build_report", "compute_summary", "evaluate_items", "evaluate_model", "find_attack_summary", "forget_quality",
     "forget_truth_ratio_score", "generate_answers", "ks_floor_pvalue", "load_run", "mia_auc", "model_utility",
-    "normalised_probability", "privleak", "probability", "read_logs", "rouge_l_recall", "score_answers",
-    "truth_ratios", "utility_truth_ratio_score", "write_eval",
+    "normalised_probability", "privleak", "probability", "read_logs", "rouge_l_recall", "run_attacks",
+    "score_answers", "truth_ratios", "utility_truth_ratio_score", "write_attacks", "write_eval",
 ]
