@@ -642,8 +642,23 @@ def robustness_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def attack_card_section(run_dir: str | Path) -> list[str]:
+    """Model-card lines (Markdown) with the run's attack results, or none when it has none."""
+    summary = find_attack_summary(run_dir)
+    if not summary or not summary.get("attacks"):
+        return []
+    cfg = summary.get("settings", {})
+    lines = ["", "## Robustness to attacks", "",
+             "Attacks that try to bring the forgotten answers back (`llm-unlearn attack`). Recovery = (attacked − "
+             "unlearned) / (target − unlearned): 0 = nothing comes back, 1 = the target's level. relearn_k: finetuned "
+             f"k steps (lr {cfg.get('relearn_lr')}, batch {cfg.get('relearn_batch_size')}) on half of the forget "
+             "authors, measured on the other half; quantize: reloaded in 8 / 4 bits (bitsandbytes).", "",
+             robustness_markdown(summary).rstrip("\n")]
+    return lines
+
+
 __all__ = [
-    "ATTACKS", "QUANT_MODES", "AttackConfig", "AttackPlan", "aggregate", "attack_model", "attack_names", "author_ids",
+    "ATTACKS", "QUANT_MODES", "AttackConfig", "AttackPlan", "aggregate", "attack_card_section", "attack_model", "attack_names", "author_ids",
     "build_plan", "fewshot_prompts", "find_attack_summary", "hidden_representations", "item_values", "layer_cka",
     "merged_model", "parse_attacks", "per_item_log", "quantized_models", "relearn", "robustness_markdown",
     "robustness_rows", "run_attacks", "split_by_author", "summarise", "write_attacks",
