@@ -183,15 +183,15 @@ def test_bad_attack_name_or_split_is_a_one_line_error(target_dir, synthetic_dir,
     assert "at least 2 authors" in capsys.readouterr().err
 
 
-def test_attack_cli_and_eval_attacks_write_every_attacked_value(target_dir, retain_dir, two_author_data, tmp_path):
+@pytest.mark.slow
+def test_attack_cli_writes_every_attacked_value(target_dir, retain_dir, two_author_data, tmp_path):
     from llm_unlearn.cli import main
-    from llm_unlearn.eval.attacks import find_attack_summary
 
-    common = ["--data", str(two_author_data), "--forget-split", "forget20", "--target-model", str(target_dir),
-              "--retain-model", str(retain_dir), "--relearn-steps", "2,3", "--max-new-tokens", "4", "--device", "cpu"]
     out = tmp_path / "att"
-    assert main(["attack", "--model", str(retain_dir), "--attacks", "all", "--quant-modes", "nf4",
-                 *common, "--output", str(out)]) == 0
+    assert main(["attack", "--model", str(retain_dir), "--data", str(two_author_data), "--forget-split", "forget20",
+                 "--target-model", str(target_dir), "--retain-model", str(retain_dir), "--relearn-steps", "2,3",
+                 "--max-new-tokens", "4", "--device", "cpu", "--attacks", "all", "--quant-modes", "nf4",
+                 "--output", str(out)]) == 0
     summary = json.loads((out / "attacks.json").read_text())
     assert list(summary["attacks"]) == ["relearn_2", "relearn_3", "quantize_nf4", "paraphrase", "fewshot"]
     entry = summary["attacks"]["quantize_nf4"]
@@ -204,12 +204,22 @@ def test_attack_cli_and_eval_attacks_write_every_attacked_value(target_dir, reta
     assert len(items["values"]["target"]["relearn_3"]["probability"]) == len(items["B"]) == 10
     assert len(items["values"]["unlearned"]["paraphrase"]["generation"]) == 20
 
+
+def test_eval_attacks_keep_every_attacked_value(target_dir, retain_dir, two_author_data, tmp_path):
+    """`eval --attacks`: the attack summary goes into summary.json and every attacked per-item value
+    into per_item.json, beside the evaluation."""
+    from llm_unlearn.cli import main
+    from llm_unlearn.eval.attacks import find_attack_summary
+
     ev = tmp_path / "ev"
-    assert main(["eval", "--model", str(retain_dir), "--attacks", "paraphrase", "--max-items", "20",
-                 *common, "--output", str(ev)]) == 0
-    s = json.loads((ev / "eval" / "summary.json").read_text()) if (ev / "eval").exists() else \
-        json.loads((ev / "summary.json").read_text())
-    assert list(s["attacks"]["attacks"]) == ["paraphrase"]
+    assert main(["eval", "--model", str(retain_dir), "--data", str(two_author_data), "--forget-split", "forget20",
+                 "--target-model", str(target_dir), "--attacks", "paraphrase", "--max-items", "20",
+                 "--max-new-tokens", "4", "--device", "cpu", "--output", str(ev)]) == 0
+    summary = json.loads((ev / "summary.json").read_text())
+    entry = summary["attacks"]["attacks"]["paraphrase"]
+    assert entry["n_items"] == 20 and set(entry) >= {"unlearned", "target", "recovery", "target_recovery"}
     per_item = json.loads((ev / "per_item.json").read_text())
-    assert len(per_item["attacks"]["values"]["retain"]["paraphrase"]["probability"]) == 20
+    values = per_item["attacks"]["values"]
+    assert len(values["unlearned"]["paraphrase"]["probability"]) == len(values["target"]["baseline"]["rougeL_recall"]) == 20
     assert find_attack_summary(ev)["attacks"]["paraphrase"]["n_items"] == 20
+    assert summary["metrics"]["forget_probability"] is not None  # the evaluation itself is unchanged
