@@ -31,6 +31,7 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -58,7 +59,22 @@ def _key(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
-def frontier_models(args, data: Path, work: Path) -> dict[str, Path]:
+@contextmanager
+def claimed(lock_path: Path):
+    """An exclusive file lock (waits for it), so parallel invocations of this benchmark share work:
+    whoever holds it does the step, the other then finds the result."""
+    import fcntl
+
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def frontier_models(args, data: Path, work: Path, roles: tuple[str, ...] = ("target", "retain")) -> dict[str, Path]:
     """Target and retain model directories: the frontier's (from its cache, finetuned there with its
     settings if missing) for its configuration (20 authors, forget10, 3 epochs); otherwise (a reduced
     configuration) finetuned here the same way (lr 1e-4, batch 8, full weights) and cached in `work`."""
@@ -72,11 +88,16 @@ def frontier_models(args, data: Path, work: Path) -> dict[str, Path]:
         return {role: tofu_frontier.finetuned(role, data, ft_args, Path(args.cache))[0] for role in ("target", "retain")}
     out = {}
     for role, split in (("target", "full"), ("retain", matching_retain_split(args.forget_split))):
+        if role not in roles:
+            continue
         cfg = FinetuneConfig(model=args.model, data=str(data), split=split, output="", epochs=args.ft_epochs, lr=1e-4,
                              batch_size=8, seed=0, with_utility=False)
         settings = {k: v for k, v in vars(cfg).items() if k != "output"}
         path = work / f"{role}_{_key(settings)}"
-        if not (path / "model.safetensors").is_file():
+        with claimed(path.with_suffix(".lock")):  # another process of this benchmark may be finetuning it
+            if (path / "model.safetensors").is_file():
+                out[role] = path
+                continue
             print(f"[{time.strftime('%H:%M:%S')}] finetuning {role} on {split}", flush=True)
             cfg.output = str(path)
             t0 = time.time()
@@ -116,7 +137,10 @@ def baseline_evals(models: dict[str, Path], data: Path, args, work: Path) -> dic
         ev = work / role / "eval"
         stamp = work / role / "stamp.json"
         settings = {"model": str(models[role]), "items": args.eval_items, "new_tokens": args.eval_new_tokens}
-        if not (stamp.is_file() and json.loads(stamp.read_text()) == settings and (ev / "summary.json").is_file()):
+        with claimed(work / f"eval_{role}.lock"):
+            if stamp.is_file() and json.loads(stamp.read_text()) == settings and (ev / "summary.json").is_file():
+                out[role] = ev
+                continue
             print(f"[{time.strftime('%H:%M:%S')}] evaluating {role}", flush=True)
             summary = evaluate_dir(models[role], ev, data, args,
                                    out["retain"] / "per_item.json" if role == "target" else None, role)
@@ -130,9 +154,9 @@ def baseline_evals(models: dict[str, Path], data: Path, args, work: Path) -> dic
 
 
 def train_runs(specs: list[str], models: dict[str, Path], data: Path, args, work: Path,
-               retain_eval: Path) -> list[dict[str, Any]]:
+               retain_eval) -> list[dict[str, Any]]:
     """Unlearning runs ``method:mode`` with the frontier's budget, trained and evaluated here (reused
-    when their settings match)."""
+    when their settings match); `retain_eval()` gives the retain model's eval directory."""
     from llm_unlearn.unlearn import run_unlearning
 
     runs = []
@@ -148,14 +172,17 @@ def train_runs(specs: list[str], models: dict[str, Path], data: Path, args, work
         settings = {"target": str(models["target"]), "overrides": overrides, "mode": mode, "lora_r": 8,
                     "eval_items": args.eval_items, "new_tokens": args.eval_new_tokens}
         stamp = run_dir / "robustness_settings.json"
-        if not (stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(settings))
-                and (run_dir / "eval" / "summary.json").is_file()):
+        runs.append({"name": name, "dir": run_dir, "method": method, "mode": mode, "source": "trained here"})
+        with claimed(run_dir.with_suffix(".lock")):
+            if (stamp.is_file() and json.loads(stamp.read_text()) == json.loads(json.dumps(settings, default=str))
+                    and (run_dir / "eval" / "summary.json").is_file()):
+                continue
             print(f"[{time.strftime('%H:%M:%S')}] training {name}", flush=True)
             t0 = time.time()
             run_unlearning(str(models["target"]), data, run_dir, unlearn_method, forget_split=args.forget_split, overrides=overrides, lora=mode == "lora", lora_r=8, lora_alpha=16,
                            overwrite=True, nll_max_retain=args.eval_items)
             train_s = time.time() - t0
-            evaluate_dir(run_dir, run_dir / "eval", data, args, retain_eval / "per_item.json", name)
+            evaluate_dir(run_dir, run_dir / "eval", data, args, retain_eval() / "per_item.json", name)
             manifest = json.loads((run_dir / "run.json").read_text())
             manifest.update(name=name, role="unlearned", run_time_s=round(train_s, 1))
             (run_dir / "run.json").write_text(json.dumps(manifest, indent=1, default=str) + "\n")
@@ -186,35 +213,54 @@ def frontier_runs(args) -> list[dict[str, Any]]:
     return list(best.values())
 
 
-def attack_results(name: str, model_dir: Path, plan, args, work: Path, reps_cache: dict) -> dict[str, Any]:
-    """`attack_model` on one model directory (cached by model, weights' mtime and attack settings),
-    and its hidden representations for CKA (kept in `reps_cache`)."""
-    from llm_unlearn.eval.attacks import attack_model, hidden_representations, merged_model
+def attack_results(name: str, model_dir: Path, plan, args, work: Path,
+                   models: dict[str, Path] | None = None) -> dict[str, Any]:
+    """`attack_model` on one model directory, cached by model, weights' mtime and attack settings.
+    For an unlearned run (`models` = target and retain dirs) it adds the layer-wise CKA against both
+    (and target vs retain)."""
+    from llm_unlearn.eval.attacks import attack_model, hidden_representations, layer_cka, merged_model
     from llm_unlearn.unlearn import load_target
 
     weights = sorted(model_dir.glob("*.safetensors"))
     key = _key({"model": str(model_dir), "mtime": [w.stat().st_mtime for w in weights],
-                "config": plan.config.__dict__, "rows": len(plan.rows)})
+                "config": plan.config.__dict__, "rows": len(plan.rows), "cka_with": {k: str(v) for k, v in (models or {}).items()}})
     path = work / "attacks" / f"{name.replace(':', '_')}_{key}.json"
-    need_reps = "cka" in plan.config.attacks and name not in reps_cache
-    if path.is_file() and not need_reps:
-        return json.loads(path.read_text())
-    model, tok = load_target(str(model_dir))
-    if need_reps:
-        cfg = plan.config
-        reps_cache[name] = hidden_representations(merged_model(model), tok, plan.rows, cfg.cka_max_tokens, cfg.seed,
-                                                  cfg.batch_size)
     if path.is_file():
         return json.loads(path.read_text())
-    print(f"[{time.strftime('%H:%M:%S')}] attacking {name}", flush=True)
-    t0 = time.time()
-    res = attack_model(model, tok, plan, progress=not args.no_progress, desc=f"attacks on {name}")
-    res["total_s"] = round(time.time() - t0, 1)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(res) + "\n")
+    with claimed(path.with_suffix(".lock")):
+        if path.is_file():
+            return json.loads(path.read_text())
+        print(f"[{time.strftime('%H:%M:%S')}] attacking {name}", flush=True)
+        t0 = time.time()
+        model, tok = load_target(str(model_dir))
+        res = attack_model(model, tok, plan, progress=not args.no_progress, desc=f"attacks on {name}")
+        cfg = plan.config
+        if models and "cka" in cfg.attacks:
+            t1 = time.time()
+
+            def reps(m):
+                return hidden_representations(merged_model(m), tok, plan.rows, cfg.cka_max_tokens, cfg.seed, cfg.batch_size)
+
+            mine = reps(model)
+            del model
+            others = {role: reps(load_target(str(d))[0]) for role, d in models.items()}
+            res["cka"] = {f"unlearned_vs_{role}": layer_cka(mine, r) for role, r in others.items()}
+            res["cka"]["target_vs_retain"] = layer_cka(others["target"], others["retain"])
+            res["time_s"]["cka"] = round(time.time() - t1, 2)
+        res["total_s"] = round(time.time() - t0, 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(res) + "\n")
     print(f"  {name}: {res['total_s']:.0f} s ({', '.join(f'{k} {v:.0f}' for k, v in res['time_s'].items())})",
           flush=True)
     return res
+
+
+def attack_all(jobs: list[tuple[str, Path, dict | None]], plan, args, work: Path) -> dict[str, dict]:
+    """Every job attacked (each waits for a model another invocation is attacking, then reads its
+    result); ``--reverse`` takes the jobs from the end, so two invocations share the work."""
+    order = list(reversed(jobs)) if args.reverse else jobs
+    return {name: attack_results(name, model_dir, plan, args, work, with_models)
+            for name, model_dir, with_models in order}
 
 
 def plot(rows: list[dict], names: list[str], path: Path) -> None:
@@ -269,11 +315,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--relearn-lr", type=float, default=1e-4,
                    help="relearning lr (default 1e-4: the lr the target was finetuned with)")
     p.add_argument("--relearn-steps", default="10,30")
+    p.add_argument("--quant-modes", default="int8,nf4,fp4", help="bitsandbytes modes (int8, nf4, fp4)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--quick", action="store_true", help="smoke: one 2-step NPO-SAM LoRA run, 8-item evaluations, 8 new tokens, "
                    "relearn 2 steps, no int8")
     p.add_argument("--out", default=None, help="output prefix (default results/robustness[_quick])")
+    p.add_argument("--reverse", action="store_true",
+                   help="train the runs before evaluating target and retain, and attack the models in reverse order: a "
+                        "second invocation beside the first shares the work")
+    p.add_argument("--phase", default=None,
+                   help="finetune:target or finetune:retain: only that, then exit (to run the two side by side; "
+                        "parallel invocations share every other step through lock files)")
     args = p.parse_args(argv)
     if args.data is None:
         p.error("--data DIR is required")
@@ -285,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             args.train = "npo_sam:lora"
     import torch
 
-    from llm_unlearn.eval.attacks import AttackConfig, build_plan, layer_cka, summarise, write_attacks
+    from llm_unlearn.eval.attacks import AttackConfig, build_plan, summarise, write_attacks
 
     torch.set_num_threads(args.threads)
     t_start = time.time()
@@ -297,14 +350,27 @@ def main(argv: list[str] | None = None) -> int:
     data = write_tofu_subset(args.data, cache / subset, args.authors, args.forget_split)
     timings: dict[str, float] = {}
 
-    t0 = time.time()
+    if args.phase:
+        role = args.phase.removeprefix("finetune:")
+        if role not in ("target", "retain"):
+            p.error(f"--phase must be finetune:target or finetune:retain, got {args.phase}")
+        frontier_models(args, data, work, roles=(role,))
+        return 0
     models = frontier_models(args, data, work)
-    evals = baseline_evals(models, data, args, work)
-    timings["baselines_s"] = round(time.time() - t0, 1)
-    t0 = time.time()
     specs = [s for s in args.train.split(",") if s]
-    runs = train_runs(specs, models, data, args, work, evals["retain"])
+
+    def evals_now() -> dict[str, Path]:
+        t0 = time.time()
+        out = baseline_evals(models, data, args, work)
+        timings["baselines_s"] = round(time.time() - t0, 1)
+        return out
+
+    # --reverse: train first (a second invocation trains while the first evaluates target and retain)
+    evals = None if args.reverse else evals_now()
+    t0 = time.time()
+    runs = train_runs(specs, models, data, args, work, lambda: (evals or baseline_evals(models, data, args, work))["retain"])
     timings["train_runs_s"] = round(time.time() - t0, 1)
+    evals = evals or evals_now()
     if not args.no_frontier_runs:
         runs += frontier_runs(args)
 
@@ -312,18 +378,17 @@ def main(argv: list[str] | None = None) -> int:
         args.relearn_steps = "2"
     cfg = AttackConfig(attacks=args.attacks, relearn_steps=tuple(int(s) for s in args.relearn_steps.split(",")),
                        relearn_lr=args.relearn_lr, max_new_tokens=args.eval_new_tokens,
-                       quant_modes=("nf4", "fp4") if args.quick else ("int8", "nf4", "fp4"))
+                       quant_modes=("nf4", "fp4") if args.quick else tuple(args.quant_modes.split(",")))
     plan = build_plan(data, args.forget_split, cfg)
     t0 = time.time()
-    reps: dict[str, Any] = {}
-    base_res = {role: attack_results(role, models[role], plan, args, work, reps) for role in ("target", "retain")}
+    jobs = [(role, models[role], None) for role in ("target", "retain")]
+    jobs += [(run["name"], run["dir"], {"target": models["target"], "retain": models["retain"]}) for run in runs]
+    attacked = attack_all(jobs, plan, args, work)
+    base_res = {role: attacked[role] for role in ("target", "retain")}
     rows, summaries = [], {}
     for run in runs:
-        res = attack_results(run["name"], run["dir"], plan, args, work, reps)
-        cka = None
-        if run["name"] in reps:
-            cka = {f"unlearned_vs_{role}": layer_cka(reps[run["name"]], reps[role]) for role in ("target", "retain")}
-            cka["target_vs_retain"] = layer_cka(reps["target"], reps["retain"])
+        res = attacked[run["name"]]
+        cka = res.get("cka")
         summary = summarise(plan, {"unlearned": res, **base_res}, cka,
                             {"unlearned": str(run["dir"]), "target": str(models["target"]),
                              "retain": str(models["retain"])})
