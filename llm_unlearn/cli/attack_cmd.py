@@ -10,6 +10,10 @@ from pathlib import Path
 
 from llm_unlearn.errors import UnlearnError
 
+# = llm_unlearn.eval.attacks.ATTACKS / QUANT_MODES (not imported here: `--help` stays free of torch)
+ATTACK_NAMES = ("relearn", "quantize", "paraphrase", "fewshot", "cka")
+QUANT_MODE_NAMES = ("int8", "nf4", "fp4")
+
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
@@ -20,10 +24,8 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 def add_attack_args(p, required: bool) -> None:
     """The attack flags shared by `attack` and `eval` (`required`: --attacks must be given)."""
-    from llm_unlearn.eval.attacks import ATTACKS, QUANT_MODES
-
     p.add_argument("--attacks", default="all" if required else None,
-                   help=f"comma-separated attacks: {', '.join(ATTACKS)}, or all"
+                   help=f"comma-separated attacks: {', '.join(ATTACK_NAMES)}, or all"
                         + (" (default all)" if required else " (default: none)"))
     p.add_argument("--target-model", default=None,
                    help="the model before unlearning, for recovery (default: the 'model' of RUN/run.json)")
@@ -31,7 +33,7 @@ def add_attack_args(p, required: bool) -> None:
     p.add_argument("--relearn-steps", type=_int_list, default=(10, 30), help="relearning steps on half A (default 10,30)")
     p.add_argument("--relearn-lr", type=float, default=2e-5, help="relearning learning rate (AdamW, constant)")
     p.add_argument("--relearn-batch-size", type=int, default=4, help="half-A items per relearning step")
-    p.add_argument("--quant-modes", default=",".join(QUANT_MODES), help="bitsandbytes modes: int8, nf4, fp4")
+    p.add_argument("--quant-modes", default=",".join(QUANT_MODE_NAMES), help="bitsandbytes modes: int8, nf4, fp4")
     p.add_argument("--fewshot-k", type=int, default=3, help="retain QA pairs before each forget question")
     p.add_argument("--attack-seed", type=int, default=0, help="seed of the A/B split, relearning order, few-shot picks")
 
@@ -79,7 +81,7 @@ def default_target(model: str) -> str | None:
 
 def attack_models(args: argparse.Namespace, device: str):
     """(target, retain) loaded for the attacks (either may be None), on `device`."""
-    from llm_unlearn.cli.eval_cmd import load_for_eval
+    from llm_unlearn.eval.loading import load_for_eval
 
     target_spec = args.target_model or default_target(args.model)
     out = []
@@ -140,8 +142,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from llm_unlearn.cli.common import prepare_output_dir
-    from llm_unlearn.cli.eval_cmd import load_for_eval
     from llm_unlearn.eval.attacks import write_attacks
+    from llm_unlearn.eval.loading import load_for_eval
 
     validate(args)
     out = prepare_output_dir(args.output, args.overwrite)

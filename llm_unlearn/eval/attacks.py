@@ -26,6 +26,8 @@ model's what it teaches a model that never saw the data.
 from __future__ import annotations
 
 import copy
+import json
+import logging
 import math
 import random
 import tempfile
@@ -39,10 +41,15 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
+from transformers.utils import logging as hf_logging
 
 from llm_unlearn.data.qa import QACollator, check_tokenizer, encode_qa
+from llm_unlearn.data.tofu import forget_percent, load_tofu, matching_retain_split, qa_per_author
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import metrics as M
+from llm_unlearn.eval.evaluator import evaluate_items
+from llm_unlearn.scoring import answer_logits, sequence_logprobs_from_logits
 
 ATTACKS = ("relearn", "quantize", "paraphrase", "fewshot", "cka")
 QUANT_MODES = ("int8", "nf4", "fp4")
@@ -168,8 +175,6 @@ def fewshot_prompts(questions: Sequence[str], shots: Sequence[dict], k: int, see
 def build_plan(data: str | Path, forget_split: str = "forget10", config: AttackConfig | None = None) -> AttackPlan:
     """Load the forget split's perturbed rows (and the retain split for few-shot) and fix the
     A / B split; fails with the split and field named when an attack's input is missing."""
-    from llm_unlearn.data.tofu import forget_percent, load_tofu, matching_retain_split, qa_per_author
-
     cfg = config or AttackConfig()
     forget_percent(forget_split)  # validates the name
     rows = load_tofu(f"{forget_split}_perturbed", data, max_items=cfg.max_items).to_list()
@@ -207,8 +212,6 @@ def item_values(model, tokenizer, rows: Sequence[dict], config: AttackConfig,
     """Per-item forget probability (exp of minus the mean answer NLL), ROUGE-L recall of the
     greedy generation, truth ratio R and the generation, with `questions` replacing the rows'
     questions when given (the answers and perturbations stay the same)."""
-    from llm_unlearn.eval.evaluator import evaluate_items
-
     rows = [dict(r, question=q) for r, q in zip(rows, questions)] if questions is not None else list(rows)
     items = evaluate_items(model, tokenizer, {"attack": rows}, batch_size=config.batch_size,
                            max_new_tokens=config.max_new_tokens, progress=False,
@@ -243,8 +246,6 @@ def merged_model(model):
 
 
 def _plain_hf_model(model, attack: str):
-    from transformers import PreTrainedModel
-
     if not isinstance(model, PreTrainedModel):
         raise UnlearnError(f"the {attack} attack needs a Hugging Face model (weights), got {type(model).__name__}")
     return model
@@ -256,8 +257,6 @@ def relearn(model, tokenizer, rows: Sequence[dict], steps: Sequence[int], lr: fl
     no weight decay, `batch_size` items per step drawn in a seeded shuffled order, epoch after
     epoch) and yield ``(step, model)`` after each step count in `steps` (the model in eval mode;
     training continues on it after the caller is done with it)."""
-    from llm_unlearn.trainers.losses import answer_logits, sequence_logprobs_from_logits
-
     check_tokenizer(tokenizer)
     steps = sorted({int(s) for s in steps})
     if not rows:
@@ -293,8 +292,6 @@ QUANT_LABELS = {"int8": "8-bit (LLM.int8)", "nf4": "4-bit NF4", "fp4": "4-bit FP
 
 
 def _bnb_config(mode: str):
-    from transformers import BitsAndBytesConfig
-
     if mode == "int8":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=mode, bnb_4bit_compute_dtype=torch.float32)
@@ -304,11 +301,7 @@ def quantized_models(model, modes: Sequence[str]) -> Iterator[tuple[str, Any]]:
     """``(mode, model)`` for each bitsandbytes mode: `model` (a merged HF model) is saved to a
     temporary directory once and reloaded quantised from it, as a user would load a published
     checkpoint in 8 or 4 bits. Each quantised model is freed before the next is loaded."""
-    import logging
-
     import bitsandbytes  # noqa: F401  (fails here, with its own message, when missing)
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     model = _plain_hf_model(model, "quantize")
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
@@ -544,8 +537,6 @@ def run_attacks(model, tokenizer, data: str | Path, forget_split: str = "forget1
 
 def write_attacks(out_dir: str | Path, result: dict[str, Any]) -> Path:
     """``attacks.json`` (summary) and ``attacks_per_item.json`` into `out_dir`."""
-    import json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "attacks.json").write_text(json.dumps(_clean(result["summary"]), indent=2) + "\n")
@@ -574,8 +565,6 @@ ATTACK_FILES = ("attacks/attacks.json", "eval/attacks.json", "attacks.json")
 def find_attack_summary(run_dir: str | Path) -> dict[str, Any] | None:
     """The attack summary of a run directory: ``attacks.json`` (from `llm-unlearn attack`) or the
     ``attacks`` entry of ``eval/summary.json`` (from ``eval --attacks``); None when there is none."""
-    import json
-
     root = Path(run_dir)
     for rel in ATTACK_FILES:
         path = root / rel

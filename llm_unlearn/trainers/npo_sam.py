@@ -23,9 +23,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import DistributedType
 
 from llm_unlearn.errors import UnlearnError
-from llm_unlearn.trainers.losses import npo_loss, sequence_logprobs
+from llm_unlearn.scoring import sequence_logprobs
+from llm_unlearn.trainers.losses import npo_loss
 from llm_unlearn.trainers.npo import NPOConfig, NPOTrainer
 
 
@@ -46,8 +48,6 @@ class NPOSAMTrainer(NPOTrainer):
     method = "npo_sam"
 
     def setup(self) -> None:
-        from accelerate.utils import DistributedType
-
         super().setup()
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             raise UnlearnError("npo_sam: DeepSpeed is not supported (SAM perturbs the weights between two backward passes)")

@@ -163,6 +163,13 @@ def test_quantizing_the_target_in_8bit_keeps_forget_probability(target, syntheti
 # --- the commands --------------------------------------------------------------------------
 
 
+def test_cli_attack_names_match_the_library():
+    from llm_unlearn.cli.attack_cmd import ATTACK_NAMES, QUANT_MODE_NAMES
+    from llm_unlearn.eval.attacks import ATTACKS, QUANT_MODES
+
+    assert ATTACK_NAMES == ATTACKS and QUANT_MODE_NAMES == QUANT_MODES
+
+
 def test_bad_attack_name_or_split_is_a_one_line_error(target_dir, synthetic_dir, tmp_path, capsys):
     from llm_unlearn.cli import main
 

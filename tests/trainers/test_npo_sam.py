@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from llm_unlearn.errors import UnlearnError
+from llm_unlearn.scoring import sequence_logprobs
 from llm_unlearn.trainers import NPOSAMConfig, get_method
-from llm_unlearn.trainers.losses import npo_loss, sequence_logprobs
+from llm_unlearn.trainers.losses import npo_loss
 
 
 def _batch(trainer):
