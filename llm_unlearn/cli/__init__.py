@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "unlearn": ("unlearn_cmd", "run an unlearning method on a finetuned model"),
     "mask": ("mask_cmd", "compute a weight-attribution mask (WAGLE, SalUn, magnitude, Wanda, random)"),
     "eval": ("eval_cmd", "evaluate a model on TOFU-style forgetting and utility"),
+    "attack": ("attack_cmd", "attack an unlearned model (relearning, quantization, paraphrase, few-shot, CKA)"),
     "score": ("score_cmd", "compute aggregates from existing per-item evaluation logs"),
     "report": ("report_cmd", "build a Markdown/HTML report with plots from run directories"),
     "s3t": ("s3t_cmd", "S3T exact deletion: train, delete, status, retrain, serve"),

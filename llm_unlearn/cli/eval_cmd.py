@@ -8,6 +8,7 @@ from pathlib import Path
 
 
 def register(sub, name: str, help_text: str) -> None:
+    from llm_unlearn.cli.attack_cmd import add_attack_args
     from llm_unlearn.cli.common import add_overwrite_flag
 
     p = sub.add_parser(name, help=help_text, description=help_text)
@@ -27,6 +28,7 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
     p.add_argument("--output", required=True, help="output directory (summary.json, per_item.json)")
+    add_attack_args(p, required=False)
     add_overwrite_flag(p)
     p.set_defaults(func=run)
 
@@ -67,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
     retain = read_logs(args.retain_logs) if args.retain_logs else None
     if retain is not None:
         check_retain_for(retain, args.forget_split, len(forget), list(forget["question"]))
+    if args.attacks:
+        from llm_unlearn.cli.attack_cmd import validate
+
+        validate(args)
 
     from llm_unlearn.eval.evaluator import evaluate_model, write_eval
     from llm_unlearn.threads import apply_thread_policy
@@ -82,6 +88,12 @@ def run(args: argparse.Namespace) -> int:
                                 max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
                                 model_name=args.model + (f" + {args.adapter}" if args.adapter else ""))
         result["summary"]["settings"]["threads"] = threads
+        if args.attacks:
+            from llm_unlearn.cli.attack_cmd import run_cli_attacks
+
+            attacked = run_cli_attacks(args, model, tok, device)
+            result["summary"]["attacks"] = attacked["summary"]  # every attacked value stays with the evaluation
+            result["per_item"]["attacks"] = attacked["per_item"]
         write_eval(stage.path, result)
     out = stage.final
     s = result["summary"]
@@ -89,5 +101,9 @@ def run(args: argparse.Namespace) -> int:
                 "forget_truth_ratio", "mia_auc_min_k", "privleak"):
         reason = s["not_available"].get(key)
         print(f"{key:24s} {format_value(s['metrics'][key], key)}" + (f"  ({reason})" if reason else ""))
+    if args.attacks:
+        from llm_unlearn.cli.attack_cmd import print_summary
+
+        print_summary(s["attacks"])
     print(f"wrote {out / 'summary.json'} and {out / 'per_item.json'}")
     return 0

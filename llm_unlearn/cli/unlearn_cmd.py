@@ -15,6 +15,7 @@ HYPERPARAMETER_FLAGS: dict[str, str] = {
     "delta": "delta", "retain_loss": "retain_loss_type", "steering_coeff": "steering_coeff", "layer": "layer",
     "update_layers": "update_layers", "refusals": "refusals_file", "save_steps": "save_steps",
     "logging_steps": "logging_steps", "report_to": "report_to", "hub_model_id": "hub_model_id", "optim": "optim",
+    "sam_rho": "sam_rho",
 }
 
 
@@ -43,10 +44,11 @@ def register(sub, name: str, help_text: str) -> None:
     g.add_argument("--grad-accum", type=int, default=None, help="gradient accumulation steps (default 1)")
     g.add_argument("--max-length", type=int, default=None, help="max tokens per QA item (default 256)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default 42)")
-    g.add_argument("--beta", type=float, default=None, help="npo / simnpo / idk_dpo inverse temperature")
+    g.add_argument("--beta", type=float, default=None, help="npo / npo_sam / simnpo / idk_dpo inverse temperature")
     g.add_argument("--alpha", type=float, default=None, help="retain-term weight (0: forget term only)")
     g.add_argument("--gamma", type=float, default=None, help="forget-term weight")
     g.add_argument("--delta", type=float, default=None, help="simnpo margin δ")
+    g.add_argument("--sam-rho", type=float, default=None, help="npo_sam: SAM radius ρ of the weight perturbation (default 0.01)")
     g.add_argument("--retain-loss", choices=["nll", "kl"], default=None, help="retain term: nll or kl(ref||θ)")
     g.add_argument("--steering-coeff", type=float, default=None, help="rmu: norm c of the random target direction")
     g.add_argument("--layer", type=int, default=None, help="rmu: decoder layer whose activations are steered")
