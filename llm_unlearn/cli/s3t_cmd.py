@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
-from llm_unlearn.cli.common import add_overwrite_flag, prepare_output_dir
+from llm_unlearn.cli.common import add_overwrite_flag
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -86,8 +87,11 @@ def run_train(args: argparse.Namespace) -> int:
         prompt_loss=args.prompt_loss, with_utility=args.with_utility, **({"aggregate": args.aggregate} if args.aggregate else {}), exclude_ids=list(args.exclude_ids), exclude_split=args.exclude_split,
     )
     validate_config(cfg)  # before creating anything
-    prepare_output_dir(args.output, args.overwrite)
-    out = train_s3t(cfg)
+    from llm_unlearn.outputs import staged_dir
+
+    with staged_dir(args.output, args.overwrite, [args.data, None if args.model == "tiny" else args.model]) as stage:
+        train_s3t(replace(cfg, output=str(stage.path)))
+    out = stage.final
     print(f"trained S3T run in {out}")
     _print_status(out)
     return 0

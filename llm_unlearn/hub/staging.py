@@ -201,7 +201,8 @@ def stage_s3t_upload(run_dir: str | Path, folder: str | Path, repo_id: str, base
     elif bundled:
         base = S3T_BUNDLED_BASE
         shutil.copytree(base_model_path(root, manifest), out / S3T_BUNDLED_BASE)
-    elif HUB_ID.match(str(manifest["base_model"])) and not Path(str(manifest["base_model"])).exists():
+    elif (HUB_ID.match(str(manifest["base_model"])) and not str(manifest["base_model"]).startswith("..")
+          and not Path(str(manifest["base_model"])).exists()):
         base = str(manifest["base_model"])
     else:
         raise UnlearnError(f"the S3T base model is the local path {manifest['base_model']}: pass --base-model ORG/NAME "

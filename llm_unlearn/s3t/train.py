@@ -53,6 +53,7 @@ from llm_unlearn.models import (
 from llm_unlearn.runinfo import data_hash, read_manifest, write_manifest
 from llm_unlearn.s3t.ledger import DeletionLedger, StageRecord
 from llm_unlearn.s3t.plan import S3TPlan, make_plan
+from llm_unlearn.threads import apply_thread_policy
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +377,14 @@ def _base_model(cfg: S3TConfig, run_dir: Path):
     tokenizer = load_tokenizer(cfg.model)
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     resolved = Path(resolve_model_path(cfg.model))
-    return model, tokenizer, str(resolved.resolve() if resolved.exists() else cfg.model), None
+    if not resolved.exists():
+        return model, tokenizer, cfg.model, None
+    resolved = resolved.resolve()
+    # a base beside the run (the demo's pretrained tiny base) is recorded relative to it, so the
+    # two can be moved together (an output written to a staging directory, then renamed)
+    if resolved.is_relative_to(run_dir.resolve().parent):
+        return model, tokenizer, os.path.relpath(resolved, run_dir.resolve()), None
+    return model, tokenizer, str(resolved), None
 
 
 def validate_config(cfg: S3TConfig) -> tuple[list[dict], list[str]]:
@@ -405,6 +413,7 @@ def train_s3t(cfg: S3TConfig) -> Path:
     rows, excluded = validate_config(cfg)
     torch.manual_seed(cfg.seed)
     base, tokenizer, base_ref, tokenizer_splits = _base_model(cfg, run_dir)
+    threads = apply_thread_policy(base)
     plan = make_plan([r["sample_id"] for r in rows], cfg.shards, cfg.slices, cfg.sequences,
                      base.config.num_hidden_layers, cfg.method, cfg.seed)
     plan.save(run_dir / PLAN_FILE)
@@ -415,7 +424,7 @@ def train_s3t(cfg: S3TConfig) -> Path:
     )
     write_manifest(run_dir, kind="s3t", s3t_format=S3T_FORMAT, base_model=base_ref, model=cfg.model,
                    data=str(cfg.data), split=cfg.split, items=len(rows), data_hash=data_hash(rows),
-                   config=asdict(cfg), blocks=plan.blocks, aggregate=cfg.aggregate, excluded=len(excluded),
+                   config=asdict(cfg), blocks=plan.blocks, aggregate=cfg.aggregate, excluded=len(excluded), threads=threads,
                    tokenizer_trained_on=tokenizer_splits if tokenizer_splits is not None else f"{cfg.model} (pretrained)")
     total = cfg.shards * cfg.sequences * cfg.slices
     with tqdm(total=total, desc="S3T stages", unit="stage") as bar:
@@ -444,7 +453,9 @@ def load_run(run_dir: str | Path) -> tuple[DeletionLedger, S3TPlan, S3TConfig, d
 
 def base_model_path(run_dir: str | Path, manifest: dict) -> str:
     ref = manifest["base_model"]
-    return str(Path(run_dir) / ref) if ref == "base" else ref
+    if ref == "base" or ref.startswith(".."):
+        return str((Path(run_dir) / ref).resolve())
+    return ref
 
 
 def tokenizer_path(run_dir: str | Path, manifest: dict) -> str:
