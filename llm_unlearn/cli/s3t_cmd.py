@@ -32,7 +32,7 @@ def register(sub, name: str, help_text: str) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--aggregate", default=None,
                    help="how served shards are combined (recorded in the run; eval --aggregate overrides; default "
-                        "posterior): "
+                        "mixture): "
                         "mean-logprob (product of experts), mixture (mean probability), posterior (shards weighted "
                         "by the likelihood they give the prompt), route (top-1 shard by that likelihood)")
     t.add_argument("--with-utility", action="store_true",

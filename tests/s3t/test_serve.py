@@ -186,7 +186,7 @@ def test_eval_cli_records_aggregate_and_refuses_empty_run(run_copy, synthetic_di
     from llm_unlearn.s3t.ledger import DeletionLedger
     from llm_unlearn.s3t.service import delete_samples
 
-    assert read_manifest(run_copy)["aggregate"] == "posterior"
+    assert read_manifest(run_copy)["aggregate"] == "mixture"  # the default
     out = tmp_path / "ev"
     args = ["eval", "--model", str(run_copy), "--data", str(synthetic_dir), "--max-items", "2", "--max-new-tokens", "4",
             "--output", str(out)]
