@@ -314,8 +314,6 @@ class UnlearnTrainer(Trainer):
 
     def _check_in_backward(self) -> None:
         """Refuse set-ups where a per-parameter step inside backward would be wrong."""
-        from accelerate.utils import DistributedType
-
         why = None
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             why = "DeepSpeed owns the optimizer step"
