@@ -5,13 +5,16 @@ from llm_unlearn.eval.evaluator import (
     evaluate_items,
     evaluate_model,
     generate_answers,
+    load_eval_rows,
     score_answers,
+    score_splits,
     write_eval,
 )
 from llm_unlearn.eval.logs import EvalLogs, SplitLog, compute_summary, read_logs
 from llm_unlearn.eval.metrics import (
     forget_quality,
     forget_truth_ratio_score,
+    holdout_forget_quality,
     ks_floor_pvalue,
     mia_auc,
     model_utility,
@@ -19,14 +22,17 @@ from llm_unlearn.eval.metrics import (
     privleak,
     probability,
     rouge_l_recall,
+    spearman,
     truth_ratios,
+    utility_proxy,
     utility_truth_ratio_score,
 )
 from llm_unlearn.eval.report import build_report, load_run
 
 __all__ = [
     "EvalLogs", "SplitLog", "build_report", "compute_summary", "evaluate_items", "evaluate_model", "forget_quality",
-    "forget_truth_ratio_score", "generate_answers", "ks_floor_pvalue", "load_run", "mia_auc", "model_utility",
+    "forget_truth_ratio_score", "generate_answers", "holdout_forget_quality", "ks_floor_pvalue", "load_eval_rows",
+    "load_run", "mia_auc", "model_utility",
     "normalised_probability", "privleak", "probability", "read_logs", "rouge_l_recall", "score_answers",
-    "truth_ratios", "utility_truth_ratio_score", "write_eval",
+    "score_splits", "spearman", "truth_ratios", "utility_proxy", "utility_truth_ratio_score", "write_eval",
 ]
