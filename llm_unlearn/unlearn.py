@@ -254,6 +254,7 @@ def run_unlearning(
     score_hfq: bool = True,
     callbacks: list | None = None,
     retain_exclude: set[str] | None = None,
+    quiet: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Unlearn `forget_split` of `data` from `model` with `method`; returns ``(output dir, run.json dict)``.
 
@@ -277,6 +278,7 @@ def run_unlearning(
       source's ``holdoutXX``, see `llm_unlearn.eval.evaluator.load_eval_rows`).
     - `callbacks`: extra `transformers.TrainerCallback`s (e.g. `llm_unlearn.tune.BestStepCallback`).
     - `retain_exclude`: retain questions left out of training (held out for a utility measure).
+    - `quiet`: no progress bar and no printed log lines (the history still goes to run.json).
     - run.json gets ``nll``, ``hfq`` (before / after) and ``warning`` when forgetting did not
       happen (`forgetting_warning`).
     """
@@ -296,7 +298,9 @@ def run_unlearning(
     forget_rows = load_tofu(forget_split, data)
     retain_rows = load_tofu(retain_split, data)
     if retain_exclude:
-        retain_rows = retain_rows.filter(lambda r: r["question"] not in retain_exclude)
+        from datasets import Dataset
+
+        retain_rows = Dataset.from_list([r for r in retain_rows.to_list() if r["question"] not in retain_exclude])
     if len(forget_rows) == 0:
         raise UnlearnError(f"forget split '{forget_split}' of {data} is empty")
 
@@ -343,6 +347,11 @@ def run_unlearning(
     pairs = ForgetRetainDataset(forget_tok, retain_tok if trainer_cls.needs_retain(cfg) else None, seed=cfg.seed)
     trainer = trainer_cls(model=model, args=cfg, train_dataset=pairs, processing_class=tokenizer,
                           weight_mask=weight_mask, callbacks=callbacks, **kwargs)
+    if quiet:
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
 
     manifest: dict[str, Any] = {
         "kind": "unlearn", "method": method, "model": str(model_spec), "data": str(data),
