@@ -127,6 +127,8 @@ class BestStepCallback(TrainerCallback):
         rec = {"step": step, "hfq": float(scores["hfq"]), "ks_statistic": float(scores["ks_statistic"]),
                "utility_proxy": float(scores["utility_proxy"])}
         rec["feasible"] = rec["utility_proxy"] >= self.utility_min
+        if "forget_truth_ratios" in scores:  # kept for later analysis (never compared with a retain model here)
+            rec["forget_truth_ratios"] = scores["forget_truth_ratios"]
         self.history.append(rec)
         if self.best is None or step_key(rec) > step_key(self.best):
             self.best = rec
@@ -185,11 +187,12 @@ def make_scorer(rows: dict[str, list[dict]], tokenizer, batch_size: int) -> Call
     from llm_unlearn.eval.evaluator import score_splits
 
     def score(model) -> dict[str, float]:
-        m = score_splits(model, tokenizer, rows, batch_size=batch_size)["metrics"]
+        summary = score_splits(model, tokenizer, rows, batch_size=batch_size)
+        m = summary["metrics"]
         if m.get("holdout_forget_quality") is None or m.get("utility_proxy") is None:
             raise UnlearnError("scoring gave no holdout forget quality / utility proxy (check the data's splits)")
         return {"hfq": m["holdout_forget_quality"], "ks_statistic": m["holdout_forget_quality_ks_statistic"],
-                "utility_proxy": m["utility_proxy"]}
+                "utility_proxy": m["utility_proxy"], "forget_truth_ratios": summary["truth_ratios"]["forget"]}
 
     return score
 

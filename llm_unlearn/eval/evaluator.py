@@ -280,9 +280,18 @@ def score_splits(model, tokenizer, rows_by_split: dict[str, list[dict]], batch_s
     scores them without generating, so ROUGE and model utility are n/a but the truth ratios,
     probabilities, holdout forget quality, utility proxy and membership AUCs are there. Cheap
     enough for every few training steps (`llm_unlearn.tune`) and before/after an unlearning run."""
+    from llm_unlearn.eval.logs import split_truth_ratios
+
     items = evaluate_items(model, tokenizer, rows_by_split, batch_size=batch_size, progress=False, generate=False)
     per_item = {"format": ITEMS_FORMAT, "splits": {n: {"items": its} for n, its in items.items()}}
-    return compute_summary(logs_from_items(per_item), retain_logs)
+    logs = logs_from_items(per_item)
+    summary = compute_summary(logs, retain_logs)
+    summary["truth_ratios"] = {}  # per item, for scores computed later (e.g. against a retain model's)
+    for name in ("forget", "holdout"):
+        tr = split_truth_ratios(logs.splits[name]) if name in logs.splits else None
+        if tr is not None:
+            summary["truth_ratios"][name] = [float(v) for v in tr]
+    return summary
 
 
 def _mia_scores(answer: str, rec: dict[str, Any], min_k: float) -> dict[str, float]:
