@@ -261,6 +261,13 @@ def _subset_source(source: Path, out: Path, cfg: DemoConfig) -> Path:
         splits[name] = load_tofu(name, source).to_list()
     if len(splits["retain_perturbed"]) < k:
         raise UnlearnError(f"{source}: too few retain items with perturbed answers among the first {cfg.authors} authors")
+    try:  # holdout: authors outside the subset (the reference of the retain-free scores)
+        from llm_unlearn.data.tofu import outside_authors_rows
+
+        splits[f"holdout{tag}"] = outside_authors_rows(source, cfg.authors, n_items=k,
+                                                       exclude_questions={r["question"] for r in forget})
+    except UnlearnError:
+        pass  # no such items: the retain-free scores show n/a with the reason
     return write_splits(splits, out)
 
 
