@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", default="npo")
     p.add_argument("--lrs-lora", default="3e-4,1e-3,3e-3")
     p.add_argument("--lrs-full", default="1e-5,1e-4,3e-4")
+    p.add_argument("--epochs-lora", type=float, default=None, help="epochs of the LoRA runs (default: MODE_DEFAULTS)")
+    p.add_argument("--epochs-full", type=float, default=None, help="epochs of the full-weight runs (default: MODE_DEFAULTS)")
     p.add_argument("--out", default=str(RESULTS / "defaults.json"))
     args = p.parse_args(argv)
     import torch
@@ -54,18 +56,20 @@ def main(argv: list[str] | None = None) -> int:
             runs = []
             for seed in range(args.seeds):
                 out = work / f"{mode}_{lr:g}_{seed}"
-                _, man = run_unlearning(str(target), data, out, args.method, lora=mode == "lora",
-                                        overrides={"learning_rate": lr, "seed": seed, "disable_tqdm": True})
+                epochs = args.epochs_lora if mode == "lora" else args.epochs_full
+                _, man = run_unlearning(str(target), data, out, args.method, lora=mode == "lora", quiet=True,
+                                        overrides={"learning_rate": lr, "seed": seed, "num_train_epochs": epochs})
                 nll = man["nll"]
                 runs.append({"seed": seed, "forget_rise": nll["forget_after"] - nll["forget_before"],
                              "retain_rise": nll["retain_after"] - nll["retain_before"],
                              "hfq_before": man["hfq"]["before"], "hfq_after": man["hfq"]["after"],
-                             "train_s": man["train_runtime_s"], "steps": man["steps"]})
+                             "train_s": man["train_runtime_s"], "steps": man["steps"],
+                             "epochs": man["hyperparameters"]["num_train_epochs"]})
                 print(f"{mode} lr {lr:g} seed {seed}: forget NLL {runs[-1]['forget_rise']:+.3f}, retain "
                       f"{runs[-1]['retain_rise']:+.3f}, HFQ {man['hfq']['before']:.3g} -> {man['hfq']['after']:.3g}",
                       flush=True)
             ok = all(r["forget_rise"] >= FORGET_RISE and r["retain_rise"] < RETAIN_RISE for r in runs)
-            cell = {"mode": mode, "learning_rate": lr, "runs": runs, "meets_target": ok,
+            cell = {"mode": mode, "learning_rate": lr, "epochs": runs[0]["epochs"], "runs": runs, "meets_target": ok,
                     **{f"{k}_{stat}": fn([r[k] for r in runs]) for k in ("forget_rise", "retain_rise", "hfq_after")
                        for stat, fn in (("mean", statistics.fmean), ("min", min), ("max", max))}}
             cells[(mode, lr)] = cell
@@ -76,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     for mode in ("lora", "full"):
         lr = MODE_DEFAULTS[mode]["learning_rate"]
         cell = cells.get((mode, lr))
-        if cell is not None:
+        if cell is not None and cell["epochs"] == MODE_DEFAULTS[mode]["num_train_epochs"]:
             targets.append({"target": f"default unlearn ({mode}, lr {lr:g}) on tiny: forget NLL rise >= {FORGET_RISE} "
                                       f"and retain NLL rise < {RETAIN_RISE}, every seed",
                             "limit": f">= {FORGET_RISE} / < {RETAIN_RISE}",
@@ -90,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
               "mode_defaults_in_library": MODE_DEFAULTS, "lowest_lr_meeting_target": chosen,
               "cells": rows, "targets": targets, "total_s": round(time.time() - t0, 1)}
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(md_table(["Mode", "lr", "forget NLL rise (min..max)", "retain NLL rise (min..max)", "HFQ after (mean)", "target"],
-                   [[c["mode"], c["learning_rate"], f"{c['forget_rise_min']:+.3f}..{c['forget_rise_max']:+.3f}",
+    print(md_table(["Mode", "lr", "epochs", "forget NLL rise (min..max)", "retain NLL rise (min..max)", "HFQ after (mean)", "target"],
+                   [[c["mode"], c["learning_rate"], c["epochs"], f"{c['forget_rise_min']:+.3f}..{c['forget_rise_max']:+.3f}",
                      f"{c['retain_rise_min']:+.3f}..{c['retain_rise_max']:+.3f}", c["hfq_after_mean"],
                      c["meets_target"]] for c in rows]))
     print(f"lowest lr meeting the target: {chosen}; wrote {args.out} ({result['total_s'] / 60:.1f} min)")

@@ -311,13 +311,14 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
                            "restored_step": best["step"]})
         records[trial.number] = rec
         trial.set_user_attr("record", {k: v for k, v in rec.items() if k != "history"})
-        trial.set_user_attr("constraint", utility_min - best["utility_proxy"])
+        # <= 0: feasible (Optuna's convention); the chosen step always is (the start is a candidate)
+        trial.set_constraint([utility_min - best["utility_proxy"]])
         say(f"trial {trial.number}: {_describe(p)} -> HFQ {best['hfq']:.3g} at step {best['step']}"
             f"/{manifest['steps']}, utility {rec['utility_ratio']:.3f}x start ({rec['time_s']:.0f} s)")
         return best["hfq"]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed, constraints_func=lambda t: [t.user_attrs.get("constraint", 0.0)])
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed)
     try:
         study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler,
                                     load_if_exists=True)
