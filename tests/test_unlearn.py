@@ -47,4 +47,4 @@ def test_default_lora_run_forgets_without_a_warning(target_dir, synthetic_dir, t
     assert "warning" not in printed
     run = json.loads((out / "run.json").read_text())
     assert run["nll"]["forget_after"] - run["nll"]["forget_before"] >= 0.1
-    assert run["hfq"]["after"] > run["hfq"]["before"]
+    assert run["hfq"]["after"] > run["hfq"]["before"]  # the forget items look less seen than before

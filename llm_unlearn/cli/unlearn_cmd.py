@@ -37,7 +37,8 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16")
     g = p.add_argument_group("hyperparameters (override the config file)")
     g.add_argument("--lr", type=float, default=None,
-                   help="learning rate (default: 1e-3 with --lora, 1e-5 full weights; rmu 5e-5; see MODE_DEFAULTS)")
+                   help="learning rate (default: 2.25e-3 with --lora, 1e-4 full weights, from benchmarks/defaults.py; "
+                        "rmu 5e-5)")
     g.add_argument("--epochs", type=float, default=None, help="epochs over the forget set (default 5)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (overrides --epochs)")
     g.add_argument("--batch-size", type=int, default=None, help="forget items per device and micro-batch (default 4)")
