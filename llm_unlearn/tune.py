@@ -312,7 +312,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         records[trial.number] = rec
         trial.set_user_attr("record", {k: v for k, v in rec.items() if k != "history"})
         # <= 0: feasible (Optuna's convention); the chosen step always is (the start is a candidate)
-        trial.set_constraint([utility_min - best["utility_proxy"]])
+        trial.set_constraint("utility_floor", utility_min - best["utility_proxy"])
         say(f"trial {trial.number}: {_describe(p)} -> HFQ {best['hfq']:.3g} at step {best['step']}"
             f"/{manifest['steps']}, utility {rec['utility_ratio']:.3f}x start ({rec['time_s']:.0f} s)")
         return best["hfq"]
