@@ -28,6 +28,7 @@ import logging
 import math
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -208,7 +209,8 @@ def suggest(trial, cfg: TuneConfig) -> dict[str, Any]:
     mode = trial.suggest_categorical("mode", modes) if len(modes) > 1 else modes[0]
     lo, hi = cfg.lr_lora if mode == "lora" else cfg.lr_full
     p: dict[str, Any] = {"mode": mode, "learning_rate": trial.suggest_float(f"lr_{mode}", lo, hi, log=True)}
-    low = max(cfg.eval_every, cfg.max_steps // 2)
+    # from about half the budget to all of it, in whole scoring intervals (a range Optuna can step)
+    low = cfg.max_steps - cfg.eval_every * ((cfg.max_steps - math.ceil(cfg.max_steps / 2)) // cfg.eval_every)
     p["max_steps"] = trial.suggest_int("max_steps", low, cfg.max_steps, step=cfg.eval_every) \
         if cfg.max_steps > low else cfg.max_steps
     if cfg.method == "npo":
@@ -317,14 +319,20 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
             f"/{manifest['steps']}, utility {rec['utility_ratio']:.3f}x start ({rec['time_s']:.0f} s)")
         return best["hfq"]
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by `catch` below
     sampler = optuna.samplers.TPESampler(seed=cfg.seed)
     try:
         study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler,
                                     load_if_exists=True)
     except Exception as exc:  # a malformed URL, an unreachable database: one line
         raise UnlearnError(f"--storage {storage}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    study.optimize(objective, n_trials=cfg.trials, catch=(UnlearnError,))
+    with warnings.catch_warnings():  # library deprecation notices are not for the user of this command
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", module="optuna")
+        study.optimize(objective, n_trials=cfg.trials, catch=(UnlearnError,))
+    failed = [t.number for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    if failed:
+        say(f"{len(failed)} trial(s) failed: {failed} (e.g. diverged); the others stand")
     done = [records[n] for n in sorted(records)]
     if not done:
         raise UnlearnError("no trial finished (see the messages above)")
