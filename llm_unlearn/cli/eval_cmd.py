@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from llm_unlearn.cli.common import prepare_output_dir
     from llm_unlearn.data.tofu import load_tofu
     from llm_unlearn.eval.evaluator import evaluate_model, write_eval
-    from llm_unlearn.eval.logs import format_value, read_logs
+    from llm_unlearn.eval.logs import format_value, read_logs, retain_free_note
 
     # validate cheap inputs before loading a model
     load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=1)
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     s = result["summary"]
     for key in ("forget_quality", "holdout_forget_quality", "mia_auc_loss", "mia_auc_min_k", "model_utility",
                 "utility_proxy", "forget_rougeL_recall", "forget_probability", "forget_truth_ratio", "privleak"):
-        reason = s["not_available"].get(key)
+        reason = s["not_available"].get(key) or retain_free_note(key)
         print(f"{key:24s} {format_value(s['metrics'][key], key)}" + (f"  ({reason})" if reason else ""))
     print(f"wrote {out / 'summary.json'} and {out / 'per_item.json'}")
     return 0

@@ -490,6 +490,15 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None) -> dict
     }
 
 
+def retain_free_note(key: str) -> str:
+    """What a retain-free score is compared with, for printing beside it ('' for other keys)."""
+    if key == "holdout_forget_quality":
+        return "retain-free: forget vs holdout items; near 1 = the forget items look unseen"
+    if key.startswith("mia_auc_"):
+        return "retain-free reference 0.5 = forget items look like unseen holdout items"
+    return ""
+
+
 def format_value(v: float | None, key: str = "") -> str:
     """4 significant digits; 'n/a' for missing values."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
