@@ -29,12 +29,20 @@ _EXPORTS = {
     "METHODS": "llm_unlearn.trainers",
     "UnlearnTrainer": "llm_unlearn.trainers",
     "run_unlearning": "llm_unlearn.unlearn",
+    "MODE_DEFAULTS": "llm_unlearn.unlearn",
+    # retain-free tuning
+    "TuneConfig": "llm_unlearn.tune",
+    "tune": "llm_unlearn.tune",
+    "BestStepCallback": "llm_unlearn.tune",
     # masks
     "WeightMask": "llm_unlearn.masks",
     "compute_mask": "llm_unlearn.masks",
     "load_mask": "llm_unlearn.masks",
     # evaluation
     "evaluate_model": "llm_unlearn.eval.evaluator",
+    "score_splits": "llm_unlearn.eval.evaluator",
+    "holdout_forget_quality": "llm_unlearn.eval.metrics",
+    "load_for_eval": "llm_unlearn.eval.loading",
     "build_report": "llm_unlearn.eval.report",
     # S3T
     "DeletionLedger": "llm_unlearn.s3t.ledger",

@@ -34,9 +34,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import TrainerCallback
 
+import llm_unlearn.unlearn as unlearn_mod  # module attributes: tests can watch every run and read
+from llm_unlearn.data.tofu import load_tofu
 from llm_unlearn.errors import UnlearnError
+from llm_unlearn.eval import logs as eval_logs
+from llm_unlearn.eval.evaluator import evaluate_model, score_splits, write_eval
+from llm_unlearn.runinfo import prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -154,8 +160,6 @@ class BestStepCallback(TrainerCallback):
         if self.history and self.history[-1]["step"] != state.global_step:
             self._record(state.global_step, model)
         if self._weights is not None:
-            import torch
-
             with torch.no_grad():
                 for n, p in self._trainable(model).items():
                     p.copy_(self._weights[n].to(p.device))
@@ -170,10 +174,7 @@ def scoring_rows(cfg: TuneConfig) -> tuple[dict[str, list[dict]], str | None]:
     """The subsets every scoring uses: forget and holdout items (HFQ), and the utility items —
     the first retain items with perturbed answers (left out of training), real authors, world
     facts. `UnlearnError` when there is no holdout set with perturbed answers."""
-    from llm_unlearn.data.tofu import load_tofu
-    from llm_unlearn.unlearn import hfq_rows
-
-    rows, reason = hfq_rows(cfg.data, cfg.forget_split, cfg.score_items, cfg.holdout_split, cfg.max_authors)
+    rows, reason = unlearn_mod.hfq_rows(cfg.data, cfg.forget_split, cfg.score_items, cfg.holdout_split, cfg.max_authors)
     if rows is None:
         raise UnlearnError(f"tune needs forget and holdout items with perturbed answers: {reason}")
     forget_q = {r["question"] for r in rows["forget"]}
@@ -185,8 +186,6 @@ def scoring_rows(cfg: TuneConfig) -> tuple[dict[str, list[dict]], str | None]:
 
 
 def make_scorer(rows: dict[str, list[dict]], tokenizer, batch_size: int) -> Callable[[Any], dict[str, float]]:
-    from llm_unlearn.eval.evaluator import score_splits
-
     def score(model) -> dict[str, float]:
         summary = score_splits(model, tokenizer, rows, batch_size=batch_size)
         m = summary["metrics"]
@@ -259,9 +258,6 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
     """Run the search; returns the ``tune.json`` summary (also written to `cfg.output`)."""
     import optuna
 
-    from llm_unlearn.cli.common import prepare_output_dir
-    from llm_unlearn.unlearn import load_target, run_unlearning
-
     check_config(cfg)
     t0 = time.time()
     rows, _ = scoring_rows(cfg)  # fails early on data without a holdout set
@@ -274,7 +270,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         if cfg.progress:
             print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    model, tokenizer = load_target(cfg.model)
+    model, tokenizer = unlearn_mod.load_target(cfg.model)
     scorer = make_scorer(rows, tokenizer, cfg.batch_size)
     start = scorer(model)
     del model
@@ -296,7 +292,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         if cfg.optim:
             overrides["optim"] = cfg.optim
         t = time.time()
-        _, manifest = run_unlearning(
+        _, manifest = unlearn_mod.run_unlearning(
             cfg.model, cfg.data, run_dir, cfg.method, forget_split=cfg.forget_split, retain_split=cfg.retain_split,
             overrides=overrides, lora=p["mode"] == "lora", lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
             mask_method=None if p["mask"] == "none" else p["mask"], mask_ratio=p.get("mask_ratio"),
@@ -370,19 +366,15 @@ def final_report(cfg: TuneConfig, chosen_dir: Path, say: Callable[[str], None]) 
     """The chosen run's full evaluation; with `cfg.retain_logs` (opened here, after the search,
     for the first time) its true forget quality. An unreadable retain log is reported, not fatal:
     the search result stands without it."""
-    from llm_unlearn.eval.evaluator import evaluate_model, write_eval
-    from llm_unlearn.eval.logs import read_logs
-    from llm_unlearn.unlearn import load_target
-
     report: dict[str, Any] = {}
     retain = None
     if cfg.retain_logs:
         try:
-            retain = read_logs(cfg.retain_logs)
+            retain = eval_logs.read_logs(cfg.retain_logs)
         except (UnlearnError, OSError) as exc:
             report["retain_logs_error"] = f"{cfg.retain_logs}: {exc}"
             say(f"note: cannot read the retain logs for the final report ({report['retain_logs_error']})")
-    model, tokenizer = load_target(str(chosen_dir))
+    model, tokenizer = unlearn_mod.load_target(str(chosen_dir))
     say("evaluating the chosen run")
     try:
         result = evaluate_model(model, tokenizer, cfg.data, forget_split=cfg.forget_split, retain_logs=retain,

@@ -14,6 +14,8 @@ any Hugging Face causal LM, a PeftModel or an HF-compatible ensemble works.
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,8 +23,23 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
-from llm_unlearn.data.qa import IGNORE_INDEX, GenerationCollator, check_tokenizer, encode_qa, pad_sequences
+from llm_unlearn.data.qa import (
+    IGNORE_INDEX,
+    GenerationCollator,
+    check_tokenizer,
+    encode_qa,
+    pad_sequences,
+    prompt_ids,
+)
+from llm_unlearn.data.tofu import (
+    available_splits,
+    forget_percent,
+    is_local_source,
+    load_tofu,
+    outside_authors_rows,
+)
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import metrics as M
 from llm_unlearn.eval.logs import (
@@ -32,6 +49,15 @@ from llm_unlearn.eval.logs import (
     compute_summary,
     logs_from_items,
     read_logs,
+    split_truth_ratios,
+)
+from llm_unlearn.scoring import (
+    accepts_forward_arg,
+    answer_logits,
+    cache_kwarg,
+    core_model,
+    output_cache,
+    token_logprobs,
 )
 
 # our split name -> TOFU split it is read from ({forget} is the forget split, e.g. forget10)
@@ -56,8 +82,6 @@ def _device(model) -> torch.device:
 def _records(logits: torch.Tensor, labels: torch.Tensor, token_stats: bool) -> list[dict[str, Any]]:
     """Per-row answer NLL (and Min-K%++ token stats) from logits aligned so that ``logits[:, t]``
     predicts ``labels[:, t + 1]``."""
-    from llm_unlearn.trainers.losses import token_logprobs
-
     tok_lp, mask = token_logprobs(logits, labels)
     if token_stats:
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -98,10 +122,6 @@ def _shared_prefix(encs: list[dict]) -> int:
 def supports_prefix_cache(model) -> bool:
     """Whether `model` is a Hugging Face causal LM (under PEFT / DDP wrappers) that takes a KV
     cache and ``logits_to_keep``: then answer variants of one question share one prompt pass."""
-    from transformers import PreTrainedModel
-
-    from llm_unlearn.trainers.losses import accepts_forward_arg, cache_kwarg, core_model
-
     core = core_model(model)
     return (isinstance(core, PreTrainedModel) and not core.config.is_encoder_decoder
             and accepts_forward_arg(model, "logits_to_keep") and cache_kwarg(model) is not None)
@@ -110,8 +130,6 @@ def supports_prefix_cache(model) -> bool:
 def _score_padded(model, encs: list[dict], device, token_stats: bool) -> list[dict[str, Any]]:
     """One right-padded forward over whole sequences (`answer_logits`: the lm-head from the
     first answer position on where the model allows it)."""
-    from llm_unlearn.trainers.losses import answer_logits
-
     batch = {
         "input_ids": pad_sequences([e["input_ids"] for e in encs], 0, "right").to(device),
         "attention_mask": pad_sequences([e["attention_mask"] for e in encs], 0, "right").to(device),
@@ -124,10 +142,6 @@ def _score_shared(model, encs: list[dict], prefix: int, batch_size: int, device,
                   token_stats: bool) -> list[dict[str, Any]]:
     """Variants of one prompt: the first `prefix` tokens go through the model once (KV cache),
     then each chunk of `batch_size` continuations (right padded) attends to that cache."""
-    import copy
-
-    from llm_unlearn.trainers.losses import cache_kwarg, output_cache
-
     head = torch.tensor([encs[0]["input_ids"][:prefix]], device=device)
     cache = output_cache(model(input_ids=head, attention_mask=torch.ones_like(head), use_cache=True, logits_to_keep=1))
     cache_arg = cache_kwarg(model)
@@ -198,8 +212,6 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int = 8
     """Greedy generations for `questions` (prompts built as in training, left padded); the new
     tokens only, decoded without special tokens and stripped. Questions are batched in order of
     prompt length (less padding); the result follows the input order."""
-    from llm_unlearn.data.qa import prompt_ids
-
     collate = GenerationCollator(tokenizer)
     device = _device(model)
     order = sorted(range(len(questions)), key=lambda i: len(prompt_ids(tokenizer, questions[i])))
@@ -222,12 +234,10 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int = 8
 
 
 def _load_rows(source, split: str, max_items: int | None) -> list[dict]:
-    from llm_unlearn.data.tofu import load_tofu
-
     return load_tofu(split, source, max_items=max_items).to_list()
 
 
-def _holdout_rows(source, holdout_split: str, max_items: int | None, *, explicit: bool = False,
+def holdout_rows(source, holdout_split: str, max_items: int | None, *, explicit: bool = False,
                   max_authors: int | None = None, forget_rows: list[dict] | None = None
                   ) -> tuple[list[dict] | None, str | None]:
     """Holdout items (about entities the model never trained on) and, when there are none, why.
@@ -236,8 +246,6 @@ def _holdout_rows(source, holdout_split: str, max_items: int | None, *, explicit
     with `max_authors` (a model trained on the first N authors of ``full``), items about the
     authors outside them that have perturbed answers, as many as the forget items; the source's
     ``holdoutXX`` split."""
-    from llm_unlearn.data.tofu import available_splits, is_local_source, outside_authors_rows
-
     if explicit:
         return _load_rows(source, holdout_split, max_items), None
     if max_authors is not None:
@@ -257,15 +265,13 @@ def load_eval_rows(data_source, forget_split: str = "forget10", max_items: int |
                    holdout_split: str | None = None, max_authors: int | None = None
                    ) -> tuple[dict[str, list[dict]], dict[str, str], str | None]:
     """The rows `evaluate_model` scores: ``({split: rows}, {split: source split}, reason there is
-    no holdout split or None)``; see `_holdout_rows` for where the holdout items come from."""
-    from llm_unlearn.data.tofu import forget_percent
-
+    no holdout split or None)``; see `holdout_rows` for where the holdout items come from."""
     forget_percent(forget_split)  # validates the name
     source_splits = {name: tmpl.format(forget=forget_split) for name, tmpl in SOURCE_SPLITS.items()}
     rows = {name: _load_rows(data_source, split, max_items) for name, split in source_splits.items()}
     explicit = holdout_split is not None
     holdout_split = holdout_split or forget_split.replace("forget", "holdout", 1)
-    hold, reason = _holdout_rows(data_source, holdout_split, max_items, explicit=explicit, max_authors=max_authors,
+    hold, reason = holdout_rows(data_source, holdout_split, max_items, explicit=explicit, max_authors=max_authors,
                                  forget_rows=rows["forget"])
     if hold is not None:
         rows["holdout"] = hold
@@ -280,8 +286,6 @@ def score_splits(model, tokenizer, rows_by_split: dict[str, list[dict]], batch_s
     scores them without generating, so ROUGE and model utility are n/a but the truth ratios,
     probabilities, holdout forget quality, utility proxy and membership AUCs are there. Cheap
     enough for every few training steps (`llm_unlearn.tune`) and before/after an unlearning run."""
-    from llm_unlearn.eval.logs import split_truth_ratios
-
     items = evaluate_items(model, tokenizer, rows_by_split, batch_size=batch_size, progress=False, generate=False)
     per_item = {"format": ITEMS_FORMAT, "splits": {n: {"items": its} for n, its in items.items()}}
     logs = logs_from_items(per_item)
@@ -387,8 +391,6 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
         raise UnlearnError(f"generation_batch_size must be >= 1, got {generation_batch_size}")
     if max_new_tokens < 1:
         raise UnlearnError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    from llm_unlearn.data.tofu import forget_percent
-
     forget_percent(forget_split)  # validates the name
     retain = read_logs(retain_logs) if isinstance(retain_logs, (str, Path)) else retain_logs
     t0 = time.time()
@@ -424,8 +426,6 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
 def write_eval(out_dir: str | Path, result: dict[str, Any]) -> Path:
     """Write ``summary.json`` and ``per_item.json`` of an `evaluate_model` result into
     `out_dir` (created); returns `out_dir`."""
-    import json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
