@@ -698,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
                 str(model_dirs["target"]), data, run_dir, unlearn_method, forget_split=FORGET_SPLIT,
                 retain_split=RETAIN_SPLIT, overrides=overrides, lora=mode == "lora", lora_r=args.lora_r,
                 lora_alpha=2 * args.lora_r, mask=masks_files.get(mask), overwrite=True,
-                nll_max_retain=args.eval_items,
+                nll_max_retain=args.eval_items, score_hfq=False,  # the evaluation below reports HFQ
             )
         except Exception as exc:  # a diverged run is a result too
             print(f"  {name} failed: {exc}", flush=True)
