@@ -51,14 +51,11 @@ def test_callback_stops_at_and_restores_the_best_step(target_dir, synthetic_dir,
 
 def test_tune_three_trials_never_opens_the_retain_logs(target_dir, synthetic_dir, tmp_path, monkeypatch, capsys):
     import llm_unlearn.eval.logs as logs_mod
-    import llm_unlearn.tune as tune_mod
+    import llm_unlearn.unlearn as unlearn_mod
     from llm_unlearn.cli import main
 
     events: list[str] = []
-    real_read, real_run = logs_mod.read_logs, tune_mod.tune.__globals__  # noqa: F841
-    import llm_unlearn.unlearn as unlearn_mod
-
-    orig_run = unlearn_mod.run_unlearning
+    real_read, orig_run = logs_mod.read_logs, unlearn_mod.run_unlearning
 
     def spy_run(*a, **k):
         events.append("trial")
