@@ -279,6 +279,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         f"{cfg.trials} trials of <= {cfg.max_steps} steps, scored every {cfg.eval_every}")
     retain_questions = {r["question"] for r in rows["retain"]}
     records: dict[int, dict[str, Any]] = {}
+    failures: dict[int, str] = {}
 
     def objective(trial) -> float:
         p = suggest(trial, cfg)
@@ -291,14 +292,23 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
             overrides["beta"] = p["beta"]
         if cfg.optim:
             overrides["optim"] = cfg.optim
+
+        def _run_trial():
+            return unlearn_mod.run_unlearning(
+                cfg.model, cfg.data, run_dir, cfg.method, forget_split=cfg.forget_split,
+                retain_split=cfg.retain_split, overrides=overrides, lora=p["mode"] == "lora", lora_r=cfg.lora_r,
+                lora_alpha=2 * cfg.lora_r, mask_method=None if p["mask"] == "none" else p["mask"],
+                mask_ratio=p.get("mask_ratio"), overwrite=True, score_hfq=False, callbacks=[cb],
+                retain_exclude=retain_questions, nll_max_retain=cfg.utility_items, quiet=True,
+            )
+
         t = time.time()
-        _, manifest = unlearn_mod.run_unlearning(
-            cfg.model, cfg.data, run_dir, cfg.method, forget_split=cfg.forget_split, retain_split=cfg.retain_split,
-            overrides=overrides, lora=p["mode"] == "lora", lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
-            mask_method=None if p["mask"] == "none" else p["mask"], mask_ratio=p.get("mask_ratio"),
-            overwrite=True, score_hfq=False, callbacks=[cb], retain_exclude=retain_questions,
-            nll_max_retain=cfg.utility_items, quiet=True,
-        )
+        try:
+            _, manifest = _run_trial()
+        except UnlearnError as exc:  # e.g. diverged: the trial fails, the search goes on
+            failures[trial.number] = str(exc).splitlines()[0]
+            say(f"trial {trial.number}: {_describe(p)} failed: {failures[trial.number]}")
+            raise
         best = cb.best
         rec = {"number": trial.number, "params": p, "feasible": best["feasible"], "hfq": best["hfq"], "ks_statistic": best["ks_statistic"],
                "utility_proxy": best["utility_proxy"], "utility_ratio": best["utility_proxy"] / start["utility_proxy"],
@@ -315,7 +325,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
             f"/{manifest['steps']}, utility {rec['utility_ratio']:.3f}x start ({rec['time_s']:.0f} s)")
         return best["hfq"]
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by `catch` below
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by `objective`
     sampler = optuna.samplers.TPESampler(seed=cfg.seed)
     try:
         study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler,
@@ -326,9 +336,6 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", module="optuna")
         study.optimize(objective, n_trials=cfg.trials, catch=(UnlearnError,))
-    failed = [t.number for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
-    if failed:
-        say(f"{len(failed)} trial(s) failed: {failed} (e.g. diverged); the others stand")
     done = [records[n] for n in sorted(records)]
     if not done:
         raise UnlearnError("no trial finished (see the messages above)")
@@ -351,12 +358,14 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         "study_name": study_name, "objective": f"maximise holdout forget quality subject to utility proxy >= "
                                                f"{cfg.utility_floor} x start ({utility_min:.4f})",
         "start": start, "utility_min": utility_min, "chosen": {k: v for k, v in chosen.items() if k != "history"},
-        "chosen_dir": str(chosen_dir), "trials": len(done), "search_s": round(search_s, 1),
+        "chosen_dir": str(chosen_dir), "trials": len(done), "failed_trials": failures,
+        "search_s": round(search_s, 1),
         "final_report": report, "total_s": round(time.time() - t0, 1),
         "retain_model_used_for": "nothing but the final report" if cfg.retain_logs else "nothing",
     }
     (out / "trials.json").write_text(json.dumps({"format": TUNE_FORMAT, "start": start, "utility_min": utility_min,
-                                                 "chosen": chosen["number"], "trials": done}, indent=1) + "\n")
+                                                 "chosen": chosen["number"], "trials": done, "failed": failures},
+                                                indent=1) + "\n")
     (out / "tune.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
     plot_trials(done, chosen, start, utility_min, out / "trials.png", f"{cfg.method} on {cfg.forget_split}")
     return summary

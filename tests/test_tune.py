@@ -109,3 +109,24 @@ def test_tune_bad_storage(target_dir, synthetic_dir, tmp_path, capsys, storage):
     assert main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(tmp_path / "t"),
                  "--storage", storage, "--trials", "1", "--max-steps", "2", "--eval-every", "2"]) == 2
     assert "error: --storage" in capsys.readouterr().err
+
+
+def test_a_failed_trial_does_not_stop_the_search(target_dir, synthetic_dir, tmp_path, monkeypatch, capsys):
+    import llm_unlearn.unlearn as unlearn_mod
+    from llm_unlearn.errors import DivergenceError
+    from llm_unlearn.tune import TuneConfig, tune
+
+    orig_run, calls = unlearn_mod.run_unlearning, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise DivergenceError("loss is nan at step 3; try a lower learning_rate")
+        return orig_run(*a, **k)
+
+    monkeypatch.setattr(unlearn_mod, "run_unlearning", flaky)
+    summary = tune(TuneConfig(model=str(target_dir), data=str(synthetic_dir), output=str(tmp_path / "t"), trials=2,
+                              max_steps=2, eval_every=2, modes="lora", final_eval=False))
+    assert summary["failed_trials"] == {0: "loss is nan at step 3; try a lower learning_rate"}
+    assert summary["trials"] == 1 and summary["chosen"]["number"] == 1
+    assert "trial 0" in capsys.readouterr().out
