@@ -34,6 +34,10 @@ _EXPORTS = {
     "TuneConfig": "llm_unlearn.tune",
     "tune": "llm_unlearn.tune",
     "BestStepCallback": "llm_unlearn.tune",
+    "OptimizerInBackward": "llm_unlearn.optim",
+    # memory planning
+    "estimate_memory": ("llm_unlearn.memory", "estimate"),
+    "MemoryEstimate": "llm_unlearn.memory",
     # masks
     "WeightMask": "llm_unlearn.masks",
     "compute_mask": "llm_unlearn.masks",
@@ -44,6 +48,8 @@ _EXPORTS = {
     "holdout_forget_quality": "llm_unlearn.eval.metrics",
     "load_for_eval": "llm_unlearn.eval.loading",
     "build_report": "llm_unlearn.eval.report",
+    "run_attacks": "llm_unlearn.eval.attacks",
+    "AttackConfig": "llm_unlearn.eval.attacks",
     # S3T
     "DeletionLedger": "llm_unlearn.s3t.ledger",
     "load_s3t_model": "llm_unlearn.s3t.serve",

@@ -46,6 +46,7 @@ from llm_unlearn.eval.logs import (
     ITEMS_FORMAT,
     SUMMARY_FORMAT,
     EvalLogs,
+    check_retain_for,
     compute_summary,
     logs_from_items,
     read_logs,
@@ -395,6 +396,8 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
     retain = read_logs(retain_logs) if isinstance(retain_logs, (str, Path)) else retain_logs
     t0 = time.time()
     rows, source_splits, mia_reason = load_eval_rows(data_source, forget_split, max_items, holdout_split, max_authors)
+    if retain is not None:  # before the evaluation, not after it
+        check_retain_for(retain, forget_split, len(rows["forget"]), [r["question"] for r in rows["forget"]])
     items = evaluate_items(model, tokenizer, rows, batch_size=batch_size, max_new_tokens=max_new_tokens,
                            min_k=min_k, progress=progress, generation_batch_size=generation_batch_size)
     per_item = {
