@@ -42,7 +42,7 @@ from llm_unlearn.data.tofu import load_tofu
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import logs as eval_logs
 from llm_unlearn.eval.evaluator import evaluate_model, score_splits, write_eval
-from llm_unlearn.runinfo import prepare_output_dir
+from llm_unlearn.outputs import prepare_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
     check_config(cfg)
     t0 = time.time()
     rows, _ = scoring_rows(cfg)  # fails early on data without a holdout set
-    out = prepare_output_dir(cfg.output, overwrite)
+    out = prepare_output_dir(cfg.output, overwrite, [cfg.model, cfg.data])
     (out / "trials").mkdir()
     storage = cfg.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     study_name = cfg.study_name or f"tune-{cfg.method}-{cfg.forget_split}"
