@@ -29,6 +29,10 @@ _EXPORTS = {
     "METHODS": "llm_unlearn.trainers",
     "UnlearnTrainer": "llm_unlearn.trainers",
     "run_unlearning": "llm_unlearn.unlearn",
+    "OptimizerInBackward": "llm_unlearn.optim",
+    # memory planning
+    "estimate_memory": ("llm_unlearn.memory", "estimate"),
+    "MemoryEstimate": "llm_unlearn.memory",
     # masks
     "WeightMask": "llm_unlearn.masks",
     "compute_mask": "llm_unlearn.masks",

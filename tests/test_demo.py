@@ -39,14 +39,20 @@ def test_unlearned_runs_forget_better_than_target(demo_dir):
 
 def test_s3t_deletion_is_exact(demo_dir):
     from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.s3t.ledger import content_hash
+    from llm_unlearn.s3t.service import verify_run
     from llm_unlearn.s3t.train import load_run
 
     ledger, *_ = load_run(demo_dir / "s3t_deleted")
-    forget = {r["question"] for r in load_tofu("forget10", demo_dir / "data")}
-    deleted = ledger.samples(ledger.deleted_ids())
-    assert {s["question"] for s in deleted} == forget
+    forget = {content_hash(r["question"], r["answer"]) for r in load_tofu("forget10", demo_dir / "data")}
+    assert {h for _, h in ledger.deleted_content_hashes()} == forget  # the text itself is purged
+    assert ledger.deleted_texts() == []
     assert ledger.active_deleted_overlap() == []
     assert ledger.retrain_pending() == []
+    verify_run(demo_dir / "s3t_deleted")  # nothing trained on the deleted authors is left
+    exact = json.loads((demo_dir / "summary.json").read_text())["s3t_exactness"]
+    assert exact["served_weights_identical_to_reference"] is True
+    assert exact["forget_quality_vs_reference"] == pytest.approx(1.0)
 
 
 def test_demo_refuses_existing_output(demo_dir, capsys):
@@ -55,19 +61,23 @@ def test_demo_refuses_existing_output(demo_dir, capsys):
 
 
 @pytest.mark.parametrize("env, expected", [(None, [1]), ("2", [])])
-def test_demo_command_pins_the_tiny_model_to_one_thread(env, expected, monkeypatch, tmp_path):
-    """The CLI runs the tiny demo on one torch thread unless OMP_NUM_THREADS says otherwise."""
+def test_finetune_pins_the_tiny_model_to_one_thread(env, expected, monkeypatch, synthetic_dir, tmp_path):
+    """The demo's stages (finetune, run_unlearning) apply the thread policy: the tiny model runs on
+    one torch thread unless OMP_NUM_THREADS says otherwise; run.json records the decision."""
+    import json
+
     import torch
 
-    import llm_unlearn.demo as demo
     from llm_unlearn.cli import main
 
     calls: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    monkeypatch.setattr(demo, "run_demo", lambda cfg, overwrite=False: {})
     if env is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", env)
-    assert main(["demo", "--output", str(tmp_path / "d"), "--small"]) == 0
-    assert calls == expected
+    out = tmp_path / "t"
+    assert main(["finetune", "--data", str(synthetic_dir), "--output", str(out), "--epochs", "0.1"]) == 0
+    assert calls[-1:] == expected
+    threads = json.loads((out / "run.json").read_text())["threads"]
+    assert threads["reason"] == ("model under 10 M parameters" if env is None else "OMP_NUM_THREADS=2")
