@@ -68,5 +68,7 @@ def test_rmu_trains_only_the_chosen_layers(lora, make_trainer, snapshot):
     assert changed
     assert all(".layers.1." in n or ".layers.2." in n for n in changed), sorted(changed)[:5]
     assert any(".layers.1." in n for n in changed) and any(".layers.2." in n for n in changed)
+    # WMDP's parameter set: the MLP down-projection only
+    assert all("mlp.down_proj" in n for n in changed), sorted(changed)
     if lora:
         assert all("lora_" in n for n in changed)
