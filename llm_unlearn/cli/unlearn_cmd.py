@@ -69,8 +69,10 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--mask-granularity", choices=["element", "row"], default=None,
                    help="with --mask-method: element (one bit per weight, the paper) or row (output channels, cheap "
                         "for 7B LoRA); default element")
-    p.add_argument("--mask-scope", choices=["global", "per_layer"], default=None,
-                   help="with --mask-method: one top-k over all weights (global) or within each tensor; default global")
+    p.add_argument("--mask-scope", choices=["global", "per_layer", "per_row", "all"], default=None,
+                   help="with --mask-method: one top-k over all linear weights (global), within each tensor "
+                        "(per_layer), within each output row (per_row, wanda's default) or over every parameter "
+                        "incl. embeddings, norms and lm_head (all, WAGLE's reference); default global, wanda per_row")
     p.add_argument("--mask-gamma", type=float, default=None,
                    help=f"with --mask-method wagle: γ, the retain-gradient weight of the score (default {DEFAULT_GAMMA:g})")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
