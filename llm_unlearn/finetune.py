@@ -13,7 +13,7 @@ from pathlib import Path
 
 from datasets import concatenate_datasets
 
-from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
+from llm_unlearn.data.qa import QACollator, template_settings, tokenize_qa_dataset
 from llm_unlearn.data.tofu import load_tofu, qa_per_author
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.perf import own_trainable_weights
@@ -46,6 +46,7 @@ class FinetuneConfig:
     dtype: str = field(default="float32", metadata={"help": "model dtype"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory, ~1/3 more compute; trl's SFTConfig turns it on by default, we do not)"})
     report_to: str = field(default="none", metadata={"help": "Trainer report_to"})
+    protocol: str = field(default="native", metadata={"help": "prompt and tokenisation protocol: native, open-unlearning or tofu-legacy (llm_unlearn.data.protocol)"})
 
 
 def load_train_rows(cfg: FinetuneConfig):
@@ -97,7 +98,7 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None) -> Path:
     split_rows, train_rows = load_train_rows(cfg)
     if model is None:
         model, tokenizer = build_model_for_finetune(cfg)
-    train_ds, report = tokenize_qa_dataset(train_rows, tokenizer, max_length=cfg.max_length)
+    train_ds, report = tokenize_qa_dataset(train_rows, tokenizer, max_length=cfg.max_length, protocol=cfg.protocol)
     print(f"finetune: {len(split_rows)} items of '{cfg.split}' (+{len(train_rows) - len(split_rows)} utility), "
           f"{report}")
     out = Path(cfg.output)
@@ -124,6 +125,7 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None) -> Path:
         truncated=report.truncated, no_answer_left=report.no_answer_left, train_loss=result.training_loss,
         base_model=TINY_BASE_DIR if cfg.model == "tiny" and cfg.lora else cfg.model,
         hyperparameters={k: v for k, v in vars(cfg).items() if k not in ("output",)},
+        protocol=template_settings(tokenizer, cfg.protocol),
     )
     return out
 

@@ -194,7 +194,7 @@ def run_unlearning(
     """
     from llm_unlearn.cli.common import prepare_output_dir
     from llm_unlearn.data.pairing import ForgetRetainDataset
-    from llm_unlearn.data.qa import check_tokenizer, tokenize_qa_dataset
+    from llm_unlearn.data.qa import check_tokenizer, template_settings, tokenize_qa_dataset
     from llm_unlearn.data.tofu import load_tofu, matching_retain_split
     from llm_unlearn.models import attach_lora
     from llm_unlearn.runinfo import data_hash, write_manifest
@@ -220,8 +220,10 @@ def run_unlearning(
     if lora:
         model = attach_lora(model, r=lora_r, alpha=lora_alpha, quantized=load_in_4bit, seed=cfg.seed)
 
-    forget_tok, forget_report = tokenize_qa_dataset(forget_rows, tokenizer, max_length=cfg.max_length)
-    retain_tok, retain_report = tokenize_qa_dataset(retain_rows, tokenizer, max_length=cfg.max_length)
+    forget_tok, forget_report = tokenize_qa_dataset(forget_rows, tokenizer, max_length=cfg.max_length,
+                                                    protocol=cfg.protocol)
+    retain_tok, retain_report = tokenize_qa_dataset(retain_rows, tokenizer, max_length=cfg.max_length,
+                                                    protocol=cfg.protocol)
     retain_eval = retain_tok.select(range(min(len(retain_tok), nll_max_retain or len(retain_tok))))
 
     if resume_from_checkpoint is None:
@@ -254,6 +256,7 @@ def run_unlearning(
         "truncated": {"forget": forget_report.truncated, "retain": retain_report.truncated},
         "lora": {"r": lora_r, "alpha": lora_alpha} if lora else None, "load_in_4bit": load_in_4bit, "dtype": dtype,
         "mask": mask_info, "seed": cfg.seed, "hyperparameters": method_hyperparameters(cfg),
+        "protocol": template_settings(tokenizer, cfg.protocol),
     }
     start = time.time()
     try:
@@ -291,7 +294,7 @@ def run_unlearning(
 # the TrainingArguments fields that matter for reproducing an unlearning run, besides the method's own
 _GENERAL_FIELDS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                    "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type", "optim",
-                   "max_length", "seed", "activation_checkpointing", "bf16", "fp16")
+                   "max_length", "seed", "activation_checkpointing", "bf16", "fp16", "protocol", "resample_pairs")
 
 
 def method_hyperparameters(cfg: UnlearnConfig) -> dict[str, Any]:

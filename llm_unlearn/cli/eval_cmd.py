@@ -11,6 +11,7 @@ from llm_unlearn.errors import UnlearnError
 
 def register(sub, name: str, help_text: str) -> None:
     from llm_unlearn.cli.common import add_overwrite_flag
+    from llm_unlearn.data.protocol import add_allow_mixed_argument, add_protocol_argument
 
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--model", required=True, help="model directory, Hub id, alias (smollm2, tiny) or S3T run directory")
@@ -21,14 +22,17 @@ def register(sub, name: str, help_text: str) -> None:
                    help="the retain model's eval (our output dir / per_item.json, TOFU_EVAL.json or TOFU "
                         "eval_log*.json dir); needed for forget quality and privleak")
     p.add_argument("--holdout-split", default=None, help="holdout split for membership inference (default holdoutXX)")
-    p.add_argument("--max-items", type=int, default=None, help="evaluate at most N items per split")
+    p.add_argument("--max-items", type=int, default=None,
+                   help="evaluate at most N items per split (default: the protocol's cap, none; tofu-legacy 300)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences scored per forward pass")
     p.add_argument("--generation-batch-size", type=int, default=None,
                    help="prompts per greedy generate call (default: max(batch size, 64))")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="greedy generation length")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="greedy generation length (default: the protocol's, 200)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
     p.add_argument("--output", required=True, help="output directory (summary.json, per_item.json)")
+    add_protocol_argument(p)
+    add_allow_mixed_argument(p)
     add_overwrite_flag(p)
     p.set_defaults(func=run)
 
@@ -63,6 +67,10 @@ def run(args: argparse.Namespace) -> int:
     # validate cheap inputs before loading a model
     load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=1)
     retain = read_logs(args.retain_logs) if args.retain_logs else None
+    if retain is not None:
+        from llm_unlearn.eval.logs import check_same_protocol
+
+        check_same_protocol(args.protocol, retain, args.allow_mixed_protocols)
     out = prepare_output_dir(args.output, args.overwrite)
     model, tok = load_for_eval(args.model, args.adapter, args.dtype)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -72,12 +80,15 @@ def run(args: argparse.Namespace) -> int:
                             max_items=args.max_items, batch_size=args.batch_size,
                             generation_batch_size=args.generation_batch_size,
                             max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
-                            model_name=args.model + (f" + {args.adapter}" if args.adapter else ""))
+                            model_name=args.model + (f" + {args.adapter}" if args.adapter else ""),
+                            protocol=args.protocol, allow_mixed_protocols=args.allow_mixed_protocols)
     write_eval(out, result)
     s = result["summary"]
     for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability",
                 "forget_truth_ratio", "mia_auc_min_k", "privleak"):
         reason = s["not_available"].get(key)
         print(f"{key:24s} {format_value(s['metrics'][key], key)}" + (f"  ({reason})" if reason else ""))
+    if s.get("mixed_protocols"):
+        print(f"note: mixed protocols (--allow-mixed-protocols): {s['mixed_protocols']}")
     print(f"wrote {out / 'summary.json'} and {out / 'per_item.json'}")
     return 0

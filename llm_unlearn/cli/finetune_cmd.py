@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from llm_unlearn.cli.common import add_overwrite_flag, prepare_output_dir
+from llm_unlearn.data.protocol import add_protocol_argument
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -28,6 +29,7 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute activations in backward: less memory, about a third more compute")
+    add_protocol_argument(p)
     add_overwrite_flag(p)
     p.set_defaults(func=run)
 
@@ -45,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr if args.lr is not None else (3e-3 if tiny else 1e-5),
         batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
         max_authors=args.max_authors, seed=args.seed, activation_checkpointing=args.activation_checkpointing,
+        protocol=args.protocol,
     )
     prepare_output_dir(args.output, args.overwrite)
     out = finetune(cfg)

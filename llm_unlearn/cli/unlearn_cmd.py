@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from llm_unlearn.cli.common import add_overwrite_flag
+from llm_unlearn.data.protocol import add_protocol_argument
 
 # flag dest -> config field (flags left at None do not override)
 HYPERPARAMETER_FLAGS: dict[str, str] = {
@@ -15,6 +16,7 @@ HYPERPARAMETER_FLAGS: dict[str, str] = {
     "delta": "delta", "retain_loss": "retain_loss_type", "steering_coeff": "steering_coeff", "layer": "layer",
     "update_layers": "update_layers", "refusals": "refusals_file", "save_steps": "save_steps",
     "logging_steps": "logging_steps", "report_to": "report_to", "hub_model_id": "hub_model_id", "optim": "optim",
+    "protocol": "protocol",
 }
 
 
@@ -75,6 +77,7 @@ def register(sub, name: str, help_text: str) -> None:
                         "incl. embeddings, norms and lm_head (all, WAGLE's reference); default global, wanda per_row")
     p.add_argument("--mask-gamma", type=float, default=None,
                    help=f"with --mask-method wagle: γ, the retain-gradient weight of the score (default {DEFAULT_GAMMA:g})")
+    add_protocol_argument(p, default=None)
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="resume from a checkpoint directory, or the last one in --output")
     add_overwrite_flag(p)

@@ -139,13 +139,22 @@ def protocol_from_dict(d: dict[str, Any] | None) -> Protocol | None:
     return replace(get_protocol(d["name"]) if d.get("name") in PROTOCOLS else NATIVE, **known)
 
 
-def add_protocol_argument(parser: argparse.ArgumentParser) -> None:
-    """``--protocol native|open-unlearning|tofu-legacy`` (default native)."""
+def add_protocol_argument(parser: argparse.ArgumentParser, default: str | None = DEFAULT_PROTOCOL) -> None:
+    """``--protocol native|open-unlearning|tofu-legacy`` (default native; None: leave the value
+    of a config file alone unless the flag is given)."""
     parser.add_argument(
-        "--protocol", default=DEFAULT_PROTOCOL, choices=list(PROTOCOLS),
+        "--protocol", default=default, choices=list(PROTOCOLS),
         help="prompt format, tokenisation, lengths, generation and MIA details: native (default), "
              "open-unlearning (its apply_chat_template path) or tofu-legacy (TOFU's original code)",
     )
+
+
+def add_allow_mixed_argument(parser: argparse.ArgumentParser) -> None:
+    """``--allow-mixed-protocols``: score forget quality / privleak against retain logs of another
+    protocol or evaluator (refused otherwise; the summary then says so)."""
+    parser.add_argument("--allow-mixed-protocols", action="store_true",
+                        help="compute forget quality and privleak even when the retain logs come from another "
+                             "protocol or evaluator (the summary then records the mismatch)")
 
 
 def today_strings(now: _dt.date | None = None) -> list[str]:
