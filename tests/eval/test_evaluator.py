@@ -10,6 +10,7 @@ import torch
 
 from llm_unlearn.data.qa import encode_qa
 from llm_unlearn.data.tofu import load_tofu
+from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval.evaluator import evaluate_model, generate_answers, score_answers, write_eval
 from llm_unlearn.eval.logs import read_logs
 
@@ -131,6 +132,35 @@ def test_retain_logs_give_forget_quality_and_privleak(tiny_eval, tmp_path, synth
     from llm_unlearn.eval.logs import compute_summary
 
     assert compute_summary(same, same)["metrics"]["forget_quality"] == 1.0
+
+
+def test_mixed_protocols_refused_unless_allowed(tiny_eval, tmp_path, capsys):
+    import json
+
+    from llm_unlearn.cli import main
+    from llm_unlearn.eval.logs import compute_summary
+
+    _, res = tiny_eval
+    native = write_eval(tmp_path / "native", res[8])
+    assert res[8]["per_item"]["protocol"]["name"] == "native"
+    assert res[8]["summary"]["template"]["protocol"] == "native"
+    # the same items relabelled as another protocol's logs
+    items = json.loads((native / "per_item.json").read_text())
+    items["protocol"] = {"name": "open-unlearning"}
+    other = tmp_path / "ou"
+    other.mkdir()
+    (other / "per_item.json").write_text(json.dumps(items))
+    with pytest.raises(UnlearnError, match="protocol 'open-unlearning'.*this model under 'native'.*--allow-mixed"):
+        compute_summary(read_logs(native), read_logs(other))
+    mixed = compute_summary(read_logs(native), read_logs(other), allow_mixed_protocols=True)
+    assert mixed["mixed_protocols"] and mixed["metrics"]["forget_quality"] == 1.0
+    assert compute_summary(read_logs(native), read_logs(native))["mixed_protocols"] is None
+    # score: one line, exit 2; then allowed with the flag, and said so
+    rc = main(["score", "--logs", str(native), "--retain-logs", str(other)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and err.count("\n") == 1
+    assert main(["score", "--logs", str(native), "--retain-logs", str(other), "--allow-mixed-protocols"]) == 0
+    assert "note: mixed protocols" in capsys.readouterr().out
 
 
 def test_eval_cli_writes_summary_and_items(saved_tiny, synthetic_dir, tmp_path, capsys):
