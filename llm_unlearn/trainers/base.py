@@ -183,7 +183,8 @@ class _EpochResampler(TrainerCallback):
         self.dataset = dataset
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.dataset.set_epoch(int(round(state.epoch or 0)))
+        # state.epoch is k at the start of epoch k, k + fraction when resumed inside epoch k
+        self.dataset.set_epoch(math.floor((state.epoch or 0) + 1e-6))
 
 
 def last_checkpoint(output_dir: str | None) -> str | None:
