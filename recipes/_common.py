@@ -79,18 +79,18 @@ class EvalArguments:
     retain_logs: str | None = field(default=None, metadata={"help": "retain model's eval (for forget quality)"})
     eval_max_items: int | None = field(default=None, metadata={"help": "cap items per eval split"})
     eval_max_new_tokens: int | None = field(default=None, metadata={"help": "greedy generation length in evaluation (default: the protocol's, 200)"})
-    protocol: str = field(default="native", metadata={"help": "evaluation protocol: native, open-unlearning or tofu-legacy"})
     eval_batch_size: int = field(default=8, metadata={"help": "items per evaluation batch"})
 
 
-def run_evaluation(model, tokenizer, data: str, out: Path, ev: EvalArguments) -> dict:
-    """TOFU evaluation of `model` (items split across ranks), written to ``out/eval`` by rank 0."""
+def run_evaluation(model, tokenizer, data: str, out: Path, ev: EvalArguments, protocol: str = "native") -> dict:
+    """TOFU evaluation of `model` (items split across ranks) under the protocol it was trained
+    with, written to ``out/eval`` by rank 0."""
     from llm_unlearn.distributed import evaluate_sharded, is_main_process
     from llm_unlearn.eval.evaluator import write_eval
 
     res = evaluate_sharded(model, tokenizer, data, forget_split=ev.forget_split, retain_logs=ev.retain_logs,
                            max_items=ev.eval_max_items, batch_size=ev.eval_batch_size,
-                           max_new_tokens=ev.eval_max_new_tokens, protocol=ev.protocol)
+                           max_new_tokens=ev.eval_max_new_tokens, protocol=protocol)
     if is_main_process():
         write_eval(Path(out) / "eval", res)
     return res

@@ -54,7 +54,7 @@ def main() -> int:
         out = finetune(cfg, model=model, tokenizer=tokenizer)
         if ev.run_eval:
             with torch.no_grad():
-                run_evaluation(model, tokenizer, cfg.data, out, ev)
+                run_evaluation(model, tokenizer, cfg.data, out, ev, protocol=cfg.protocol)
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
