@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import DEFAULT_DATA, RESULTS, fmt_table, machine_info  # noqa: E402
 
-FIXTURE = DEFAULT_DATA / "reference_logs" / "open-unlearning_smollm2"
+DATA = Path(os.environ.get("LLM_UNLEARN_TOFU_DATA") or DEFAULT_DATA)
+FIXTURE_NAME = "reference_logs/open-unlearning_smollm2"
 N_ITEMS = 40
 TOL = 5e-4
 
@@ -68,15 +70,15 @@ def score_fixture(fixture: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--data", default=str(DEFAULT_DATA))
-    ap.add_argument("--fixture", default=str(FIXTURE))
+    ap.add_argument("--data", default=str(DATA), help="TOFU copy (default ../shared/data/tofu or $LLM_UNLEARN_TOFU_DATA)")
+    ap.add_argument("--fixture", default=None, help=f"default: DATA/{FIXTURE_NAME}")
     ap.add_argument("--protocol", default="native")
     ap.add_argument("--out", default=str(RESULTS / "reference_parity.json"))
     args = ap.parse_args(argv)
     from llm_unlearn.eval.logs import read_logs
     from llm_unlearn.eval.parity import compare_split
 
-    fixture = Path(args.fixture)
+    fixture = Path(args.fixture) if args.fixture else Path(args.data) / FIXTURE_NAME
     if not (fixture / "TOFU_EVAL.json").is_file():
         print(f"error: no fixture at {fixture}", file=sys.stderr)
         return 2
