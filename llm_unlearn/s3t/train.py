@@ -238,6 +238,7 @@ def train_s3t(cfg: S3TConfig) -> Path:
     from tqdm.auto import tqdm
 
     from llm_unlearn import __version__
+    from llm_unlearn.data.qa import template_settings
     from llm_unlearn.runinfo import data_hash, write_manifest
 
     run_dir = Path(cfg.output)
@@ -254,7 +255,7 @@ def train_s3t(cfg: S3TConfig) -> Path:
     )
     write_manifest(run_dir, kind="s3t", s3t_format=S3T_FORMAT, base_model=base_ref, model=cfg.model,
                    data=str(cfg.data), split=cfg.split, items=len(rows), data_hash=data_hash(rows),
-                   config=asdict(cfg), blocks=plan.blocks)
+                   config=asdict(cfg), blocks=plan.blocks, protocol=template_settings(tokenizer, "native"))
     total = cfg.shards * cfg.sequences * cfg.slices
     with tqdm(total=total, desc="S3T stages", unit="stage") as bar:
         for shard in range(cfg.shards):
