@@ -101,3 +101,25 @@ def test_today_strings_formats():
 def test_unknown_protocol_is_one_line_error():
     with pytest.raises(UnlearnError, match="unknown protocol 'x'; choose one of native, open-unlearning, tofu-legacy"):
         get_protocol("x")
+
+
+def test_open_unlearning_equals_its_tokenize_true_path(tiny_tokenizer):
+    """open-unlearning calls apply_chat_template(tokenize=True) for the conversation and the prompt;
+    our text-then-tokenise path gives the same ids and labels."""
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = DATED_TEMPLATE
+    chat = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": Q},
+            {"role": "assistant", "content": A}]
+
+    def ids(x):
+        return list(x["input_ids"]) if not isinstance(x, list) else x
+
+    conv = ids(tok.apply_chat_template(chat, tokenize=True, add_generation_prompt=False, date_string=FIXED_DATE_STRING))
+    prompt = ids(tok.apply_chat_template(chat[:-1], tokenize=True, add_generation_prompt=True,
+                                         date_string=FIXED_DATE_STRING))
+    if conv[-1] != tok.eos_token_id:
+        conv = conv + [tok.eos_token_id]
+    enc = encode_qa(tok, Q, A, protocol="open-unlearning")
+    assert enc["input_ids"] == conv
+    assert enc["labels"] == [IGNORE_INDEX] * len(prompt) + conv[len(prompt):]
+    assert prompt_ids(tok, Q, "open-unlearning") == prompt

@@ -63,3 +63,30 @@ def test_smollm2_matches_open_unlearning_item_by_item(fixture_dir, shared_tofu):
         assert cmp[key]["max_abs"] <= TOL, (key, cmp[key])
     assert cmp["generations_equal"] >= 1
     assert cmp["rouge_equal_where_generations_equal"], cmp
+
+
+def test_open_unlearning_protocol_tokenises_as_its_code_on_smollm2(fixture_dir, shared_tofu):
+    """`--protocol open-unlearning` on the fixture items equals open-unlearning's
+    apply_chat_template(tokenize=True) path (system prompt, date, EOS only if absent)."""
+    from llm_unlearn.data.protocol import get_protocol
+    from llm_unlearn.data.qa import IGNORE_INDEX, encode_qa
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.models import cache_dir, load_tokenizer, resolve_model_path
+
+    if not (cache_dir() / "models" / "smollm2-135m-instruct" / "tokenizer.json").is_file():
+        pytest.skip("SmolLM2 not fetched (llm-unlearn models fetch smollm2-135m-instruct)")
+    tok = load_tokenizer(resolve_model_path("smollm2"))
+    ou = get_protocol("open-unlearning")
+    for row in load_tofu("forget10_perturbed", shared_tofu, max_items=40).to_list():
+        for answer in [row["answer"], row["paraphrased_answer"], *row["perturbed_answer"]]:
+            chat = [{"role": "system", "content": ou.system_prompt}, {"role": "user", "content": row["question"]},
+                    {"role": "assistant", "content": answer}]
+            conv = tok.apply_chat_template(chat, tokenize=True, date_string=ou.date_string)
+            prompt = tok.apply_chat_template(chat[:-1], tokenize=True, add_generation_prompt=True,
+                                             date_string=ou.date_string)
+            conv, prompt = [list(x if isinstance(x, list) else x["input_ids"]) for x in (conv, prompt)]
+            if conv[-1] != tok.eos_token_id:
+                conv.append(tok.eos_token_id)
+            enc = encode_qa(tok, row["question"], answer, ou.max_length, ou)
+            assert enc["input_ids"] == conv
+            assert enc["labels"] == [IGNORE_INDEX] * len(prompt) + conv[len(prompt):]
