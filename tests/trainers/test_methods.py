@@ -18,9 +18,9 @@ RUNS = {
     "grad_ascent": dict(learning_rate=5e-4),
     "grad_diff": dict(learning_rate=5e-4, alpha=1.0),
     "npo": dict(learning_rate=5e-4, alpha=5.0),
-    "simnpo": dict(learning_rate=1e-3, alpha=2.0),
+    "simnpo": dict(learning_rate=1e-3, alpha=2.0, gamma=1.0),  # forget weight 1 for a 12-step run
     "idk_dpo": dict(learning_rate=3e-3),
-    "rmu": dict(learning_rate=1e-3, steering_coeff=20.0, alpha=10.0, layer=2),
+    "rmu": dict(learning_rate=1e-2, steering_coeff=20.0, alpha=10.0, layer=2),  # only 3 down-projections train
 }
 RETAIN_BOUNDED = ("grad_diff", "npo", "simnpo")
 
