@@ -17,6 +17,9 @@ _EXPORTS = {
     "tokenize_qa_dataset": "llm_unlearn.data.qa",
     "QACollator": "llm_unlearn.data.qa",
     "ForgetRetainDataset": "llm_unlearn.data.pairing",
+    "Protocol": "llm_unlearn.data.protocol",
+    "PROTOCOLS": "llm_unlearn.data.protocol",
+    "get_protocol": "llm_unlearn.data.protocol",
     "PairedCollator": "llm_unlearn.data.pairing",
     # models and finetuning
     "load_model": "llm_unlearn.models",
@@ -35,6 +38,7 @@ _EXPORTS = {
     "load_mask": "llm_unlearn.masks",
     # evaluation
     "evaluate_model": "llm_unlearn.eval.evaluator",
+    "compare_split": "llm_unlearn.eval.parity",
     "build_report": "llm_unlearn.eval.report",
     # S3T
     "DeletionLedger": "llm_unlearn.s3t.ledger",
