@@ -39,6 +39,7 @@ _EXPORTS = {
     # evaluation
     "evaluate_model": "llm_unlearn.eval.evaluator",
     "compare_split": "llm_unlearn.eval.parity",
+    "load_for_eval": "llm_unlearn.eval.loading",
     "build_report": "llm_unlearn.eval.report",
     # S3T
     "DeletionLedger": "llm_unlearn.s3t.ledger",

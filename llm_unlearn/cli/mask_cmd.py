@@ -4,6 +4,7 @@ model and save it (bit-packed safetensors) for `llm-unlearn unlearn --mask FILE`
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -38,8 +39,6 @@ def register(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
     from torch.utils.data import DataLoader
 

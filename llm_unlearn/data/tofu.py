@@ -11,8 +11,10 @@ import json
 import re
 from pathlib import Path
 
+import datasets
 from datasets import Dataset
 
+from llm_unlearn.data.synthetic import REFUSALS
 from llm_unlearn.errors import UnlearnError
 
 DEFAULT_SOURCE = "locuslab/TOFU"
@@ -136,8 +138,6 @@ def load_tofu(split: str, source: str | Path = DEFAULT_SOURCE, max_items: int | 
     if Path(str(source)).is_file() or Path(str(source)).suffix or str(source).startswith((".", "/", "~")):
         raise UnlearnError(f"data source {source} is not a directory (nor a Hub dataset name)")
     try:
-        import datasets
-
         ds = datasets.load_dataset(str(source), split, split="train")
     except ValueError as exc:
         raise UnlearnError(f"cannot load split '{split}' of {source}: {exc}") from None
@@ -161,8 +161,6 @@ def read_refusals(source: str | Path | None = None) -> list[str]:
             lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
             if lines:
                 return lines
-    from llm_unlearn.data.synthetic import REFUSALS
-
     return list(REFUSALS)
 
 

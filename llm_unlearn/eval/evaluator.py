@@ -14,6 +14,8 @@ any Hugging Face causal LM, a PeftModel or an HF-compatible ensemble works.
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
 from llm_unlearn.data.protocol import Protocol, get_protocol
 from llm_unlearn.data.qa import (
@@ -29,8 +32,10 @@ from llm_unlearn.data.qa import (
     check_tokenizer,
     encode_qa,
     pad_sequences,
+    prompt_ids,
     template_settings,
 )
+from llm_unlearn.data.tofu import available_splits, forget_percent, is_local_source, load_tofu
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import metrics as M
 from llm_unlearn.eval.logs import (
@@ -41,6 +46,14 @@ from llm_unlearn.eval.logs import (
     compute_summary,
     logs_from_items,
     read_logs,
+)
+from llm_unlearn.scoring import (
+    accepts_forward_arg,
+    answer_logits,
+    cache_kwarg,
+    core_model,
+    output_cache,
+    token_logprobs,
 )
 
 # our split name -> TOFU split it is read from ({forget} is the forget split, e.g. forget10)
@@ -65,8 +78,6 @@ def _device(model) -> torch.device:
 def _records(logits: torch.Tensor, labels: torch.Tensor, token_stats: bool) -> list[dict[str, Any]]:
     """Per-row answer NLL (and Min-K%++ token stats) from logits aligned so that ``logits[:, t]``
     predicts ``labels[:, t + 1]``."""
-    from llm_unlearn.trainers.losses import token_logprobs
-
     tok_lp, mask = token_logprobs(logits, labels)
     if token_stats:
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -107,10 +118,6 @@ def _shared_prefix(encs: list[dict]) -> int:
 def supports_prefix_cache(model) -> bool:
     """Whether `model` is a Hugging Face causal LM (under PEFT / DDP wrappers) that takes a KV
     cache and ``logits_to_keep``: then answer variants of one question share one prompt pass."""
-    from transformers import PreTrainedModel
-
-    from llm_unlearn.trainers.losses import accepts_forward_arg, cache_kwarg, core_model
-
     core = core_model(model)
     return (isinstance(core, PreTrainedModel) and not core.config.is_encoder_decoder
             and accepts_forward_arg(model, "logits_to_keep") and cache_kwarg(model) is not None)
@@ -119,8 +126,6 @@ def supports_prefix_cache(model) -> bool:
 def _score_padded(model, encs: list[dict], device, token_stats: bool) -> list[dict[str, Any]]:
     """One right-padded forward over whole sequences (`answer_logits`: the lm-head from the
     first answer position on where the model allows it)."""
-    from llm_unlearn.trainers.losses import answer_logits
-
     batch = {
         "input_ids": pad_sequences([e["input_ids"] for e in encs], 0, "right").to(device),
         "attention_mask": pad_sequences([e["attention_mask"] for e in encs], 0, "right").to(device),
@@ -133,10 +138,6 @@ def _score_shared(model, encs: list[dict], prefix: int, batch_size: int, device,
                   token_stats: bool) -> list[dict[str, Any]]:
     """Variants of one prompt: the first `prefix` tokens go through the model once (KV cache),
     then each chunk of `batch_size` continuations (right padded) attends to that cache."""
-    import copy
-
-    from llm_unlearn.trainers.losses import cache_kwarg, output_cache
-
     head = torch.tensor([encs[0]["input_ids"][:prefix]], device=device)
     cache = output_cache(model(input_ids=head, attention_mask=torch.ones_like(head), use_cache=True, logits_to_keep=1))
     cache_arg = cache_kwarg(model)
@@ -213,8 +214,6 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int = 8
     `protocol` sets the prompt, which EOS stops generation (native: the tokenizer's;
     open-unlearning / TOFU legacy: the model's ``generation_config`` list, as they pass none)
     and, for TOFU legacy, a total length (prompt + new tokens) instead of `max_new_tokens`."""
-    from llm_unlearn.data.qa import prompt_ids
-
     protocol = get_protocol(protocol)
     collate = GenerationCollator(tokenizer, protocol)
     device = _device(model)
@@ -242,14 +241,10 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int = 8
 
 
 def _load_rows(source, split: str, max_items: int | None) -> list[dict]:
-    from llm_unlearn.data.tofu import load_tofu
-
     return load_tofu(split, source, max_items=max_items).to_list()
 
 
 def _holdout_rows(source, holdout_split: str, max_items: int | None) -> tuple[list[dict] | None, str | None]:
-    from llm_unlearn.data.tofu import available_splits, is_local_source
-
     if is_local_source(source) and holdout_split not in available_splits(source):
         return None, f"data source {source} has no {holdout_split} split"
     try:
@@ -357,14 +352,12 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
         raise UnlearnError(f"batch_size must be >= 1, got {batch_size}")
     if generation_batch_size is not None and generation_batch_size < 1:
         raise UnlearnError(f"generation_batch_size must be >= 1, got {generation_batch_size}")
-    if max_new_tokens < 1:
-        raise UnlearnError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    from llm_unlearn.data.tofu import forget_percent
-
-    forget_percent(forget_split)  # validates the name
     protocol = get_protocol(protocol)
     max_items = max_items if max_items is not None else protocol.max_items
     max_new_tokens = max_new_tokens if max_new_tokens is not None else protocol.max_new_tokens
+    if max_new_tokens < 1:
+        raise UnlearnError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    forget_percent(forget_split)  # validates the name
     retain = read_logs(retain_logs) if isinstance(retain_logs, (str, Path)) else retain_logs
     if retain is not None:
         check_same_protocol(protocol.name, retain, allow_mixed_protocols)
@@ -410,8 +403,6 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
 def write_eval(out_dir: str | Path, result: dict[str, Any]) -> Path:
     """Write ``summary.json`` and ``per_item.json`` of an `evaluate_model` result into
     `out_dir` (created); returns `out_dir`."""
-    import json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -38,27 +38,30 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from accelerate.utils import DistributedType
 from datasets import Dataset
+from peft import PeftModel
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
+from llm_unlearn import masks
 from llm_unlearn.data.pairing import PairedCollator
 from llm_unlearn.data.protocol import get_protocol
 from llm_unlearn.data.qa import check_tokenizer
 from llm_unlearn.errors import DivergenceError, UnlearnError
 from llm_unlearn.perf import own_trainable_weights
-from llm_unlearn.trainers.losses import (
+from llm_unlearn.scoring import (
     IGNORE_INDEX,
     answer_logits,
-    kl_all_positions,
-    kl_per_token,
     model_logits,
     sequence_logprobs,
     sequence_logprobs_from_logits,
 )
+from llm_unlearn.trainers.losses import kl_all_positions, kl_per_token
+from llm_unlearn.trainers.reference import QA_KEYS, add_reference_logprobs, sharded_reference_logprobs
 
 logger = logging.getLogger(__name__)
 
-QA_KEYS = ("input_ids", "attention_mask", "labels")
 RETAIN_LOSS_TYPES = ("nll", "kl")
 
 
@@ -110,10 +113,6 @@ class RetainRegularisedConfig(UnlearnConfig):
 
 
 def is_peft_model(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
     return isinstance(model, PeftModel)
 
 
@@ -147,35 +146,6 @@ class UnlearnCollator(PairedCollator):
         return batch
 
 
-@torch.no_grad()
-def add_reference_logprobs(model, dataset: Dataset, tokenizer, prefix: str = "", batch_size: int = 8) -> Dataset:
-    """Add column ``{prefix}ref_logprob``: Σ log π(y|x) of the model as it is now (eval mode).
-
-    Used with full weights, before training, so no frozen copy is needed for NPO / DPO."""
-    from torch.utils.data import DataLoader
-
-    from llm_unlearn.data.qa import QACollator
-
-    cols = [f"{prefix}{k}" for k in QA_KEYS]
-    missing = [c for c in cols if c not in dataset.column_names]
-    if missing:
-        raise UnlearnError(f"dataset has no column(s) {', '.join(missing)} to score for the reference")
-    view = dataset.select_columns(cols).rename_columns({f"{prefix}{k}": k for k in QA_KEYS}) if prefix else dataset.select_columns(cols)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    values: list[float] = []
-    for batch in DataLoader(view, batch_size=batch_size, collate_fn=QACollator(tokenizer)):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        s, _ = sequence_logprobs(model, batch)
-        values.extend(s.double().tolist())
-    model.train(was_training)
-    column = f"{prefix}ref_logprob"
-    if column in dataset.column_names:
-        dataset = dataset.remove_columns(column)
-    return dataset.add_column(column, values)
-
-
 class _EpochResampler(TrainerCallback):
     """Tells the paired dataset which epoch starts (new retain partners, the epoch's refusals)."""
 
@@ -188,8 +158,6 @@ class _EpochResampler(TrainerCallback):
 
 
 def last_checkpoint(output_dir: str | None) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
     if output_dir and os.path.isdir(output_dir):
         return get_last_checkpoint(output_dir)
     return None
@@ -237,11 +205,7 @@ class UnlearnTrainer(Trainer):
         self.setup()
         self.setup_reference()
         if weight_mask is not None:
-            try:
-                from llm_unlearn.masks import attach_mask
-            except ImportError:
-                raise UnlearnError("masks not available (llm_unlearn.masks is not installed)") from None
-            attach_mask(self, weight_mask)
+            masks.attach_mask(self, weight_mask)
 
     # ---- what a method overrides -------------------------------------------------------
 
@@ -280,8 +244,6 @@ class UnlearnTrainer(Trainer):
         if f"{prefix}ref_logprob" in dataset.column_names:
             return dataset
         if self.accelerator.num_processes > 1:
-            from llm_unlearn.distributed import sharded_reference_logprobs
-
             # each rank scores 1/N of the items; every rank gets the whole column
             return sharded_reference_logprobs(self.model, dataset, self.processing_class, prefix=prefix,
                                               batch_size=self.args.per_device_train_batch_size)
@@ -363,8 +325,6 @@ class UnlearnTrainer(Trainer):
         """``split_backward`` applies: a training forward with a graph, and a backend where two
         backward calls per micro-batch are plain gradient accumulation (not DeepSpeed, whose
         engine counts backward calls, nor DataParallel, which averages the returned loss)."""
-        from accelerate.utils import DistributedType
-
         return (bool(getattr(self.args, "split_backward", False)) and model.training and loss.requires_grad
                 and self.accelerator.distributed_type != DistributedType.DEEPSPEED and self.args.n_gpu <= 1)
 

@@ -11,7 +11,8 @@ import torch
 from transformers import TrainerCallback
 
 from llm_unlearn.data.pairing import ForgetRetainDataset
-from llm_unlearn.trainers.losses import kl_all_positions, sequence_logprobs_from_logits
+from llm_unlearn.scoring import sequence_logprobs_from_logits
+from llm_unlearn.trainers.losses import kl_all_positions
 
 
 def _batch(trainer):
