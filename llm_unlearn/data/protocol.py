@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from llm_unlearn.errors import UnlearnError
@@ -62,7 +62,6 @@ class Protocol:
     plain_prompt: str = "Question: {question}\nAnswer:"
     plain_answer_prefix: str = " "
     max_length: int | None = None  # evaluation; None = no truncation
-    train_max_length: int = 256
     max_items: int | None = None
     max_new_tokens: int = 200
     generation_max_length: int | None = None  # total length (prompt + new tokens), TOFU legacy
@@ -95,7 +94,6 @@ OPEN_UNLEARNING = Protocol(
     plain_prompt="Question: {question}\nAnswer: ",
     plain_answer_prefix="",
     max_length=512,
-    train_max_length=512,
     generation_eos="model",
     mia_drop_last_token=True,
     mia_variance_floor=1e-6,
@@ -109,7 +107,6 @@ TOFU_LEGACY = Protocol(
     plain_prompt="[INST] {question} [/INST]",
     plain_answer_prefix="",
     max_length=200,
-    train_max_length=500,
     max_items=300,
     generation_max_length=200,
     generation_eos="model",
@@ -129,14 +126,6 @@ def get_protocol(protocol: str | Protocol | None = None) -> Protocol:
     if protocol not in PROTOCOLS:
         raise UnlearnError(f"unknown protocol '{protocol}'; choose one of {', '.join(PROTOCOLS)}")
     return PROTOCOLS[protocol]
-
-
-def protocol_from_dict(d: dict[str, Any] | None) -> Protocol | None:
-    """The `Protocol` recorded in a log (`Protocol.to_dict`), or None."""
-    if not d:
-        return None
-    known = {k: v for k, v in d.items() if k in Protocol.__dataclass_fields__}
-    return replace(get_protocol(d["name"]) if d.get("name") in PROTOCOLS else NATIVE, **known)
 
 
 def add_protocol_argument(parser: argparse.ArgumentParser, default: str | None = DEFAULT_PROTOCOL) -> None:
