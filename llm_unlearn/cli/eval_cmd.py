@@ -29,6 +29,11 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None, help="greedy generation length (default: the protocol's, 200)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
+    p.add_argument("--aggregate", default=None,
+                   help="S3T run: how served shards are combined (mean-logprob, mixture, posterior, route; "
+                        "default: the run's recorded mode)")
+    p.add_argument("--allow-base", action="store_true",
+                   help="S3T run with no shard serving: evaluate the bare base model instead of refusing")
     p.add_argument("--output", required=True, help="output directory (summary.json, per_item.json)")
     add_protocol_argument(p)
     add_allow_mixed_argument(p)
@@ -60,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     check_file("--adapter", args.adapter)
     inputs = [args.model, args.adapter, args.data, args.retain_logs]
     check_output(args.output, args.overwrite, inputs)
+    if not s3t and (args.aggregate or args.allow_base):
+        raise UnlearnError("--aggregate and --allow-base apply to an S3T run directory only")
+    if s3t:  # the serving mode is known and some shard serves (or --allow-base), before any model loads
+        from llm_unlearn.s3t.service import check_servable
+
+        check_servable(args.model, args.aggregate, args.allow_base)
 
     from llm_unlearn.data.protocol import get_protocol
     from llm_unlearn.data.tofu import load_tofu
@@ -85,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from llm_unlearn.threads import apply_thread_policy
 
     with staged_dir(args.output, args.overwrite, inputs) as stage:
-        model, tok = load_for_eval(args.model, args.adapter, args.dtype)
+        model, tok = load_for_eval(args.model, args.adapter, args.dtype, args.aggregate, args.allow_base)
         threads = apply_thread_policy(model if hasattr(model, "parameters") else getattr(model, "model", None))
         if hasattr(model, "to") and not getattr(model, "hf_device_map", None):
             model = model.to(device)
@@ -96,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
                                 model_name=args.model + (f" + {args.adapter}" if args.adapter else ""),
                                 protocol=args.protocol, allow_mixed_protocols=args.allow_mixed_protocols)
         result["summary"]["settings"]["threads"] = threads
+        if s3t:
+            result["summary"]["s3t"] = {"aggregate": model.aggregate, "served_shards": sorted(model.served)}
         if args.attacks:
             from llm_unlearn.cli.attack_cmd import run_cli_attacks
 
