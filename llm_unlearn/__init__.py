@@ -17,6 +17,9 @@ _EXPORTS = {
     "tokenize_qa_dataset": "llm_unlearn.data.qa",
     "QACollator": "llm_unlearn.data.qa",
     "ForgetRetainDataset": "llm_unlearn.data.pairing",
+    "Protocol": "llm_unlearn.data.protocol",
+    "PROTOCOLS": "llm_unlearn.data.protocol",
+    "get_protocol": "llm_unlearn.data.protocol",
     "PairedCollator": "llm_unlearn.data.pairing",
     # models and finetuning
     "load_model": "llm_unlearn.models",
@@ -29,6 +32,11 @@ _EXPORTS = {
     "METHODS": "llm_unlearn.trainers",
     "UnlearnTrainer": "llm_unlearn.trainers",
     "run_unlearning": "llm_unlearn.unlearn",
+    "MODE_DEFAULTS": "llm_unlearn.unlearn",
+    # retain-free tuning
+    "TuneConfig": "llm_unlearn.tune",
+    "tune": "llm_unlearn.tune",
+    "BestStepCallback": "llm_unlearn.tune",
     "OptimizerInBackward": "llm_unlearn.optim",
     # memory planning
     "estimate_memory": ("llm_unlearn.memory", "estimate"),
@@ -39,6 +47,9 @@ _EXPORTS = {
     "load_mask": "llm_unlearn.masks",
     # evaluation
     "evaluate_model": "llm_unlearn.eval.evaluator",
+    "score_splits": "llm_unlearn.eval.evaluator",
+    "holdout_forget_quality": "llm_unlearn.eval.metrics",
+    "compare_split": "llm_unlearn.eval.parity",
     "load_for_eval": "llm_unlearn.eval.loading",
     "build_report": "llm_unlearn.eval.report",
     "run_attacks": "llm_unlearn.eval.attacks",

@@ -10,6 +10,7 @@ from pathlib import Path
 def register(sub, name: str, help_text: str) -> None:
     from llm_unlearn.cli.attack_cmd import add_attack_args
     from llm_unlearn.cli.common import add_overwrite_flag
+    from llm_unlearn.data.protocol import add_allow_mixed_argument, add_protocol_argument
 
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--model", required=True, help="model directory, Hub id, alias (smollm2, tiny) or S3T run directory")
@@ -19,12 +20,18 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--retain-logs", default=None,
                    help="the retain model's eval (our output dir / per_item.json, TOFU_EVAL.json or TOFU "
                         "eval_log*.json dir); needed for forget quality and privleak")
-    p.add_argument("--holdout-split", default=None, help="holdout split for membership inference (default holdoutXX)")
-    p.add_argument("--max-items", type=int, default=None, help="evaluate at most N items per split")
+    p.add_argument("--holdout-split", default=None,
+                   help="holdout split (items about entities the model never trained on) for the retain-free scores: "
+                        "holdout forget quality and membership AUCs (default: holdoutXX of --data)")
+    p.add_argument("--max-authors", type=int, default=None,
+                   help="the model was finetuned on the first N authors of full (a TOFU subset): the holdout items "
+                        "are the other authors' (those with perturbed answers)")
+    p.add_argument("--max-items", type=int, default=None,
+                   help="evaluate at most N items per split (default: the protocol's cap, none; tofu-legacy 300)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences scored per forward pass")
     p.add_argument("--generation-batch-size", type=int, default=None,
                    help="prompts per greedy generate call (default: max(batch size, 64))")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="greedy generation length")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="greedy generation length (default: the protocol's, 200)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
     p.add_argument("--aggregate", default=None,
@@ -33,6 +40,8 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--allow-base", action="store_true",
                    help="S3T run with no shard serving: evaluate the bare base model instead of refusing")
     p.add_argument("--output", required=True, help="output directory (summary.json, per_item.json)")
+    add_protocol_argument(p)
+    add_allow_mixed_argument(p)
     add_attack_args(p, required=False)
     add_overwrite_flag(p)
     p.set_defaults(func=run)
@@ -68,17 +77,26 @@ def run(args: argparse.Namespace) -> int:
 
         check_servable(args.model, args.aggregate, args.allow_base)
 
+    from llm_unlearn.data.protocol import get_protocol
     from llm_unlearn.data.tofu import load_tofu
     from llm_unlearn.eval.loading import load_for_eval
-    from llm_unlearn.eval.logs import check_retain_for, format_value, read_logs
+    from llm_unlearn.eval.logs import (
+        check_retain_for,
+        check_same_protocol,
+        format_value,
+        read_logs,
+        retain_free_note,
+    )
     from llm_unlearn.models import resolve_device, resolve_model_path
 
     if not s3t:
         resolve_model_path(args.model)  # aliases, adapters and their base models
     device = resolve_device(args.device)
-    forget = load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=args.max_items)
+    max_items = args.max_items if args.max_items is not None else get_protocol(args.protocol).max_items
+    forget = load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=max_items)
     retain = read_logs(args.retain_logs) if args.retain_logs else None
     if retain is not None:
+        check_same_protocol(args.protocol, retain, args.allow_mixed_protocols)
         check_retain_for(retain, args.forget_split, len(forget), list(forget["question"]))
     if args.attacks:
         from llm_unlearn.cli.attack_cmd import validate
@@ -97,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
                                 max_items=args.max_items, batch_size=args.batch_size,
                                 generation_batch_size=args.generation_batch_size,
                                 max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
-                                model_name=args.model + (f" + {args.adapter}" if args.adapter else ""))
+                                max_authors=args.max_authors,
+                                model_name=args.model + (f" + {args.adapter}" if args.adapter else ""),
+                                protocol=args.protocol, allow_mixed_protocols=args.allow_mixed_protocols)
         result["summary"]["settings"]["threads"] = threads
         if s3t:
             result["summary"]["s3t"] = {"aggregate": model.aggregate, "served_shards": sorted(model.served)}
@@ -110,10 +130,12 @@ def run(args: argparse.Namespace) -> int:
         write_eval(stage.path, result)
     out = stage.final
     s = result["summary"]
-    for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability",
-                "forget_truth_ratio", "mia_auc_min_k", "privleak"):
-        reason = s["not_available"].get(key)
+    for key in ("forget_quality", "holdout_forget_quality", "mia_auc_loss", "mia_auc_min_k", "model_utility",
+                "utility_proxy", "forget_rougeL_recall", "forget_probability", "forget_truth_ratio", "privleak"):
+        reason = s["not_available"].get(key) or retain_free_note(key)
         print(f"{key:24s} {format_value(s['metrics'][key], key)}" + (f"  ({reason})" if reason else ""))
+    if s.get("mixed_protocols"):
+        print(f"note: mixed protocols (--allow-mixed-protocols): {s['mixed_protocols']}")
     if args.attacks:
         from llm_unlearn.cli.attack_cmd import print_summary
 

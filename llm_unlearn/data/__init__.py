@@ -1,6 +1,7 @@
 """Data: TOFU loading, the synthetic fictitious-author generator, QA tokenisation, pairing."""
 
 from llm_unlearn.data.pairing import ForgetRetainDataset, PairedCollator, check_no_overlap
+from llm_unlearn.data.protocol import PROTOCOLS, Protocol, get_protocol
 from llm_unlearn.data.qa import (
     IGNORE_INDEX,
     GenerationCollator,
@@ -14,7 +15,7 @@ from llm_unlearn.data.synthetic import write_splits
 from llm_unlearn.data.tofu import load_tofu, matching_retain_split, read_refusals
 
 __all__ = [
-    "IGNORE_INDEX", "ForgetRetainDataset", "GenerationCollator", "PairedCollator", "QACollator", "build_prompt",
+    "IGNORE_INDEX", "PROTOCOLS", "ForgetRetainDataset", "Protocol", "get_protocol", "GenerationCollator", "PairedCollator", "QACollator", "build_prompt",
     "check_no_overlap", "encode_qa", "generate_synthetic", "load_tofu", "matching_retain_split", "read_refusals",
     "tokenize_qa_dataset", "write_splits",
 ]

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from llm_unlearn.data.protocol import Protocol, get_protocol
 from llm_unlearn.data.qa import (
     IGNORE_INDEX,
     GenerationCollator,
@@ -32,8 +33,15 @@ from llm_unlearn.data.qa import (
     encode_qa,
     pad_sequences,
     prompt_ids,
+    template_settings,
 )
-from llm_unlearn.data.tofu import available_splits, forget_percent, is_local_source, load_tofu
+from llm_unlearn.data.tofu import (
+    available_splits,
+    forget_percent,
+    is_local_source,
+    load_tofu,
+    outside_authors_rows,
+)
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import metrics as M
 from llm_unlearn.eval.logs import (
@@ -41,9 +49,11 @@ from llm_unlearn.eval.logs import (
     SUMMARY_FORMAT,
     EvalLogs,
     check_retain_for,
+    check_same_protocol,
     compute_summary,
     logs_from_items,
     read_logs,
+    split_truth_ratios,
 )
 from llm_unlearn.scoring import (
     accepts_forward_arg,
@@ -81,7 +91,7 @@ def _records(logits: torch.Tensor, labels: torch.Tensor, token_stats: bool) -> l
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         probs = logp.exp()
         mu = (probs * logp).sum(-1)
-        sigma = ((probs * logp.pow(2)).sum(-1) - mu.pow(2)).clamp(min=0).sqrt()
+        var = (probs * logp.pow(2)).sum(-1) - mu.pow(2)
     nll_sum = -tok_lp.sum(-1)
     counts = mask.sum(-1)
     out = []
@@ -93,7 +103,7 @@ def _records(logits: torch.Tensor, labels: torch.Tensor, token_stats: bool) -> l
             sel = mask[i]
             rec["logprobs"] = tok_lp[i][sel].tolist()
             rec["mu"] = mu[i][sel].tolist()
-            rec["sigma"] = sigma[i][sel].tolist()
+            rec["var"] = var[i][sel].tolist()
         out.append(rec)
     return out
 
@@ -160,10 +170,12 @@ def _score_shared(model, encs: list[dict], prefix: int, batch_size: int, device,
 @torch.no_grad()
 def score_answers(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 8,
                   token_stats: bool = False, max_length: int | None = None,
-                  progress: tqdm | None = None, share_prompt: bool | None = None) -> list[dict[str, Any]]:
+                  progress: tqdm | None = None, share_prompt: bool | None = None,
+                  protocol: Protocol | str | None = None) -> list[dict[str, Any]]:
     """Answer-token NLL of each (question, answer) pair: ``{"loss" (mean), "loss_sum",
-    "num_tokens"}`` and, with `token_stats`, per-token ``logprobs``, ``mu`` and ``sigma`` (mean
-    and std of log p under the model's next-token distribution, for Min-K%++).
+    "num_tokens"}`` and, with `token_stats`, per-token ``logprobs``, ``mu`` and ``var`` (mean
+    and variance of log p under the model's next-token distribution, for Min-K%++). Items
+    are tokenised as `protocol` says (default native).
 
     Pairs that share a question (TOFU's ground-truth, paraphrased and perturbed answers) run
     the prompt once and the answers `batch_size` at a time against its KV cache
@@ -175,7 +187,7 @@ def score_answers(model, tokenizer, pairs: list[tuple[str, str]], batch_size: in
     device = _device(model)
     if share_prompt is None:
         share_prompt = supports_prefix_cache(model)
-    encs = [encode_qa(tokenizer, q, a, max_length) for q, a in pairs]
+    encs = [encode_qa(tokenizer, q, a, max_length, protocol) for q, a in pairs]
     out: list[dict[str, Any] | None] = [None] * len(pairs)
     alone: list[int] = []
     groups: dict[str, list[int]] = {}
@@ -202,13 +214,22 @@ def score_answers(model, tokenizer, pairs: list[tuple[str, str]], batch_size: in
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions: list[str], batch_size: int = 8, max_new_tokens: int = 200,
-                     progress: tqdm | None = None) -> list[str]:
+                     progress: tqdm | None = None, protocol: Protocol | str | None = None) -> list[str]:
     """Greedy generations for `questions` (prompts built as in training, left padded); the new
-    tokens only, decoded without special tokens and stripped. Questions are batched in order of
-    prompt length (less padding); the result follows the input order."""
-    collate = GenerationCollator(tokenizer)
+    tokens only, decoded without special tokens, cut at the EOS text and stripped. Questions
+    are batched in order of prompt length (less padding); the result follows the input order.
+
+    `protocol` sets the prompt, which EOS stops generation (native: the tokenizer's;
+    open-unlearning / TOFU legacy: the model's ``generation_config`` list, as they pass none)
+    and, for TOFU legacy, a total length (prompt + new tokens) instead of `max_new_tokens`."""
+    protocol = get_protocol(protocol)
+    collate = GenerationCollator(tokenizer, protocol)
     device = _device(model)
-    order = sorted(range(len(questions)), key=lambda i: len(prompt_ids(tokenizer, questions[i])))
+    length = ({"max_length": protocol.generation_max_length} if protocol.generation_max_length
+              else {"max_new_tokens": max_new_tokens})
+    eos = {"eos_token_id": tokenizer.eos_token_id} if protocol.generation_eos == "tokenizer" else {}
+    eos_text = tokenizer.decode([tokenizer.eos_token_id]) if tokenizer.eos_token_id is not None else ""
+    order = sorted(range(len(questions)), key=lambda i: len(prompt_ids(tokenizer, questions[i], protocol)))
     texts: dict[int, str] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
@@ -216,12 +237,12 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int = 8
         batch = collate(rows)
         ids = batch["input_ids"].to(device)
         gen = model.generate(
-            input_ids=ids, attention_mask=batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
-            do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            input_ids=ids, attention_mask=batch["attention_mask"].to(device), **length,
+            do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id, **eos,
         )
         new = gen[:, ids.shape[1]:]
         for i, t in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-            texts[i] = t.strip()
+            texts[i] = (t.split(eos_text)[0] if eos_text else t).strip()
         if progress is not None:
             progress.update(len(rows))
     return [texts[i] for i in range(len(questions))]
@@ -231,33 +252,96 @@ def _load_rows(source, split: str, max_items: int | None) -> list[dict]:
     return load_tofu(split, source, max_items=max_items).to_list()
 
 
-def _holdout_rows(source, holdout_split: str, max_items: int | None) -> tuple[list[dict] | None, str | None]:
+def holdout_rows(source, holdout_split: str, max_items: int | None, *, explicit: bool = False,
+                  max_authors: int | None = None, forget_rows: list[dict] | None = None
+                  ) -> tuple[list[dict] | None, str | None]:
+    """Holdout items (about entities the model never trained on) and, when there are none, why.
+
+    Sources, first match: the split `holdout_split` (given with `explicit`: it must exist);
+    with `max_authors` (a model trained on the first N authors of ``full``), items about the
+    authors outside them that have perturbed answers, as many as the forget items; the source's
+    ``holdoutXX`` split."""
+    if explicit:
+        return _load_rows(source, holdout_split, max_items), None
+    if max_authors is not None:
+        forget_rows = forget_rows or []
+        rows = outside_authors_rows(source, max_authors, n_items=len(forget_rows) or None,
+                                    exclude_questions={r["question"] for r in forget_rows})
+        return rows[:max_items] if max_items else rows, None
     if is_local_source(source) and holdout_split not in available_splits(source):
-        return None, f"data source {source} has no {holdout_split} split"
+        return None, f"data source {source} has no {holdout_split} split (pass --holdout-split or --max-authors)"
     try:
         return _load_rows(source, holdout_split, max_items), None
     except UnlearnError as exc:
         return None, f"cannot load {holdout_split}: {exc}"
 
 
-def _mia_scores(answer: str, rec: dict[str, Any], min_k: float) -> dict[str, float]:
+def load_eval_rows(data_source, forget_split: str = "forget10", max_items: int | None = None,
+                   holdout_split: str | None = None, max_authors: int | None = None
+                   ) -> tuple[dict[str, list[dict]], dict[str, str], str | None]:
+    """The rows `evaluate_model` scores: ``({split: rows}, {split: source split}, reason there is
+    no holdout split or None)``; see `holdout_rows` for where the holdout items come from."""
+    forget_percent(forget_split)  # validates the name
+    source_splits = {name: tmpl.format(forget=forget_split) for name, tmpl in SOURCE_SPLITS.items()}
+    rows = {name: _load_rows(data_source, split, max_items) for name, split in source_splits.items()}
+    explicit = holdout_split is not None
+    holdout_split = holdout_split or forget_split.replace("forget", "holdout", 1)
+    hold, reason = holdout_rows(data_source, holdout_split, max_items, explicit=explicit, max_authors=max_authors,
+                                 forget_rows=rows["forget"])
+    if hold is not None:
+        rows["holdout"] = hold
+        source_splits["holdout"] = (f"full: authors after the first {max_authors}, with perturbed answers"
+                                    if max_authors is not None and not explicit else holdout_split)
+    return rows, source_splits, reason
+
+
+def score_splits(model, tokenizer, rows_by_split: dict[str, list[dict]], batch_size: int = 8,
+                 retain_logs: EvalLogs | None = None, protocol: Protocol | str | None = None) -> dict[str, Any]:
+    """Scoring only (no generation): `compute_summary` of `rows_by_split` as `evaluate_items`
+    scores them without generating, so ROUGE and model utility are n/a but the truth ratios,
+    probabilities, holdout forget quality, utility proxy and membership AUCs are there. Cheap
+    enough for every few training steps (`llm_unlearn.tune`) and before/after an unlearning run."""
+    items = evaluate_items(model, tokenizer, rows_by_split, batch_size=batch_size, progress=False, generate=False,
+                           protocol=protocol)
+    per_item = {"format": ITEMS_FORMAT, "splits": {n: {"items": its} for n, its in items.items()}}
+    logs = logs_from_items(per_item)
+    summary = compute_summary(logs, retain_logs)
+    summary["truth_ratios"] = {}  # per item, for scores computed later (e.g. against a retain model's)
+    for name in ("forget", "holdout"):
+        tr = split_truth_ratios(logs.splits[name]) if name in logs.splits else None
+        if tr is not None:
+            summary["truth_ratios"][name] = [float(v) for v in tr]
+    return summary
+
+
+def _mia_scores(answer: str, rec: dict[str, Any], min_k: float, protocol: Protocol) -> dict[str, float]:
+    """LOSS and zlib on all answer tokens; Min-K% / Min-K%++ without the last token (EOS) when
+    the protocol drops it, Min-K%++ with the protocol's floor on the variance."""
+    cut = -1 if protocol.mia_drop_last_token else None
+    lp, mu, var = rec["logprobs"][:cut], rec["mu"][:cut], rec["var"][:cut]
+    sigma = np.sqrt(np.maximum(np.asarray(var, dtype=np.float64), protocol.mia_variance_floor))
     return {
         "loss": rec["loss"],
         "zlib": rec["loss"] / M.zlib_entropy(answer),
-        "min_k": M.min_k_score(rec["logprobs"], min_k),
-        "min_k_plus_plus": M.min_k_plus_plus_score(rec["logprobs"], rec["mu"], rec["sigma"], min_k),
+        "min_k": M.min_k_score(lp, min_k),
+        "min_k_plus_plus": M.min_k_plus_plus_score(lp, mu, sigma, min_k),
     }
 
 
 def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch_size: int = 8,
                    max_new_tokens: int = 200, min_k: float = M.MIN_K_DEFAULT,
-                   progress: bool = True, generation_batch_size: int | None = None) -> dict[str, list[dict[str, Any]]]:
+                   progress: bool = True, generation_batch_size: int | None = None,
+                   generate: bool = True, protocol: Protocol | str | None = None,
+                   ) -> dict[str, list[dict[str, Any]]]:
     """Per-item values for each split of `rows_by_split` (our split name -> TOFU rows). Splits
-    named ``forget``/``holdout`` get membership scores; ``holdout`` gets no generation.
+    named ``forget``/``holdout`` get membership scores; ``holdout`` gets no generation, and its
+    paraphrased / perturbed answers are scored when its rows have them (for the holdout forget
+    quality). `generate` False: scoring only (no generation, no ROUGE).
     `batch_size` sequences are scored per forward; `generation_batch_size` (default
     ``max(batch_size, 64)``) prompts are generated together (a decoding step costs little more
     for 40 rows than for 8 on a CPU: 2.4x faster on SmolLM2)."""
     gen_batch = generation_batch_size or max(batch_size, 64)
+    protocol = get_protocol(protocol)
     was_training = model.training
     model.eval()
     try:
@@ -265,13 +349,13 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
         for split, rows in rows_by_split.items():
             for i, row in enumerate(rows):
                 plan.append((split, i, "gt", 0, row["question"], row["answer"]))
-                if split == "holdout":
+                if split == "holdout" and not (row.get("paraphrased_answer") and row.get("perturbed_answer")):
                     continue
                 if row.get("paraphrased_answer"):
                     plan.append((split, i, "paraphrased", 0, row["question"], row["paraphrased_answer"]))
                 for j, p in enumerate(row.get("perturbed_answer") or []):
                     plan.append((split, i, "perturbed", j, row["question"], p))
-        n_gen = sum(len(r) for s, r in rows_by_split.items() if s != "holdout")
+        n_gen = sum(len(r) for s, r in rows_by_split.items() if s != "holdout") if generate else 0
         bar = tqdm(total=len(plan) + n_gen, desc="eval (score + generate)", unit="seq", disable=not progress)
         items: dict[str, list[dict[str, Any]]] = {
             s: [{"index": i, "question": r["question"], "answer": r["answer"]} for i, r in enumerate(rows)]
@@ -282,7 +366,8 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
         rest = [p for p in plan if not (p[0] in ("forget", "holdout") and p[2] == "gt")]
         for group, stats in ((needs_stats, True), (rest, False)):
             recs = score_answers(model, tokenizer, [(p[4], p[5]) for p in group], batch_size,
-                                 token_stats=stats, progress=bar)
+                                 token_stats=stats, max_length=protocol.max_length, progress=bar,
+                                 protocol=protocol)
             for (split, i, kind, _j, _q, text), rec in zip(group, recs):
                 item = items[split][i]
                 if kind == "perturbed":
@@ -294,12 +379,12 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
                     item[f"{kind}_loss_sum"] = rec["loss_sum"]
                     item[f"{kind}_num_tokens"] = rec["num_tokens"]
                 if stats:
-                    item["mia"] = _mia_scores(text, rec, min_k)
+                    item["mia"] = _mia_scores(text, rec, min_k, protocol)
         for split, rows in rows_by_split.items():
-            if split == "holdout":
+            if split == "holdout" or not generate:
                 continue
             gens = generate_answers(model, tokenizer, [r["question"] for r in rows], gen_batch, max_new_tokens,
-                                    progress=bar)
+                                    progress=bar, protocol=protocol)
             rouge = M.rouge_l_recall(gens, [r["answer"] for r in rows])
             for item, g, r in zip(items[split], gens, rouge):
                 item["generation"], item["rougeL_recall"] = g, float(r)
@@ -311,42 +396,50 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
 
 def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10",
                    retain_logs: str | Path | EvalLogs | None = None, max_items: int | None = None,
-                   batch_size: int = 8, max_new_tokens: int = 200, holdout_split: str | None = None,
+                   batch_size: int = 8, max_new_tokens: int | None = None, holdout_split: str | None = None,
                    min_k: float = M.MIN_K_DEFAULT, progress: bool = True,
-                   model_name: str | None = None, generation_batch_size: int | None = None) -> dict[str, Any]:
+                   model_name: str | None = None, generation_batch_size: int | None = None,
+                   max_authors: int | None = None, protocol: Protocol | str | None = None,
+                   allow_mixed_protocols: bool = False) -> dict[str, Any]:
     """Evaluate `model` on TOFU-style data. Returns ``{"summary": dict, "per_item": dict}``.
 
     Splits: ``{forget_split}_perturbed``, ``retain_perturbed``, ``real_authors_perturbed``,
-    ``world_facts_perturbed`` and, for membership inference, `holdout_split` (default
-    ``holdoutXX`` matching the forget split; when the source has none the MIA metrics are
-    "n/a" with the reason). `retain_logs` (a path in any format `read_logs` accepts, or
+    ``world_facts_perturbed`` and, for the retain-free scores (holdout forget quality,
+    membership AUCs), holdout items: `holdout_split` if given; with `max_authors` (a model
+    trained on the first N authors of ``full``) the authors outside them; else the source's
+    ``holdoutXX`` (when there is none these metrics are "n/a" with the reason). `retain_logs` (a path in any format `read_logs` accepts, or
     `EvalLogs`) is the retain model's evaluation, needed for forget quality and privleak.
-    `max_items` caps every split."""
+    `max_items` caps every split (default: the protocol's cap, none natively, 300 for TOFU
+    legacy); `max_new_tokens` defaults to the protocol's (200). `protocol` (default native)
+    sets the prompt, tokenisation, lengths, generation and MIA details and is recorded in both
+    outputs; retain logs of another protocol or evaluator are refused unless
+    `allow_mixed_protocols`."""
     if batch_size < 1:
         raise UnlearnError(f"batch_size must be >= 1, got {batch_size}")
     if generation_batch_size is not None and generation_batch_size < 1:
         raise UnlearnError(f"generation_batch_size must be >= 1, got {generation_batch_size}")
+    protocol = get_protocol(protocol)
+    max_items = max_items if max_items is not None else protocol.max_items
+    max_new_tokens = max_new_tokens if max_new_tokens is not None else protocol.max_new_tokens
     if max_new_tokens < 1:
         raise UnlearnError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     forget_percent(forget_split)  # validates the name
     retain = read_logs(retain_logs) if isinstance(retain_logs, (str, Path)) else retain_logs
+    if retain is not None:
+        check_same_protocol(protocol.name, retain, allow_mixed_protocols)
     t0 = time.time()
-    source_splits = {name: tmpl.format(forget=forget_split) for name, tmpl in SOURCE_SPLITS.items()}
-    rows = {name: _load_rows(data_source, split, max_items) for name, split in source_splits.items()}
+    rows, source_splits, mia_reason = load_eval_rows(data_source, forget_split, max_items, holdout_split, max_authors)
     if retain is not None:  # before the evaluation, not after it
         check_retain_for(retain, forget_split, len(rows["forget"]), [r["question"] for r in rows["forget"]])
-    holdout_split = holdout_split or forget_split.replace("forget", "holdout", 1)
-    hold, mia_reason = _holdout_rows(data_source, holdout_split, max_items)
-    if hold is not None:
-        rows["holdout"] = hold
-        source_splits["holdout"] = holdout_split
     items = evaluate_items(model, tokenizer, rows, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           min_k=min_k, progress=progress, generation_batch_size=generation_batch_size)
+                           min_k=min_k, progress=progress, generation_batch_size=generation_batch_size,
+                           protocol=protocol)
     per_item = {
         "format": ITEMS_FORMAT,
         "data": str(data_source),
         "forget_split": forget_split,
         "mia_not_available": mia_reason,
+        "protocol": protocol.to_dict(),
         "splits": {name: {"source_split": source_splits[name], "items": its} for name, its in items.items()},
     }
     logs = logs_from_items(per_item)
@@ -356,12 +449,13 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
         "data": str(data_source),
         "forget_split": forget_split,
         "source_splits": source_splits,
-        **compute_summary(logs, retain),
-        "settings": {"batch_size": batch_size,
+        **compute_summary(logs, retain, allow_mixed_protocols=allow_mixed_protocols),
+        "template": template_settings(tokenizer, protocol),
+        "settings": {"protocol": protocol.name, "max_length": protocol.max_length,"batch_size": batch_size,
                      "generation_batch_size": generation_batch_size or max(batch_size, 64),
                      "max_new_tokens": max_new_tokens, "max_items": max_items,
-                     "min_k": min_k, "generation": "greedy, left padded", "scoring": "right padded, "
-                     "answer tokens incl. EOS, prompt as in training (encode_qa)"},
+                     "min_k": min_k, "generation": f"greedy, left padded, stops at the {protocol.generation_eos} EOS",
+                     "scoring": f"right padded, {protocol.tokenisation} tokenisation (encode_qa), as in training"},
         "eval_time_s": round(time.time() - t0, 3),
     }
     summary.pop("logs", None)

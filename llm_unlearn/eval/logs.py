@@ -58,6 +58,11 @@ DEFINITIONS = {
                       "the retain model's per-item forget truth ratios R",
     "forget_quality_floor": "smallest p-value the KS test can give with these item counts (complete "
                             "separation); a forget_quality at the floor is a bound, not a measurement",
+    "holdout_forget_quality": "retain-free: p-value of the two-sample KS test between this model's per-item truth "
+                              "ratios R on the forget items and on holdout items about entities it never trained "
+                              "on (1 = treats both alike, as a model that never saw the forget data)",
+    "utility_proxy": "generation-free model utility: harmonic mean of {probability, truth_ratio} x {retain, "
+                     "real_authors, world_facts} (what `llm-unlearn tune` constrains)",
     "model_utility": "harmonic mean of {probability, rougeL_recall, truth_ratio} x {retain, real_authors, "
                      "world_facts}",
     "mia_auc": "ROC AUC, forget (label 0) vs holdout (label 1) items, loss-like scores; 1 = forget items look "
@@ -105,6 +110,14 @@ class EvalLogs:
     forget_split: str | None = None
     mia_auc_given: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # the protocol the items were evaluated under (`llm_unlearn.data.protocol`): recorded in our
+    # logs (logs from before protocols existed: "native"); open-unlearning's and TOFU's own
+    # evaluators follow their own protocol
+    protocol: str | None = None
+
+    @property
+    def evaluator(self) -> str:
+        return self.fmt
 
 
 # ------------------------------------------------------------------------------------------
@@ -161,7 +174,7 @@ def read_legacy(path: str | Path) -> EvalLogs:
     if not per_file:
         raise UnlearnError(f"{p}: no TOFU eval logs ({', '.join(LEGACY_FILES.values())})")
     splits = {name: _legacy_split(name, per_file[f], str(p / f)) for name, f in LEGACY_FILES.items() if f in per_file}
-    return EvalLogs(splits=splits, fmt="tofu-legacy", path=str(p))
+    return EvalLogs(splits=splits, fmt="tofu-legacy", path=str(p), protocol="tofu-legacy")
 
 
 def read_ours(path: str | Path) -> EvalLogs:
@@ -195,8 +208,9 @@ def logs_from_items(data: dict[str, Any], path: str | None = None) -> EvalLogs:
         if mia is not None:
             s.mia = {a: np.asarray([m[a] for m in mia], dtype=np.float64) for a in MIA_ATTACKS if all(a in m for m in mia)}
         splits[name] = s
+    protocol = (data.get("protocol") or {}).get("name", "native")
     return EvalLogs(splits=splits, fmt="llm-unlearn", path=path, forget_split=data.get("forget_split"),
-                    extra={"data": data.get("data"), "mia_reason": data.get("mia_not_available")})
+                    extra={"data": data.get("data"), "mia_reason": data.get("mia_not_available")}, protocol=protocol)
 
 
 def _find_metrics(obj: Any, wanted: set[str], found: dict[str, dict]) -> None:
@@ -261,7 +275,7 @@ def read_open_unlearning(path: str | Path) -> EvalLogs:
         if "gen" in present:
             s.generations = [str(present["gen"][k]) for k in keys]
         splits[name] = s
-    logs = EvalLogs(splits=splits, fmt="open-unlearning", path=str(p))
+    logs = EvalLogs(splits=splits, fmt="open-unlearning", path=str(p), protocol="open-unlearning")
     for a in MIA_ATTACKS:
         m = found.get(f"mia_{a}")
         if not m:
@@ -305,7 +319,8 @@ def read_logs(path: str | Path) -> EvalLogs:
         return read_legacy(p)
     if isinstance(data, dict) and "avg_gt_loss" in data:
         name = next((n for n, f in LEGACY_FILES.items() if f == p.name), "forget")
-        return EvalLogs(splits={name: _legacy_split(name, data, str(p))}, fmt="tofu-legacy", path=str(p))
+        return EvalLogs(splits={name: _legacy_split(name, data, str(p))}, fmt="tofu-legacy", path=str(p),
+                        protocol="tofu-legacy")
     return read_open_unlearning(p)
 
 
@@ -383,6 +398,28 @@ def check_retain_for(retain: EvalLogs, forget_split: str | None, n_items: int, q
                            "losses): forget quality cannot be computed from it")
 
 
+def mixed_protocols(protocol: str | None, retain: EvalLogs) -> str | None:
+    """Why a model evaluated under `protocol` and these retain logs are not comparable, or None.
+    Two truth-ratio or MIA distributions computed under different prompts, tokenisations or
+    evaluators differ for reasons other than forgetting. Each evaluator has its protocol
+    (open-unlearning's TOFU_EVAL.json: open-unlearning; TOFU's eval_log*.json: tofu-legacy), so
+    our logs under ``--protocol open-unlearning`` may be scored against open-unlearning's."""
+    if protocol and retain.protocol and protocol != retain.protocol:
+        return (f"retain logs {retain.path or ''} were evaluated under protocol '{retain.protocol}' "
+                f"({retain.evaluator} evaluator), this model under '{protocol}'")
+    return None
+
+
+def check_same_protocol(protocol: str | None, retain: EvalLogs, allow_mixed: bool = False) -> str | None:
+    """Refuse (`UnlearnError`, one line) retain logs of another protocol unless `allow_mixed`;
+    returns the mismatch (None when there is none)."""
+    why = mixed_protocols(protocol, retain)
+    if why and not allow_mixed:
+        raise UnlearnError(f"{why}; forget quality and privleak would compare distributions under different "
+                           "prompts (evaluate both with the same --protocol, or pass --allow-mixed-protocols)")
+    return why
+
+
 def mia_aucs(logs: EvalLogs) -> tuple[dict[str, float | None], str | None]:
     """AUC per attack (forget vs holdout), or (all None, reason)."""
     f, h = logs.splits.get("forget"), logs.splits.get("holdout")
@@ -398,13 +435,21 @@ def mia_aucs(logs: EvalLogs) -> tuple[dict[str, float | None], str | None]:
     return out, None
 
 
-def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None) -> dict[str, Any]:
+def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None,
+                    allow_mixed_protocols: bool = False) -> dict[str, Any]:
     """Every aggregate from per-item logs: ``{"metrics": {...}, "not_available": {key: reason},
     "n_items": {split: n}, "definitions": {...}}``. Metric keys:
 
-    forget_quality, forget_quality_floor, forget_quality_ks_statistic, model_utility,
+    forget_quality, forget_quality_floor, forget_quality_ks_statistic, holdout_forget_quality,
+    holdout_forget_quality_ks_statistic (retain-free), model_utility,
     ``{forget,retain,real_authors,world_facts}_{probability,rougeL_recall,truth_ratio}``,
-    ``mia_auc_{loss,zlib,min_k,min_k_plus_plus}``, privleak (None when not computable)."""
+    ``mia_auc_{loss,zlib,min_k,min_k_plus_plus}``, privleak (None when not computable).
+
+    Retain logs of another protocol are refused (`check_same_protocol`) unless
+    `allow_mixed_protocols`; then ``"mixed_protocols"`` in the result says how they differ."""
+    mixed = None
+    if retain_logs is not None:
+        mixed = check_same_protocol(logs.protocol, retain_logs, allow_mixed_protocols)
     m: dict[str, float | None] = {}
     na: dict[str, str] = {}
     for name in EVAL_SPLITS:
@@ -423,6 +468,10 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None) -> dict
         m["model_utility"] = M.model_utility(m)
     except KeyError as exc:
         m["model_utility"], na["model_utility"] = None, str(exc.args[0])
+    try:
+        m["utility_proxy"] = M.utility_proxy(m)
+    except KeyError as exc:
+        m["utility_proxy"], na["utility_proxy"] = None, str(exc.args[0])
 
     m["forget_quality"] = m["forget_quality_floor"] = m["forget_quality_ks_statistic"] = None
     forget = logs.splits.get("forget")
@@ -447,6 +496,21 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None) -> dict
         else:
             na["forget_quality_floor"] = na["forget_quality"]
 
+    m["holdout_forget_quality"] = m["holdout_forget_quality_ks_statistic"] = None
+    hold = logs.splits.get("holdout")
+    hold_tr = split_truth_ratios(hold) if hold is not None else None
+    if hold is None:
+        na["holdout_forget_quality"] = logs.extra.get("mia_reason") or "no holdout split in the logs"
+    elif hold_tr is None:
+        na["holdout_forget_quality"] = "the holdout items have no paraphrased / perturbed answers (no truth ratios)"
+    elif ours_tr is None:
+        na["holdout_forget_quality"] = "no forget truth ratios in the logs"
+    else:
+        hfq = M.holdout_forget_quality(ours_tr, hold_tr)
+        m["holdout_forget_quality"], m["holdout_forget_quality_ks_statistic"] = hfq["pvalue"], hfq["statistic"]
+    if m["holdout_forget_quality"] is None:
+        na["holdout_forget_quality_ks_statistic"] = na["holdout_forget_quality"]
+
     aucs, why = mia_aucs(logs)
     for a, v in aucs.items():
         m[f"mia_auc_{a}"] = v
@@ -470,17 +534,27 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None) -> dict
         "not_available": na,
         "n_items": {name: len(s) for name, s in logs.splits.items()},
         "definitions": DEFINITIONS,
-        "logs": {"format": logs.fmt, "path": logs.path},
+        "logs": {"format": logs.fmt, "path": logs.path, "protocol": logs.protocol},
+        "mixed_protocols": mixed,
         "retain_logs": None if retain_logs is None else {
-            "format": retain_logs.fmt, "path": retain_logs.path,
+            "format": retain_logs.fmt, "path": retain_logs.path, "protocol": retain_logs.protocol,
             "n_forget_items": len(retain_logs.splits["forget"]) if "forget" in retain_logs.splits else 0},
     }
+
+
+def retain_free_note(key: str) -> str:
+    """What a retain-free score is compared with, for printing beside it ('' for other keys)."""
+    if key == "holdout_forget_quality":
+        return "retain-free: forget vs holdout items; near 1 = the forget items look unseen"
+    if key.startswith("mia_auc_"):
+        return "retain-free reference 0.5 = forget items look like unseen holdout items"
+    return ""
 
 
 def format_value(v: float | None, key: str = "") -> str:
     """4 significant digits; 'n/a' for missing values."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
-    if key.startswith("forget_quality") and "statistic" not in key:
+    if "forget_quality" in key and "statistic" not in key:
         return f"{v:.4g}" if v >= 1e-3 else f"{v:.3e}"
     return f"{v:.4g}"
