@@ -38,6 +38,7 @@ import torch
 from transformers import TrainerCallback
 
 import llm_unlearn.unlearn as unlearn_mod  # module attributes: tests can watch every run and read
+from llm_unlearn.data.protocol import DEFAULT_PROTOCOL, PROTOCOLS
 from llm_unlearn.data.tofu import load_tofu
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import logs as eval_logs
@@ -80,6 +81,8 @@ class TuneConfig:
     storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: sqlite:///OUTPUT/study.db)"})
     study_name: str | None = field(default=None, metadata={"help": "study name (default tune-METHOD-FORGET_SPLIT)"})
     seed: int = field(default=0, metadata={"help": "sampler and training seed"})
+    protocol: str = field(default=DEFAULT_PROTOCOL, metadata={"help": "prompt / tokenisation protocol of training, "
+                                                                       "scoring and the final evaluation"})
     holdout_split: str | None = field(default=None, metadata={"help": "holdout split (default holdoutXX)"})
     max_authors: int | None = field(default=None, metadata={"help": "model trained on the first N authors: holdout = the others"})
     retain_logs: str | None = field(default=None, metadata={"help": "retain model's eval logs: read only after the "
@@ -185,9 +188,10 @@ def scoring_rows(cfg: TuneConfig) -> tuple[dict[str, list[dict]], str | None]:
     return rows, None
 
 
-def make_scorer(rows: dict[str, list[dict]], tokenizer, batch_size: int) -> Callable[[Any], dict[str, float]]:
+def make_scorer(rows: dict[str, list[dict]], tokenizer, batch_size: int,
+                protocol: str = DEFAULT_PROTOCOL) -> Callable[[Any], dict[str, float]]:
     def score(model) -> dict[str, float]:
-        summary = score_splits(model, tokenizer, rows, batch_size=batch_size)
+        summary = score_splits(model, tokenizer, rows, batch_size=batch_size, protocol=protocol)
         m = summary["metrics"]
         if m.get("holdout_forget_quality") is None or m.get("utility_proxy") is None:
             raise UnlearnError("scoring gave no holdout forget quality / utility proxy (check the data's splits)")
@@ -235,6 +239,8 @@ def _list(value: str, valid: tuple[str, ...], what: str) -> list[str]:
 def check_config(cfg: TuneConfig) -> None:
     if cfg.method not in TUNABLE_METHODS:
         raise UnlearnError(f"tune supports methods {', '.join(TUNABLE_METHODS)}, got '{cfg.method}'")
+    if cfg.protocol not in PROTOCOLS:
+        raise UnlearnError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got '{cfg.protocol}'")
     for name in ("trials", "max_steps", "eval_every", "score_items", "utility_items", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UnlearnError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
@@ -271,7 +277,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
             print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     model, tokenizer = unlearn_mod.load_target(cfg.model)
-    scorer = make_scorer(rows, tokenizer, cfg.batch_size)
+    scorer = make_scorer(rows, tokenizer, cfg.batch_size, cfg.protocol)
     start = scorer(model)
     del model
     utility_min = cfg.utility_floor * start["utility_proxy"]
@@ -287,7 +293,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         cb = BestStepCallback(scorer, cfg.eval_every, utility_min, cfg.patience, initial=start)
         overrides = {"learning_rate": p["learning_rate"], "max_steps": p["max_steps"], "alpha": p["alpha"],
                      "per_device_train_batch_size": cfg.batch_size, "seed": cfg.seed,
-                     "logging_steps": cfg.eval_every}
+                     "logging_steps": cfg.eval_every, "protocol": cfg.protocol}
         if "beta" in p:
             overrides["beta"] = p["beta"]
         if cfg.optim:
@@ -387,6 +393,7 @@ def final_report(cfg: TuneConfig, chosen_dir: Path, say: Callable[[str], None]) 
     say("evaluating the chosen run")
     try:
         result = evaluate_model(model, tokenizer, cfg.data, forget_split=cfg.forget_split, retain_logs=retain,
+                                protocol=cfg.protocol,
                                 max_items=cfg.eval_max_items, max_new_tokens=cfg.eval_max_new_tokens,
                                 holdout_split=cfg.holdout_split, max_authors=cfg.max_authors, progress=False,
                                 model_name=str(chosen_dir))
@@ -394,6 +401,7 @@ def final_report(cfg: TuneConfig, chosen_dir: Path, say: Callable[[str], None]) 
         report["retain_logs_error"] = str(exc)
         say(f"note: {exc}; evaluating without the retain logs")
         result = evaluate_model(model, tokenizer, cfg.data, forget_split=cfg.forget_split, retain_logs=None,
+                                protocol=cfg.protocol,
                                 max_items=cfg.eval_max_items, max_new_tokens=cfg.eval_max_new_tokens,
                                 holdout_split=cfg.holdout_split, max_authors=cfg.max_authors, progress=False,
                                 model_name=str(chosen_dir))

@@ -7,8 +7,9 @@ import argparse
 import dataclasses
 
 from llm_unlearn.cli.common import add_overwrite_flag
+from llm_unlearn.data.protocol import add_protocol_argument
 
-_SKIP = {"progress"}
+_SKIP = {"progress", "protocol"}
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -37,6 +38,7 @@ def register(sub, name: str, help_text: str) -> None:
             p.add_argument(flag, type=typ, default=None, help=help_)
         else:
             p.add_argument(flag, type=type(f.default), default=f.default, help=f"{help_} (default {f.default})")
+    add_protocol_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     add_overwrite_flag(p)
     p.set_defaults(func=run)
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from llm_unlearn.tune import TuneConfig, tune
 
     names = {f.name for f in dataclasses.fields(TuneConfig)} - _SKIP
-    cfg = TuneConfig(**{n: getattr(args, n) for n in names}, progress=not args.quiet)
+    cfg = TuneConfig(**{n: getattr(args, n) for n in names}, progress=not args.quiet, protocol=args.protocol)
     cfg.lr_lora, cfg.lr_full = tuple(cfg.lr_lora), tuple(cfg.lr_full)
     summary = tune(cfg, overwrite=args.overwrite)
     print(f"wrote {summary['chosen_dir']} (the chosen run), trials.json, trials.png and tune.json to {cfg.output}")
