@@ -48,7 +48,9 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 def _cli(args: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "llm_unlearn.cli", *args], capture_output=True, text=True, env=env)
+    # the installed console script: the command a user runs (its PYTHONPATH is this checkout)
+    exe = shutil.which("llm-unlearn") or sys.exit("error: the llm-unlearn command is not on PATH (pip install -e .)")
+    proc = subprocess.run([exe, *args], capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"llm-unlearn {' '.join(args)} failed:\n{proc.stderr[-2000:]}")
     return time.perf_counter() - t0
