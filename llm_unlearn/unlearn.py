@@ -18,6 +18,13 @@ from torch.utils.data import DataLoader
 from transformers import TrainingArguments
 
 from llm_unlearn import masks
+from llm_unlearn.data.corpus import (
+    check_corpus_overlap,
+    check_input_kinds,
+    chunk_corpus,
+    corpus_hash,
+    load_corpus,
+)
 from llm_unlearn.data.pairing import ForgetRetainDataset
 from llm_unlearn.data.qa import QACollator, check_tokenizer, tokenize_qa_dataset
 from llm_unlearn.data.tofu import load_tofu, matching_retain_split, read_refusals
@@ -155,10 +162,10 @@ def _mask_record(weight_mask) -> dict[str, Any]:
 
 def run_unlearning(
     model: Any,
-    data: str | Path,
+    data: str | Path | None,
     output: str | Path,
     method: str,
-    forget_split: str = "forget10",
+    forget_split: str | None = None,
     retain_split: str | None = None,
     config: UnlearnConfig | dict | str | Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -177,12 +184,20 @@ def run_unlearning(
     resume_from_checkpoint: str | bool | None = None,
     overwrite: bool = False,
     nll_max_retain: int | None = 200,
+    forget_corpus: str | Path | None = None,
+    retain_corpus: str | Path | None = None,
+    max_windows_per_doc: int | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Unlearn `forget_split` of `data` from `model` with `method`; returns ``(output dir, run.json dict)``.
 
     - `model`: a spec for `llm_unlearn.models.load_model` (directory, alias, Hub id; a LoRA
       adapter directory is merged into its base), or an already loaded model with `tokenizer`.
-    - `retain_split`: default the matching one (forget10 -> retain90).
+    - `forget_split`: default forget10; `retain_split`: default the matching one (forget10 -> retain90).
+    - `forget_corpus` / `retain_corpus` (instead of `data` and the splits; mixing is an error):
+      raw-text corpora (`llm_unlearn.data.corpus.load_corpus`: .txt, .jsonl with ``text``, or
+      ``NAME[:CONFIG[:SPLIT]]`` on the Hub), cut into ``max_length``-token windows whose loss
+      covers every token; `max_windows_per_doc` keeps only the first N windows of a document
+      (WMDP keeps 1), counted in run.json. A method that needs retain data needs `retain_corpus`.
     - `config` / `overrides`: see `build_config`; ``output_dir`` is always `output` (checkpoints
       go to ``output/checkpoint-N``).
     - `lora`: train a LoRA adapter (r, alpha) and save only the adapter; the reference is the same
@@ -197,15 +212,28 @@ def run_unlearning(
     - `nll_max_retain`: retain items scored for the before/after NLL (the first N; None = all).
     """
     trainer_cls, _ = get_method(method)  # unknown method: fail before loading anything
+    kind = check_input_kinds(data, forget_split, retain_split, forget_corpus, retain_corpus)
     _check_mask_options(mask, mask_method, mask_granularity, mask_scope, mask_gamma)
     out = Path(output)
     cfg = build_config(method, config, overrides, output_dir=out)
-    if retain_split is None:
-        retain_split = matching_retain_split(forget_split)
-    forget_rows = load_tofu(forget_split, data)
-    retain_rows = load_tofu(retain_split, data)
-    if len(forget_rows) == 0:
-        raise UnlearnError(f"forget split '{forget_split}' of {data} is empty")
+    if kind == "corpus":
+        if method == "idk_dpo":
+            raise UnlearnError("idk_dpo needs QA pairs (it prefers a refusal answer); corpora work with "
+                               "grad_ascent, grad_diff, npo, simnpo and rmu")
+        forget_rows = load_corpus(forget_corpus)
+        retain_rows = load_corpus(retain_corpus) if retain_corpus is not None else None
+        if retain_rows is None and trainer_cls.needs_retain(cfg):
+            raise UnlearnError(f"{method} uses retain data (alpha > 0): pass --retain-corpus, or set alpha 0")
+        if retain_rows is not None:
+            check_corpus_overlap(forget_rows, retain_rows)
+    else:
+        forget_split = forget_split or "forget10"
+        if retain_split is None:
+            retain_split = matching_retain_split(forget_split)
+        forget_rows = load_tofu(forget_split, data)
+        retain_rows = load_tofu(retain_split, data)
+        if len(forget_rows) == 0:
+            raise UnlearnError(f"forget split '{forget_split}' of {data} is empty")
 
     model_spec = model if isinstance(model, (str, Path)) else getattr(getattr(model, "config", None), "_name_or_path", "model")
     if isinstance(model, (str, Path)):
@@ -217,8 +245,15 @@ def run_unlearning(
     if lora:
         model = attach_lora(model, r=lora_r, alpha=lora_alpha, quantized=load_in_4bit, seed=cfg.seed)
 
-    forget_tok, forget_report = tokenize_qa_dataset(forget_rows, tokenizer, max_length=cfg.max_length)
-    retain_tok, retain_report = tokenize_qa_dataset(retain_rows, tokenizer, max_length=cfg.max_length)
+    if kind == "corpus":
+        forget_tok, forget_report = chunk_corpus(forget_rows, tokenizer, cfg.max_length, max_windows_per_doc)
+        retain_tok, retain_report = (chunk_corpus(retain_rows, tokenizer, cfg.max_length, max_windows_per_doc)
+                                     if retain_rows is not None else (None, None))
+        if retain_tok is None:
+            retain_tok = forget_tok.select([])  # scored as empty; never paired (needs_retain is false)
+    else:
+        forget_tok, forget_report = tokenize_qa_dataset(forget_rows, tokenizer, max_length=cfg.max_length)
+        retain_tok, retain_report = tokenize_qa_dataset(retain_rows, tokenizer, max_length=cfg.max_length)
     retain_eval = retain_tok.select(range(min(len(retain_tok), nll_max_retain or len(retain_tok))))
 
     if resume_from_checkpoint is None:
@@ -241,11 +276,29 @@ def run_unlearning(
     trainer = trainer_cls(model=model, args=cfg, train_dataset=pairs, processing_class=tokenizer,
                           weight_mask=weight_mask, **kwargs)
 
+    if kind == "corpus":
+        inputs: dict[str, Any] = {
+            "data": None, "forget_corpus": str(forget_corpus),
+            "retain_corpus": str(retain_corpus) if retain_corpus is not None else None,
+            "forget_split": None, "retain_split": None, "forget_items": len(forget_tok),
+            "retain_items": len(retain_tok), "forget_documents": len(forget_rows),
+            "retain_documents": len(retain_rows) if retain_rows is not None else 0,
+            "forget_data_hash": corpus_hash(forget_rows),
+            "chunking": {"max_length": cfg.max_length, "max_windows_per_doc": max_windows_per_doc,
+                         "forget": forget_report.as_dict(),
+                         "retain": retain_report.as_dict() if retain_report is not None else None},
+            "truncated": {"forget": forget_report.truncated_documents,
+                          "retain": retain_report.truncated_documents if retain_report is not None else 0},
+        }
+    else:
+        inputs = {
+            "data": str(data), "forget_split": forget_split, "retain_split": retain_split,
+            "forget_items": len(forget_rows), "retain_items": len(retain_rows),
+            "forget_data_hash": data_hash(forget_rows),
+            "truncated": {"forget": forget_report.truncated, "retain": retain_report.truncated},
+        }
     manifest: dict[str, Any] = {
-        "kind": "unlearn", "method": method, "model": str(model_spec), "data": str(data),
-        "forget_split": forget_split, "retain_split": retain_split, "forget_items": len(forget_rows),
-        "retain_items": len(retain_rows), "forget_data_hash": data_hash(forget_rows),
-        "truncated": {"forget": forget_report.truncated, "retain": retain_report.truncated},
+        "kind": "unlearn", "method": method, "model": str(model_spec), **inputs,
         "lora": {"r": lora_r, "alpha": lora_alpha} if lora else None, "load_in_4bit": load_in_4bit, "dtype": dtype,
         "mask": mask_info, "seed": cfg.seed, "hyperparameters": method_hyperparameters(cfg),
     }
@@ -276,7 +329,7 @@ def run_unlearning(
     )
     write_manifest(out, **manifest)
     if cfg.push_to_hub:
-        trainer.push_to_hub(commit_message=f"llm-unlearn {method} on {forget_split}")
+        trainer.push_to_hub(commit_message=f"llm-unlearn {method} on {forget_split or forget_corpus}")
     return out, manifest
 
 

@@ -12,7 +12,9 @@ def register(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--model", required=True, help="model directory, Hub id, alias (smollm2, tiny) or S3T run directory")
     p.add_argument("--adapter", default=None, help="PEFT adapter directory to load on top of --model")
-    p.add_argument("--data", required=True, help="local TOFU-schema directory or Hub dataset name")
+    p.add_argument("--data", default=None,
+                   help="local TOFU-schema directory or Hub dataset name (optional with --lm-eval-tasks or "
+                        "--forget-corpus: then only those are scored)")
     p.add_argument("--forget-split", default="forget10", help="forget split (forget01/05/10 …)")
     p.add_argument("--retain-logs", default=None,
                    help="the retain model's eval (our output dir / per_item.json, TOFU_EVAL.json or TOFU "
@@ -25,6 +27,18 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--max-new-tokens", type=int, default=200, help="greedy generation length")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
+    g = p.add_argument_group("corpus unlearning (WMDP / MUSE)")
+    g.add_argument("--lm-eval-tasks", default=None,
+                   help="comma-separated lm-eval-harness tasks scored on the loaded model, e.g. "
+                        "wmdp_bio,wmdp_cyber,mmlu (accuracy vs chance into summary.json)")
+    g.add_argument("--lm-eval-include", default=None,
+                   help="directory of extra lm-eval task configs (YAML), e.g. DATA/domain/tasks of data synth")
+    g.add_argument("--lm-eval-limit", type=float, default=None, help="score at most N items per lm-eval task")
+    g.add_argument("--forget-corpus", default=None,
+                   help="forget corpus (.txt/.jsonl or NAME[:CONFIG[:SPLIT]]) for MUSE verbatim memorisation")
+    g.add_argument("--memorisation-prefix", type=int, default=32, help="prefix tokens given to the model")
+    g.add_argument("--memorisation-continuation", type=int, default=64, help="continuation tokens compared (ROUGE-L F1)")
+    g.add_argument("--memorisation-max-docs", type=int, default=None, help="score at most N documents")
     p.add_argument("--output", required=True, help="output directory (summary.json, per_item.json)")
     add_overwrite_flag(p)
     p.set_defaults(func=run)
@@ -35,28 +49,68 @@ def run(args: argparse.Namespace) -> int:
 
     from llm_unlearn.cli.common import prepare_output_dir
     from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.errors import UnlearnError
     from llm_unlearn.eval.evaluator import evaluate_model, write_eval
     from llm_unlearn.eval.loading import load_for_eval
     from llm_unlearn.eval.logs import format_value, read_logs
 
     # validate cheap inputs before loading a model
-    load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=1)
+    if args.data is None and not (args.lm_eval_tasks or args.forget_corpus):
+        raise UnlearnError("nothing to evaluate: pass --data (TOFU-style), --lm-eval-tasks or --forget-corpus")
+    if args.data is not None:
+        load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=1)
+    corpus = None
+    if args.forget_corpus:
+        from llm_unlearn.data.corpus import load_corpus
+
+        corpus = load_corpus(args.forget_corpus)
+    if args.lm_eval_tasks:
+        from llm_unlearn.eval.lm_eval_tasks import parse_tasks
+
+        parse_tasks(args.lm_eval_tasks)
     retain = read_logs(args.retain_logs) if args.retain_logs else None
     out = prepare_output_dir(args.output, args.overwrite)
     model, tok = load_for_eval(args.model, args.adapter, args.dtype)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if hasattr(model, "to") and not getattr(model, "hf_device_map", None):
         model = model.to(device)
-    result = evaluate_model(model, tok, args.data, forget_split=args.forget_split, retain_logs=retain,
+    name = args.model + (f" + {args.adapter}" if args.adapter else "")
+    if args.data is None:
+        from llm_unlearn.eval.logs import SUMMARY_FORMAT
+
+        result = {"summary": {"format": SUMMARY_FORMAT, "model": name}, "per_item": None}
+    else:
+        result = evaluate_model(model, tok, args.data, forget_split=args.forget_split, retain_logs=retain,
                             max_items=args.max_items, batch_size=args.batch_size,
                             generation_batch_size=args.generation_batch_size,
-                            max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
-                            model_name=args.model + (f" + {args.adapter}" if args.adapter else ""))
-    write_eval(out, result)
+                                max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
+                                model_name=name)
     s = result["summary"]
-    for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability",
-                "forget_truth_ratio", "mia_auc_min_k", "privleak"):
-        reason = s["not_available"].get(key)
-        print(f"{key:24s} {format_value(s['metrics'][key], key)}" + (f"  ({reason})" if reason else ""))
-    print(f"wrote {out / 'summary.json'} and {out / 'per_item.json'}")
+    if args.lm_eval_tasks:
+        from llm_unlearn.eval.lm_eval_tasks import run_lm_eval
+
+        limit = int(args.lm_eval_limit) if args.lm_eval_limit and args.lm_eval_limit >= 1 else args.lm_eval_limit
+        s["lm_eval"] = run_lm_eval(model, tok, args.lm_eval_tasks, include=args.lm_eval_include,
+                                   batch_size=args.batch_size, limit=limit)
+    if corpus is not None:
+        from llm_unlearn.eval.memorisation import corpus_memorisation
+
+        mem = corpus_memorisation(model, tok, corpus["text"], prefix_tokens=args.memorisation_prefix,
+                                  continuation_tokens=args.memorisation_continuation, batch_size=args.batch_size,
+                                  max_documents=args.memorisation_max_docs)
+        s["verbatim_memorisation"] = {"corpus": args.forget_corpus, **mem}
+    write_eval(out, result)
+    if args.data is not None:
+        for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability",
+                    "forget_truth_ratio", "mia_auc_min_k", "privleak"):
+            reason = s["not_available"].get(key)
+            print(f"{key:24s} {format_value(s['metrics'][key], key)}" + (f"  ({reason})" if reason else ""))
+    for task, row in s.get("lm_eval", {}).items():
+        chance = f", chance {row['chance']:.3f}, n {row['n']}" if "chance" in row else ""
+        err = f" ± {row['acc_stderr']:.3f}" if row.get("acc_stderr") is not None else ""
+        print(f"lm-eval {task:16s} acc {row['acc']:.3f}{err}{chance}")
+    if "verbatim_memorisation" in s:
+        v = s["verbatim_memorisation"]
+        print(f"verbatim memorisation    ROUGE-L F1 {v['mean']:.3f} over {v['documents']} documents")
+    print(f"wrote {out / 'summary.json'}" + (f" and {out / 'per_item.json'}" if result["per_item"] else ""))
     return 0

@@ -24,9 +24,17 @@ def register(sub, name: str, help_text: str) -> None:
 
     p = sub.add_parser(name, help=help_text, description=help_text + ". Precedence: defaults < --config < flags.")
     p.add_argument("--model", required=True, help="finetuned model: directory (full or LoRA adapter), alias or Hub id")
-    p.add_argument("--data", required=True, help="local TOFU-schema directory or Hub dataset name")
-    p.add_argument("--forget-split", default="forget10", help="split to forget (default forget10)")
+    p.add_argument("--data", default=None, help="local TOFU-schema directory or Hub dataset name (QA data)")
+    p.add_argument("--forget-split", default=None, help="split to forget (default forget10)")
     p.add_argument("--retain-split", default=None, help="split to keep (default: the matching retainXX)")
+    c = p.add_argument_group("corpus unlearning (raw text instead of --data QA splits; WMDP / MUSE)")
+    c.add_argument("--forget-corpus", default=None,
+                   help="documents to forget: .txt (blank-line separated), .jsonl with a text field, or a Hub "
+                        "dataset NAME[:CONFIG[:SPLIT]], e.g. cais/wmdp-corpora:cyber-forget-corpus")
+    c.add_argument("--retain-corpus", default=None, help="documents to keep (same forms as --forget-corpus)")
+    c.add_argument("--max-windows-per-doc", type=int, default=None,
+                   help="keep only the first N max-length windows of each document (WMDP: 1); default all, "
+                        "so the loss covers every token")
     p.add_argument("--method", required=True, metavar="{" + ",".join(METHODS) + "}", help="unlearning method")
     p.add_argument("--output", required=True, help="output directory (model or adapter, tokenizer, run.json)")
     p.add_argument("--config", default=None, help="YAML file with fields of the method's config (NPOConfig, …)")
@@ -108,10 +116,13 @@ def run(args: argparse.Namespace) -> int:
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
         mask=args.mask, mask_method=args.mask_method, mask_ratio=args.mask_ratio,
         mask_granularity=args.mask_granularity, mask_scope=args.mask_scope, mask_gamma=args.mask_gamma,
-        resume_from_checkpoint=args.resume, overwrite=args.overwrite,
+        resume_from_checkpoint=args.resume, overwrite=args.overwrite, forget_corpus=args.forget_corpus,
+        retain_corpus=args.retain_corpus, max_windows_per_doc=args.max_windows_per_doc,
     )
     nll = result["nll"]
-    print(f"{args.method}: forget NLL {nll['forget_before']:.3f} -> {nll['forget_after']:.3f}, "
-          f"retain NLL {nll['retain_before']:.3f} -> {nll['retain_after']:.3f} ({result['steps']} steps)")
+    retain = (f"retain NLL {nll['retain_before']:.3f} -> {nll['retain_after']:.3f}"
+              if nll["retain_before"] is not None else "no retain data")
+    print(f"{args.method}: forget NLL {nll['forget_before']:.3f} -> {nll['forget_after']:.3f}, {retain} "
+          f"({result['steps']} steps)")
     print(f"saved {'adapter' if args.lora else 'model'}, tokenizer and run.json to {out}")
     return 0

@@ -27,7 +27,7 @@ def check_no_overlap(forget: Dataset, retain: Dataset) -> None:
 
 
 class ForgetRetainDataset(TorchDataset):
-    """Items ``{"forget": f_i, "retain": r_{π(i)}}`` over tokenised QA datasets."""
+    """Items ``{"forget": f_i, "retain": r_{π(i)}}`` over tokenised QA datasets or corpus windows."""
 
     def __init__(self, forget: Dataset, retain: Dataset | None, seed: int = 0):
         if len(forget) == 0:
@@ -35,7 +35,8 @@ class ForgetRetainDataset(TorchDataset):
         if retain is not None:
             if len(retain) == 0:
                 raise UnlearnError("retain set is empty")
-            check_no_overlap(forget, retain)
+            if "question" in forget.column_names and "question" in retain.column_names:
+                check_no_overlap(forget, retain)  # corpora are checked by document (data.corpus)
         self.forget = forget
         self.retain = retain
         rng = random.Random(seed)
