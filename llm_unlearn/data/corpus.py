@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from datasets import Dataset, load_dataset
+from datasets.utils import logging as ds_logging
 
 from llm_unlearn.data.qa import IGNORE_INDEX, check_tokenizer
 from llm_unlearn.errors import UnlearnError
@@ -27,6 +29,18 @@ from llm_unlearn.errors import UnlearnError
 logger = logging.getLogger(__name__)
 
 QA_COLUMNS = ("question", "answer")
+
+
+@contextmanager
+def _quiet_datasets():
+    """No `datasets` progress bars ("Generating train split", "Map") on the console; restored after."""
+    enabled = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            ds_logging.enable_progress_bar()
 
 
 @dataclass
@@ -63,6 +77,11 @@ def _check_columns(ds: Dataset, source: str, text_key: str) -> Dataset:
 def load_corpus(source: str | Path, split: str = "train", text_key: str = "text",
                 max_documents: int | None = None) -> Dataset:
     """The documents of a corpus as a Dataset with one column ``text`` (see the module docstring)."""
+    with _quiet_datasets():
+        return _load_corpus(source, split, text_key, max_documents)
+
+
+def _load_corpus(source, split, text_key, max_documents) -> Dataset:
     src = str(source)
     path = Path(src)
     if path.suffix in (".txt", ".jsonl", ".json") or path.exists():
@@ -133,8 +152,9 @@ def chunk_corpus(docs: Dataset, tokenizer, max_length: int = 512, max_windows_pe
                 out["dropped_tokens"].append(len(ids) - covered if j == 0 else 0)
         return out
 
-    chunked = docs.map(windows, batched=True, with_indices=True, remove_columns=docs.column_names,
-                       num_proc=num_proc, desc="chunking corpus")
+    with _quiet_datasets():
+        chunked = docs.map(windows, batched=True, with_indices=True, remove_columns=docs.column_names,
+                           num_proc=num_proc, desc="chunking corpus")
     dropped = chunked["dropped_tokens"]
     report = ChunkReport(documents=len(docs), tokens=sum(chunked["doc_tokens"]), windows=len(chunked),
                          truncated_documents=sum(1 for d in dropped if d > 0), dropped_tokens=sum(dropped))
