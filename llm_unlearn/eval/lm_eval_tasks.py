@@ -97,4 +97,31 @@ def run_lm_eval(model, tokenizer, tasks: str | list[str], include: str | Path | 
     return lm_eval_summary(result["results"], result.get("samples"))
 
 
-__all__ = ["lm_eval_summary", "parse_tasks", "run_lm_eval"]
+def lm_eval_markdown(named_summaries: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """A Markdown table of lm-eval accuracy vs chance for each ``(run name, eval summary)`` that
+    has an ``lm_eval`` section (and verbatim memorisation, when scored); [] when none has."""
+    runs = [(name, s) for name, s in named_summaries if s and (s.get("lm_eval") or s.get("verbatim_memorisation"))]
+    if not runs:
+        return []
+    tasks = sorted({t for _, s in runs for t in (s.get("lm_eval") or {})})
+    has_mem = any(s.get("verbatim_memorisation") for _, s in runs)
+    head = ["Run"] + [f"{t} acc (chance)" for t in tasks] + (["VerbMem ROUGE-L"] if has_mem else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, s in runs:
+        cells = [name]
+        for t in tasks:
+            row = (s.get("lm_eval") or {}).get(t)
+            if row is None or row.get("acc") is None:
+                cells.append("n/a")
+                continue
+            err = f" ± {100 * row['acc_stderr']:.1f}" if row.get("acc_stderr") is not None else ""
+            chance = f" ({100 * row['chance']:.1f})" if row.get("chance") is not None else ""
+            cells.append(f"{100 * row['acc']:.1f}{err}{chance}")
+        if has_mem:
+            mem = (s.get("verbatim_memorisation") or {}).get("mean")
+            cells.append(f"{mem:.3f}" if mem is not None else "n/a")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return lines
+
+
+__all__ = ["lm_eval_markdown", "lm_eval_summary", "parse_tasks", "run_lm_eval"]

@@ -95,3 +95,35 @@ def test_finetuned_model_beats_chance_and_rmu_brings_it_down(tiny_model, tiny_to
     assert after["synth_domain"]["acc"] < dom["acc"] - 0.15, (before, after)
     mem_after = corpus_memorisation(model, tiny_tokenizer, texts, prefix_tokens=16, continuation_tokens=16)
     assert mem_after["mean"] < mem_before["mean"]
+
+
+def _corpus_run(tmp_path):
+    import json
+
+    from llm_unlearn.runinfo import write_manifest
+
+    run = tmp_path / "rmu_run"
+    run.mkdir()
+    write_manifest(run, kind="unlearn", method="rmu", model="tiny", data=None, forget_corpus="f.jsonl",
+                   forget_split=None, forget_items=4, hyperparameters={"steering_coeff": 6.5})
+    (run / "eval").mkdir()
+    summary = {"lm_eval": {"synth_domain": {"acc": 0.375, "acc_stderr": 0.05, "chance": 0.25, "n": 24},
+                           "synth_general": {"acc": 0.9, "acc_stderr": 0.04, "chance": 0.25, "n": 32}},
+               "verbatim_memorisation": {"mean": 0.123, "documents": 4}}
+    (run / "eval" / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_lm_eval_in_report_and_model_card(tmp_path, tiny_model, tiny_tokenizer):
+    from llm_unlearn.eval.lm_eval_tasks import lm_eval_markdown
+    from llm_unlearn.eval.report import build_report
+    from llm_unlearn.hub.card import build_model_card, collect_run
+
+    run = _corpus_run(tmp_path)
+    tiny_model.save_pretrained(run)
+    tiny_tokenizer.save_pretrained(run)
+    assert lm_eval_markdown([("x", {"metrics": {}})]) == []
+    md = build_report([run], tmp_path / "rep")["markdown"].read_text()
+    assert "synth_domain acc (chance)" in md and "| rmu_run | 37.5 ± 5.0 (25.0) | 90.0 ± 4.0 (25.0) | 0.123 |" in md
+    card = str(build_model_card(collect_run(run), "org/tiny-rmu"))
+    assert "37.5 ± 5.0 (25.0)" in card and "verbatim" in card
