@@ -18,6 +18,10 @@ _EXPORTS = {
     "QACollator": "llm_unlearn.data.qa",
     "ForgetRetainDataset": "llm_unlearn.data.pairing",
     "PairedCollator": "llm_unlearn.data.pairing",
+    "load_corpus": "llm_unlearn.data.corpus",
+    "chunk_corpus": "llm_unlearn.data.corpus",
+    "generate_domain": "llm_unlearn.data.domain",
+    "write_domain": "llm_unlearn.data.domain",
     # models and finetuning
     "load_model": "llm_unlearn.models",
     "load_tokenizer": "llm_unlearn.models",
@@ -25,6 +29,7 @@ _EXPORTS = {
     "build_tiny": "llm_unlearn.models",
     "FinetuneConfig": "llm_unlearn.finetune",
     "finetune": "llm_unlearn.finetune",
+    "finetune_on_corpus": "llm_unlearn.finetune",
     # unlearning
     "METHODS": "llm_unlearn.trainers",
     "UnlearnTrainer": "llm_unlearn.trainers",
@@ -37,6 +42,9 @@ _EXPORTS = {
     "evaluate_model": "llm_unlearn.eval.evaluator",
     "load_for_eval": "llm_unlearn.eval.loading",
     "build_report": "llm_unlearn.eval.report",
+    "run_lm_eval": "llm_unlearn.eval.lm_eval_tasks",
+    "verbatim_memorisation": "llm_unlearn.eval.memorisation",
+    "corpus_memorisation": "llm_unlearn.eval.memorisation",
     # S3T
     "DeletionLedger": "llm_unlearn.s3t.ledger",
     "load_s3t_model": "llm_unlearn.s3t.serve",

@@ -9,8 +9,10 @@ from llm_unlearn.eval.evaluator import (
     score_answers,
     write_eval,
 )
+from llm_unlearn.eval.lm_eval_tasks import lm_eval_summary, run_lm_eval
 from llm_unlearn.eval.loading import load_for_eval
 from llm_unlearn.eval.logs import EvalLogs, SplitLog, compute_summary, read_logs
+from llm_unlearn.eval.memorisation import corpus_memorisation, verbatim_memorisation
 from llm_unlearn.eval.metrics import (
     forget_quality,
     forget_truth_ratio_score,
@@ -33,4 +35,5 @@ __all__ = [
     "forget_truth_ratio_score", "generate_answers", "ks_floor_pvalue", "load_for_eval", "load_run", "mia_auc", "model_utility",
     "normalised_probability", "privleak", "probability", "read_logs", "rouge_l_recall", "score_answers",
     "truth_ratios", "utility_truth_ratio_score", "write_eval",
+    "corpus_memorisation", "lm_eval_summary", "run_lm_eval", "verbatim_memorisation",
 ]
