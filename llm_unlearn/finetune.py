@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from datasets import concatenate_datasets
+from datasets import Dataset, concatenate_datasets
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from trl import SFTConfig, SFTTrainer
 
+from llm_unlearn.data.corpus import chunk_corpus, load_corpus
 from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
 from llm_unlearn.data.tofu import load_tofu, qa_per_author
 from llm_unlearn.errors import UnlearnError
@@ -137,12 +140,6 @@ def finetune_on_corpus(model, tokenizer, corpora: list, epochs: float = 3, lr: f
     text). `corpora`: paths / specs for `llm_unlearn.data.corpus.load_corpus`, or Datasets with a
     ``text`` column; windows from `chunk_corpus` (every token a target once), AdamW, constant
     `lr`, shuffled with `seed`. Trains `model` in place and returns it."""
-    from datasets import Dataset
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from llm_unlearn.data.corpus import chunk_corpus, load_corpus
-
     parts = []
     for c in corpora:
         docs = c if isinstance(c, Dataset) else load_corpus(c)
