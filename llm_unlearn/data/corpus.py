@@ -2,7 +2,8 @@
 
 A corpus is a set of documents with a ``text`` field: a local ``.jsonl`` (one ``{"text": …}`` per
 line), a local ``.txt`` (documents separated by blank lines) or a Hub dataset given as
-``NAME[:CONFIG[:SPLIT]]`` (e.g. ``cais/wmdp-corpora:cyber-forget-corpus:train``).
+``NAME[:CONFIG[:SPLIT]]`` (e.g. ``cais/wmdp-corpora:cyber-forget-corpus:train``; NAME may be a
+local dataset directory, such as a snapshot of the Hub dataset).
 
 Documents are tokenised and cut into windows of at most ``max_length`` tokens with a batched,
 cached ``datasets.map``. Consecutive windows of a document overlap by one token, which is context
@@ -84,7 +85,7 @@ def load_corpus(source: str | Path, split: str = "train", text_key: str = "text"
 def _load_corpus(source, split, text_key, max_documents) -> Dataset:
     src = str(source)
     path = Path(src)
-    if path.suffix in (".txt", ".jsonl", ".json") or path.exists():
+    if path.suffix in (".txt", ".jsonl", ".json") or path.is_file():
         if not path.is_file():
             raise UnlearnError(f"corpus file not found: {path}")
         if path.suffix == ".txt":
@@ -96,7 +97,7 @@ def _load_corpus(source, split, text_key, max_documents) -> Dataset:
                 raise UnlearnError(f"{path}: not a JSON-lines corpus ({str(exc).splitlines()[0][:120]})") from None
         else:
             raise UnlearnError(f"{path}: a corpus file must be .txt or .jsonl")
-    else:
+    else:  # a Hub dataset, or a local dataset directory (e.g. a snapshot of one), NAME[:CONFIG[:SPLIT]]
         name, _, rest = src.partition(":")
         config, _, hub_split = rest.partition(":")
         try:

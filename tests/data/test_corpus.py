@@ -65,6 +65,18 @@ def test_load_corpus_txt_and_jsonl(tmp_path):
     assert ds.column_names == ["text"] and ds["text"] == DOCS
 
 
+def test_load_corpus_dataset_directory_with_split(tmp_path):
+    """The Hub path (NAME[:CONFIG[:SPLIT]] through datasets.load_dataset) on a local dataset directory."""
+    d = tmp_path / "wmdp-like"
+    d.mkdir()
+    (d / "train.jsonl").write_text(json.dumps({"text": "train doc"}) + "\n")
+    (d / "test.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in ("a doc", "b doc")) + "\n")
+    assert load_corpus(str(d))["text"] == ["train doc"]
+    assert load_corpus(f"{d}::test")["text"] == ["a doc", "b doc"]
+    with pytest.raises(UnlearnError, match="cannot load corpus"):
+        load_corpus(f"{d}::nosuchsplit")
+
+
 def test_qa_file_as_corpus_is_refused(synthetic_dir):
     with pytest.raises(UnlearnError, match="looks like QA data"):
         load_corpus(synthetic_dir / "forget10.jsonl")
