@@ -87,12 +87,13 @@ def test_finetuned_model_beats_chance_and_rmu_brings_it_down(tiny_model, tiny_to
     _, manifest = run_unlearning(model, None, tmp_path / "rmu", "rmu", tokenizer=tiny_tokenizer,
                                  forget_corpus=domain_dir / "forget_corpus.jsonl",
                                  retain_corpus=domain_dir / "retain_corpus.jsonl",
-                                 overrides={"max_steps": 40, "per_device_train_batch_size": 4, "max_length": 128,
-                                            "steering_coeff": 20.0, "alpha": 100.0, "learning_rate": 1e-3,
+                                 overrides={"max_steps": 80, "per_device_train_batch_size": 4, "max_length": 128,
+                                            "steering_coeff": 100.0, "alpha": 10.0, "learning_rate": 1e-2,
                                             "logging_steps": 100})
     assert manifest["chunking"]["forget"]["dropped_tokens"] == 0
     after = run_lm_eval(model, tiny_tokenizer, TASKS, include=domain_dir / "tasks", batch_size=16)
-    assert after["synth_domain"]["acc"] < dom["acc"] - 0.15, (before, after)
+    assert after["synth_domain"]["acc"] <= dom["acc"] - 0.1, (before, after)
+    assert manifest["nll"]["forget_after"] > 2 * manifest["nll"]["forget_before"]
     mem_after = corpus_memorisation(model, tiny_tokenizer, texts, prefix_tokens=16, continuation_tokens=16)
     assert mem_after["mean"] < mem_before["mean"]
 
