@@ -267,7 +267,8 @@ def run_unlearning(
     forget_before = per_item_nll(model, forget_tok, tokenizer, batch_size=batch)
     retain_before = per_item_nll(model, retain_eval, tokenizer, batch_size=batch)
 
-    weight_mask, mask_info = _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, tokenizer,
+    mask_retain = retain_tok if kind == "qa" or retain_rows is not None else None
+    weight_mask, mask_info = _build_mask(mask, mask_method, mask_ratio, model, forget_tok, mask_retain, tokenizer,
                                          batch, granularity=mask_granularity, scope=mask_scope, gamma=mask_gamma)
     kwargs: dict[str, Any] = {}
     if method == "idk_dpo":
