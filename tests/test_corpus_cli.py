@@ -109,5 +109,12 @@ def test_eval_lm_eval_and_memorisation(synth, tiny_dir, tmp_path, capsys):
     assert s["verbatim_memorisation"]["documents"] == 4
     printed = capsys.readouterr().out
     assert "lm-eval synth_domain" in printed and "verbatim memorisation" in printed
+    assert main(["eval", "--model", str(tiny_dir), "--lm-eval-tasks", "synth_domain", "--lm-eval-include",
+                 str(dom / "tasks"), "--lm-eval-limit", "5", "--forget-corpus", str(dom / "forget_corpus.jsonl"),
+                 "--memorisation-prefix", "8", "--memorisation-continuation", "8", "--memorisation-max-docs", "2",
+                 "--output", str(tmp_path / "limited")]) == 0
+    s = json.loads((tmp_path / "limited" / "summary.json").read_text())
+    assert s["lm_eval"]["synth_domain"]["n"] == 5 and s["verbatim_memorisation"]["documents"] == 2
+    capsys.readouterr()
     assert main(["eval", "--model", str(tiny_dir), "--output", str(tmp_path / "e2")]) == 2
     assert "nothing to evaluate" in _error(capsys)
