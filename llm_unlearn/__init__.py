@@ -34,6 +34,10 @@ _EXPORTS = {
     "METHODS": "llm_unlearn.trainers",
     "UnlearnTrainer": "llm_unlearn.trainers",
     "run_unlearning": "llm_unlearn.unlearn",
+    "OptimizerInBackward": "llm_unlearn.optim",
+    # memory planning
+    "estimate_memory": ("llm_unlearn.memory", "estimate"),
+    "MemoryEstimate": "llm_unlearn.memory",
     # masks
     "WeightMask": "llm_unlearn.masks",
     "compute_mask": "llm_unlearn.masks",
@@ -45,6 +49,8 @@ _EXPORTS = {
     "run_lm_eval": "llm_unlearn.eval.lm_eval_tasks",
     "verbatim_memorisation": "llm_unlearn.eval.memorisation",
     "corpus_memorisation": "llm_unlearn.eval.memorisation",
+    "run_attacks": "llm_unlearn.eval.attacks",
+    "AttackConfig": "llm_unlearn.eval.attacks",
     # S3T
     "DeletionLedger": "llm_unlearn.s3t.ledger",
     "load_s3t_model": "llm_unlearn.s3t.serve",

@@ -1,8 +1,10 @@
-"""Helpers shared by subcommands: the ``--overwrite`` flag; output paths come from `llm_unlearn.runinfo`."""
+"""Helpers shared by subcommands: the ``--overwrite`` flag; outputs are staged and checked against
+the command's inputs by `llm_unlearn.outputs`, manifests written by `llm_unlearn.runinfo`."""
 
 from __future__ import annotations
 
-from llm_unlearn.runinfo import prepare_output_dir, prepare_output_file, write_json
+from llm_unlearn.outputs import prepare_output_dir, prepare_output_file
+from llm_unlearn.runinfo import write_json
 
 __all__ = ["add_overwrite_flag", "prepare_output_dir", "prepare_output_file", "write_json"]
 

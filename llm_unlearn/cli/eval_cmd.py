@@ -4,9 +4,11 @@ forgetting and utility; writes ``summary.json`` and ``per_item.json`` to --outpu
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub, name: str, help_text: str) -> None:
+    from llm_unlearn.cli.attack_cmd import add_attack_args
     from llm_unlearn.cli.common import add_overwrite_flag
 
     p = sub.add_parser(name, help=help_text, description=help_text)
@@ -40,25 +42,56 @@ def register(sub, name: str, help_text: str) -> None:
     g.add_argument("--memorisation-continuation", type=int, default=64, help="continuation tokens compared (ROUGE-L F1)")
     g.add_argument("--memorisation-max-docs", type=int, default=None, help="score at most N documents")
     p.add_argument("--output", required=True, help="output directory (summary.json, per_item.json)")
+    add_attack_args(p, required=False)
     add_overwrite_flag(p)
     p.set_defaults(func=run)
 
 
+def _is_s3t_run(model: str) -> bool:
+    from llm_unlearn.runinfo import read_manifest
+
+    return Path(model).is_dir() and read_manifest(model).get("kind") == "s3t"
+
+
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from llm_unlearn.cli.common import prepare_output_dir
-    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.checks import check_file, check_local_model
     from llm_unlearn.errors import UnlearnError
-    from llm_unlearn.eval.evaluator import evaluate_model, write_eval
-    from llm_unlearn.eval.loading import load_for_eval
-    from llm_unlearn.eval.logs import format_value, read_logs
+    from llm_unlearn.outputs import check_output, staged_dir
 
-    # validate cheap inputs before loading a model
+    # every check before a model loads: flags, model path, output, device, data, retain-log
+    # compatibility; the torch-free ones first, so a typo fails in a fraction of a second
+    for flag, value in (("--batch-size", args.batch_size), ("--generation-batch-size", args.generation_batch_size),
+                        ("--max-new-tokens", args.max_new_tokens), ("--max-items", args.max_items),
+                        ("--memorisation-prefix", args.memorisation_prefix),
+                        ("--memorisation-continuation", args.memorisation_continuation),
+                        ("--memorisation-max-docs", args.memorisation_max_docs)):
+        if value is not None and value < 1:
+            raise UnlearnError(f"{flag} must be >= 1, got {value}")
     if args.data is None and not (args.lm_eval_tasks or args.forget_corpus):
         raise UnlearnError("nothing to evaluate: pass --data (TOFU-style), --lm-eval-tasks or --forget-corpus")
+    if args.data is None and args.attacks:
+        raise UnlearnError("--attacks score TOFU-style data: pass --data")
+    s3t = _is_s3t_run(args.model)
+    if not s3t:
+        check_local_model(args.model)
+    check_file("--adapter", args.adapter)
+    check_file("--lm-eval-include", args.lm_eval_include)
+    inputs = [args.model, args.adapter, args.data, args.retain_logs, args.forget_corpus]
+    check_output(args.output, args.overwrite, inputs)
+
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.eval.loading import load_for_eval
+    from llm_unlearn.eval.logs import SUMMARY_FORMAT, check_retain_for, format_value, read_logs
+    from llm_unlearn.models import resolve_device, resolve_model_path
+
+    if not s3t:
+        resolve_model_path(args.model)  # aliases, adapters and their base models
+    device = resolve_device(args.device)
+    retain = read_logs(args.retain_logs) if args.retain_logs else None
     if args.data is not None:
-        load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=1)
+        forget = load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=args.max_items)
+        if retain is not None:
+            check_retain_for(retain, args.forget_split, len(forget), list(forget["question"]))
     corpus = None
     if args.forget_corpus:
         from llm_unlearn.data.corpus import load_corpus
@@ -68,38 +101,52 @@ def run(args: argparse.Namespace) -> int:
         from llm_unlearn.eval.lm_eval_tasks import parse_tasks
 
         parse_tasks(args.lm_eval_tasks)
-    retain = read_logs(args.retain_logs) if args.retain_logs else None
-    out = prepare_output_dir(args.output, args.overwrite)
-    model, tok = load_for_eval(args.model, args.adapter, args.dtype)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if hasattr(model, "to") and not getattr(model, "hf_device_map", None):
-        model = model.to(device)
+    if args.attacks:
+        from llm_unlearn.cli.attack_cmd import validate
+
+        validate(args)
+
+    from llm_unlearn.eval.evaluator import evaluate_model, write_eval
+    from llm_unlearn.threads import apply_thread_policy
+
     name = args.model + (f" + {args.adapter}" if args.adapter else "")
-    if args.data is None:
-        from llm_unlearn.eval.logs import SUMMARY_FORMAT
+    with staged_dir(args.output, args.overwrite, inputs) as stage:
+        model, tok = load_for_eval(args.model, args.adapter, args.dtype)
+        threads = apply_thread_policy(model if hasattr(model, "parameters") else getattr(model, "model", None))
+        if hasattr(model, "to") and not getattr(model, "hf_device_map", None):
+            model = model.to(device)
+        if args.data is None:
+            result = {"summary": {"format": SUMMARY_FORMAT, "model": name, "settings": {}}, "per_item": None}
+        else:
+            result = evaluate_model(model, tok, args.data, forget_split=args.forget_split, retain_logs=retain,
+                                    max_items=args.max_items, batch_size=args.batch_size,
+                                    generation_batch_size=args.generation_batch_size,
+                                    max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
+                                    model_name=name)
+        result["summary"]["settings"]["threads"] = threads
+        s = result["summary"]
+        if args.lm_eval_tasks:
+            from llm_unlearn.eval.lm_eval_tasks import run_lm_eval
 
-        result = {"summary": {"format": SUMMARY_FORMAT, "model": name}, "per_item": None}
-    else:
-        result = evaluate_model(model, tok, args.data, forget_split=args.forget_split, retain_logs=retain,
-                            max_items=args.max_items, batch_size=args.batch_size,
-                            generation_batch_size=args.generation_batch_size,
-                                max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
-                                model_name=name)
-    s = result["summary"]
-    if args.lm_eval_tasks:
-        from llm_unlearn.eval.lm_eval_tasks import run_lm_eval
+            limit = args.lm_eval_limit
+            limit = int(limit) if limit is not None and limit >= 1 else limit
+            s["lm_eval"] = run_lm_eval(model, tok, args.lm_eval_tasks, include=args.lm_eval_include,
+                                       batch_size=args.batch_size, limit=limit)
+        if corpus is not None:
+            from llm_unlearn.eval.memorisation import corpus_memorisation
 
-        limit = int(args.lm_eval_limit) if args.lm_eval_limit and args.lm_eval_limit >= 1 else args.lm_eval_limit
-        s["lm_eval"] = run_lm_eval(model, tok, args.lm_eval_tasks, include=args.lm_eval_include,
-                                   batch_size=args.batch_size, limit=limit)
-    if corpus is not None:
-        from llm_unlearn.eval.memorisation import corpus_memorisation
+            mem = corpus_memorisation(model, tok, corpus["text"], prefix_tokens=args.memorisation_prefix,
+                                      continuation_tokens=args.memorisation_continuation,
+                                      batch_size=args.batch_size, max_documents=args.memorisation_max_docs)
+            s["verbatim_memorisation"] = {"corpus": args.forget_corpus, **mem}
+        if args.attacks:
+            from llm_unlearn.cli.attack_cmd import run_cli_attacks
 
-        mem = corpus_memorisation(model, tok, corpus["text"], prefix_tokens=args.memorisation_prefix,
-                                  continuation_tokens=args.memorisation_continuation, batch_size=args.batch_size,
-                                  max_documents=args.memorisation_max_docs)
-        s["verbatim_memorisation"] = {"corpus": args.forget_corpus, **mem}
-    write_eval(out, result)
+            attacked = run_cli_attacks(args, model, tok, device)
+            result["summary"]["attacks"] = attacked["summary"]  # every attacked value stays with the evaluation
+            result["per_item"]["attacks"] = attacked["per_item"]
+        write_eval(stage.path, result)
+    out = stage.final
     if args.data is not None:
         for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability",
                     "forget_truth_ratio", "mia_auc_min_k", "privleak"):
@@ -112,5 +159,9 @@ def run(args: argparse.Namespace) -> int:
     if "verbatim_memorisation" in s:
         v = s["verbatim_memorisation"]
         print(f"verbatim memorisation    ROUGE-L F1 {v['mean']:.3f} over {v['documents']} documents")
+    if args.attacks:
+        from llm_unlearn.cli.attack_cmd import print_summary
+
+        print_summary(s["attacks"])
     print(f"wrote {out / 'summary.json'}" + (f" and {out / 'per_item.json'}" if result["per_item"] else ""))
     return 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
-from llm_unlearn.cli.common import add_overwrite_flag, prepare_output_dir
+from llm_unlearn.cli.common import add_overwrite_flag
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -68,8 +69,11 @@ def run_train(args: argparse.Namespace) -> int:
         lr=args.lr if args.lr is not None else (1e-2 if args.model == "tiny" else 1e-3),
         batch_size=args.batch_size, max_length=args.max_length, max_items=args.max_items, seed=args.seed,
     )
-    prepare_output_dir(args.output, args.overwrite)
-    out = train_s3t(cfg)
+    from llm_unlearn.outputs import staged_dir
+
+    with staged_dir(args.output, args.overwrite, [args.data, None if args.model == "tiny" else args.model]) as stage:
+        train_s3t(replace(cfg, output=str(stage.path)))
+    out = stage.final
     print(f"trained S3T run in {out}")
     _print_status(out)
     return 0
