@@ -82,8 +82,8 @@ def run_lm_eval(model, tokenizer, tasks: str | list[str], include: str | Path | 
     if not (hasattr(model, "config") and hasattr(model, "device")):
         raise UnlearnError(f"lm-eval scoring needs a Hugging Face model object; got {type(model).__name__}")
     manager = _task_manager(names, include)
-    for name in ("lm_eval", "lm-eval"):  # lm-eval's per-request INFO lines are not our console
-        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
+    # lm-eval's INFO lines and its warning that `pretrained` is an object (our design) are not our console
+    logging.getLogger("lm_eval").setLevel(max(logging.ERROR, logging.getLogger("lm_eval").level))
     was_training = getattr(model, "training", False)
     model.eval()
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
