@@ -35,7 +35,7 @@ from llm_unlearn.models import resolve_model_path
 from llm_unlearn.outputs import staged_dir
 from llm_unlearn.runinfo import read_manifest
 from llm_unlearn.s3t.serve import load_s3t_model
-from llm_unlearn.s3t.service import delete_samples, retrain
+from llm_unlearn.s3t.service import compare_with_reference, delete_samples, purge, retrain
 from llm_unlearn.s3t.train import S3TConfig, load_run, train_s3t
 from llm_unlearn.unlearn import load_target, run_unlearning
 
@@ -72,6 +72,7 @@ class DemoConfig:
     s3t_sequences: int = 2
     s3t_epochs_per_stage: float = 10.0
     s3t_lr: float = 3e-3
+    s3t_prompt_loss: bool = False
     methods: list[str] = field(default_factory=lambda: ["graddiff", "npo", "npo_wagle"])
 
     def __post_init__(self):
@@ -215,6 +216,7 @@ def _run_demo_into(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]
         "forget_quality": {r["run"]: r["forget_quality"] for r in rows},
         "model_utility": {r["run"]: r["model_utility"] for r in rows},
         "ks_floor_pvalue": summaries["target"].get("forget_quality_floor"),
+        "s3t_exactness": summaries["s3t_deleted"].get("s3t_exactness"),
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "total_time_s": round(time.time() - t_start, 1),
         "report": {k: str(v) for k, v in report.items()},
@@ -222,7 +224,16 @@ def _run_demo_into(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     (out / "table.txt").write_text(table + "\n")
     print(table)
+    exact = summary["s3t_exactness"] or {}
+    if exact:
+        print(f"\nS3T ({exact['aggregate']}): forget quality {exact['forget_quality_vs_reference']:.3g} vs the "
+              f"exact-retrain reference (served weights bit-identical: {exact['served_weights_identical_to_reference']}),"
+              f" {_fmt_or_na(exact['forget_quality_vs_retain_model'])} vs the single retain model. {S3T_FQ_MEANING}")
     return summary
+
+
+def _fmt_or_na(v) -> str:
+    return "n/a" if v is None else f"{v:.3g}"
 
 
 def _tag(run_dir: Path, **fields: Any) -> None:
@@ -277,6 +288,14 @@ def _subset_source(source: Path, out: Path, cfg: DemoConfig) -> Path:
     return write_splits(splits, out)
 
 
+S3T_FQ_MEANING = (
+    "Against the exact-retrain reference (the same S3T plan and seeds, trained without the forget authors from "
+    "the start) forget quality is 1.0 because the served weights are bit-identical: the deletion is exact. "
+    "Against the single retain model (one model finetuned on the retain authors) it compares two different "
+    "training procedures that both never saw the forget authors: a value below 1 there measures how the "
+    "procedures differ, not a leak.")
+
+
 def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, timings) -> dict[str, Any]:
     base = cfg.model
     if cfg.model == "tiny":
@@ -291,13 +310,14 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
                                 output=str(base_dir), epochs=cfg.ft_epochs, lr=cfg.ft_lr,
                                 batch_size=cfg.ft_batch_size, seed=cfg.seed))
         base = str(base_dir)
+    settings = dict(model=base, data=str(data), split="full", shards=cfg.s3t_shards, slices=cfg.s3t_slices,
+                    sequences=cfg.s3t_sequences, epochs_per_stage=cfg.s3t_epochs_per_stage, lr=cfg.s3t_lr,
+                    seed=cfg.seed, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, prompt_loss=cfg.s3t_prompt_loss,
+                    with_utility=cfg.model == "tiny")  # as the demo's tiny single models are finetuned
     run_dir = out / "s3t_deleted"
     run_dir.mkdir()
     t0 = time.time()
-    train_s3t(S3TConfig(model=base, data=str(data), split="full",
-                        output=str(run_dir), shards=cfg.s3t_shards, slices=cfg.s3t_slices,
-                        sequences=cfg.s3t_sequences, epochs_per_stage=cfg.s3t_epochs_per_stage,
-                        lr=cfg.s3t_lr, seed=cfg.seed, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha))
+    train_s3t(S3TConfig(output=str(run_dir), **settings))
     timings["s3t_train"] = time.time() - t0
     t1 = time.time()
     forget_questions = {r["question"] for r in load_tofu(cfg.forget_split, data)}
@@ -305,13 +325,36 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
     ids = [s["sample_id"] for s in ledger.samples(ledger.sample_ids()) if s["question"] in forget_questions]
     result = delete_samples(run_dir, ids=ids)
     timings["s3t_delete"] = time.time() - t1
-    # A whole author is many deletions: shards where no sequence survives are retrained without it.
+    # A whole author is many deletions: shards where no sequence survives are retrained without it;
+    # either way every checkpoint that saw it, and its text in the ledger, is purged.
     t2 = time.time()
     retrained = retrain(run_dir) if result.retrain_shards else []
+    if not result.retrain_shards:
+        purge(run_dir)
     timings["s3t_retrain"] = time.time() - t2
     _tag(run_dir, role="unlearned", name="s3t_deleted", run_time_s=timings["s3t_delete"] + timings["s3t_retrain"],
          deletion={"samples": len(ids), "status": result.status, "affected_shards": result.affected_shards,
                    "retrained_shards": retrained, "delete_s": round(timings["s3t_delete"], 4),
                    "retrain_s": round(timings["s3t_retrain"], 2)})
+    # The exact-retrain reference: the same plan and seeds with the forget authors left out from the
+    # start, served at the same prefixes. Exact deletion means the two are the same model.
+    ref_dir = out / "s3t_reference"
+    ref_dir.mkdir()
+    t3 = time.time()
+    train_s3t(S3TConfig(output=str(ref_dir), exclude_split=cfg.forget_split, **settings))
+    timings["s3t_reference_train"] = time.time() - t3
+    comparison = compare_with_reference(run_dir, ref_dir)
     model = load_s3t_model(run_dir)
-    return evaluate(run_dir, model, model.tokenizer, "s3t_deleted", retain_logs)
+    summary = evaluate(run_dir, model, model.tokenizer, "s3t_deleted", retain_logs)
+    reference = load_s3t_model(ref_dir, serve_like=run_dir)
+    evaluate(ref_dir, reference, reference.tokenizer, "s3t_reference")
+    vs_ref = compute_summary(read_logs(run_dir / "eval" / "per_item.json"),
+                             read_logs(ref_dir / "eval" / "per_item.json"))["metrics"]["forget_quality"]
+    summary["s3t_exactness"] = {
+        "aggregate": model.aggregate,
+        "served_weights_identical_to_reference": comparison["identical"],
+        "forget_quality_vs_reference": vs_ref,
+        "forget_quality_vs_retain_model": summary.get("metrics", {}).get("forget_quality"),
+        "meaning": S3T_FQ_MEANING,
+    }
+    return summary

@@ -39,14 +39,20 @@ def test_unlearned_runs_forget_better_than_target(demo_dir):
 
 def test_s3t_deletion_is_exact(demo_dir):
     from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.s3t.ledger import content_hash
+    from llm_unlearn.s3t.service import verify_run
     from llm_unlearn.s3t.train import load_run
 
     ledger, *_ = load_run(demo_dir / "s3t_deleted")
-    forget = {r["question"] for r in load_tofu("forget10", demo_dir / "data")}
-    deleted = ledger.samples(ledger.deleted_ids())
-    assert {s["question"] for s in deleted} == forget
+    forget = {content_hash(r["question"], r["answer"]) for r in load_tofu("forget10", demo_dir / "data")}
+    assert {h for _, h in ledger.deleted_content_hashes()} == forget  # the text itself is purged
+    assert ledger.deleted_texts() == []
     assert ledger.active_deleted_overlap() == []
     assert ledger.retrain_pending() == []
+    verify_run(demo_dir / "s3t_deleted")  # nothing trained on the deleted authors is left
+    exact = json.loads((demo_dir / "summary.json").read_text())["s3t_exactness"]
+    assert exact["served_weights_identical_to_reference"] is True
+    assert exact["forget_quality_vs_reference"] == pytest.approx(1.0)
 
 
 def test_demo_refuses_existing_output(demo_dir, capsys):

@@ -29,6 +29,11 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--max-new-tokens", type=int, default=200, help="greedy generation length")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
+    p.add_argument("--aggregate", default=None,
+                   help="S3T run: how served shards are combined (mean-logprob, mixture, posterior, route; "
+                        "default: the run's recorded mode)")
+    p.add_argument("--allow-base", action="store_true",
+                   help="S3T run with no shard serving: evaluate the bare base model instead of refusing")
     g = p.add_argument_group("corpus unlearning (WMDP / MUSE)")
     g.add_argument("--lm-eval-tasks", default=None,
                    help="comma-separated lm-eval-harness tasks scored on the loaded model, e.g. "
@@ -78,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
     check_file("--lm-eval-include", args.lm_eval_include)
     inputs = [args.model, args.adapter, args.data, args.retain_logs, args.forget_corpus]
     check_output(args.output, args.overwrite, inputs)
+    if not s3t and (args.aggregate or args.allow_base):
+        raise UnlearnError("--aggregate and --allow-base apply to an S3T run directory only")
+    if s3t:  # the serving mode is known and some shard serves (or --allow-base), before any model loads
+        from llm_unlearn.s3t.service import check_servable
+
+        check_servable(args.model, args.aggregate, args.allow_base)
 
     from llm_unlearn.data.tofu import load_tofu
     from llm_unlearn.eval.loading import load_for_eval
@@ -111,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     name = args.model + (f" + {args.adapter}" if args.adapter else "")
     with staged_dir(args.output, args.overwrite, inputs) as stage:
-        model, tok = load_for_eval(args.model, args.adapter, args.dtype)
+        model, tok = load_for_eval(args.model, args.adapter, args.dtype, args.aggregate, args.allow_base)
         threads = apply_thread_policy(model if hasattr(model, "parameters") else getattr(model, "model", None))
         if hasattr(model, "to") and not getattr(model, "hf_device_map", None):
             model = model.to(device)
@@ -124,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
                                     max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
                                     model_name=name)
         result["summary"]["settings"]["threads"] = threads
+        if s3t:
+            result["summary"]["s3t"] = {"aggregate": model.aggregate, "served_shards": sorted(model.served)}
         s = result["summary"]
         if args.lm_eval_tasks:
             from llm_unlearn.eval.lm_eval_tasks import run_lm_eval
