@@ -21,7 +21,12 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--retain-logs", default=None,
                    help="the retain model's eval (our output dir / per_item.json, TOFU_EVAL.json or TOFU "
                         "eval_log*.json dir); needed for forget quality and privleak")
-    p.add_argument("--holdout-split", default=None, help="holdout split for membership inference (default holdoutXX)")
+    p.add_argument("--holdout-split", default=None,
+                   help="holdout split (items about entities the model never trained on) for the retain-free scores: "
+                        "holdout forget quality and membership AUCs (default: holdoutXX of --data)")
+    p.add_argument("--max-authors", type=int, default=None,
+                   help="the model was finetuned on the first N authors of full (a TOFU subset): the holdout items "
+                        "are the other authors' (those with perturbed answers)")
     p.add_argument("--max-items", type=int, default=None, help="evaluate at most N items per split")
     p.add_argument("--batch-size", type=int, default=8, help="sequences scored per forward pass")
     p.add_argument("--generation-batch-size", type=int, default=None,
@@ -92,7 +97,13 @@ def run(args: argparse.Namespace) -> int:
 
     from llm_unlearn.data.tofu import load_tofu
     from llm_unlearn.eval.loading import load_for_eval
-    from llm_unlearn.eval.logs import SUMMARY_FORMAT, check_retain_for, format_value, read_logs
+    from llm_unlearn.eval.logs import (
+        SUMMARY_FORMAT,
+        check_retain_for,
+        format_value,
+        read_logs,
+        retain_free_note,
+    )
     from llm_unlearn.models import resolve_device, resolve_model_path
 
     if not s3t:
@@ -133,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
                                     max_items=args.max_items, batch_size=args.batch_size,
                                     generation_batch_size=args.generation_batch_size,
                                     max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
-                                    model_name=name)
+                                    max_authors=args.max_authors, model_name=name)
         result["summary"]["settings"]["threads"] = threads
         if s3t:
             result["summary"]["s3t"] = {"aggregate": model.aggregate, "served_shards": sorted(model.served)}
@@ -160,10 +171,11 @@ def run(args: argparse.Namespace) -> int:
             result["per_item"]["attacks"] = attacked["per_item"]
         write_eval(stage.path, result)
     out = stage.final
+    s = result["summary"]
     if args.data is not None:
-        for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability",
-                    "forget_truth_ratio", "mia_auc_min_k", "privleak"):
-            reason = s["not_available"].get(key)
+        for key in ("forget_quality", "holdout_forget_quality", "mia_auc_loss", "mia_auc_min_k", "model_utility",
+                    "utility_proxy", "forget_rougeL_recall", "forget_probability", "forget_truth_ratio", "privleak"):
+            reason = s["not_available"].get(key) or retain_free_note(key)
             print(f"{key:24s} {format_value(s['metrics'][key], key)}" + (f"  ({reason})" if reason else ""))
     for task, row in s.get("lm_eval", {}).items():
         chance = f", chance {row['chance']:.3f}, n {row['n']}" if "chance" in row else ""
