@@ -45,6 +45,7 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "npo_rt": ("npo", {"alpha": 1.0, "beta": 0.1}),
     "simnpo": ("simnpo", {"alpha": 1.0, "beta": 2.5, "delta": 0.0}),
 }
+PRE_ISSUE_17: dict[str, dict[str, Any]] = {"simnpo": {"gamma": 1.0}}
 MASKS = ("none", "random", "wagle")
 MODES = ("lora", "full")
 # tuned rows: name -> (llm_unlearn method, masks searched); tuned by `llm_unlearn.tune` (retain-free)
@@ -682,6 +683,10 @@ def main(argv: list[str] | None = None) -> int:
         stamp = {"target": str(model_dirs["target"]), "overrides": overrides, "mask": str(masks_files.get(mask)),
                  "mode": mode,
                  "mask_ratio": args.mask_ratio, "lora_r": args.lora_r, **eval_settings}
+        # the recorded results predate issue 17's reference-faithful defaults (SimNPO forget weight
+        # 0.1375, retain partners drawn per epoch): pinned to what they used, outside the stamp, so
+        # cached runs stay valid and a rerun reproduces them
+        overrides = {**PRE_ISSUE_17.get(unlearn_method, {}), "resample_pairs": False, **overrides}
         if args.report_only and not _stamp_ok(run_dir, stamp):
             print(f"not finished: {name}", flush=True)
             continue

@@ -45,7 +45,7 @@ def _finetune(args, split: str, out: Path) -> None:
     tiny = args.model == "tiny"
     cfg = FinetuneConfig(model=args.model, data=str(args.data), split=split, output=str(out),
                          epochs=args.finetune_epochs or (15.0 if tiny else 5.0), lr=3e-3 if tiny else 1e-5,
-                         batch_size=16 if tiny else 8, seed=args.seed)
+                         batch_size=16 if tiny else 8, seed=args.seed, protocol=args.protocol)
     finetune(cfg)
 
 
@@ -54,7 +54,7 @@ def unlearn_overrides(args) -> dict:
     then the user's ``--lr`` and ``--set FIELD=VALUE``, which win."""
     import yaml
 
-    overrides = {"num_train_epochs": args.epochs}
+    overrides = {"num_train_epochs": args.epochs, "protocol": args.protocol}
     if args.model == "tiny":
         overrides["learning_rate"] = 1e-3
     if args.lr is not None:
@@ -86,7 +86,7 @@ def _evaluate(args, run_dir: Path, retain_eval: Path | None) -> None:
     model, tok = load_for_eval(str(run_dir))
     result = evaluate_model(model, tok, str(args.data), forget_split=args.forget_split, retain_logs=retain_eval,
                             max_items=args.max_items, batch_size=args.batch_size,
-                            max_new_tokens=args.max_new_tokens, model_name=run_dir.name)
+                            max_new_tokens=args.max_new_tokens, model_name=run_dir.name, protocol=args.protocol)
     write_eval(run_dir / "eval", result)
     if retain_eval is None:  # the retain model is its own reference (forget quality 1 by construction)
         logs = read_logs(run_dir / "eval")
@@ -124,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-epochs", type=float, default=None)
     p.add_argument("--max-items", type=int, default=None, help="evaluate at most N items per split")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the protocol's (200)")
+    p.add_argument("--protocol", default="native", choices=["native", "open-unlearning", "tofu-legacy"],
+                   help="prompt / tokenisation / evaluation protocol of every step (llm_unlearn.data.protocol)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)

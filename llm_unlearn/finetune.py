@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from trl import SFTConfig, SFTTrainer
 
 from llm_unlearn.data.corpus import chunk_corpus, load_corpus
-from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
+from llm_unlearn.data.qa import QACollator, template_settings, tokenize_qa_dataset
 from llm_unlearn.data.tofu import load_tofu, qa_per_author
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.interrupt import SaveOnInterrupt, last_checkpoint
@@ -55,6 +55,7 @@ class FinetuneConfig:
     dtype: str = field(default="float32", metadata={"help": "model dtype"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory, ~1/3 more compute; trl's SFTConfig turns it on by default, we do not)"})
     report_to: str = field(default="none", metadata={"help": "Trainer report_to"})
+    protocol: str = field(default="native", metadata={"help": "prompt and tokenisation protocol: native, open-unlearning or tofu-legacy (llm_unlearn.data.protocol)"})
     threads: str = field(default="auto", metadata={"help": "torch threads: auto (one for models under 10 M parameters "
                                                    "unless OMP_NUM_THREADS is set), keep, or a number"})
 
@@ -113,7 +114,7 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None, resume_from_checkp
     if model is None:
         model, tokenizer = build_model_for_finetune(cfg)
     threads = apply_thread_policy(model, policy=cfg.threads)
-    train_ds, report = tokenize_qa_dataset(train_rows, tokenizer, max_length=cfg.max_length)
+    train_ds, report = tokenize_qa_dataset(train_rows, tokenizer, max_length=cfg.max_length, protocol=cfg.protocol)
     print(f"finetune: {len(split_rows)} items of '{cfg.split}' (+{len(train_rows) - len(split_rows)} utility), "
           f"{report}")
     out = Path(cfg.output)
@@ -143,6 +144,7 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None, resume_from_checkp
         base_model=TINY_BASE_DIR if cfg.model == "tiny" and cfg.lora else cfg.model, threads=threads,
         resumed_from=str(resume_from_checkpoint) if resume_from_checkpoint else None,
         hyperparameters={k: v for k, v in vars(cfg).items() if k not in ("output",)},
+        protocol=template_settings(tokenizer, cfg.protocol),
     )
     return out
 

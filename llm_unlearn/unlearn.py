@@ -30,7 +30,7 @@ from llm_unlearn.data.corpus import (
     load_corpus,
 )
 from llm_unlearn.data.pairing import ForgetRetainDataset
-from llm_unlearn.data.qa import QACollator, check_tokenizer, tokenize_qa_dataset
+from llm_unlearn.data.qa import QACollator, check_tokenizer, template_settings, tokenize_qa_dataset
 from llm_unlearn.data.tofu import load_tofu, matching_retain_split, read_refusals
 from llm_unlearn.errors import DivergenceError, TrainingInterrupted, UnlearnError
 from llm_unlearn.eval.evaluator import holdout_rows, score_splits
@@ -425,8 +425,10 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
         if retain_tok is None:
             retain_tok = forget_tok.select([])  # scored as empty; never paired (needs_retain is false)
     else:
-        forget_tok, forget_report = tokenize_qa_dataset(forget_rows, tokenizer, max_length=cfg.max_length)
-        retain_tok, retain_report = tokenize_qa_dataset(retain_rows, tokenizer, max_length=cfg.max_length)
+        forget_tok, forget_report = tokenize_qa_dataset(forget_rows, tokenizer, max_length=cfg.max_length,
+                                                        protocol=cfg.protocol)
+        retain_tok, retain_report = tokenize_qa_dataset(retain_rows, tokenizer, max_length=cfg.max_length,
+                                                        protocol=cfg.protocol)
     retain_eval = retain_tok.select(range(min(len(retain_tok), nll_max_retain or len(retain_tok))))
 
     if not load_in_4bit:
@@ -485,6 +487,7 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
         "lora": {"r": lora_r, "alpha": lora_alpha} if lora else None, "load_in_4bit": load_in_4bit, "dtype": dtype,
         "mask": mask_info, "seed": cfg.seed, "hyperparameters": method_hyperparameters(cfg), "threads": thread_info,
         "resumed_from": resume_from_checkpoint,
+        "protocol": template_settings(tokenizer, cfg.protocol),
     }
     start = time.time()
     try:
@@ -534,7 +537,7 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
 # the TrainingArguments fields that matter for reproducing an unlearning run, besides the method's own
 _GENERAL_FIELDS = ("learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size",
                    "gradient_accumulation_steps", "weight_decay", "warmup_steps", "lr_scheduler_type", "optim",
-                   "max_length", "seed", "activation_checkpointing", "bf16", "fp16")
+                   "max_length", "seed", "activation_checkpointing", "bf16", "fp16", "protocol", "resample_pairs")
 
 
 def method_hyperparameters(cfg: UnlearnConfig) -> dict[str, Any]:

@@ -48,7 +48,7 @@ class ScriptArguments:
     run_eval: bool = field(default=True, metadata={"help": "evaluate the unlearned model (TOFU metrics) into OUTPUT/eval"})
     retain_logs: str | None = field(default=None, metadata={"help": "retain model's eval (for forget quality)"})
     eval_max_items: int | None = field(default=None, metadata={"help": "cap items per eval split"})
-    eval_max_new_tokens: int = field(default=200, metadata={"help": "greedy generation length in evaluation"})
+    eval_max_new_tokens: int | None = field(default=None, metadata={"help": "greedy generation length in evaluation (default: the protocol's, 200)"})
     loss_log: str | None = field(default=None, metadata={"help": "also write every logged step (loss and terms) to this JSON file"})
     overwrite_output: bool = field(default=False, metadata={"help": "replace a non-empty output_dir"})
     forget_corpus: str | None = field(default=None, metadata={"help": "raw-text corpus to forget instead of a QA split: .txt, .jsonl (text), or Hub NAME[:CONFIG[:SPLIT]], e.g. cais/wmdp-corpora:cyber-forget-corpus"})
@@ -84,19 +84,20 @@ class EvalArguments:
     forget_split: str = field(default="forget10", metadata={"help": "forget split whose TOFU metrics are reported (forget01 / forget05 / forget10)"})
     retain_logs: str | None = field(default=None, metadata={"help": "retain model's eval (for forget quality)"})
     eval_max_items: int | None = field(default=None, metadata={"help": "cap items per eval split"})
-    eval_max_new_tokens: int = field(default=200, metadata={"help": "greedy generation length in evaluation"})
+    eval_max_new_tokens: int | None = field(default=None, metadata={"help": "greedy generation length in evaluation (default: the protocol's, 200)"})
     eval_batch_size: int = field(default=8, metadata={"help": "items per evaluation batch"})
 
 
-def run_evaluation(model, tokenizer, data: str, out: Path, ev: EvalArguments) -> dict:
-    """TOFU evaluation of `model` (items split across ranks), written to ``out/eval`` by rank 0."""
+def run_evaluation(model, tokenizer, data: str, out: Path, ev: EvalArguments, protocol: str = "native") -> dict:
+    """TOFU evaluation of `model` (items split across ranks) under the protocol it was trained
+    with, written to ``out/eval`` by rank 0."""
     from llm_unlearn.distributed import is_main_process
     from llm_unlearn.eval import evaluate_sharded
     from llm_unlearn.eval.evaluator import write_eval
 
     res = evaluate_sharded(model, tokenizer, data, forget_split=ev.forget_split, retain_logs=ev.retain_logs,
                            max_items=ev.eval_max_items, batch_size=ev.eval_batch_size,
-                           max_new_tokens=ev.eval_max_new_tokens)
+                           max_new_tokens=ev.eval_max_new_tokens, protocol=protocol)
     if is_main_process():
         write_eval(Path(out) / "eval", res)
     return res
@@ -153,7 +154,8 @@ def corpus_mode(script: ScriptArguments) -> bool:
                              script.retain_corpus) == "corpus"
 
 
-def build_pairs(script: ScriptArguments, tokenizer, max_length: int, seed: int, with_retain: bool):
+def build_pairs(script: ScriptArguments, tokenizer, max_length: int, seed: int, with_retain: bool,
+                protocol: str = "native"):
     from llm_unlearn.data.pairing import ForgetRetainDataset
     from llm_unlearn.data.qa import tokenize_qa_dataset
     from llm_unlearn.data.tofu import load_tofu, matching_retain_split
@@ -173,11 +175,12 @@ def build_pairs(script: ScriptArguments, tokenizer, max_length: int, seed: int, 
         return docs, None, ForgetRetainDataset(forget, retain, seed=seed)
 
     forget_rows = load_tofu(script.forget_split, script.data)
-    forget, _ = tokenize_qa_dataset(forget_rows, tokenizer, max_length=max_length)
+    forget, _ = tokenize_qa_dataset(forget_rows, tokenizer, max_length=max_length, protocol=protocol)
     retain = None
     retain_split = script.retain_split or matching_retain_split(script.forget_split)
     if with_retain:
-        retain, _ = tokenize_qa_dataset(load_tofu(retain_split, script.data), tokenizer, max_length=max_length)
+        retain, _ = tokenize_qa_dataset(load_tofu(retain_split, script.data), tokenizer, max_length=max_length,
+                                        protocol=protocol)
     return forget_rows, retain_split, ForgetRetainDataset(forget, retain, seed=seed)
 
 
@@ -224,6 +227,7 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
     import torch
     from transformers import set_seed
 
+    from llm_unlearn.data.qa import template_settings
     from llm_unlearn.distributed import barrier, is_main_process, rank_and_world
     from llm_unlearn.eval import evaluate_sharded
     from llm_unlearn.outputs import StagedDir, check_output, staging_path
@@ -262,7 +266,8 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
     model, tokenizer = load_model_for_unlearning(script, args.seed)
     threads = apply_thread_policy(model)
     with_retain = trainer_cls.uses_retain and getattr(args, "alpha", 0.0) > 0
-    forget_rows, retain_split, pairs = build_pairs(script, tokenizer, args.max_length, args.seed, with_retain)
+    forget_rows, retain_split, pairs = build_pairs(script, tokenizer, args.max_length, args.seed, with_retain,
+                                                   args.protocol)
     is_peft = hasattr(model, "disable_adapter")
     _, world = rank_and_world()
     if trainer_cls.reference_prefixes and not is_peft:
@@ -302,7 +307,7 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
                       "retain_split": retain_split if with_retain else None}
         write_manifest(out, kind="unlearn", method=trainer_cls.method, model=script.model_name_or_path,
                        **inputs, world_size=world, train_loss=result.training_loss, hyperparameters=hyper,
-                       threads=threads)
+                       threads=threads, protocol=template_settings(tokenizer, args.protocol))
     if script.run_eval and (script.lm_eval_tasks or corpus_mode(script)):
         run_corpus_evaluation(trainer.model, tokenizer, script, out, args.per_device_eval_batch_size)
     elif script.run_eval:
@@ -312,7 +317,7 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
             res = evaluate_sharded(trainer.model, tokenizer, script.data, forget_split=script.forget_split,
                                    retain_logs=script.retain_logs, max_items=script.eval_max_items,
                                    batch_size=args.per_device_eval_batch_size,
-                                   max_new_tokens=script.eval_max_new_tokens)
+                                   max_new_tokens=script.eval_max_new_tokens, protocol=args.protocol)
         if is_main_process():
             write_eval(out / "eval", res)
     barrier()

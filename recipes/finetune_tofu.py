@@ -57,7 +57,7 @@ def main() -> int:
             finetune(cfg, model=model, tokenizer=tokenizer)
             if ev.run_eval:
                 with torch.no_grad():
-                    run_evaluation(model, tokenizer, cfg.data, stage.path, ev)
+                    run_evaluation(model, tokenizer, cfg.data, stage.path, ev, protocol=cfg.protocol)
         out = stage.final
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)

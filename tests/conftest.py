@@ -16,14 +16,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # oversubscribe 2 cores (OpenMP spin-waits make that ~100x slower), so one thread each.
 torch.set_num_threads(1)
 
-SHARED_TOFU = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tofu"
+# the real TOFU copy beside the checkout; LLM_UNLEARN_TOFU_DATA points elsewhere (e.g. from a worktree)
+SHARED_TOFU = Path(os.environ.get("LLM_UNLEARN_TOFU_DATA")
+                   or Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tofu")
 N_AUTHORS, QA_PER_AUTHOR = 10, 10
 
 
 @pytest.fixture(scope="session")
 def shared_tofu() -> Path:
     if not (SHARED_TOFU / "full.jsonl").is_file():
-        pytest.skip(f"real TOFU data not found at {SHARED_TOFU} (shared/ is only beside the developers' checkout)")
+        pytest.skip(f"real TOFU data not found at {SHARED_TOFU} (shared/ is only beside the developers' checkout; "
+                    "set LLM_UNLEARN_TOFU_DATA)")
     return SHARED_TOFU
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 def register(sub, name: str, help_text: str) -> None:
     from llm_unlearn.cli.attack_cmd import add_attack_args
     from llm_unlearn.cli.common import add_overwrite_flag
+    from llm_unlearn.data.protocol import add_allow_mixed_argument, add_protocol_argument
 
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--model", required=True, help="model directory, Hub id, alias (smollm2, tiny) or S3T run directory")
@@ -27,11 +28,12 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--max-authors", type=int, default=None,
                    help="the model was finetuned on the first N authors of full (a TOFU subset): the holdout items "
                         "are the other authors' (those with perturbed answers)")
-    p.add_argument("--max-items", type=int, default=None, help="evaluate at most N items per split")
+    p.add_argument("--max-items", type=int, default=None,
+                   help="evaluate at most N items per split (default: the protocol's cap, none; tofu-legacy 300)")
     p.add_argument("--batch-size", type=int, default=8, help="sequences scored per forward pass")
     p.add_argument("--generation-batch-size", type=int, default=None,
                    help="prompts per greedy generate call (default: max(batch size, 64))")
-    p.add_argument("--max-new-tokens", type=int, default=200, help="greedy generation length")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="greedy generation length (default: the protocol's, 200)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
     p.add_argument("--aggregate", default=None,
@@ -52,6 +54,8 @@ def register(sub, name: str, help_text: str) -> None:
     g.add_argument("--memorisation-continuation", type=int, default=64, help="continuation tokens compared (ROUGE-L F1)")
     g.add_argument("--memorisation-max-docs", type=int, default=None, help="score at most N documents")
     p.add_argument("--output", required=True, help="output directory (summary.json, per_item.json)")
+    add_protocol_argument(p)
+    add_allow_mixed_argument(p)
     add_attack_args(p, required=False)
     add_overwrite_flag(p)
     p.set_defaults(func=run)
@@ -95,11 +99,13 @@ def run(args: argparse.Namespace) -> int:
 
         check_servable(args.model, args.aggregate, args.allow_base)
 
+    from llm_unlearn.data.protocol import get_protocol
     from llm_unlearn.data.tofu import load_tofu
     from llm_unlearn.eval.loading import load_for_eval
     from llm_unlearn.eval.logs import (
         SUMMARY_FORMAT,
         check_retain_for,
+        check_same_protocol,
         format_value,
         read_logs,
         retain_free_note,
@@ -109,10 +115,12 @@ def run(args: argparse.Namespace) -> int:
     if not s3t:
         resolve_model_path(args.model)  # aliases, adapters and their base models
     device = resolve_device(args.device)
+    max_items = args.max_items if args.max_items is not None else get_protocol(args.protocol).max_items
     retain = read_logs(args.retain_logs) if args.retain_logs else None
     if args.data is not None:
-        forget = load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=args.max_items)
+        forget = load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=max_items)
         if retain is not None:
+            check_same_protocol(args.protocol, retain, args.allow_mixed_protocols)
             check_retain_for(retain, args.forget_split, len(forget), list(forget["question"]))
     corpus = None
     if args.forget_corpus:
@@ -144,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
                                     max_items=args.max_items, batch_size=args.batch_size,
                                     generation_batch_size=args.generation_batch_size,
                                     max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
-                                    max_authors=args.max_authors, model_name=name)
+                                    max_authors=args.max_authors, model_name=name,
+                                    protocol=args.protocol, allow_mixed_protocols=args.allow_mixed_protocols)
         result["summary"]["settings"]["threads"] = threads
         if s3t:
             result["summary"]["s3t"] = {"aggregate": model.aggregate, "served_shards": sorted(model.served)}
@@ -177,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
                     "utility_proxy", "forget_rougeL_recall", "forget_probability", "forget_truth_ratio", "privleak"):
             reason = s["not_available"].get(key) or retain_free_note(key)
             print(f"{key:24s} {format_value(s['metrics'][key], key)}" + (f"  ({reason})" if reason else ""))
+    if s.get("mixed_protocols"):
+        print(f"note: mixed protocols (--allow-mixed-protocols): {s['mixed_protocols']}")
     for task, row in s.get("lm_eval", {}).items():
         chance = f", chance {row['chance']:.3f}, n {row['n']}" if "chance" in row else ""
         err = f" ± {row['acc_stderr']:.3f}" if row.get("acc_stderr") is not None else ""

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from llm_unlearn.cli.common import add_overwrite_flag
+from llm_unlearn.data.protocol import add_protocol_argument
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -29,6 +30,7 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--activation-checkpointing", action="store_true",
                    help="recompute activations in backward: less memory, about a third more compute")
+    add_protocol_argument(p)
     p.add_argument("--threads", default="auto",
                    help="torch threads: auto (one for models under 10 M parameters unless OMP_NUM_THREADS is set), "
                         "keep, or a number")
@@ -71,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr if args.lr is not None else (3e-3 if tiny else 1e-5),
         batch_size=args.batch_size, grad_accum=args.grad_accum, max_length=args.max_length,
         max_authors=args.max_authors, seed=args.seed, activation_checkpointing=args.activation_checkpointing,
+        protocol=args.protocol,
         threads=args.threads,
     )
     announce_interrupts()

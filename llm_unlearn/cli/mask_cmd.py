@@ -21,7 +21,10 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--retain-split", default=None, help="split to keep (default: the matching retainXX)")
     p.add_argument("--method", choices=METHODS, default="wagle", help="attribution score (default wagle)")
     p.add_argument("--ratio", type=float, default=0.8, help="fraction of the covered weights that may change, in (0, 1]")
-    p.add_argument("--scope", choices=SCOPES, default="global", help="one top-k over all weights, or per tensor")
+    p.add_argument("--scope", choices=SCOPES, default=None,
+                   help="global (one top-k over all linear weights), per_layer (per tensor), per_row (within each "
+                        "output row; wanda's default), all (global over every parameter incl. embeddings, norms, "
+                        "lm_head, as WAGLE's reference); default: per_row for wanda, else global")
     p.add_argument("--granularity", choices=GRANULARITIES, default="element",
                    help="element: one bit per weight; row: one per output channel (cheap LoRA enforcement)")
     p.add_argument("--target-modules", default=None,

@@ -7,11 +7,14 @@ import argparse
 
 
 def register(sub, name: str, help_text: str) -> None:
+    from llm_unlearn.data.protocol import add_allow_mixed_argument
+
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--logs", required=True, help="per-item logs of the model (file or directory, any supported format)")
     p.add_argument("--retain-logs", default=None, help="per-item logs of the retain model (forget quality, privleak)")
     p.add_argument("--output", default=None, help="also write the summary as JSON to this file")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    add_allow_mixed_argument(p)
     p.set_defaults(func=run)
 
 
@@ -29,11 +32,13 @@ def run(args: argparse.Namespace) -> int:
     out = check_output(args.output, args.overwrite, [args.logs, args.retain_logs]) if args.output else None
     logs = read_logs(args.logs)
     retain = read_logs(args.retain_logs) if args.retain_logs else None
-    summary = {"format": SUMMARY_FORMAT, **compute_summary(logs, retain)}
-    print(f"logs: {logs.path} ({logs.fmt}); items: "
+    summary = {"format": SUMMARY_FORMAT, **compute_summary(logs, retain, args.allow_mixed_protocols)}
+    print(f"logs: {logs.path} ({logs.fmt}, protocol {logs.protocol}); items: "
           + ", ".join(f"{k} {n}" for k, n in summary["n_items"].items()))
     if retain is not None:
-        print(f"retain logs: {retain.path} ({retain.fmt})")
+        print(f"retain logs: {retain.path} ({retain.fmt}, protocol {retain.protocol})")
+        if summary.get("mixed_protocols"):
+            print(f"note: mixed protocols (--allow-mixed-protocols): {summary['mixed_protocols']}")
     m = summary["metrics"]
     n_forget = summary["n_items"].get("forget")
     for key, value in m.items():

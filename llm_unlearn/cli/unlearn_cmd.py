@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from llm_unlearn.cli.common import add_overwrite_flag
+from llm_unlearn.data.protocol import add_protocol_argument
 
 # flag dest -> config field (flags left at None do not override)
 HYPERPARAMETER_FLAGS: dict[str, str] = {
@@ -15,6 +16,7 @@ HYPERPARAMETER_FLAGS: dict[str, str] = {
     "delta": "delta", "retain_loss": "retain_loss_type", "steering_coeff": "steering_coeff", "layer": "layer",
     "update_layers": "update_layers", "refusals": "refusals_file", "save_steps": "save_steps",
     "logging_steps": "logging_steps", "report_to": "report_to", "hub_model_id": "hub_model_id", "optim": "optim",
+    "protocol": "protocol",
     "sam_rho": "sam_rho",
 }
 
@@ -84,14 +86,17 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--mask-granularity", choices=["element", "row"], default=None,
                    help="with --mask-method: element (one bit per weight, the paper) or row (output channels, cheap "
                         "for 7B LoRA); default element")
-    p.add_argument("--mask-scope", choices=["global", "per_layer"], default=None,
-                   help="with --mask-method: one top-k over all weights (global) or within each tensor; default global")
+    p.add_argument("--mask-scope", choices=["global", "per_layer", "per_row", "all"], default=None,
+                   help="with --mask-method: one top-k over all linear weights (global), within each tensor "
+                        "(per_layer), within each output row (per_row, wanda's default) or over every parameter "
+                        "incl. embeddings, norms and lm_head (all, WAGLE's reference); default global, wanda per_row")
     p.add_argument("--mask-gamma", type=float, default=None,
                    help=f"with --mask-method wagle: γ, the retain-gradient weight of the score (default {DEFAULT_GAMMA:g})")
     p.add_argument("--holdout-split", default=None,
                    help="holdout items for the holdout forget quality printed before / after (default holdoutXX)")
     p.add_argument("--max-authors", type=int, default=None,
                    help="the model was finetuned on the first N authors of full: holdout items are the other authors'")
+    add_protocol_argument(p, default=None)
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="resume from a checkpoint directory, or the last one of an interrupted run (Ctrl-C saves "
                         "one) or in --output")

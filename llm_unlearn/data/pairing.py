@@ -1,5 +1,11 @@
 """Forget/retain pairing: each forget item is paired with a seeded random retain item, so one
-epoch is one pass over the forget set (as in TOFU's unlearning scripts)."""
+epoch is one pass over the forget set (as in TOFU's unlearning scripts).
+
+By default the partners are drawn again every epoch (``set_epoch``, seeded by (seed, epoch)), as
+TOFU and open-unlearning draw a random retain item at every access; ``resample=False`` keeps
+one draw for the whole run. Per-epoch forget-side variants (``forget_variants``: e.g. the
+IdK-DPO refusal answers, one tokenised draw per epoch) are merged into the forget item of the
+current epoch."""
 
 from __future__ import annotations
 
@@ -27,9 +33,11 @@ def check_no_overlap(forget: Dataset, retain: Dataset) -> None:
 
 
 class ForgetRetainDataset(TorchDataset):
-    """Items ``{"forget": f_i, "retain": r_{π(i)}}`` over tokenised QA datasets or corpus windows."""
+    """Items ``{"forget": f_i, "retain": r_{π_e(i)}}`` over tokenised QA datasets or corpus windows, π_e
+    the partner draw of epoch e (`set_epoch`; one draw for all epochs when not `resample`)."""
 
-    def __init__(self, forget: Dataset, retain: Dataset | None, seed: int = 0):
+    def __init__(self, forget: Dataset, retain: Dataset | None, seed: int = 0, resample: bool = True,
+                 forget_variants: list[Dataset] | None = None):
         if len(forget) == 0:
             raise UnlearnError("forget set is empty")
         if retain is not None:
@@ -39,14 +47,34 @@ class ForgetRetainDataset(TorchDataset):
                 check_no_overlap(forget, retain)  # corpora are checked by document (data.corpus)
         self.forget = forget
         self.retain = retain
-        rng = random.Random(seed)
-        self.retain_index = [rng.randrange(len(retain)) for _ in range(len(forget))] if retain is not None else None
+        self.seed = seed
+        self.resample = resample
+        self.forget_variants = forget_variants
+        self.epoch = 0
+        self.retain_index = self.partners(0)
+
+    def partners(self, epoch: int) -> list[int] | None:
+        """The retain partner of every forget item in `epoch` (seeded by seed and epoch)."""
+        if self.retain is None:
+            return None
+        rng = random.Random(self.seed if not self.resample or epoch == 0 else f"{self.seed}:{epoch}")
+        return [rng.randrange(len(self.retain)) for _ in range(len(self.forget))]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the partners (and pick the forget variant) of `epoch`."""
+        if epoch != self.epoch:
+            self.epoch = epoch
+            self.retain_index = self.partners(epoch if self.resample else 0)
 
     def __len__(self) -> int:
         return len(self.forget)
 
     def __getitem__(self, i: int) -> dict:
-        item = {"forget": self.forget[i]}
+        forget = self.forget[i]
+        if self.forget_variants:
+            variant = self.forget_variants[(self.epoch if self.resample else 0) % len(self.forget_variants)]
+            forget = {**forget, **variant[i]}
+        item = {"forget": forget}
         if self.retain is not None:
             item["retain"] = self.retain[self.retain_index[i]]
         return item

@@ -1,8 +1,10 @@
 """QA tokenisation: prompt (chat template, else ``Question: …\\nAnswer:``) + answer + EOS, with
 labels on the answer tokens only (prompt and padding positions are -100).
 
-Prompt and answer are tokenised separately and concatenated, so the answer's tokens are the
-same whatever the prompt; training, unlearning and evaluation all use this one function.
+Natively prompt and answer are tokenised separately and concatenated, so the answer's tokens
+are the same whatever the prompt; the open-unlearning and TOFU-legacy protocols tokenise the
+conversation as their references do (`llm_unlearn.data.protocol`). Training, unlearning and
+evaluation all use `encode_qa`.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from typing import Any
 import torch
 from datasets import Dataset
 
+from llm_unlearn.data.protocol import Protocol, get_protocol, today_strings
 from llm_unlearn.errors import UnlearnError
 
 IGNORE_INDEX = -100
-PLAIN_PROMPT = "Question: {question}\nAnswer:"
 
 logger = logging.getLogger(__name__)
 
@@ -26,30 +28,91 @@ def has_chat_template(tokenizer) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
-def build_prompt(tokenizer, question: str, system_prompt: str | None = None) -> str:
+def uses_chat_template(tokenizer, protocol: Protocol | None = None) -> bool:
+    """Whether prompts for `tokenizer` under `protocol` go through its chat template."""
+    return get_protocol(protocol).use_chat_template and has_chat_template(tokenizer)
+
+
+def _messages(question: str, protocol: Protocol, system_prompt: str | None = None,
+              answer: str | None = None) -> list[dict[str, str]]:
+    messages = [{"role": "user", "content": question}]
+    system = system_prompt if system_prompt is not None else protocol.system_prompt
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
+    return messages
+
+
+def render_chat(tokenizer, messages: list[dict[str, str]], protocol: Protocol, add_generation_prompt: bool) -> str:
+    """The chat template applied to `messages` with the protocol's fixed ``date_string``; a
+    template that still prints today's date is refused (numbers would change from day to day)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                         date_string=protocol.date_string)
+    content = " ".join(m["content"] for m in messages)
+    for today in today_strings():
+        if today in text and today not in content and today != protocol.date_string:
+            raise UnlearnError(f"the chat template of {getattr(tokenizer, 'name_or_path', 'this tokenizer')} writes "
+                               f"today's date ({today}) into the prompt despite date_string; results would change "
+                               "from day to day (use --protocol tofu-legacy or a template without the date)")
+    return text
+
+
+def build_prompt(tokenizer, question: str, system_prompt: str | None = None, protocol: Protocol | str | None = None) -> str:
     """The text that precedes the answer (ends where generation starts)."""
-    if has_chat_template(tokenizer):
-        messages = [{"role": "user", "content": question}]
-        if system_prompt:
-            messages.insert(0, {"role": "system", "content": system_prompt})
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return PLAIN_PROMPT.format(question=question)
+    protocol = get_protocol(protocol)
+    if uses_chat_template(tokenizer, protocol):
+        return render_chat(tokenizer, _messages(question, protocol, system_prompt), protocol, add_generation_prompt=True)
+    return protocol.plain_prompt.format(question=question)
 
 
-def prompt_ids(tokenizer, question: str) -> list[int]:
-    text = build_prompt(tokenizer, question)
-    if has_chat_template(tokenizer):
+def prompt_ids(tokenizer, question: str, protocol: Protocol | str | None = None) -> list[int]:
+    """Token ids of the prompt (what generation starts from)."""
+    protocol = get_protocol(protocol)
+    text = build_prompt(tokenizer, question, protocol=protocol)
+    if uses_chat_template(tokenizer, protocol):
         # the template already writes BOS / special tokens as text
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(text, add_special_tokens=True)["input_ids"]
 
 
-def answer_ids(tokenizer, answer: str) -> list[int]:
-    text = answer if has_chat_template(tokenizer) else " " + answer.lstrip()
+def answer_ids(tokenizer, answer: str, protocol: Protocol | str | None = None) -> list[int]:
+    """Native (``separate``) answer tokens: the answer tokenised alone, EOS appended."""
+    protocol = get_protocol(protocol)
+    text = answer if uses_chat_template(tokenizer, protocol) else protocol.plain_answer_prefix + answer.lstrip()
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         ids = ids + [tokenizer.eos_token_id]
     return ids
+
+
+def template_settings(tokenizer, protocol: Protocol | str | None = None) -> dict[str, Any]:
+    """What a run or eval log records about the prompt: the protocol (all its settings), whether
+    the chat template is used, and the prompt of a placeholder question as rendered."""
+    protocol = get_protocol(protocol)
+    return {
+        "protocol": protocol.name,
+        "settings": protocol.to_dict(),
+        "chat_template": uses_chat_template(tokenizer, protocol),
+        "example_prompt": build_prompt(tokenizer, "{question}", protocol=protocol),
+    }
+
+
+def _conversation_ids(tokenizer, question: str, answer: str, protocol: Protocol) -> tuple[list[int], int]:
+    """(ids of the whole conversation, number of prompt tokens) for the ``conversation`` and
+    ``joint`` tokenisations."""
+    eos = tokenizer.eos_token_id
+    if uses_chat_template(tokenizer, protocol):
+        full = render_chat(tokenizer, _messages(question, protocol, answer=answer), protocol, add_generation_prompt=False)
+        ids = tokenizer(full, add_special_tokens=False)["input_ids"]
+        n_prompt = len(prompt_ids(tokenizer, question, protocol))
+    else:
+        prompt = protocol.plain_prompt.format(question=question)
+        ids = tokenizer(prompt + protocol.plain_answer_prefix + answer, add_special_tokens=True)["input_ids"]
+        n_prompt = len(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+    if eos is not None and (protocol.tokenisation == "joint" or not ids or ids[-1] != eos):
+        ids = ids + [eos]
+    return ids, n_prompt
 
 
 def check_tokenizer(tokenizer) -> None:
@@ -60,12 +123,19 @@ def check_tokenizer(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def encode_qa(tokenizer, question: str, answer: str, max_length: int | None = None) -> dict[str, Any]:
-    """Token ids, labels (-100 on the prompt) and whether `max_length` cut the answer."""
-    p = prompt_ids(tokenizer, question)
-    a = answer_ids(tokenizer, answer)
-    ids = p + a
-    labels = [IGNORE_INDEX] * len(p) + a
+def encode_qa(tokenizer, question: str, answer: str, max_length: int | None = None,
+              protocol: Protocol | str | None = None) -> dict[str, Any]:
+    """Token ids, labels (-100 on the prompt) and whether `max_length` cut the answer, in the
+    tokenisation of `protocol` (default native: prompt and answer tokenised apart)."""
+    protocol = get_protocol(protocol)
+    if protocol.tokenisation == "separate":
+        p = prompt_ids(tokenizer, question, protocol)
+        a = answer_ids(tokenizer, answer, protocol)
+        ids = p + a
+        labels = [IGNORE_INDEX] * len(p) + a
+    else:
+        ids, n_prompt = _conversation_ids(tokenizer, question, answer, protocol)
+        labels = [IGNORE_INDEX] * n_prompt + ids[n_prompt:]
     truncated = max_length is not None and len(ids) > max_length
     if truncated:
         ids, labels = ids[:max_length], labels[:max_length]
@@ -93,13 +163,14 @@ def tokenize_qa_dataset(
     max_length: int | None = 256,
     question_key: str = "question",
     answer_key: str = "answer",
+    protocol: Protocol | str | None = None,
 ) -> tuple[Dataset, TokenizationReport]:
     """Tokenise every row; keep `question`/`answer` text columns (collators ignore them)."""
     check_tokenizer(tokenizer)
     rows = []
     truncated = no_answer = 0
     for row in dataset:
-        enc = encode_qa(tokenizer, row[question_key], row[answer_key], max_length)
+        enc = encode_qa(tokenizer, row[question_key], row[answer_key], max_length, protocol)
         truncated += enc.pop("truncated")
         if all(label == IGNORE_INDEX for label in enc["labels"]):
             no_answer += 1
@@ -142,12 +213,13 @@ class QACollator:
 class GenerationCollator:
     """Left-padded prompts for batched greedy generation; answers kept as text."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, protocol: Protocol | str | None = None):
         check_tokenizer(tokenizer)
         self.tokenizer = tokenizer
+        self.protocol = get_protocol(protocol)
 
     def __call__(self, rows: list[dict]) -> dict[str, Any]:
-        prompts = [prompt_ids(self.tokenizer, r["question"]) for r in rows]
+        prompts = [prompt_ids(self.tokenizer, r["question"], self.protocol) for r in rows]
         return {
             "input_ids": pad_sequences(prompts, self.tokenizer.pad_token_id, "left"),
             "attention_mask": pad_sequences([[1] * len(p) for p in prompts], 0, "left"),

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from llm_unlearn.data.protocol import Protocol, get_protocol
 from llm_unlearn.data.qa import (
     IGNORE_INDEX,
     GenerationCollator,
@@ -32,6 +33,7 @@ from llm_unlearn.data.qa import (
     encode_qa,
     pad_sequences,
     prompt_ids,
+    template_settings,
 )
 from llm_unlearn.data.tofu import (
     available_splits,
@@ -47,6 +49,7 @@ from llm_unlearn.eval.logs import (
     SUMMARY_FORMAT,
     EvalLogs,
     check_retain_for,
+    check_same_protocol,
     compute_summary,
     logs_from_items,
     read_logs,
@@ -88,7 +91,7 @@ def _records(logits: torch.Tensor, labels: torch.Tensor, token_stats: bool) -> l
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         probs = logp.exp()
         mu = (probs * logp).sum(-1)
-        sigma = ((probs * logp.pow(2)).sum(-1) - mu.pow(2)).clamp(min=0).sqrt()
+        var = (probs * logp.pow(2)).sum(-1) - mu.pow(2)
     nll_sum = -tok_lp.sum(-1)
     counts = mask.sum(-1)
     out = []
@@ -100,7 +103,7 @@ def _records(logits: torch.Tensor, labels: torch.Tensor, token_stats: bool) -> l
             sel = mask[i]
             rec["logprobs"] = tok_lp[i][sel].tolist()
             rec["mu"] = mu[i][sel].tolist()
-            rec["sigma"] = sigma[i][sel].tolist()
+            rec["var"] = var[i][sel].tolist()
         out.append(rec)
     return out
 
@@ -167,10 +170,12 @@ def _score_shared(model, encs: list[dict], prefix: int, batch_size: int, device,
 @torch.no_grad()
 def score_answers(model, tokenizer, pairs: list[tuple[str, str]], batch_size: int = 8,
                   token_stats: bool = False, max_length: int | None = None,
-                  progress: tqdm | None = None, share_prompt: bool | None = None) -> list[dict[str, Any]]:
+                  progress: tqdm | None = None, share_prompt: bool | None = None,
+                  protocol: Protocol | str | None = None) -> list[dict[str, Any]]:
     """Answer-token NLL of each (question, answer) pair: ``{"loss" (mean), "loss_sum",
-    "num_tokens"}`` and, with `token_stats`, per-token ``logprobs``, ``mu`` and ``sigma`` (mean
-    and std of log p under the model's next-token distribution, for Min-K%++).
+    "num_tokens"}`` and, with `token_stats`, per-token ``logprobs``, ``mu`` and ``var`` (mean
+    and variance of log p under the model's next-token distribution, for Min-K%++). Items
+    are tokenised as `protocol` says (default native).
 
     Pairs that share a question (TOFU's ground-truth, paraphrased and perturbed answers) run
     the prompt once and the answers `batch_size` at a time against its KV cache
@@ -182,7 +187,7 @@ def score_answers(model, tokenizer, pairs: list[tuple[str, str]], batch_size: in
     device = _device(model)
     if share_prompt is None:
         share_prompt = supports_prefix_cache(model)
-    encs = [encode_qa(tokenizer, q, a, max_length) for q, a in pairs]
+    encs = [encode_qa(tokenizer, q, a, max_length, protocol) for q, a in pairs]
     out: list[dict[str, Any] | None] = [None] * len(pairs)
     alone: list[int] = []
     groups: dict[str, list[int]] = {}
@@ -209,13 +214,22 @@ def score_answers(model, tokenizer, pairs: list[tuple[str, str]], batch_size: in
 
 @torch.no_grad()
 def generate_answers(model, tokenizer, questions: list[str], batch_size: int = 8, max_new_tokens: int = 200,
-                     progress: tqdm | None = None) -> list[str]:
+                     progress: tqdm | None = None, protocol: Protocol | str | None = None) -> list[str]:
     """Greedy generations for `questions` (prompts built as in training, left padded); the new
-    tokens only, decoded without special tokens and stripped. Questions are batched in order of
-    prompt length (less padding); the result follows the input order."""
-    collate = GenerationCollator(tokenizer)
+    tokens only, decoded without special tokens, cut at the EOS text and stripped. Questions
+    are batched in order of prompt length (less padding); the result follows the input order.
+
+    `protocol` sets the prompt, which EOS stops generation (native: the tokenizer's;
+    open-unlearning / TOFU legacy: the model's ``generation_config`` list, as they pass none)
+    and, for TOFU legacy, a total length (prompt + new tokens) instead of `max_new_tokens`."""
+    protocol = get_protocol(protocol)
+    collate = GenerationCollator(tokenizer, protocol)
     device = _device(model)
-    order = sorted(range(len(questions)), key=lambda i: len(prompt_ids(tokenizer, questions[i])))
+    length = ({"max_length": protocol.generation_max_length} if protocol.generation_max_length
+              else {"max_new_tokens": max_new_tokens})
+    eos = {"eos_token_id": tokenizer.eos_token_id} if protocol.generation_eos == "tokenizer" else {}
+    eos_text = tokenizer.decode([tokenizer.eos_token_id]) if tokenizer.eos_token_id is not None else ""
+    order = sorted(range(len(questions)), key=lambda i: len(prompt_ids(tokenizer, questions[i], protocol)))
     texts: dict[int, str] = {}
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
@@ -223,12 +237,12 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int = 8
         batch = collate(rows)
         ids = batch["input_ids"].to(device)
         gen = model.generate(
-            input_ids=ids, attention_mask=batch["attention_mask"].to(device), max_new_tokens=max_new_tokens,
-            do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            input_ids=ids, attention_mask=batch["attention_mask"].to(device), **length,
+            do_sample=False, num_beams=1, pad_token_id=tokenizer.pad_token_id, **eos,
         )
         new = gen[:, ids.shape[1]:]
         for i, t in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
-            texts[i] = t.strip()
+            texts[i] = (t.split(eos_text)[0] if eos_text else t).strip()
         if progress is not None:
             progress.update(len(rows))
     return [texts[i] for i in range(len(questions))]
@@ -282,12 +296,13 @@ def load_eval_rows(data_source, forget_split: str = "forget10", max_items: int |
 
 
 def score_splits(model, tokenizer, rows_by_split: dict[str, list[dict]], batch_size: int = 8,
-                 retain_logs: EvalLogs | None = None) -> dict[str, Any]:
+                 retain_logs: EvalLogs | None = None, protocol: Protocol | str | None = None) -> dict[str, Any]:
     """Scoring only (no generation): `compute_summary` of `rows_by_split` as `evaluate_items`
     scores them without generating, so ROUGE and model utility are n/a but the truth ratios,
     probabilities, holdout forget quality, utility proxy and membership AUCs are there. Cheap
     enough for every few training steps (`llm_unlearn.tune`) and before/after an unlearning run."""
-    items = evaluate_items(model, tokenizer, rows_by_split, batch_size=batch_size, progress=False, generate=False)
+    items = evaluate_items(model, tokenizer, rows_by_split, batch_size=batch_size, progress=False, generate=False,
+                           protocol=protocol)
     per_item = {"format": ITEMS_FORMAT, "splits": {n: {"items": its} for n, its in items.items()}}
     logs = logs_from_items(per_item)
     summary = compute_summary(logs, retain_logs)
@@ -299,19 +314,25 @@ def score_splits(model, tokenizer, rows_by_split: dict[str, list[dict]], batch_s
     return summary
 
 
-def _mia_scores(answer: str, rec: dict[str, Any], min_k: float) -> dict[str, float]:
+def _mia_scores(answer: str, rec: dict[str, Any], min_k: float, protocol: Protocol) -> dict[str, float]:
+    """LOSS and zlib on all answer tokens; Min-K% / Min-K%++ without the last token (EOS) when
+    the protocol drops it, Min-K%++ with the protocol's floor on the variance."""
+    cut = -1 if protocol.mia_drop_last_token else None
+    lp, mu, var = rec["logprobs"][:cut], rec["mu"][:cut], rec["var"][:cut]
+    sigma = np.sqrt(np.maximum(np.asarray(var, dtype=np.float64), protocol.mia_variance_floor))
     return {
         "loss": rec["loss"],
         "zlib": rec["loss"] / M.zlib_entropy(answer),
-        "min_k": M.min_k_score(rec["logprobs"], min_k),
-        "min_k_plus_plus": M.min_k_plus_plus_score(rec["logprobs"], rec["mu"], rec["sigma"], min_k),
+        "min_k": M.min_k_score(lp, min_k),
+        "min_k_plus_plus": M.min_k_plus_plus_score(lp, mu, sigma, min_k),
     }
 
 
 def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch_size: int = 8,
                    max_new_tokens: int = 200, min_k: float = M.MIN_K_DEFAULT,
                    progress: bool = True, generation_batch_size: int | None = None,
-                   generate: bool = True) -> dict[str, list[dict[str, Any]]]:
+                   generate: bool = True, protocol: Protocol | str | None = None,
+                   ) -> dict[str, list[dict[str, Any]]]:
     """Per-item values for each split of `rows_by_split` (our split name -> TOFU rows). Splits
     named ``forget``/``holdout`` get membership scores; ``holdout`` gets no generation, and its
     paraphrased / perturbed answers are scored when its rows have them (for the holdout forget
@@ -320,6 +341,7 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
     ``max(batch_size, 64)``) prompts are generated together (a decoding step costs little more
     for 40 rows than for 8 on a CPU: 2.4x faster on SmolLM2)."""
     gen_batch = generation_batch_size or max(batch_size, 64)
+    protocol = get_protocol(protocol)
     was_training = model.training
     model.eval()
     try:
@@ -344,7 +366,8 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
         rest = [p for p in plan if not (p[0] in ("forget", "holdout") and p[2] == "gt")]
         for group, stats in ((needs_stats, True), (rest, False)):
             recs = score_answers(model, tokenizer, [(p[4], p[5]) for p in group], batch_size,
-                                 token_stats=stats, progress=bar)
+                                 token_stats=stats, max_length=protocol.max_length, progress=bar,
+                                 protocol=protocol)
             for (split, i, kind, _j, _q, text), rec in zip(group, recs):
                 item = items[split][i]
                 if kind == "perturbed":
@@ -356,12 +379,12 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
                     item[f"{kind}_loss_sum"] = rec["loss_sum"]
                     item[f"{kind}_num_tokens"] = rec["num_tokens"]
                 if stats:
-                    item["mia"] = _mia_scores(text, rec, min_k)
+                    item["mia"] = _mia_scores(text, rec, min_k, protocol)
         for split, rows in rows_by_split.items():
             if split == "holdout" or not generate:
                 continue
             gens = generate_answers(model, tokenizer, [r["question"] for r in rows], gen_batch, max_new_tokens,
-                                    progress=bar)
+                                    progress=bar, protocol=protocol)
             rouge = M.rouge_l_recall(gens, [r["answer"] for r in rows])
             for item, g, r in zip(items[split], gens, rouge):
                 item["generation"], item["rougeL_recall"] = g, float(r)
@@ -373,10 +396,11 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
 
 def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10",
                    retain_logs: str | Path | EvalLogs | None = None, max_items: int | None = None,
-                   batch_size: int = 8, max_new_tokens: int = 200, holdout_split: str | None = None,
+                   batch_size: int = 8, max_new_tokens: int | None = None, holdout_split: str | None = None,
                    min_k: float = M.MIN_K_DEFAULT, progress: bool = True,
                    model_name: str | None = None, generation_batch_size: int | None = None,
-                   max_authors: int | None = None) -> dict[str, Any]:
+                   max_authors: int | None = None, protocol: Protocol | str | None = None,
+                   allow_mixed_protocols: bool = False) -> dict[str, Any]:
     """Evaluate `model` on TOFU-style data. Returns ``{"summary": dict, "per_item": dict}``.
 
     Splits: ``{forget_split}_perturbed``, ``retain_perturbed``, ``real_authors_perturbed``,
@@ -385,26 +409,37 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
     trained on the first N authors of ``full``) the authors outside them; else the source's
     ``holdoutXX`` (when there is none these metrics are "n/a" with the reason). `retain_logs` (a path in any format `read_logs` accepts, or
     `EvalLogs`) is the retain model's evaluation, needed for forget quality and privleak.
-    `max_items` caps every split."""
+    `max_items` caps every split (default: the protocol's cap, none natively, 300 for TOFU
+    legacy); `max_new_tokens` defaults to the protocol's (200). `protocol` (default native)
+    sets the prompt, tokenisation, lengths, generation and MIA details and is recorded in both
+    outputs; retain logs of another protocol or evaluator are refused unless
+    `allow_mixed_protocols`."""
     if batch_size < 1:
         raise UnlearnError(f"batch_size must be >= 1, got {batch_size}")
     if generation_batch_size is not None and generation_batch_size < 1:
         raise UnlearnError(f"generation_batch_size must be >= 1, got {generation_batch_size}")
+    protocol = get_protocol(protocol)
+    max_items = max_items if max_items is not None else protocol.max_items
+    max_new_tokens = max_new_tokens if max_new_tokens is not None else protocol.max_new_tokens
     if max_new_tokens < 1:
         raise UnlearnError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     forget_percent(forget_split)  # validates the name
     retain = read_logs(retain_logs) if isinstance(retain_logs, (str, Path)) else retain_logs
+    if retain is not None:
+        check_same_protocol(protocol.name, retain, allow_mixed_protocols)
     t0 = time.time()
     rows, source_splits, mia_reason = load_eval_rows(data_source, forget_split, max_items, holdout_split, max_authors)
     if retain is not None:  # before the evaluation, not after it
         check_retain_for(retain, forget_split, len(rows["forget"]), [r["question"] for r in rows["forget"]])
     items = evaluate_items(model, tokenizer, rows, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           min_k=min_k, progress=progress, generation_batch_size=generation_batch_size)
+                           min_k=min_k, progress=progress, generation_batch_size=generation_batch_size,
+                           protocol=protocol)
     per_item = {
         "format": ITEMS_FORMAT,
         "data": str(data_source),
         "forget_split": forget_split,
         "mia_not_available": mia_reason,
+        "protocol": protocol.to_dict(),
         "splits": {name: {"source_split": source_splits[name], "items": its} for name, its in items.items()},
     }
     logs = logs_from_items(per_item)
@@ -414,12 +449,13 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
         "data": str(data_source),
         "forget_split": forget_split,
         "source_splits": source_splits,
-        **compute_summary(logs, retain),
-        "settings": {"batch_size": batch_size,
+        **compute_summary(logs, retain, allow_mixed_protocols=allow_mixed_protocols),
+        "template": template_settings(tokenizer, protocol),
+        "settings": {"protocol": protocol.name, "max_length": protocol.max_length,"batch_size": batch_size,
                      "generation_batch_size": generation_batch_size or max(batch_size, 64),
                      "max_new_tokens": max_new_tokens, "max_items": max_items,
-                     "min_k": min_k, "generation": "greedy, left padded", "scoring": "right padded, "
-                     "answer tokens incl. EOS, prompt as in training (encode_qa)"},
+                     "min_k": min_k, "generation": f"greedy, left padded, stops at the {protocol.generation_eos} EOS",
+                     "scoring": f"right padded, {protocol.tokenisation} tokenisation (encode_qa), as in training"},
         "eval_time_s": round(time.time() - t0, 3),
     }
     summary.pop("logs", None)

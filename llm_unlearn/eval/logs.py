@@ -110,6 +110,14 @@ class EvalLogs:
     forget_split: str | None = None
     mia_auc_given: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # the protocol the items were evaluated under (`llm_unlearn.data.protocol`): recorded in our
+    # logs (logs from before protocols existed: "native"); open-unlearning's and TOFU's own
+    # evaluators follow their own protocol
+    protocol: str | None = None
+
+    @property
+    def evaluator(self) -> str:
+        return self.fmt
 
 
 # ------------------------------------------------------------------------------------------
@@ -166,7 +174,7 @@ def read_legacy(path: str | Path) -> EvalLogs:
     if not per_file:
         raise UnlearnError(f"{p}: no TOFU eval logs ({', '.join(LEGACY_FILES.values())})")
     splits = {name: _legacy_split(name, per_file[f], str(p / f)) for name, f in LEGACY_FILES.items() if f in per_file}
-    return EvalLogs(splits=splits, fmt="tofu-legacy", path=str(p))
+    return EvalLogs(splits=splits, fmt="tofu-legacy", path=str(p), protocol="tofu-legacy")
 
 
 def read_ours(path: str | Path) -> EvalLogs:
@@ -200,8 +208,9 @@ def logs_from_items(data: dict[str, Any], path: str | None = None) -> EvalLogs:
         if mia is not None:
             s.mia = {a: np.asarray([m[a] for m in mia], dtype=np.float64) for a in MIA_ATTACKS if all(a in m for m in mia)}
         splits[name] = s
+    protocol = (data.get("protocol") or {}).get("name", "native")
     return EvalLogs(splits=splits, fmt="llm-unlearn", path=path, forget_split=data.get("forget_split"),
-                    extra={"data": data.get("data"), "mia_reason": data.get("mia_not_available")})
+                    extra={"data": data.get("data"), "mia_reason": data.get("mia_not_available")}, protocol=protocol)
 
 
 def _find_metrics(obj: Any, wanted: set[str], found: dict[str, dict]) -> None:
@@ -266,7 +275,7 @@ def read_open_unlearning(path: str | Path) -> EvalLogs:
         if "gen" in present:
             s.generations = [str(present["gen"][k]) for k in keys]
         splits[name] = s
-    logs = EvalLogs(splits=splits, fmt="open-unlearning", path=str(p))
+    logs = EvalLogs(splits=splits, fmt="open-unlearning", path=str(p), protocol="open-unlearning")
     for a in MIA_ATTACKS:
         m = found.get(f"mia_{a}")
         if not m:
@@ -310,7 +319,8 @@ def read_logs(path: str | Path) -> EvalLogs:
         return read_legacy(p)
     if isinstance(data, dict) and "avg_gt_loss" in data:
         name = next((n for n, f in LEGACY_FILES.items() if f == p.name), "forget")
-        return EvalLogs(splits={name: _legacy_split(name, data, str(p))}, fmt="tofu-legacy", path=str(p))
+        return EvalLogs(splits={name: _legacy_split(name, data, str(p))}, fmt="tofu-legacy", path=str(p),
+                        protocol="tofu-legacy")
     return read_open_unlearning(p)
 
 
@@ -388,6 +398,28 @@ def check_retain_for(retain: EvalLogs, forget_split: str | None, n_items: int, q
                            "losses): forget quality cannot be computed from it")
 
 
+def mixed_protocols(protocol: str | None, retain: EvalLogs) -> str | None:
+    """Why a model evaluated under `protocol` and these retain logs are not comparable, or None.
+    Two truth-ratio or MIA distributions computed under different prompts, tokenisations or
+    evaluators differ for reasons other than forgetting. Each evaluator has its protocol
+    (open-unlearning's TOFU_EVAL.json: open-unlearning; TOFU's eval_log*.json: tofu-legacy), so
+    our logs under ``--protocol open-unlearning`` may be scored against open-unlearning's."""
+    if protocol and retain.protocol and protocol != retain.protocol:
+        return (f"retain logs {retain.path or ''} were evaluated under protocol '{retain.protocol}' "
+                f"({retain.evaluator} evaluator), this model under '{protocol}'")
+    return None
+
+
+def check_same_protocol(protocol: str | None, retain: EvalLogs, allow_mixed: bool = False) -> str | None:
+    """Refuse (`UnlearnError`, one line) retain logs of another protocol unless `allow_mixed`;
+    returns the mismatch (None when there is none)."""
+    why = mixed_protocols(protocol, retain)
+    if why and not allow_mixed:
+        raise UnlearnError(f"{why}; forget quality and privleak would compare distributions under different "
+                           "prompts (evaluate both with the same --protocol, or pass --allow-mixed-protocols)")
+    return why
+
+
 def mia_aucs(logs: EvalLogs) -> tuple[dict[str, float | None], str | None]:
     """AUC per attack (forget vs holdout), or (all None, reason)."""
     f, h = logs.splits.get("forget"), logs.splits.get("holdout")
@@ -403,14 +435,21 @@ def mia_aucs(logs: EvalLogs) -> tuple[dict[str, float | None], str | None]:
     return out, None
 
 
-def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None) -> dict[str, Any]:
+def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None,
+                    allow_mixed_protocols: bool = False) -> dict[str, Any]:
     """Every aggregate from per-item logs: ``{"metrics": {...}, "not_available": {key: reason},
     "n_items": {split: n}, "definitions": {...}}``. Metric keys:
 
     forget_quality, forget_quality_floor, forget_quality_ks_statistic, holdout_forget_quality,
     holdout_forget_quality_ks_statistic (retain-free), model_utility,
     ``{forget,retain,real_authors,world_facts}_{probability,rougeL_recall,truth_ratio}``,
-    ``mia_auc_{loss,zlib,min_k,min_k_plus_plus}``, privleak (None when not computable)."""
+    ``mia_auc_{loss,zlib,min_k,min_k_plus_plus}``, privleak (None when not computable).
+
+    Retain logs of another protocol are refused (`check_same_protocol`) unless
+    `allow_mixed_protocols`; then ``"mixed_protocols"`` in the result says how they differ."""
+    mixed = None
+    if retain_logs is not None:
+        mixed = check_same_protocol(logs.protocol, retain_logs, allow_mixed_protocols)
     m: dict[str, float | None] = {}
     na: dict[str, str] = {}
     for name in EVAL_SPLITS:
@@ -495,9 +534,10 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None) -> dict
         "not_available": na,
         "n_items": {name: len(s) for name, s in logs.splits.items()},
         "definitions": DEFINITIONS,
-        "logs": {"format": logs.fmt, "path": logs.path},
+        "logs": {"format": logs.fmt, "path": logs.path, "protocol": logs.protocol},
+        "mixed_protocols": mixed,
         "retain_logs": None if retain_logs is None else {
-            "format": retain_logs.fmt, "path": retain_logs.path,
+            "format": retain_logs.fmt, "path": retain_logs.path, "protocol": retain_logs.protocol,
             "n_forget_items": len(retain_logs.splits["forget"]) if "forget" in retain_logs.splits else 0},
     }
 

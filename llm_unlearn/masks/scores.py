@@ -34,6 +34,14 @@ ranks by |θ ⊙ ∇ℓ_f| (a first-order forget-loss attribution), small γ by 
     salun    (13.3, 1.49)     (2.49, 0.63)
     random   (3.2, 0.79)      -
 
+γ and the reference's μ. WAGLE's code sums the gradients over batches (S = |(θ − Σ_b∇ℓ_r,b/μ) ⊙
+Σ_b∇ℓ_f,b|); here they are averaged (S = |(θ − mean_b∇ℓ_r,b/γ) ⊙ mean_b∇ℓ_f,b|). The forget
+average only rescales S, so the ranking is the reference's with μ = γ · (number of retain
+batches): γ = 1e-3 over 90 retain batches is μ = 0.09.
+
+Which weights are ranked: linear weights by default (the LoRA-compatible set); scope ``all``
+ranks every parameter — embeddings, norms, biases, lm_head — as WAGLE's reference does.
+
 γ ≤ 1e-3 has the largest forget rise minus retain rise in both runs, hence the default. Be aware
 the evidence is thin: one tiny model, one seed; at lr 3e-4 the forget/retain ratio is nearly
 flat in γ (4.26 at 1e-3, 4.32 at ∞), so there small γ buys more forgetting at proportionally
@@ -61,6 +69,7 @@ from llm_unlearn.masks.weight_mask import base_param_name, is_lora_param
 
 METHODS = ("wagle", "random", "magnitude", "salun", "wanda")
 DEFAULT_GAMMA = 1e-3
+EVERY_PARAMETER = "<every parameter>"  # target_modules value: score every parameter, not only linear weights
 
 LossFn = Callable[[nn.Module, Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -77,6 +86,18 @@ class Target:
 
 def _linear_types() -> tuple[type, ...]:
     return (nn.Linear, Conv1D)
+
+
+def every_parameter_targets(model: nn.Module) -> list[Target]:
+    """Every floating-point parameter of the base model (embeddings, norms, biases and lm_head
+    included; a tied lm_head once), as WAGLE's reference code ranks them; LoRA factors excluded."""
+    owners = {id(p): m for _, m in model.named_modules() for p in m.parameters(recurse=False)}
+    targets: list[Target] = []
+    for name, p in model.named_parameters():
+        if is_lora_param(name) or ".modules_to_save." in name or not p.is_floating_point():
+            continue
+        targets.append(Target(base_param_name(name), owners[id(p)], p, 0))
+    return targets
 
 
 def find_targets(model: nn.Module, target_modules: str | None = None) -> list[Target]:
@@ -246,6 +267,8 @@ def compute_scores(model: nn.Module, forget_loader: Iterable | None = None, reta
     wagle needs both, salun and wanda the forget loader, random and magnitude neither.
     `loss_fn(model, batch)` returns the NLL to differentiate (default: ``model(**batch).loss``).
     A PEFT model is scored with its adapters disabled, i.e. on the base weights.
+    ``target_modules=EVERY_PARAMETER`` scores every parameter (`every_parameter_targets`; not
+    for wanda, whose score needs a linear layer's inputs).
     """
     if method not in METHODS:
         raise UnlearnError(f"mask method '{method}' unknown; expected one of {', '.join(METHODS)}")
@@ -256,7 +279,12 @@ def compute_scores(model: nn.Module, forget_loader: Iterable | None = None, reta
             raise UnlearnError("mask method 'wagle' needs a retain data loader")
         if not (gamma > 0) or math.isnan(gamma):
             raise UnlearnError(f"gamma must be > 0 (inf allowed), got {gamma}")
-    targets = find_targets(model, target_modules)
+    if target_modules == EVERY_PARAMETER:
+        if method == "wanda":
+            raise UnlearnError("mask scope 'all' (every parameter) does not apply to wanda (linear layers only)")
+        targets = every_parameter_targets(model)
+    else:
+        targets = find_targets(model, target_modules)
 
     if method == "random":
         gen = torch.Generator().manual_seed(seed)

@@ -5,6 +5,10 @@ change (WAGLE's selection; the same rule for every baseline score).
   threshold go to the earlier tensor / lower flat index, so the density is exact.
 - scope ``per_layer``: top round(ratio · n_l) in every tensor (density within half a weight of the
   ratio per tensor).
+- scope ``per_row``: top round(ratio · row length) within every output row (Wanda's comparison
+  group, Sun et al. 2024 §3; the default for wanda).
+- scope ``all``: ``global`` over every parameter of the model (embeddings, norms, lm_head), as
+  WAGLE's reference ranks them (`compute_mask`; not with LoRA-only row masks or wanda).
 - granularity ``row``: a row (output channel) scores the mean of its weights' scores; rows are
   selected whole (global: by descending row score until ratio · N weights are covered, within one
   row; per_layer: round(ratio · rows) rows per tensor).
@@ -24,15 +28,19 @@ from torch import nn
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.masks.scores import (
     DEFAULT_GAMMA,
+    EVERY_PARAMETER,
     METHODS,
     LossFn,
     compute_scores,
     default_loss,
+    every_parameter_targets,
     find_targets,
 )
 from llm_unlearn.masks.weight_mask import WeightMask
 
-SCOPES = ("global", "per_layer")
+SCOPES = ("global", "per_layer", "per_row", "all")
+# the default scope of each method: Wanda selects within each output row (Sun et al. 2024, §3)
+DEFAULT_SCOPE = {"wanda": "per_row"}
 GRANULARITIES = ("element", "row")
 _INF_BITS = 0x7F800000
 
@@ -110,8 +118,13 @@ def select_mask(scores: Mapping[str, torch.Tensor], ratio: float, scope: str = "
     shapes = {n: tuple(scores[n].shape) for n in names}
     axes = {n: (out_axes or {}).get(n, 0) for n in names}
     out: dict[str, torch.Tensor] = {}
-    if granularity == "element":
-        if scope == "global":
+    if scope == "per_row":
+        if granularity != "element":
+            raise UnlearnError("mask scope 'per_row' selects elements within each row; use granularity element")
+        for n in names:
+            out[n] = _per_row_topk(scores[n], axes[n], ratio)
+    elif granularity == "element":
+        if scope in ("global", "all"):
             total = sum(scores[n].numel() for n in names)
             for n, m in zip(names, _topk_masks([scores[n] for n in names], _round(ratio * total))):
                 out[n] = m
@@ -129,6 +142,20 @@ def select_mask(scores: Mapping[str, torch.Tensor], ratio: float, scope: str = "
             out[n] = picked[n].reshape(_row_shape(shapes[n], axes[n]))
     info = {"ratio": ratio, "scope": scope, "granularity": granularity, **dict(meta or {})}
     return WeightMask({n: m.cpu() for n, m in out.items()}, shapes, info)
+
+
+def _per_row_topk(score: torch.Tensor, out_axis: int, ratio: float) -> torch.Tensor:
+    """Top round(ratio · row length) of every output row (ties: lower index first)."""
+    if score.dim() < 2:
+        return _topk_masks([score], _round(ratio * score.numel()))[0]
+    rows = score.detach().float().movedim(out_axis, 0).reshape(score.shape[out_axis], -1)
+    k = _round(ratio * rows.shape[1])
+    mask = torch.zeros_like(rows, dtype=torch.bool)
+    if k > 0:
+        idx = torch.sort(rows, dim=1, descending=True, stable=True).indices[:, :k]
+        mask.scatter_(1, idx, True)
+    moved = list(score.movedim(out_axis, 0).shape)
+    return mask.reshape(moved).movedim(0, out_axis)
 
 
 def _global_rows(rows: Mapping[str, torch.Tensor], width: Mapping[str, int], target: float) -> dict[str, torch.Tensor]:
@@ -153,29 +180,38 @@ def _global_rows(rows: Mapping[str, torch.Tensor], width: Mapping[str, int], tar
 
 
 def compute_mask(model: nn.Module, forget_loader: Iterable | None = None, retain_loader: Iterable | None = None,
-                 method: str = "wagle", ratio: float = 0.8, scope: str = "global",
+                 method: str = "wagle", ratio: float = 0.8, scope: str | None = None,
                  target_modules: str | None = None, gamma: float = DEFAULT_GAMMA, seed: int = 0,
                  granularity: str = "element", loss_fn: LossFn = default_loss, progress: bool = True) -> WeightMask:
     """Score the target weights of `model` with `method` and keep the top `ratio` as may-change.
 
-    See `compute_scores` for the methods and `select_mask` for scope / granularity. The mask's
-    keys are base-model parameter names, so it applies to the same model with or without LoRA.
+    See `compute_scores` for the methods and `select_mask` for scope / granularity (default scope:
+    per_row for wanda, global otherwise; ``all`` ranks every parameter). The mask's keys are
+    base-model parameter names, so it applies to the same model with or without LoRA.
     """
     check_ratio(ratio)  # fail before the expensive part
     if method not in METHODS:
         raise UnlearnError(f"mask method '{method}' unknown; expected one of {', '.join(METHODS)}")
+    scope = scope or DEFAULT_SCOPE.get(method, "global")
+    if scope == "all":
+        if method == "wanda":
+            raise UnlearnError("mask scope 'all' (every parameter) does not apply to wanda (linear layers only)")
+        if target_modules is not None:
+            raise UnlearnError("mask scope 'all' covers every parameter; it does not combine with target_modules")
+        target_modules = EVERY_PARAMETER
     if scope not in SCOPES:
         raise UnlearnError(f"mask scope '{scope}' unknown; expected one of {', '.join(SCOPES)}")
     if granularity not in GRANULARITIES:
         raise UnlearnError(f"mask granularity '{granularity}' unknown; expected one of {', '.join(GRANULARITIES)}")
-    targets = find_targets(model, target_modules)
+    targets = every_parameter_targets(model) if target_modules == EVERY_PARAMETER else find_targets(model, target_modules)
     scores = compute_scores(model, forget_loader, retain_loader, method=method, target_modules=target_modules,
                             gamma=gamma, seed=seed, loss_fn=loss_fn, progress=progress)
-    meta = {"method": method, "seed": seed, "target_modules": target_modules}
+    meta = {"method": method, "seed": seed,
+            "target_modules": "all parameters" if target_modules == EVERY_PARAMETER else target_modules}
     if method == "wagle":
         meta["gamma"] = gamma
     mask = select_mask(scores, ratio, scope, granularity, {t.name: t.out_axis for t in targets}, meta)
     return mask
 
 
-__all__ = ["GRANULARITIES", "SCOPES", "check_ratio", "compute_mask", "default_loss", "select_mask"]
+__all__ = ["DEFAULT_SCOPE", "GRANULARITIES", "SCOPES", "check_ratio", "compute_mask", "default_loss", "select_mask"]

@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from llm_unlearn import __version__
-from llm_unlearn.data.qa import QACollator, encode_qa
+from llm_unlearn.data.qa import QACollator, encode_qa, template_settings
 from llm_unlearn.data.tofu import available_splits, is_local_source, load_tofu
 from llm_unlearn.errors import DivergenceError, UnlearnError
 from llm_unlearn.models import (
@@ -425,7 +425,8 @@ def train_s3t(cfg: S3TConfig) -> Path:
     write_manifest(run_dir, kind="s3t", s3t_format=S3T_FORMAT, base_model=base_ref, model=cfg.model,
                    data=str(cfg.data), split=cfg.split, items=len(rows), data_hash=data_hash(rows),
                    config=asdict(cfg), blocks=plan.blocks, aggregate=cfg.aggregate, excluded=len(excluded), threads=threads,
-                   tokenizer_trained_on=tokenizer_splits if tokenizer_splits is not None else f"{cfg.model} (pretrained)")
+                   tokenizer_trained_on=tokenizer_splits if tokenizer_splits is not None else f"{cfg.model} (pretrained)",
+                   protocol=template_settings(tokenizer, "native"))
     total = cfg.shards * cfg.sequences * cfg.slices
     with tqdm(total=total, desc="S3T stages", unit="stage") as bar:
         for shard in range(cfg.shards):

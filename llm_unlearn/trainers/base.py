@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 from collections import defaultdict
 from contextlib import contextmanager
@@ -46,12 +47,14 @@ from typing import Any, ClassVar
 
 import torch
 from accelerate.utils import DistributedType
+from datasets import Dataset
 from peft import PeftModel
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from llm_unlearn import masks
 from llm_unlearn.data.pairing import PairedCollator
+from llm_unlearn.data.protocol import get_protocol
 from llm_unlearn.data.qa import check_tokenizer
 from llm_unlearn.errors import DivergenceError, UnlearnError
 from llm_unlearn.optim import OptimizerInBackward
@@ -63,7 +66,7 @@ from llm_unlearn.scoring import (
     sequence_logprobs,
     sequence_logprobs_from_logits,
 )
-from llm_unlearn.trainers.losses import kl_per_token
+from llm_unlearn.trainers.losses import kl_all_positions, kl_per_token
 from llm_unlearn.trainers.reference import QA_KEYS, add_reference_logprobs, sharded_reference_logprobs
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,8 @@ class UnlearnConfig(TrainingArguments):
     report_to: None | str | list[str] = field(default="none", metadata={"help": "where to report logs: none, all, tensorboard, wandb, trackio, …"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False: batches are nested forget/retain dicts"})
     max_length: int = field(default=256, metadata={"help": "max tokens per QA item when tokenising (longer ones are truncated and counted)"})
+    resample_pairs: bool = field(default=True, metadata={"help": "draw each forget item's retain partner (and IdK refusal) again every epoch, seeded, as TOFU and open-unlearning do; false: one draw for the whole run"})
+    protocol: str = field(default="native", metadata={"help": "prompt and tokenisation protocol: native, open-unlearning or tofu-legacy (llm_unlearn.data.protocol)"})
     split_backward: bool = field(default=True, metadata={"help": "backward the forget term before the retain forward, so one of the two graphs is alive at a time (lower peak memory; the same gradients up to float summation order; off under DeepSpeed and with optim_in_backward)"})
     optim_in_backward: bool = field(default=False, metadata={"help": "update each parameter inside the backward pass as soon as its gradient is complete, then free it (LOMO-style; no full gradient buffer): works with `optim` adamw_torch, adafactor, sgd, adamw_8bit, …; clipping is per parameter (max_grad_norm bounds each tensor's gradient norm); one process only (no DDP / FSDP / DeepSpeed), no fp16 loss scaling; the forget and retain terms are backwarded together (split_backward does not apply)"})
 
@@ -95,6 +100,7 @@ class UnlearnConfig(TrainingArguments):
         super().__post_init__()
         if self.max_length < 2:
             raise UnlearnError(f"max_length must be >= 2, got {self.max_length}")
+        get_protocol(self.protocol)  # validates the name
 
 
 @dataclass
@@ -103,12 +109,15 @@ class RetainRegularisedConfig(UnlearnConfig):
 
     gamma: float = field(default=1.0, metadata={"help": "weight of the forget term"})
     alpha: float = field(default=1.0, metadata={"help": "weight of the retain term (0 disables it and the retain split)"})
-    retain_loss_type: str = field(default="nll", metadata={"help": "retain term: nll (cross-entropy on retain answers) or kl (KL(ref || θ) over retain answer tokens)"})
+    retain_loss_type: str = field(default="nll", metadata={"help": "retain term: nll (cross-entropy on retain answers) or kl (KL(ref || θ))"})
+    kl_positions: str = field(default="all", metadata={"help": "with retain_loss_type kl: all (every non-padding position, the references' batchmean) or answer (answer tokens only)"})
 
     def __post_init__(self):
         super().__post_init__()
         if self.retain_loss_type not in RETAIN_LOSS_TYPES:
             raise UnlearnError(f"retain_loss_type must be one of {', '.join(RETAIN_LOSS_TYPES)}, got '{self.retain_loss_type}'")
+        if self.kl_positions not in ("all", "answer"):
+            raise UnlearnError(f"kl_positions must be all or answer, got '{self.kl_positions}'")
         if self.alpha < 0 or self.gamma < 0:
             raise UnlearnError(f"alpha and gamma must be >= 0, got alpha={self.alpha}, gamma={self.gamma}")
 
@@ -145,6 +154,17 @@ class UnlearnCollator(PairedCollator):
                 values = [f[f"{prefix}ref_logprob"] for f in forget]
                 batch[part]["ref_logprob"] = torch.tensor(values, dtype=torch.float32)
         return batch
+
+
+class _EpochResampler(TrainerCallback):
+    """Tells the paired dataset which epoch starts (new retain partners, the epoch's refusals)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch is k at the start of epoch k, k + fraction when resumed inside epoch k
+        self.dataset.set_epoch(math.floor((state.epoch or 0) + 1e-6))
 
 
 def last_checkpoint(output_dir: str | None) -> str | None:
@@ -187,6 +207,9 @@ class UnlearnTrainer(Trainer):
             # reentrant checkpointing needs an input that requires grad when only adapters train
             self.model.enable_input_require_grads()
         self.ref_model = None
+        if hasattr(train_dataset, "set_epoch"):
+            train_dataset.resample = bool(getattr(args, "resample_pairs", True))
+            self.add_callback(_EpochResampler(train_dataset))
         self.in_backward: OptimizerInBackward | None = None
         if args.optim_in_backward:
             self._check_in_backward()
@@ -217,20 +240,36 @@ class UnlearnTrainer(Trainer):
         if self.is_peft:
             return
         forget = self.train_dataset.forget
+        variants = list(getattr(self.train_dataset, "forget_variants", None) or [])
         for prefix in self.reference_prefixes:
-            if f"{prefix}ref_logprob" in forget.column_names:
-                continue
-            if self.accelerator.num_processes > 1:
-                # each rank scores 1/N of the items; every rank gets the whole column
-                forget = sharded_reference_logprobs(self.model, forget, self.processing_class, prefix=prefix,
-                                                    batch_size=self.args.per_device_train_batch_size)
+            if any(f"{prefix}input_ids" in v.column_names for v in variants):  # one column per epoch's draw
+                variants = [self._with_reference(v, prefix) for v in variants]
             else:
-                forget = add_reference_logprobs(self.model, forget, self.processing_class, prefix=prefix,
-                                                batch_size=self.args.per_device_train_batch_size)
+                forget = self._with_reference(forget, prefix)
         self.train_dataset.forget = forget
+        if variants:
+            self.train_dataset.forget_variants = variants
         if self.needs_retain(self.args) and getattr(self.args, "retain_loss_type", "nll") == "kl":
             logger.info("KL retain term with full weights: keeping a frozen copy of the model for reference logits")
             self.ref_model = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval().requires_grad_(False)
+
+    def _with_reference(self, dataset: Dataset, prefix: str) -> Dataset:
+        if f"{prefix}ref_logprob" in dataset.column_names:
+            return dataset
+        if self.accelerator.num_processes > 1:
+            # each rank scores 1/N of the items; every rank gets the whole column
+            return sharded_reference_logprobs(self.model, dataset, self.processing_class, prefix=prefix,
+                                              batch_size=self.args.per_device_train_batch_size)
+        return add_reference_logprobs(self.model, dataset, self.processing_class, prefix=prefix,
+                                      batch_size=self.args.per_device_train_batch_size)
+
+    def epochs_planned(self) -> int:
+        """Passes over the forget set this run makes (from ``max_steps`` when it is set)."""
+        if self.args.max_steps and self.args.max_steps > 0:
+            per_step = (self.args.per_device_train_batch_size * self.args.gradient_accumulation_steps
+                        * max(self.accelerator.num_processes, 1))
+            return max(1, math.ceil(self.args.max_steps * per_step / len(self.train_dataset)))
+        return max(1, math.ceil(self.args.num_train_epochs))
 
     @contextmanager
     def reference_mode(self, model):
@@ -265,11 +304,18 @@ class UnlearnTrainer(Trainer):
 
     def retain_term(self, model, retain: dict, counts: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(retain loss contribution, retain NLL contribution), both over the step's retain tokens."""
-        logits, labels = answer_logits(model, retain)
+        kl_all = (getattr(self.args, "retain_loss_type", "nll") == "kl"
+                  and getattr(self.args, "kl_positions", "answer") == "all")
+        logits, labels = (model_logits(model, retain), retain["labels"]) if kl_all else answer_logits(model, retain)
         s, _ = sequence_logprobs_from_logits(logits, labels)
         nll = -s.sum() / counts["retain_tokens"].clamp(min=1)
         if getattr(self.args, "retain_loss_type", "nll") == "nll":
             return nll, nll
+        if kl_all:  # every non-padding position, over the step's positions (the references' batchmean)
+            with self.reference_mode(model) as ref:
+                ref_full = model_logits(ref, retain)
+            kl = kl_all_positions(logits, ref_full, retain["attention_mask"])
+            return kl.sum() / counts["retain_positions"].clamp(min=1), nll
         with self.reference_mode(model) as ref:
             ref_logits, _ = answer_logits(ref, retain)
         if ref_logits.shape != logits.shape:  # one of the two has no logits_to_keep: align on the longer

@@ -2,14 +2,21 @@
 prefer a refusal answer y_w ("I don't know …", drawn per forget item from a refusal list) over
 the forget answer y_l:
 
-    L = γ·E_forget[−log σ(β·[(log π_θ(y_w|x) − log π_ref(y_w|x)) − (log π_θ(y_l|x) − log π_ref(y_l|x))])]
-        + α·R(retain)"""
+    L = γ·E_forget[−(2/β)·log σ(β·[(log π_θ(y_w|x) − log π_ref(y_w|x)) − (log π_θ(y_l|x) − log π_ref(y_l|x))])]
+        + α·R(retain)
+
+The 2/β factor is TOFU's and open-unlearning's (``compute_dpo_loss``); without it (``dpo_scale:
+one``, eq. 7 as written) the retain term weighs β/2 times less relative to the forget term
+(at β = 0.1, 20× more retain). The refusal of each forget item is drawn again every epoch
+(seeded), as the references draw one per access."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from datasets import Dataset
 
 from llm_unlearn.data.qa import encode_qa
 from llm_unlearn.data.tofu import read_refusals
@@ -24,12 +31,15 @@ class IdkDPOConfig(RetainRegularisedConfig):
     """DPO towards a refusal + retain term."""
 
     beta: float = field(default=0.1, metadata={"help": "DPO inverse temperature β (> 0)"})
+    dpo_scale: str = field(default="2/beta", metadata={"help": "factor on the DPO term: 2/beta (TOFU, open-unlearning) or one (Rafailov et al. eq. 7)"})
     refusals_file: str | None = field(default=None, metadata={"help": "text file, one refusal answer per line (default: idontknow.txt of the data source, else the built-in list)"})
 
     def __post_init__(self):
         super().__post_init__()
         if self.beta <= 0:
             raise UnlearnError(f"beta must be > 0, got {self.beta}")
+        if self.dpo_scale not in ("2/beta", "one"):
+            raise UnlearnError(f"dpo_scale must be 2/beta or one, got '{self.dpo_scale}'")
 
 
 def read_refusal_file(path: str | Path) -> list[str]:
@@ -52,9 +62,11 @@ class IdkDPOTrainer(UnlearnTrainer):
         super().__init__(*args, **kwargs)
 
     def setup(self) -> None:
-        """Add ``idk_input_ids/idk_labels/idk_attention_mask``: the forget question with a refusal answer."""
+        """Per epoch, one draw ``idk_input_ids/idk_labels/idk_attention_mask``: each forget
+        question with a refusal drawn from the list (seeded by seed and epoch; one draw for the
+        run with ``resample_pairs: false``), as the dataset's ``forget_variants``."""
         forget = self.train_dataset.forget
-        if "idk_input_ids" in forget.column_names:
+        if "idk_input_ids" in forget.column_names or getattr(self.train_dataset, "forget_variants", None):
             return
         if self.refusals is None:
             self.refusals = read_refusal_file(self.args.refusals_file) if self.args.refusals_file else read_refusals(None)
@@ -62,12 +74,14 @@ class IdkDPOTrainer(UnlearnTrainer):
             raise UnlearnError("idk_dpo: the refusal list is empty")
         if "question" not in forget.column_names:
             raise UnlearnError("idk_dpo: the tokenised forget set needs its 'question' text column")
-        rng = random.Random(self.args.seed)
-        encoded = [encode_qa(self.processing_class, q, rng.choice(self.refusals), self.args.max_length)
-                   for q in forget["question"]]
-        for key in QA_KEYS:
-            forget = forget.add_column(f"idk_{key}", [e[key] for e in encoded])
-        self.train_dataset.forget = forget
+        draws = self.epochs_planned() if self.args.resample_pairs else 1
+        variants = []
+        for epoch in range(draws):
+            rng = random.Random(self.args.seed if epoch == 0 else f"{self.args.seed}:idk:{epoch}")
+            encoded = [encode_qa(self.processing_class, q, rng.choice(self.refusals), self.args.max_length,
+                                 self.args.protocol) for q in forget["question"]]
+            variants.append(Dataset.from_dict({f"idk_{key}": [e[key] for e in encoded] for key in QA_KEYS}))
+        self.train_dataset.forget_variants = variants
 
     def unlearn_loss(self, model, inputs, counts):
         forget, idk = inputs["forget"], inputs["idk"]
@@ -75,7 +89,8 @@ class IdkDPOTrainer(UnlearnTrainer):
         ref_chosen = self.reference_logprobs(model, idk)
         rejected, _ = sequence_logprobs(model, forget)
         chosen, n_idk = sequence_logprobs(model, idk)
-        dpo = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.args.beta).sum() / counts["forget_items"]
+        scale = 2.0 / self.args.beta if self.args.dpo_scale == "2/beta" else 1.0
+        dpo = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.args.beta, scale).sum() / counts["forget_items"]
         loss = self.args.gamma * dpo
         terms = {
             "dpo": dpo,

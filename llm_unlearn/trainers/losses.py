@@ -4,10 +4,14 @@
   ``L = (2/β)·log(1 + (π_θ(y|x)/π_ref(y|x))^β) = (2/β)·softplus(β·(log π_θ − log π_ref))``
   with ``log π(y|x)`` the log-likelihood summed over the answer tokens.
 - SimNPO (Fan et al., 2024, "Simplicity Prevails", eq. 4), reference-free, length-normalised:
-  ``L = −(2/β)·log σ(−(β/|y|)·log π_θ(y|x) − δ)``.
-- DPO (Rafailov et al., 2023, eq. 7):
-  ``L = −log σ(β·[(log π_θ(y_w) − log π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l))])``.
-- KL(ref‖θ) per answer token, the retain regulariser of Maini et al. (2024, TOFU) "KL" variants.
+  ``L = −(2/β)·log σ(−(β/|y|)·log π_θ(y|x) − β·δ)`` (the margin enters as β·δ in the authors'
+  code and open-unlearning's; ``delta_scale=1`` gives the paper's written ``− δ``).
+- DPO (Rafailov et al., 2023, eq. 7), scaled by ``s`` (open-unlearning and TOFU's IdK-DPO use
+  s = 2/β, the NPO scale; eq. 7 is s = 1):
+  ``L = −s·log σ(β·[(log π_θ(y_w) − log π_ref(y_w)) − (log π_θ(y_l) − log π_ref(y_l))])``.
+- KL(ref‖θ) per answer token, or over every non-padding position (`kl_all_positions`, the
+  ``batchmean`` over all positions of open-unlearning's and TOFU's KL retain term), the retain
+  regulariser of Maini et al. (2024, TOFU) "KL" variants.
 - RMU (Li et al., 2024, WMDP, eq. 1–2): squared distance of a layer's activations to a target,
   averaged over the hidden dimension, per token.
 
@@ -30,15 +34,19 @@ def npo_loss(logp: torch.Tensor, ref_logp: torch.Tensor, beta: float) -> torch.T
     return (2.0 / beta) * F.softplus(beta * (logp - ref_logp))
 
 
-def simnpo_loss(logp: torch.Tensor, n_tokens: torch.Tensor, beta: float, delta: float = 0.0) -> torch.Tensor:
-    """SimNPO per item: ``−(2/β)·log σ(−(β/|y|)·log π_θ − δ)``."""
-    return -(2.0 / beta) * F.logsigmoid(-(beta / n_tokens.clamp(min=1)) * logp - delta)
+def simnpo_loss(logp: torch.Tensor, n_tokens: torch.Tensor, beta: float, delta: float = 0.0,
+                delta_scale: float | None = None) -> torch.Tensor:
+    """SimNPO per item: ``−(2/β)·log σ(−(β/|y|)·log π_θ − s·δ)`` with ``s = β`` by default (the
+    reference code's ``β·(NLL/|y| − δ)``) or the given `delta_scale`."""
+    s = beta if delta_scale is None else delta_scale
+    return -(2.0 / beta) * F.logsigmoid(-(beta / n_tokens.clamp(min=1)) * logp - s * delta)
 
 
 def dpo_loss(chosen: torch.Tensor, rejected: torch.Tensor, ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
-             beta: float) -> torch.Tensor:
-    """DPO per item: ``−log σ(β·[(c − c_ref) − (r − r_ref)])`` (chosen = refusal, rejected = forget answer)."""
-    return -F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected)))
+             beta: float, scale: float = 1.0) -> torch.Tensor:
+    """DPO per item: ``−s·log σ(β·[(c − c_ref) − (r − r_ref)])`` (chosen = refusal, rejected =
+    forget answer; s = `scale`)."""
+    return -scale * F.logsigmoid(beta * ((chosen - ref_chosen) - (rejected - ref_rejected)))
 
 
 def kl_per_token(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -48,6 +56,15 @@ def kl_per_token(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.T
     logp_ref = F.log_softmax(ref_logits[:, :-1, :].float(), dim=-1)
     kl = (logp_ref.exp() * (logp_ref - logq)).sum(-1)
     return kl * mask, mask
+
+
+def kl_all_positions(logits: torch.Tensor, ref_logits: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """``Σ_v p_ref·(log p_ref − log p_θ)`` at every non-padding position (prompt and answer, the
+    last one included): ``[B, T]``, zero on padding."""
+    logq = F.log_softmax(logits.float(), dim=-1)
+    logp_ref = F.log_softmax(ref_logits.float(), dim=-1)
+    kl = (logp_ref.exp() * (logp_ref - logq)).sum(-1)
+    return kl * attention_mask
 
 
 def activation_sq_error(hidden: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

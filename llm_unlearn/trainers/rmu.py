@@ -4,12 +4,16 @@
 
 h_ℓ is the output of decoder layer ℓ (squared error averaged over the hidden dimension and the
 non-padding positions), u a fixed random unit vector (seeded), c the steering coefficient. Only
-the parameters of `update_layers` (default ℓ−2…ℓ) train. The frozen activations come from the
+the MLP down-projection weights of `update_layers` (default ℓ−2…ℓ) train, as in WMDP's
+``rmu/unlearn.py`` (``param_ids=[6]``: ``mlp.down_proj.weight``) and open-unlearning's RMU config
+(``model.layers.(5|6|7).mlp.down_proj.weight``); ``update_params: all`` trains every parameter
+of those layers. The frozen activations come from the
 same model with adapters disabled (LoRA) or with the update layers' original weights swapped in
 (`torch.func.functional_call`; a copy of those few layers only, not of the model)."""
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -30,11 +34,28 @@ class RMUConfig(UnlearnConfig):
     alpha: float = field(default=1200.0, metadata={"help": "weight of the retain activation-matching term (0 disables it)"})
     layer: int | None = field(default=None, metadata={"help": "decoder layer whose output is steered (default: 7/32 of the depth, layer 7 of 32 as in the paper)"})
     update_layers: str | None = field(default=None, metadata={"help": "comma-separated decoder layers whose parameters train (default: layer-2,layer-1,layer)"})
+    update_params: str = field(default="mlp_down", metadata={"help": "which parameters of update_layers train: mlp_down (the MLP down-projection weight, as WMDP and open-unlearning) or all"})
 
     def __post_init__(self):
         super().__post_init__()
         if self.alpha < 0:
             raise UnlearnError(f"alpha must be >= 0, got {self.alpha}")
+        if self.update_params not in UPDATE_PARAMS:
+            raise UnlearnError(f"update_params must be one of {', '.join(UPDATE_PARAMS)}, got '{self.update_params}'")
+
+
+UPDATE_PARAMS = ("mlp_down", "all")
+# the MLP's output projection in common architectures (Llama/Qwen/Mistral, Phi/OPT, GPT-NeoX, GPT-2, Mixtral)
+MLP_DOWN = re.compile(r"(^|\.)(mlp|feed_forward|block_sparse_moe)\..*\b(down_proj|fc2|dense_4h_to_h|c_proj|w2)\b")
+
+
+def rmu_parameter_names(layer: nn.Module, update_params: str) -> set[str]:
+    """Names (within one decoder layer) of the parameters RMU trains: the MLP down-projection
+    weight (and its LoRA factors under PEFT), or every parameter."""
+    names = {n for n, _ in layer.named_parameters()}
+    if update_params == "all":
+        return names
+    return {n for n in names if MLP_DOWN.search(n) and not n.endswith("bias")}
 
 
 class _StopForward(Exception):
@@ -86,7 +107,8 @@ class RMUTrainer(UnlearnTrainer):
         if not update or any(not 0 <= i <= layer for i in update):
             raise UnlearnError(f"rmu: update_layers must be within 0..{layer} (the steered layer), got {update}")
         self.layer, self.update_layers = layer, update
-        chosen = {id(p) for i in update for p in self.layers[i].parameters()}
+        chosen = {id(p) for i in update for n, p in self.layers[i].named_parameters()
+                  if n in rmu_parameter_names(self.layers[i], self.args.update_params)}
         self.frozen_params: dict[str, torch.Tensor] = {}
         for name, p in model.named_parameters():
             trainable = id(p) in chosen and (p.requires_grad if self.is_peft else True)
@@ -94,7 +116,8 @@ class RMUTrainer(UnlearnTrainer):
                 self.frozen_params[name] = p.detach().clone()
             p.requires_grad_(trainable)
         if not any(p.requires_grad for p in model.parameters()):
-            raise UnlearnError(f"rmu: no trainable parameter in layers {update}")
+            raise UnlearnError(f"rmu: no trainable parameter ({self.args.update_params}) in layers {update}"
+                               + (" (does the LoRA adapter target the MLP down-projection?)" if self.is_peft else ""))
         gen = torch.Generator().manual_seed(self.args.seed)
         u = torch.rand(model.config.hidden_size, generator=gen)
         self.control_vec = (self.args.steering_coeff * u / u.norm()).to(next(model.parameters()).device)

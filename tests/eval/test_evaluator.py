@@ -10,6 +10,7 @@ import torch
 
 from llm_unlearn.data.qa import encode_qa
 from llm_unlearn.data.tofu import load_tofu
+from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval.evaluator import evaluate_model, generate_answers, score_answers, write_eval
 from llm_unlearn.eval.logs import read_logs
 
@@ -89,9 +90,25 @@ def test_generation_is_greedy_and_bounded(synthetic_dir, tiny_model, tiny_tokeni
 
 def test_token_stats_for_min_k_plus_plus(tiny_model, tiny_tokenizer):
     rec = score_answers(tiny_model, tiny_tokenizer, [("Who?", "Someone.")], token_stats=True)[0]
-    assert len(rec["logprobs"]) == len(rec["mu"]) == len(rec["sigma"]) == rec["num_tokens"]
+    assert len(rec["logprobs"]) == len(rec["mu"]) == len(rec["var"]) == rec["num_tokens"]
     assert -np.mean(rec["logprobs"]) == pytest.approx(rec["loss"], rel=1e-5)
-    assert all(s > 0 for s in rec["sigma"])
+    assert all(v > -1e-6 for v in rec["var"])
+
+
+def test_mia_scores_follow_the_protocol():
+    from llm_unlearn.data.protocol import get_protocol
+    from llm_unlearn.eval.evaluator import _mia_scores
+
+    # 4 answer tokens, the last one EOS; k = 0.4 -> the lowest int(0.4·n) (at least 1)
+    rec = {"loss": 1.6, "logprobs": [-1.0, -2.0, -0.5, -3.0], "mu": [-1.0, -1.0, -1.0, -1.0],
+           "var": [4.0, 1e-9, 1.0, 1.0]}
+    native = _mia_scores("Someone.", rec, 0.4, get_protocol("native"))
+    ou = _mia_scores("Someone.", rec, 0.4, get_protocol("open-unlearning"))
+    assert native["min_k"] == pytest.approx(3.0)  # EOS included: its -3 is the lowest
+    assert ou["min_k"] == pytest.approx(2.0)  # EOS dropped (open-unlearning): lowest of -1, -2, -0.5
+    # Min-K%++: z = (lp - mu) / sqrt(max(var, 1e-6)); token 2 has var 1e-9 -> sigma 1e-3, z = -1000
+    assert ou["min_k_plus_plus"] == pytest.approx(1000.0)
+    assert native["loss"] == ou["loss"] == 1.6  # LOSS on all tokens either way
 
 
 def test_without_holdout_split_mia_is_na(synthetic_dir, tiny_model, tiny_tokenizer, tmp_path):
@@ -115,6 +132,35 @@ def test_retain_logs_give_forget_quality_and_privleak(tiny_eval, tmp_path, synth
     from llm_unlearn.eval.logs import compute_summary
 
     assert compute_summary(same, same)["metrics"]["forget_quality"] == 1.0
+
+
+def test_mixed_protocols_refused_unless_allowed(tiny_eval, tmp_path, capsys):
+    import json
+
+    from llm_unlearn.cli import main
+    from llm_unlearn.eval.logs import compute_summary
+
+    _, res = tiny_eval
+    native = write_eval(tmp_path / "native", res[8])
+    assert res[8]["per_item"]["protocol"]["name"] == "native"
+    assert res[8]["summary"]["template"]["protocol"] == "native"
+    # the same items relabelled as another protocol's logs
+    items = json.loads((native / "per_item.json").read_text())
+    items["protocol"] = {"name": "open-unlearning"}
+    other = tmp_path / "ou"
+    other.mkdir()
+    (other / "per_item.json").write_text(json.dumps(items))
+    with pytest.raises(UnlearnError, match="protocol 'open-unlearning'.*this model under 'native'.*--allow-mixed"):
+        compute_summary(read_logs(native), read_logs(other))
+    mixed = compute_summary(read_logs(native), read_logs(other), allow_mixed_protocols=True)
+    assert mixed["mixed_protocols"] and mixed["metrics"]["forget_quality"] == 1.0
+    assert compute_summary(read_logs(native), read_logs(native))["mixed_protocols"] is None
+    # score: one line, exit 2; then allowed with the flag, and said so
+    rc = main(["score", "--logs", str(native), "--retain-logs", str(other)])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and err.count("\n") == 1
+    assert main(["score", "--logs", str(native), "--retain-logs", str(other), "--allow-mixed-protocols"]) == 0
+    assert "note: mixed protocols" in capsys.readouterr().out
 
 
 def test_eval_cli_writes_summary_and_items(saved_tiny, synthetic_dir, tmp_path, capsys):
@@ -158,7 +204,7 @@ def test_prompt_shared_scoring_equals_whole_sequences(synthetic_dir, tiny_model,
                 assert a["loss"] == pytest.approx(b["loss"], abs=BATCH_ATOL)
                 if stats:
                     np.testing.assert_allclose(a["mu"], b["mu"], atol=1e-4)
-                    np.testing.assert_allclose(a["sigma"], b["sigma"], atol=1e-4)
+                    np.testing.assert_allclose(a["var"], b["var"], atol=1e-4)
     for (q, a), rec in zip(pairs[:3], score_answers(tiny_model, tiny_tokenizer, pairs[:3], share_prompt=True)):
         assert rec["loss"] == pytest.approx(_direct_loss(tiny_model, tiny_tokenizer, q, a), abs=1e-5)
 

@@ -101,3 +101,24 @@ def test_mask_is_passed_to_the_masks_module(target_dir, synthetic_dir, tmp_path,
     assert seen == {"path": str(tmp_path / "mask.safetensors"), "attached": ("NPOTrainer", "MASK")}
     run = json.loads((tmp_path / "m" / "run.json").read_text())
     assert run["mask"] == {"path": str(tmp_path / "mask.safetensors")}
+
+
+def test_cli_protocol_is_used_and_recorded(target_dir, synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "ou"
+    rc = main(["unlearn", "--model", str(target_dir), "--data", str(synthetic_dir), "--method", "grad_ascent",
+               "--protocol", "open-unlearning", "--max-steps", "1", "--output", str(out), "--set", "disable_tqdm=true"])
+    assert rc == 0, capsys.readouterr().err
+    run = json.loads((out / "run.json").read_text())
+    assert run["hyperparameters"]["protocol"] == "open-unlearning"
+    assert run["protocol"]["protocol"] == "open-unlearning" and run["protocol"]["chat_template"]
+    assert "You are a helpful assistant." in run["protocol"]["example_prompt"]
+    assert run["protocol"]["settings"]["date_string"] == "10 Apr 2025"
+    native = tmp_path / "native"
+    assert main(["unlearn", "--model", str(target_dir), "--data", str(synthetic_dir), "--method", "grad_ascent",
+                 "--max-steps", "1", "--output", str(native), "--set", "disable_tqdm=true"]) == 0
+    before = {p: json.loads((d / "run.json").read_text())["nll"]["forget_before"] for p, d in (("ou", out), ("nat", native))}
+    assert before["ou"] != pytest.approx(before["nat"], abs=1e-6)  # other tokens are scored
+    with pytest.raises(SystemExit) as exc:
+        main(["unlearn", "--model", str(target_dir), "--data", str(synthetic_dir), "--method", "grad_ascent",
+              "--protocol", "nope", "--output", str(tmp_path / "bad")])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err

@@ -35,11 +35,14 @@ def test_sequence_logprobs_hand_computed():
 def test_simnpo_hand_computed():
     logp, n = torch.tensor([-12.0, -3.0]), torch.tensor([6, 2])
     beta, delta = 2.5, 0.5
-    got = simnpo_loss(logp, n, beta, delta)
+    got = simnpo_loss(logp, n, beta, delta)  # the margin enters as β·δ (the authors' code)
+    as_written = simnpo_loss(logp, n, beta, delta, delta_scale=1.0)  # eq. 4's "− δ"
     for i in range(2):
-        x = -(beta / int(n[i])) * float(logp[i]) - delta
+        x = -(beta / int(n[i])) * float(logp[i]) - beta * delta
         want = -(2 / beta) * math.log(1 / (1 + math.exp(-x)))
         assert got[i].item() == pytest.approx(want, rel=1e-5)
+        x1 = -(beta / int(n[i])) * float(logp[i]) - delta
+        assert as_written[i].item() == pytest.approx(-(2 / beta) * math.log(1 / (1 + math.exp(-x1))), rel=1e-5)
 
 
 def test_dpo_hand_computed():
@@ -49,6 +52,7 @@ def test_dpo_hand_computed():
     margin = beta * ((-5.0 + 6.0) - (-2.0 + 1.5))
     want = -math.log(1 / (1 + math.exp(-margin)))
     assert dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta).item() == pytest.approx(want, rel=1e-6)
+    assert dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta, 2 / beta).item() == pytest.approx(20 * want, rel=1e-6)
     # the reference-normalised margin is what matters: shifting both policy terms by a constant doesn't
     assert dpo_loss(chosen + 1, rejected + 1, ref_chosen, ref_rejected, beta).item() == pytest.approx(want, rel=1e-6)
 

@@ -19,9 +19,9 @@ RUNS = {
     "grad_diff": dict(learning_rate=5e-4, alpha=1.0),
     "npo": dict(learning_rate=5e-4, alpha=5.0),
     "npo_sam": dict(learning_rate=5e-4, alpha=5.0, sam_rho=0.05),
-    "simnpo": dict(learning_rate=1e-3, alpha=2.0),
+    "simnpo": dict(learning_rate=1e-3, alpha=2.0, gamma=1.0),  # forget weight 1 for a 12-step run
     "idk_dpo": dict(learning_rate=3e-3),
-    "rmu": dict(learning_rate=1e-3, steering_coeff=20.0, alpha=10.0, layer=2),
+    "rmu": dict(learning_rate=1e-2, steering_coeff=20.0, alpha=10.0, layer=2),  # only 3 down-projections train
 }
 RETAIN_BOUNDED = ("grad_diff", "npo", "npo_sam", "simnpo")
 
@@ -70,5 +70,7 @@ def test_rmu_trains_only_the_chosen_layers(lora, make_trainer, snapshot):
     assert changed
     assert all(".layers.1." in n or ".layers.2." in n for n in changed), sorted(changed)[:5]
     assert any(".layers.1." in n for n in changed) and any(".layers.2." in n for n in changed)
+    # WMDP's parameter set: the MLP down-projection only
+    assert all("mlp.down_proj" in n for n in changed), sorted(changed)
     if lora:
         assert all("lora_" in n for n in changed)

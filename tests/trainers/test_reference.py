@@ -47,8 +47,10 @@ def test_cached_full_weight_reference_equals_frozen_copy(make_trainer, load_targ
 
 def test_idk_dpo_caches_both_answers(make_trainer):
     trainer = make_trainer("idk_dpo", max_steps=1)
-    cols = trainer.train_dataset.forget.column_names
-    assert {"ref_logprob", "idk_ref_logprob", "idk_input_ids", "idk_labels"} <= set(cols)
+    assert "ref_logprob" in trainer.train_dataset.forget.column_names
+    # the refusals are drawn per epoch: each draw carries its own cached reference
+    for variant in trainer.train_dataset.forget_variants:
+        assert {"idk_ref_logprob", "idk_input_ids", "idk_labels"} <= set(variant.column_names)
     batch = next(iter(trainer.get_train_dataloader()))
     assert batch["idk"]["ref_logprob"].shape == (4,)
     assert batch["forget"]["ref_logprob"].shape == (4,)
@@ -63,5 +65,5 @@ def test_kl_retain_term_frozen_copy_and_lora(make_trainer):
         batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
         trainer.model.eval()
         with torch.no_grad():
-            kl, _ = trainer.retain_term(trainer.model, batch["retain"], {"retain_tokens": torch.tensor(50)})
+            kl, _ = trainer.retain_term(trainer.model, batch["retain"], {"retain_tokens": torch.tensor(50), "retain_positions": torch.tensor(80)})
         assert abs(kl.item()) < 1e-5  # θ = ref at the start
