@@ -78,7 +78,7 @@ def test_finetuned_model_beats_chance_and_rmu_brings_it_down(tiny_model, tiny_to
 
     model = finetune_on_corpus(tiny_model, tiny_tokenizer, [domain_dir / "forget_corpus.jsonl",
                                                             domain_dir / "retain_corpus.jsonl"],
-                               epochs=30, lr=5e-3, batch_size=8, max_length=128, progress=False)
+                               epochs=60, lr=5e-3, batch_size=8, max_length=128, progress=False)
     before = run_lm_eval(model, tiny_tokenizer, TASKS, include=domain_dir / "tasks", batch_size=16)
     dom = before["synth_domain"]
     assert dom["acc"] > dom["chance"] + 2 * dom["acc_stderr"], before
@@ -88,7 +88,7 @@ def test_finetuned_model_beats_chance_and_rmu_brings_it_down(tiny_model, tiny_to
                                  forget_corpus=domain_dir / "forget_corpus.jsonl",
                                  retain_corpus=domain_dir / "retain_corpus.jsonl",
                                  overrides={"max_steps": 80, "per_device_train_batch_size": 4, "max_length": 128,
-                                            "steering_coeff": 100.0, "alpha": 10.0, "learning_rate": 1e-2,
+                                            "steering_coeff": 100.0, "alpha": 10.0, "learning_rate": 1e-2, "update_params": "all",
                                             "logging_steps": 100})
     assert manifest["chunking"]["forget"]["dropped_tokens"] == 0
     after = run_lm_eval(model, tiny_tokenizer, TASKS, include=domain_dir / "tasks", batch_size=16)
