@@ -21,6 +21,10 @@ _EXPORTS = {
     "PROTOCOLS": "llm_unlearn.data.protocol",
     "get_protocol": "llm_unlearn.data.protocol",
     "PairedCollator": "llm_unlearn.data.pairing",
+    "load_corpus": "llm_unlearn.data.corpus",
+    "chunk_corpus": "llm_unlearn.data.corpus",
+    "generate_domain": "llm_unlearn.data.domain",
+    "write_domain": "llm_unlearn.data.domain",
     # models and finetuning
     "load_model": "llm_unlearn.models",
     "load_tokenizer": "llm_unlearn.models",
@@ -28,6 +32,7 @@ _EXPORTS = {
     "build_tiny": "llm_unlearn.models",
     "FinetuneConfig": "llm_unlearn.finetune",
     "finetune": "llm_unlearn.finetune",
+    "finetune_on_corpus": "llm_unlearn.finetune",
     # unlearning
     "METHODS": "llm_unlearn.trainers",
     "UnlearnTrainer": "llm_unlearn.trainers",
@@ -52,6 +57,9 @@ _EXPORTS = {
     "compare_split": "llm_unlearn.eval.parity",
     "load_for_eval": "llm_unlearn.eval.loading",
     "build_report": "llm_unlearn.eval.report",
+    "run_lm_eval": "llm_unlearn.eval.lm_eval_tasks",
+    "verbatim_memorisation": "llm_unlearn.eval.memorisation",
+    "corpus_memorisation": "llm_unlearn.eval.memorisation",
     "run_attacks": "llm_unlearn.eval.attacks",
     "AttackConfig": "llm_unlearn.eval.attacks",
     # S3T

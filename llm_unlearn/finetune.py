@@ -13,9 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from datasets import concatenate_datasets
+from datasets import Dataset, concatenate_datasets
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 from trl import SFTConfig, SFTTrainer
 
+from llm_unlearn.data.corpus import chunk_corpus, load_corpus
 from llm_unlearn.data.qa import QACollator, template_settings, tokenize_qa_dataset
 from llm_unlearn.data.tofu import load_tofu, qa_per_author
 from llm_unlearn.errors import UnlearnError
@@ -148,3 +151,39 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None, resume_from_checkp
 
 def _use_cpu() -> bool:
     return not torch.cuda.is_available()
+
+
+def finetune_on_corpus(model, tokenizer, corpora: list, epochs: float = 3, lr: float = 1e-4,
+                       batch_size: int = 8, max_length: int = 256, seed: int = 0, progress: bool = True):
+    """Causal-LM finetuning on raw-text corpora (the WMDP / MUSE target: a model that knows the
+    text). `corpora`: paths / specs for `llm_unlearn.data.corpus.load_corpus`, or Datasets with a
+    ``text`` column; windows from `chunk_corpus` (every token a target once), AdamW, constant
+    `lr`, shuffled with `seed`. Trains `model` in place and returns it."""
+    parts = []
+    for c in corpora:
+        docs = c if isinstance(c, Dataset) else load_corpus(c)
+        windows, _ = chunk_corpus(docs, tokenizer, max_length=max_length)
+        parts.append(windows.select_columns(["input_ids", "attention_mask", "labels"]))
+    data = concatenate_datasets(parts)
+    device = next(model.parameters()).device
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen, collate_fn=QACollator(tokenizer))
+    steps = max(1, round(epochs * len(loader)))
+    model.train()
+    bar = tqdm(total=steps, desc="finetune on corpus", disable=not progress, leave=False)
+    done = 0
+    while done < steps:
+        for batch in loader:
+            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            done += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if done >= steps:
+                break
+    bar.close()
+    model.eval()
+    return model

@@ -22,6 +22,13 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from llm_unlearn import masks
 from llm_unlearn.checks import check_file, check_fraction
+from llm_unlearn.data.corpus import (
+    check_corpus_overlap,
+    check_input_kinds,
+    chunk_corpus,
+    corpus_hash,
+    load_corpus,
+)
 from llm_unlearn.data.pairing import ForgetRetainDataset
 from llm_unlearn.data.qa import QACollator, check_tokenizer, template_settings, tokenize_qa_dataset
 from llm_unlearn.data.tofu import load_tofu, matching_retain_split, read_refusals
@@ -247,10 +254,10 @@ def _mask_record(weight_mask) -> dict[str, Any]:
 
 def run_unlearning(
     model: Any,
-    data: str | Path,
+    data: str | Path | None,
     output: str | Path,
     method: str,
-    forget_split: str = "forget10",
+    forget_split: str | None = None,
     retain_split: str | None = None,
     config: UnlearnConfig | dict | str | Path | None = None,
     overrides: dict[str, Any] | None = None,
@@ -269,6 +276,9 @@ def run_unlearning(
     resume_from_checkpoint: str | bool | None = None,
     overwrite: bool = False,
     nll_max_retain: int | None = 200,
+    forget_corpus: str | Path | None = None,
+    retain_corpus: str | Path | None = None,
+    max_windows_per_doc: int | None = None,
     holdout_split: str | None = None,
     max_authors: int | None = None,
     score_hfq: bool = True,
@@ -281,7 +291,12 @@ def run_unlearning(
 
     - `model`: a spec for `llm_unlearn.models.load_model` (directory, alias, Hub id; a LoRA
       adapter directory is merged into its base), or an already loaded model with `tokenizer`.
-    - `retain_split`: default the matching one (forget10 -> retain90).
+    - `forget_split`: default forget10; `retain_split`: default the matching one (forget10 -> retain90).
+    - `forget_corpus` / `retain_corpus` (instead of `data` and the splits; mixing is an error):
+      raw-text corpora (`llm_unlearn.data.corpus.load_corpus`: .txt, .jsonl with ``text``, or
+      ``NAME[:CONFIG[:SPLIT]]`` on the Hub), cut into ``max_length``-token windows whose loss
+      covers every token; `max_windows_per_doc` keeps only the first N windows of a document
+      (WMDP keeps 1), counted in run.json. A method that needs retain data needs `retain_corpus`.
     - `config` / `overrides`: see `build_config`; ``output_dir`` is always `output` (checkpoints
       go to ``output/checkpoint-N``).
     - `lora`: train a LoRA adapter (r, alpha) and save only the adapter; the reference is the same
@@ -312,6 +327,7 @@ def run_unlearning(
     """
     # every check before a model loads: method, mask options, config, model path, output, resume
     trainer_cls, _ = get_method(method)
+    kind = check_input_kinds(data, forget_split, retain_split, forget_corpus, retain_corpus)
     _check_mask_options(mask, mask_method, mask_granularity, mask_scope, mask_gamma, mask_ratio)
     if load_in_4bit and not lora:
         raise UnlearnError("--load-in-4bit (QLoRA) needs --lora: a 4-bit base cannot be trained directly")
@@ -325,25 +341,39 @@ def run_unlearning(
     check_file("refusals_file", getattr(cfg, "refusals_file", None))
     if isinstance(model, (str, Path)):
         resolve_model_path(str(model))
-    inputs = [model if isinstance(model, (str, Path)) else None, data,
+    inputs = [model if isinstance(model, (str, Path)) else None, data, forget_corpus, retain_corpus,
               config if isinstance(config, (str, Path)) else None, mask, getattr(cfg, "refusals_file", None)]
     check_output(out, overwrite, inputs)
     resume_from_checkpoint = resume_point(resume_from_checkpoint, out)
-    if retain_split is None:
-        retain_split = matching_retain_split(forget_split)
-    forget_rows = load_tofu(forget_split, data)
-    retain_rows = load_tofu(retain_split, data)
-    if retain_exclude:
-        retain_rows = Dataset.from_list([r for r in retain_rows.to_list() if r["question"] not in retain_exclude])
-    if len(forget_rows) == 0:
-        raise UnlearnError(f"forget split '{forget_split}' of {data} is empty")
+    if kind == "corpus":
+        if method == "idk_dpo":
+            raise UnlearnError("idk_dpo needs QA pairs (it prefers a refusal answer); corpora work with "
+                               "grad_ascent, grad_diff, npo, simnpo and rmu")
+        forget_rows = load_corpus(forget_corpus)
+        retain_rows = load_corpus(retain_corpus) if retain_corpus is not None else None
+        if retain_rows is None and trainer_cls.needs_retain(cfg):
+            raise UnlearnError(f"{method} uses retain data (alpha > 0): pass --retain-corpus, or set alpha 0")
+        if retain_rows is not None:
+            check_corpus_overlap(forget_rows, retain_rows)
+    else:
+        forget_split = forget_split or "forget10"
+        if retain_split is None:
+            retain_split = matching_retain_split(forget_split)
+        forget_rows = load_tofu(forget_split, data)
+        retain_rows = load_tofu(retain_split, data)
+        if retain_exclude:
+            retain_rows = Dataset.from_list([r for r in retain_rows.to_list() if r["question"] not in retain_exclude])
+        if len(forget_rows) == 0:
+            raise UnlearnError(f"forget split '{forget_split}' of {data} is empty")
     with staged_dir(out, overwrite, inputs, resume=resume_from_checkpoint is not None) as stage:
         try:
             manifest = _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_split, retain_split,
                                      forget_rows, retain_rows, cfg, lora, lora_r, lora_alpha, load_in_4bit, dtype,
                                      mask, mask_method, mask_ratio, mask_granularity, mask_scope, mask_gamma,
                                      resume_from_checkpoint, nll_max_retain, threads, holdout_split=holdout_split,
-                                     max_authors=max_authors, score_hfq=score_hfq, callbacks=callbacks, quiet=quiet)
+                                     max_authors=max_authors, score_hfq=score_hfq, callbacks=callbacks, quiet=quiet,
+                                     kind=kind, forget_corpus=forget_corpus, retain_corpus=retain_corpus,
+                                     max_windows_per_doc=max_windows_per_doc)
         except DivergenceError:
             # the diverged run's record (run.json, status diverged) takes an empty place; it never
             # replaces a previous output (it stays in the staging directory, named in the error)
@@ -372,7 +402,8 @@ def resume_point(resume: str | bool | None, output: str | Path) -> str | None:
 def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_split, retain_split, forget_rows,
                   retain_rows, cfg, lora, lora_r, lora_alpha, load_in_4bit, dtype, mask, mask_method, mask_ratio,
                   mask_granularity, mask_scope, mask_gamma, resume_from_checkpoint, nll_max_retain, threads, *,
-                  holdout_split=None, max_authors=None, score_hfq=True, callbacks=None, quiet=False):
+                  holdout_split=None, max_authors=None, score_hfq=True, callbacks=None, quiet=False,
+                  kind="qa", forget_corpus=None, retain_corpus=None, max_windows_per_doc=None):
     """The work of `run_unlearning`, written into the staging directory ``stage.path``."""
     out = stage.path
 
@@ -387,10 +418,17 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
     if lora:
         model = attach_lora(model, r=lora_r, alpha=lora_alpha, quantized=load_in_4bit, seed=cfg.seed)
 
-    forget_tok, forget_report = tokenize_qa_dataset(forget_rows, tokenizer, max_length=cfg.max_length,
-                                                    protocol=cfg.protocol)
-    retain_tok, retain_report = tokenize_qa_dataset(retain_rows, tokenizer, max_length=cfg.max_length,
-                                                    protocol=cfg.protocol)
+    if kind == "corpus":
+        forget_tok, forget_report = chunk_corpus(forget_rows, tokenizer, cfg.max_length, max_windows_per_doc)
+        retain_tok, retain_report = (chunk_corpus(retain_rows, tokenizer, cfg.max_length, max_windows_per_doc)
+                                     if retain_rows is not None else (None, None))
+        if retain_tok is None:
+            retain_tok = forget_tok.select([])  # scored as empty; never paired (needs_retain is false)
+    else:
+        forget_tok, forget_report = tokenize_qa_dataset(forget_rows, tokenizer, max_length=cfg.max_length,
+                                                        protocol=cfg.protocol)
+        retain_tok, retain_report = tokenize_qa_dataset(retain_rows, tokenizer, max_length=cfg.max_length,
+                                                        protocol=cfg.protocol)
     retain_eval = retain_tok.select(range(min(len(retain_tok), nll_max_retain or len(retain_tok))))
 
     if not load_in_4bit:
@@ -401,13 +439,16 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
     retain_before = per_item_nll(model, retain_eval, tokenizer, batch_size=batch)
     hfq: dict[str, Any] = {"before": None, "after": None}
     rows_hfq = None
-    if score_hfq:
+    if kind == "corpus":  # a TOFU-style metric: corpora have no perturbed answers or holdout items
+        hfq["not_available"] = "corpus run (score with llm-unlearn eval --lm-eval-tasks / --forget-corpus)"
+    elif score_hfq:
         rows_hfq, hfq["not_available"] = hfq_rows(data, forget_split, nll_max_retain, holdout_split, max_authors)
         if rows_hfq is not None:
             hfq["before"] = _hfq(model, tokenizer, rows_hfq, batch)
             hfq["items"] = {k: len(v) for k, v in rows_hfq.items()}
 
-    weight_mask, mask_info = _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, tokenizer,
+    mask_retain = retain_tok if kind == "qa" or retain_rows is not None else None
+    weight_mask, mask_info = _build_mask(mask, mask_method, mask_ratio, model, forget_tok, mask_retain, tokenizer,
                                          batch, granularity=mask_granularity, scope=mask_scope, gamma=mask_gamma)
     kwargs: dict[str, Any] = {}
     if method == "idk_dpo":
@@ -420,11 +461,29 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
 
+    if kind == "corpus":
+        inputs: dict[str, Any] = {
+            "data": None, "forget_corpus": str(forget_corpus),
+            "retain_corpus": str(retain_corpus) if retain_corpus is not None else None,
+            "forget_split": None, "retain_split": None, "forget_items": len(forget_tok),
+            "retain_items": len(retain_tok), "forget_documents": len(forget_rows),
+            "retain_documents": len(retain_rows) if retain_rows is not None else 0,
+            "forget_data_hash": corpus_hash(forget_rows),
+            "chunking": {"max_length": cfg.max_length, "max_windows_per_doc": max_windows_per_doc,
+                         "forget": forget_report.as_dict(),
+                         "retain": retain_report.as_dict() if retain_report is not None else None},
+            "truncated": {"forget": forget_report.truncated_documents,
+                          "retain": retain_report.truncated_documents if retain_report is not None else 0},
+        }
+    else:
+        inputs = {
+            "data": str(data), "forget_split": forget_split, "retain_split": retain_split,
+            "forget_items": len(forget_rows), "retain_items": len(retain_rows),
+            "forget_data_hash": data_hash(forget_rows),
+            "truncated": {"forget": forget_report.truncated, "retain": retain_report.truncated},
+        }
     manifest: dict[str, Any] = {
-        "kind": "unlearn", "method": method, "model": str(model_spec), "data": str(data),
-        "forget_split": forget_split, "retain_split": retain_split, "forget_items": len(forget_rows),
-        "retain_items": len(retain_rows), "forget_data_hash": data_hash(forget_rows),
-        "truncated": {"forget": forget_report.truncated, "retain": retain_report.truncated},
+        "kind": "unlearn", "method": method, "model": str(model_spec), **inputs,
         "lora": {"r": lora_r, "alpha": lora_alpha} if lora else None, "load_in_4bit": load_in_4bit, "dtype": dtype,
         "mask": mask_info, "seed": cfg.seed, "hyperparameters": method_hyperparameters(cfg), "threads": thread_info,
         "resumed_from": resume_from_checkpoint,
@@ -471,7 +530,7 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
     )
     write_manifest(out, **manifest)
     if cfg.push_to_hub:
-        trainer.push_to_hub(commit_message=f"llm-unlearn {method} on {forget_split}")
+        trainer.push_to_hub(commit_message=f"llm-unlearn {method} on {forget_split or forget_corpus}")
     return manifest
 
 

@@ -51,6 +51,12 @@ class ScriptArguments:
     eval_max_new_tokens: int | None = field(default=None, metadata={"help": "greedy generation length in evaluation (default: the protocol's, 200)"})
     loss_log: str | None = field(default=None, metadata={"help": "also write every logged step (loss and terms) to this JSON file"})
     overwrite_output: bool = field(default=False, metadata={"help": "replace a non-empty output_dir"})
+    forget_corpus: str | None = field(default=None, metadata={"help": "raw-text corpus to forget instead of a QA split: .txt, .jsonl (text), or Hub NAME[:CONFIG[:SPLIT]], e.g. cais/wmdp-corpora:cyber-forget-corpus"})
+    retain_corpus: str | None = field(default=None, metadata={"help": "raw-text corpus to keep (same forms), e.g. wikitext:wikitext-2-raw-v1:train"})
+    max_windows_per_doc: int | None = field(default=None, metadata={"help": "keep only the first N max_length windows of each corpus document (WMDP: 1); default all"})
+    lm_eval_tasks: str | None = field(default=None, metadata={"help": "comma-separated lm-eval tasks scored after unlearning, e.g. wmdp_bio,wmdp_cyber,mmlu"})
+    lm_eval_include: str | None = field(default=None, metadata={"help": "directory of extra lm-eval task configs (offline data)"})
+    lm_eval_limit: float | None = field(default=None, metadata={"help": "score at most N items per lm-eval task"})
 
 
 class LossRecorder(TrainerCallback):
@@ -135,11 +141,38 @@ def load_model_for_unlearning(script: ScriptArguments, seed: int):
     return model, tokenizer
 
 
+def corpus_mode(script: ScriptArguments) -> bool:
+    """Corpus or QA inputs; QA fields left at their defaults do not count as mixing."""
+    from llm_unlearn.data.corpus import check_input_kinds
+
+    defaults = ScriptArguments()
+    qa = {k: (getattr(script, k) if getattr(script, k) != getattr(defaults, k) else None)
+          for k in ("data", "forget_split", "retain_split")}
+    if script.forget_corpus is None:
+        return False
+    return check_input_kinds(qa["data"], qa["forget_split"], qa["retain_split"], script.forget_corpus,
+                             script.retain_corpus) == "corpus"
+
+
 def build_pairs(script: ScriptArguments, tokenizer, max_length: int, seed: int, with_retain: bool,
                 protocol: str = "native"):
     from llm_unlearn.data.pairing import ForgetRetainDataset
     from llm_unlearn.data.qa import tokenize_qa_dataset
     from llm_unlearn.data.tofu import load_tofu, matching_retain_split
+
+    if corpus_mode(script):
+        from llm_unlearn.data.corpus import check_corpus_overlap, chunk_corpus, load_corpus
+
+        docs = load_corpus(script.forget_corpus)
+        forget, _ = chunk_corpus(docs, tokenizer, max_length, script.max_windows_per_doc)
+        retain = None
+        if with_retain:
+            if script.retain_corpus is None:
+                raise UnlearnError("this method uses retain data (alpha > 0): set retain_corpus, or alpha: 0")
+            retain_docs = load_corpus(script.retain_corpus)
+            check_corpus_overlap(docs, retain_docs)
+            retain, _ = chunk_corpus(retain_docs, tokenizer, max_length, script.max_windows_per_doc)
+        return docs, None, ForgetRetainDataset(forget, retain, seed=seed)
 
     forget_rows = load_tofu(script.forget_split, script.data)
     forget, _ = tokenize_qa_dataset(forget_rows, tokenizer, max_length=max_length, protocol=protocol)
@@ -204,6 +237,7 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     check_quantization(script)
+    corpus_mode(script)  # corpus and QA inputs mixed: fail before loading anything
     push = bool(args.push_to_hub)
     args.push_to_hub = False  # the Trainer would push checkpoints on its own; we push the final run once
     if push and not args.hub_model_id:
@@ -260,12 +294,23 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
         hyper = {k: v for k, v in args.to_dict().items() if k in _method_fields(args)}
         hyper.update({k: v for k, v in asdict(script).items()
                       if k.startswith(("lora_", "mask_", "use_lora", "load_in_4bit", "dtype")) and v is not None})
+        if corpus_mode(script):
+            from llm_unlearn.data.corpus import corpus_hash
+
+            inputs = {"data": None, "forget_corpus": script.forget_corpus, "forget_split": None,
+                      "retain_corpus": script.retain_corpus if with_retain else None, "forget_documents": len(forget_rows),
+                      "forget_items": len(pairs.forget), "forget_data_hash": corpus_hash(forget_rows),
+                      "max_windows_per_doc": script.max_windows_per_doc}
+        else:
+            inputs = {"data": script.data, "forget_split": script.forget_split, "forget_items": len(forget_rows),
+                      "forget_data_hash": data_hash(forget_rows),
+                      "retain_split": retain_split if with_retain else None}
         write_manifest(out, kind="unlearn", method=trainer_cls.method, model=script.model_name_or_path,
-                       data=script.data, forget_split=script.forget_split, forget_items=len(forget_rows),
-                       forget_data_hash=data_hash(forget_rows), retain_split=retain_split if with_retain else None,
-                       world_size=world, train_loss=result.training_loss, hyperparameters=hyper, threads=threads,
-                       protocol=template_settings(tokenizer, args.protocol))
-    if script.run_eval:
+                       **inputs, world_size=world, train_loss=result.training_loss, hyperparameters=hyper,
+                       threads=threads, protocol=template_settings(tokenizer, args.protocol))
+    if script.run_eval and (script.lm_eval_tasks or corpus_mode(script)):
+        run_corpus_evaluation(trainer.model, tokenizer, script, out, args.per_device_eval_batch_size)
+    elif script.run_eval:
         from llm_unlearn.eval.evaluator import write_eval
 
         with torch.no_grad():
@@ -287,6 +332,43 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
         url = push_run(out, args.hub_model_id, private=bool(args.hub_private_repo), token=args.hub_token)
         logger.info("pushed %s to %s", out, url)
     return out
+
+
+def run_corpus_evaluation(model, tokenizer, script: ScriptArguments, out: Path, batch_size: int) -> None:
+    """lm-eval accuracy (`lm_eval_tasks`) and MUSE verbatim memorisation of the forget corpus into
+    ``out/eval/summary.json``, on rank 0 (lm-eval scores one in-memory model in one process)."""
+    import json
+
+    from llm_unlearn.distributed import barrier, is_main_process, rank_and_world
+
+    _, world = rank_and_world()
+    if is_main_process():
+        if world > 1 and _sharding() == "fsdp":
+            logger.warning("skipping lm-eval: the model is sharded (FSDP); run `llm-unlearn eval --lm-eval-tasks` on %s", out)
+        else:
+            from llm_unlearn.eval.logs import SUMMARY_FORMAT
+
+            summary: dict = {"format": SUMMARY_FORMAT, "model": str(out)}
+            if script.lm_eval_tasks:
+                from llm_unlearn.eval.lm_eval_tasks import run_lm_eval
+
+                limit = script.lm_eval_limit
+                limit = int(limit) if limit is not None and limit >= 1 else limit
+                summary["lm_eval"] = run_lm_eval(model, tokenizer, script.lm_eval_tasks, include=script.lm_eval_include,
+                                                 batch_size=batch_size, limit=limit)
+            if corpus_mode(script):
+                from llm_unlearn.data.corpus import load_corpus
+                from llm_unlearn.eval.memorisation import corpus_memorisation
+
+                docs = load_corpus(script.forget_corpus, max_documents=script.eval_max_items or 200)
+                try:
+                    mem = corpus_memorisation(model, tokenizer, docs["text"], batch_size=batch_size)
+                except UnlearnError as exc:  # documents too short: say so, do not fail the run
+                    mem = {"mean": None, "not_available": str(exc)}
+                summary["verbatim_memorisation"] = {"corpus": script.forget_corpus, **mem}
+            (out / "eval").mkdir(parents=True, exist_ok=True)
+            (out / "eval" / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    barrier()
 
 
 def _method_fields(args) -> set[str]:

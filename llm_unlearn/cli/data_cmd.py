@@ -15,6 +15,9 @@ def register(sub, name: str, help_text: str) -> None:
     s.add_argument("--authors", type=int, default=20, help="number of fictitious authors in `full`")
     s.add_argument("--qa-per-author", type=int, default=20, help="QA pairs per author (max 45)")
     s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
+    s.add_argument("--domain-devices", type=int, default=24,
+                   help="devices of the fictitious technical domain written to OUT/domain (corpora, 4-choice "
+                        "questions, lm-eval task configs); 0: none")
     s.add_argument("--out", required=True, help="output directory")
     add_overwrite_flag(s)
     s.set_defaults(func=run_synth)
@@ -39,6 +42,17 @@ def run_synth(args: argparse.Namespace) -> int:
     out = stage.final
     for name, rows in splits.items():
         print(f"{name:24s} {len(rows):6d}")
+    if args.domain_devices:
+        from llm_unlearn.data.domain import generate_domain, write_domain
+
+        try:
+            domain = generate_domain(args.domain_devices, seed=args.seed)
+        except ValueError as exc:
+            raise UnlearnError(f"--domain-devices: {exc}") from None
+        write_domain(domain, out / "domain")
+        for name, rows in domain.items():
+            print(f"{'domain/' + name:24s} {len(rows):6d}")
+        print(f"lm-eval task configs in {out / 'domain' / 'tasks'} (synth_domain, synth_general)")
     print(f"wrote {len(splits)} splits to {out}")
     return 0
 

@@ -13,8 +13,11 @@ def register(sub, name: str, help_text: str) -> None:
 
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--model", required=True, help="the model to unlearn: directory (full or LoRA adapter, merged), alias or Hub id")
-    p.add_argument("--data", required=True, help="local TOFU-schema directory or Hub dataset name")
-    p.add_argument("--forget-split", default="forget10", help="split to forget (default forget10)")
+    p.add_argument("--data", default=None, help="local TOFU-schema directory or Hub dataset name (QA data)")
+    p.add_argument("--forget-split", default=None, help="split to forget (default forget10)")
+    p.add_argument("--forget-corpus", default=None,
+                   help="instead of --data: documents to forget (.txt, .jsonl with text, or NAME[:CONFIG[:SPLIT]])")
+    p.add_argument("--retain-corpus", default=None, help="instead of --data: documents to keep (wagle)")
     p.add_argument("--retain-split", default=None, help="split to keep (default: the matching retainXX)")
     p.add_argument("--method", choices=METHODS, default="wagle", help="attribution score (default wagle)")
     p.add_argument("--ratio", type=float, default=0.8, help="fraction of the covered weights that may change, in (0, 1]")
@@ -29,7 +32,7 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--gamma", type=float, default=DEFAULT_GAMMA,
                    help=f"wagle: diagonal Hessian constant γ of the retain loss (default {DEFAULT_GAMMA}; 'inf' drops the retain term)")
     p.add_argument("--batch-size", type=int, default=8, help="items per batch for gradients / activations")
-    p.add_argument("--max-length", type=int, default=256, help="max tokens per QA item")
+    p.add_argument("--max-length", type=int, default=256, help="max tokens per QA item or corpus window")
     p.add_argument("--max-retain", type=int, default=None, help="use only the first N retain items (default all)")
     p.add_argument("--dtype", default="float32", help="model dtype (gradients are accumulated in float32 anyway)")
     p.add_argument("--seed", type=int, default=0, help="seed (random method)")
@@ -42,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from torch.utils.data import DataLoader
 
+    from llm_unlearn.data.corpus import check_input_kinds, chunk_corpus, load_corpus
     from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
     from llm_unlearn.data.tofu import load_tofu, matching_retain_split
     from llm_unlearn.errors import UnlearnError
@@ -57,14 +61,23 @@ def run(args: argparse.Namespace) -> int:
             raise UnlearnError(f"{flag} must be >= 1, got {value}")
     if not args.gamma > 0:
         raise UnlearnError(f"--gamma must be > 0, got {args.gamma}")
-    inputs = [args.model, args.data]
+    inputs = [args.model, args.data, args.forget_corpus, args.retain_corpus]
     out = check_output(args.output, args.overwrite, inputs)
     path = resolve_model_path(args.model)
     needs_forget = args.method in ("wagle", "salun", "wanda")
     needs_retain = args.method == "wagle"
-    retain_split = args.retain_split or matching_retain_split(args.forget_split)
-    forget_rows = load_tofu(args.forget_split, args.data) if needs_forget else None
-    retain_rows = load_tofu(retain_split, args.data) if needs_retain else None
+    kind = check_input_kinds(args.data, args.forget_split, args.retain_split, args.forget_corpus, args.retain_corpus)
+    if kind == "corpus":
+        retain_split = None
+        if needs_retain and args.retain_corpus is None:
+            raise UnlearnError("--method wagle needs --retain-corpus with --forget-corpus")
+        forget_rows = load_corpus(args.forget_corpus) if needs_forget else None
+        retain_rows = load_corpus(args.retain_corpus) if needs_retain else None
+    else:
+        forget_split = args.forget_split or "forget10"
+        retain_split = args.retain_split or matching_retain_split(forget_split)
+        forget_rows = load_tofu(forget_split, args.data) if needs_forget else None
+        retain_rows = load_tofu(retain_split, args.data) if needs_retain else None
     if retain_rows is not None and args.max_retain is not None:
         retain_rows = retain_rows.select(range(min(len(retain_rows), args.max_retain)))
 
@@ -80,15 +93,22 @@ def run(args: argparse.Namespace) -> int:
     def loader(rows):
         if rows is None:
             return None
-        tok, _ = tokenize_qa_dataset(rows, tokenizer, max_length=args.max_length)
+        if kind == "corpus":
+            tok, _ = chunk_corpus(rows, tokenizer, max_length=args.max_length)
+        else:
+            tok, _ = tokenize_qa_dataset(rows, tokenizer, max_length=args.max_length)
         return DataLoader(tok.select_columns(["input_ids", "attention_mask", "labels"]),
                           batch_size=args.batch_size, collate_fn=collate)
 
     mask = compute_mask(model, loader(forget_rows), loader(retain_rows), method=args.method, ratio=args.ratio,
                         scope=args.scope, target_modules=args.target_modules, gamma=args.gamma, seed=args.seed,
                         granularity=args.granularity)
-    mask.meta.update({"model": str(args.model), "data": str(args.data), "forget_split": args.forget_split,
-                      "retain_split": retain_split if needs_retain else None})
+    if kind == "corpus":
+        mask.meta.update({"model": str(args.model), "forget_corpus": str(args.forget_corpus),
+                          "retain_corpus": str(args.retain_corpus) if needs_retain else None})
+    else:
+        mask.meta.update({"model": str(args.model), "data": str(args.data), "forget_split": forget_split,
+                          "retain_split": retain_split if needs_retain else None})
     with staged_file(out, args.overwrite, inputs) as tmp:
         mask.save(tmp)
     print(mask.summary(max_rows=40))

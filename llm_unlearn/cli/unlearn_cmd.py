@@ -27,9 +27,17 @@ def register(sub, name: str, help_text: str) -> None:
 
     p = sub.add_parser(name, help=help_text, description=help_text + ". Precedence: defaults < --config < flags.")
     p.add_argument("--model", required=True, help="finetuned model: directory (full or LoRA adapter), alias or Hub id")
-    p.add_argument("--data", required=True, help="local TOFU-schema directory or Hub dataset name")
-    p.add_argument("--forget-split", default="forget10", help="split to forget (default forget10)")
+    p.add_argument("--data", default=None, help="local TOFU-schema directory or Hub dataset name (QA data)")
+    p.add_argument("--forget-split", default=None, help="split to forget (default forget10)")
     p.add_argument("--retain-split", default=None, help="split to keep (default: the matching retainXX)")
+    c = p.add_argument_group("corpus unlearning (raw text instead of --data QA splits; WMDP / MUSE)")
+    c.add_argument("--forget-corpus", default=None,
+                   help="documents to forget: .txt (blank-line separated), .jsonl with a text field, or a Hub "
+                        "dataset NAME[:CONFIG[:SPLIT]], e.g. cais/wmdp-corpora:cyber-forget-corpus")
+    c.add_argument("--retain-corpus", default=None, help="documents to keep (same forms as --forget-corpus)")
+    c.add_argument("--max-windows-per-doc", type=int, default=None,
+                   help="keep only the first N max-length windows of each document (WMDP: 1); default all, "
+                        "so the loss covers every token")
     p.add_argument("--method", required=True, metavar="{" + ",".join(METHODS) + "}", help="unlearning method")
     p.add_argument("--output", required=True, help="output directory (model or adapter, tokenizer, run.json)")
     p.add_argument("--config", default=None, help="YAML file with fields of the method's config (NPOConfig, …)")
@@ -138,19 +146,22 @@ def run(args: argparse.Namespace) -> int:
         mask=args.mask, mask_method=args.mask_method, mask_ratio=args.mask_ratio,
         mask_granularity=args.mask_granularity, mask_scope=args.mask_scope, mask_gamma=args.mask_gamma,
         resume_from_checkpoint=args.resume, overwrite=args.overwrite, holdout_split=args.holdout_split,
-        max_authors=args.max_authors,
+        max_authors=args.max_authors, forget_corpus=args.forget_corpus, retain_corpus=args.retain_corpus,
+        max_windows_per_doc=args.max_windows_per_doc,
         threads=int(args.threads) if str(args.threads).isdigit() else args.threads,
     )
     from llm_unlearn.eval.logs import format_value
 
     nll, hfq = result["nll"], result.get("hfq") or {}
-    print(f"{args.method}: forget NLL {nll['forget_before']:.3f} -> {nll['forget_after']:.3f}, "
-          f"retain NLL {nll['retain_before']:.3f} -> {nll['retain_after']:.3f} ({result['steps']} steps)")
+    retain = (f"retain NLL {nll['retain_before']:.3f} -> {nll['retain_after']:.3f}"
+              if nll["retain_before"] is not None else "no retain data")
+    print(f"{args.method}: forget NLL {nll['forget_before']:.3f} -> {nll['forget_after']:.3f}, {retain} "
+          f"({result['steps']} steps)")
     if hfq.get("before") is not None:
         print(f"holdout forget quality (retain-free, 1 = forget items look unseen): "
               f"{format_value(hfq['before'], 'holdout_forget_quality')} -> "
               f"{format_value(hfq['after'], 'holdout_forget_quality')}")
-    else:
+    elif args.forget_corpus is None:
         print(f"holdout forget quality: n/a ({hfq.get('not_available') or 'not scored'})")
     if result.get("warning"):
         print(f"warning: {result['warning']}")

@@ -33,8 +33,8 @@ def check_no_overlap(forget: Dataset, retain: Dataset) -> None:
 
 
 class ForgetRetainDataset(TorchDataset):
-    """Items ``{"forget": f_i, "retain": r_{π_e(i)}}`` over tokenised QA datasets, π_e the
-    partner draw of epoch e (`set_epoch`; one draw for all epochs when not `resample`)."""
+    """Items ``{"forget": f_i, "retain": r_{π_e(i)}}`` over tokenised QA datasets or corpus windows, π_e
+    the partner draw of epoch e (`set_epoch`; one draw for all epochs when not `resample`)."""
 
     def __init__(self, forget: Dataset, retain: Dataset | None, seed: int = 0, resample: bool = True,
                  forget_variants: list[Dataset] | None = None):
@@ -43,7 +43,8 @@ class ForgetRetainDataset(TorchDataset):
         if retain is not None:
             if len(retain) == 0:
                 raise UnlearnError("retain set is empty")
-            check_no_overlap(forget, retain)
+            if "question" in forget.column_names and "question" in retain.column_names:
+                check_no_overlap(forget, retain)  # corpora are checked by document (data.corpus)
         self.forget = forget
         self.retain = retain
         self.seed = seed

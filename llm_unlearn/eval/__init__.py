@@ -12,8 +12,10 @@ from llm_unlearn.eval.evaluator import (
     score_splits,
     write_eval,
 )
+from llm_unlearn.eval.lm_eval_tasks import lm_eval_summary, run_lm_eval
 from llm_unlearn.eval.loading import load_for_eval
 from llm_unlearn.eval.logs import EvalLogs, SplitLog, compute_summary, read_logs
+from llm_unlearn.eval.memorisation import corpus_memorisation, verbatim_memorisation
 from llm_unlearn.eval.metrics import (
     forget_quality,
     forget_truth_ratio_score,
@@ -40,4 +42,5 @@ __all__ = [
     "model_utility", "normalised_probability", "privleak", "probability", "read_logs", "rouge_l_recall",
     "run_attacks", "score_answers", "score_splits", "spearman", "truth_ratios", "utility_proxy",
     "utility_truth_ratio_score", "write_attacks", "write_eval",
+    "corpus_memorisation", "lm_eval_summary", "run_lm_eval", "verbatim_memorisation",
 ]

@@ -480,5 +480,6 @@ def write_eval(out_dir: str | Path, result: dict[str, Any]) -> Path:
         return obj
 
     (out / "summary.json").write_text(json.dumps(clean(result["summary"]), indent=2) + "\n")
-    (out / "per_item.json").write_text(json.dumps(clean(result["per_item"]), ensure_ascii=False) + "\n")
+    if result.get("per_item") is not None:  # None: only lm-eval / memorisation were scored
+        (out / "per_item.json").write_text(json.dumps(clean(result["per_item"]), ensure_ascii=False) + "\n")
     return out

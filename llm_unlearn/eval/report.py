@@ -30,6 +30,7 @@ import numpy as np
 
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval.attacks import RECOVERY_METRICS, find_attack_summary
+from llm_unlearn.eval.lm_eval_tasks import lm_eval_markdown
 from llm_unlearn.eval.logs import format_value, read_logs, split_truth_ratios
 from llm_unlearn.runinfo import read_manifest
 
@@ -355,6 +356,9 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     md = [f"# {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     md += [""]
+    mcq = lm_eval_markdown([(r.name, r.summary) for r in runs])
+    if mcq:
+        md += ["## Multiple-choice accuracy (lm-eval, %) and verbatim memorisation", ""] + mcq + [""]
     if notes:
         md += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
     if rob_rows:
@@ -378,6 +382,9 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
          + "".join(f"<th>{esc(c)}</th>" for c in headers) + "</tr></thead><tbody>"]
     h += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows]
     h += ["</tbody></table>"]
+    if mcq:
+        h += ["<h3>Multiple-choice accuracy (lm-eval, %) and verbatim memorisation</h3>",
+              "<pre>" + esc("\n".join(mcq)) + "</pre>"]
     if notes:
         h += ["<h3>Notes</h3><ul>"] + [f"<li>{esc(n)}</li>" for n in notes] + ["</ul>"]
     if rob_rows:

@@ -14,6 +14,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval.attacks import attack_card_section
+from llm_unlearn.eval.lm_eval_tasks import lm_eval_markdown
 from llm_unlearn.models import ADAPTER_MASK_FILE
 from llm_unlearn.runinfo import read_manifest
 
@@ -241,6 +242,10 @@ def _card_body(contents: RunContents, repo_id: str, base: str | None, method: st
     lines += ["| metric | value |", "|---|---|",
               f"| forget quality (KS-test p-value vs. the retain model, higher is better) | {_fmt(metrics['forget_quality'])} |",
               f"| model utility (harmonic mean of retain/real-author/world-fact scores) | {_fmt(metrics['model_utility'])} |"]
+    mcq = lm_eval_markdown([("this model", _read_summary(contents.eval_summary))])
+    if mcq:
+        lines += ["", "Multiple-choice accuracy (lm-eval-harness, %, chance in brackets) and MUSE verbatim "
+                  "memorisation (ROUGE-L F1 of continuations of forget-text prefixes):", ""] + mcq
     if contents.eval_summary is not None:
         lines += ["", f"Full numbers: `{EVAL_SUMMARY_NAME}`" + (f"; report: `{contents.report.name}`." if contents.report else ".")]
     lines += ["", "Approximate unlearning lowers what the model reveals about the forget set; it does not "
@@ -268,6 +273,16 @@ def _card_body(contents: RunContents, repo_id: str, base: str | None, method: st
     if versions:
         lines += ["## Framework versions", ""] + [f"- {k} {v}" for k, v in versions.items()] + [""]
     return "\n".join(lines)
+
+
+def _read_summary(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def _is_local_path(value: Any) -> bool:
