@@ -10,6 +10,13 @@ from typing import Any
 from llm_unlearn.errors import UnlearnError
 
 
+def check_output(path: str | Path, overwrite: bool) -> None:
+    """The "already exists" error of `prepare_output_dir`, before anything heavy is loaded; touches nothing."""
+    out = Path(path)
+    if out.exists() and (out.is_file() or any(out.iterdir())) and not overwrite:
+        raise UnlearnError(f"output {out} already exists; pass --overwrite to replace it")
+
+
 def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
     """Create `path`; refuse if it exists and is non-empty unless `overwrite`."""
     out = Path(path)

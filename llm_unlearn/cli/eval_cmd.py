@@ -53,15 +53,17 @@ def load_for_eval(model: str, adapter: str | None = None, dtype: str = "float32"
 
 
 def run(args: argparse.Namespace) -> int:
+    from llm_unlearn.cli.common import check_output, prepare_output_dir
+    from llm_unlearn.data.source import check_split
+
+    # validate cheap inputs before loading torch and a model
+    check_split(f"{args.forget_split}_perturbed", args.data)
+    check_output(args.output, args.overwrite)
     import torch
 
-    from llm_unlearn.cli.common import prepare_output_dir
-    from llm_unlearn.data.tofu import load_tofu
     from llm_unlearn.eval.evaluator import evaluate_model, write_eval
     from llm_unlearn.eval.logs import format_value, read_logs
 
-    # validate cheap inputs before loading a model
-    load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=1)
     retain = read_logs(args.retain_logs) if args.retain_logs else None
     out = prepare_output_dir(args.output, args.overwrite)
     model, tok = load_for_eval(args.model, args.adapter, args.dtype)

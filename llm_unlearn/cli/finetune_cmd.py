@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from llm_unlearn.cli.common import add_overwrite_flag, prepare_output_dir
+from llm_unlearn.cli.common import add_overwrite_flag, check_output, prepare_output_dir
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -33,11 +33,13 @@ def register(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.data.source import check_split
+
+    check_split(args.split, args.data)  # validate before --overwrite deletes anything (and before torch)
+    check_output(args.output, args.overwrite)
     from llm_unlearn.finetune import FinetuneConfig, finetune
 
     tiny = args.model == "tiny"
-    load_tofu(args.split, args.data)  # validate before --overwrite deletes anything
     cfg = FinetuneConfig(
         model=args.model, data=args.data, split=args.split, output=args.output, lora=args.lora,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, load_in_4bit=args.load_in_4bit,

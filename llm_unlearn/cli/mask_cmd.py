@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import argparse
 
+from llm_unlearn.cli.choices import MASK_DEFAULT_GAMMA as DEFAULT_GAMMA
+from llm_unlearn.cli.choices import MASK_GRANULARITIES as GRANULARITIES
+from llm_unlearn.cli.choices import MASK_METHODS as METHODS
+from llm_unlearn.cli.choices import MASK_SCOPES as SCOPES
+from llm_unlearn.cli.common import add_overwrite_flag
+
 
 def register(sub, name: str, help_text: str) -> None:
-    from llm_unlearn.cli.common import add_overwrite_flag
-    from llm_unlearn.masks import DEFAULT_GAMMA, GRANULARITIES, METHODS, SCOPES
-
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--model", required=True, help="the model to unlearn: directory (full or LoRA adapter, merged), alias or Hub id")
     p.add_argument("--data", required=True, help="local TOFU-schema directory or Hub dataset name")
@@ -37,17 +40,9 @@ def register(sub, name: str, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-    from torch.utils.data import DataLoader
-
-    from llm_unlearn.cli.common import prepare_output_file
-    from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
-    from llm_unlearn.data.tofu import load_tofu, matching_retain_split
+    from llm_unlearn.data.source import check_split, matching_retain_split
     from llm_unlearn.errors import UnlearnError
-    from llm_unlearn.masks import check_ratio, compute_mask
-    from llm_unlearn.models import is_adapter_dir, load_model, load_tokenizer, resolve_model_path
 
-    check_ratio(args.ratio)
     if args.batch_size < 1:
         raise UnlearnError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = Path(args.output)
@@ -56,6 +51,20 @@ def run(args: argparse.Namespace) -> int:
     needs_forget = args.method in ("wagle", "salun", "wanda")
     needs_retain = args.method == "wagle"
     retain_split = args.retain_split or matching_retain_split(args.forget_split)
+    for split, needed in ((args.forget_split, needs_forget), (retain_split, needs_retain)):
+        if needed:
+            check_split(split, args.data)  # before torch is imported
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    from llm_unlearn.cli.common import prepare_output_file
+    from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.masks import check_ratio, compute_mask
+    from llm_unlearn.models import is_adapter_dir, load_model, load_tokenizer, resolve_model_path
+
+    check_ratio(args.ratio)
     forget_rows = load_tofu(args.forget_split, args.data) if needs_forget else None
     retain_rows = load_tofu(retain_split, args.data) if needs_retain else None
     if retain_rows is not None and args.max_retain is not None:

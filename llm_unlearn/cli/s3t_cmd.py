@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from llm_unlearn.cli.common import add_overwrite_flag, prepare_output_dir
+from llm_unlearn.cli.common import add_overwrite_flag, check_output, prepare_output_dir
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -57,10 +57,12 @@ def register(sub, name: str, help_text: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.data.source import check_split
+
+    check_split(args.split, args.data)  # validate before creating anything (and before torch)
+    check_output(args.output, args.overwrite)
     from llm_unlearn.s3t.train import S3TConfig, train_s3t
 
-    load_tofu(args.split, args.data)  # validate before creating anything
     cfg = S3TConfig(
         model=args.model, data=args.data, split=args.split, output=args.output, shards=args.shards,
         slices=args.slices, sequences=args.sequences, method=args.method, lora_r=args.lora_r,

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from llm_unlearn.cli.choices import MASK_DEFAULT_GAMMA as DEFAULT_GAMMA
+from llm_unlearn.cli.choices import UNLEARN_METHODS as METHODS
 from llm_unlearn.cli.common import add_overwrite_flag
 
 # flag dest -> config field (flags left at None do not override)
@@ -19,9 +21,6 @@ HYPERPARAMETER_FLAGS: dict[str, str] = {
 
 
 def register(sub, name: str, help_text: str) -> None:
-    from llm_unlearn.masks import DEFAULT_GAMMA
-    from llm_unlearn.trainers import METHODS
-
     p = sub.add_parser(name, help=help_text, description=help_text + ". Precedence: defaults < --config < flags.")
     p.add_argument("--model", required=True, help="finetuned model: directory (full or LoRA adapter), alias or Hub id")
     p.add_argument("--data", required=True, help="local TOFU-schema directory or Hub dataset name")
@@ -100,6 +99,22 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from llm_unlearn.cli.common import check_output
+    from llm_unlearn.data.source import check_split, matching_retain_split
+    from llm_unlearn.errors import UnlearnError
+
+    # cheap checks first: a wrong split or an existing output answers before torch is imported
+    if args.method not in METHODS:
+        raise UnlearnError(f"unknown method '{args.method}'; valid methods: {', '.join(METHODS)}")
+    check_split(args.forget_split, args.data)
+    check_split(args.retain_split or matching_retain_split(args.forget_split), args.data)
+    for flag, path in (("--config", args.config), ("--mask", args.mask)):
+        if path is not None and not Path(path).is_file():
+            raise UnlearnError(f"{flag} {path}: file not found")
+    if args.resume is None:
+        check_output(args.output, args.overwrite)
     from llm_unlearn.unlearn import run_unlearning
 
     out, result = run_unlearning(
