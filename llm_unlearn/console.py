@@ -41,7 +41,13 @@ def stage_bar(desc: str, total: int | None = None, unit: str = "step", **kwargs:
     from tqdm.auto import tqdm
 
     kwargs.setdefault("dynamic_ncols", True)
+    kwargs["disable"] = kwargs.get("disable", False) or not _is_main_process()
     return tqdm(total=total, desc=desc, unit=unit, leave=True, **kwargs)
+
+
+def _is_main_process() -> bool:
+    """Rank 0 of a torchrun / accelerate launch (or no launcher): the one process that draws bars."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def sub_progress(iterable: Iterable, desc: str, total: int | None = None) -> Iterable:

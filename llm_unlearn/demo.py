@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from llm_unlearn.console import TRAINER_LOG_FILE, extra_trainer_log
 from llm_unlearn.errors import UnlearnError
 
 logger = logging.getLogger(__name__)
@@ -98,14 +99,8 @@ def _print_table(rows: list[dict[str, Any]]) -> str:
 def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
     """Run the demo into `cfg.output`; returns the summary written to ``summary.json``."""
     from llm_unlearn.cli.common import prepare_output_dir
-    from llm_unlearn.data.synthetic import generate, write_splits
-    from llm_unlearn.data.tofu import is_local_source, load_tofu, matching_retain_split
-    from llm_unlearn.eval.evaluator import evaluate_model, write_eval
-    from llm_unlearn.eval.report import build_report
-    from llm_unlearn.finetune import FinetuneConfig, finetune
+    from llm_unlearn.data.tofu import is_local_source
     from llm_unlearn.models import resolve_model_path
-    from llm_unlearn.runinfo import read_manifest
-    from llm_unlearn.unlearn import load_target, run_unlearning
 
     t_start = time.time()
     if cfg.model != "tiny":
@@ -114,6 +109,21 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
     if cfg.data is not None and not is_local_source(cfg.data):
         raise UnlearnError(f"--data {cfg.data} is not a directory")
     out = prepare_output_dir(cfg.output, overwrite)
+
+    # every Trainer log dict of every stage also lands in OUTPUT/trainer_log.jsonl (not on the console)
+    with extra_trainer_log(out / TRAINER_LOG_FILE):
+        return _run_stages(cfg, out, t_start)
+
+
+def _run_stages(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]:
+    from llm_unlearn.data.synthetic import generate, write_splits
+    from llm_unlearn.data.tofu import load_tofu, matching_retain_split
+    from llm_unlearn.eval.evaluator import evaluate_model, write_eval
+    from llm_unlearn.eval.report import build_report
+    from llm_unlearn.finetune import FinetuneConfig, finetune
+    from llm_unlearn.runinfo import read_manifest
+    from llm_unlearn.unlearn import load_target, run_unlearning
+
     retain_split = matching_retain_split(cfg.forget_split)
     timings: dict[str, float] = {}
 
@@ -129,6 +139,9 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
     # stage (finetune, unlearn, eval, S3T) sees the same items.
     if max_authors is not None:
         data = _subset_source(data, out / "data", cfg)
+    n_forget = len(load_tofu(cfg.forget_split, data))
+    print(f"data: {cfg.authors} {'synthetic' if cfg.data is None else 'TOFU'} authors in {data}; "
+          f"{cfg.forget_split} = {n_forget} QA to forget; model: {cfg.model}")
 
     def evaluate(run_dir: Path, model, tokenizer, name: str, retain_logs=None) -> dict[str, Any]:
         t0 = time.time()
@@ -146,7 +159,8 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
         run_dir = out / role
         run_dir.mkdir()
         finetune(FinetuneConfig(model=cfg.model, data=str(data), split=split, output=str(run_dir),
-                                epochs=cfg.ft_epochs, lr=cfg.ft_lr, batch_size=cfg.ft_batch_size, seed=cfg.seed))
+                                epochs=cfg.ft_epochs, lr=cfg.ft_lr, batch_size=cfg.ft_batch_size, seed=cfg.seed,
+                                stage=f"finetune {role} ({split})"))
         timings[f"finetune_{role}"] = time.time() - t0
         _tag(run_dir, role=role, run_time_s=timings[f"finetune_{role}"])
         model, tokenizer = load_target(str(run_dir))
@@ -188,6 +202,7 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
                                                        "forget_probability", "forget_truth_ratio")},
                      "time_s": round(read_manifest(out / n).get("run_time_s", 0.0), 1)})
     table = _print_table(rows)
+    notes = row_notes(rows, cfg, read_manifest(out / "s3t_deleted").get("deletion"))
     summary = {
         "config": asdict(cfg), "data": str(data), "rows": rows,
         "forget_quality": {r["run"]: r["forget_quality"] for r in rows},
@@ -196,13 +211,60 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "total_time_s": round(time.time() - t_start, 1),
         "report": {k: str(v) for k, v in report.items()},
+        "row_notes": notes,
     }
+    notes_text = "\n".join(f"  {name:<{max(map(len, notes))}}  {note}" for name, note in notes.items())
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (out / "table.txt").write_text(table + "\n")
+    (out / "table.txt").write_text(table + "\n\nWhat each row is:\n" + notes_text + "\n")
+    print()
     print(table)
+    print("\nWhat each row is:")
+    print(notes_text)
     print(f"\nreport: {report.get('html', out / 'report' / 'report.html')}  summary: {out / 'summary.json'}"
           f"  total {summary['total_time_s']:.0f} s")
     return summary
+
+
+# A utility below this fraction of the target's is a collapse: the forget set is "forgotten" because
+# the model no longer answers anything.
+COLLAPSE_MU_RATIO = 0.5
+
+
+def row_notes(rows: list[dict[str, Any]], cfg: DemoConfig, deletion: dict[str, Any] | None = None) -> dict[str, str]:
+    """One line per row of the demo's table saying what the row is and how to read its numbers."""
+    mu = {r["run"]: r.get("model_utility") for r in rows}
+    target_mu = mu.get("target")
+    known = {
+        "target": "finetuned on every author: the model to unlearn; its FQ is the floor to beat",
+        "retain": f"finetuned without the {cfg.forget_split} authors: the single retain model that FQ compares "
+                  "every row with (1.0 by definition)",
+        "graddiff": "approximate: GradDiff over LoRA (ascent on the forget set, descent on the retain set)",
+        "npo": f"approximate: NPO + retain term over LoRA (beta {cfg.npo_beta:g})",
+        "npo_wagle": f"approximate: NPO + retain term, only the {cfg.wagle_ratio:.0%} of weights WAGLE selects may change",
+    }
+    notes: dict[str, str] = {}
+    for row in rows:
+        name = row["run"]
+        if name == "s3t_deleted":
+            done = ""
+            if deletion:
+                retrained = deletion.get("retrained_shards") or []
+                done = (f" ({deletion.get('samples')} samples; "
+                        + (f"shards {retrained} retrained without them" if retrained else "no shard retrained") + ")")
+            note = (f"exact: S3T switched off every stage that saw the {cfg.forget_split} authors{done}. It is a "
+                    "LoRA ensemble, not the retain model, so its FQ measures resemblance to that other model, "
+                    "not exactness; the ledger proves exactness (llm-unlearn s3t verify)")
+        elif "reference" in name or "retrain" in name:
+            note = "exact-retrain reference: the same pipeline trained from scratch without the forget authors"
+        else:
+            note = known.get(name, "")
+        value = mu.get(name)
+        if (name not in ("target", "retain") and value is not None and target_mu
+                and value < COLLAPSE_MU_RATIO * target_mu):
+            note += (f". COLLAPSED: utility {value:.3f} vs the target's {target_mu:.3f}; it forgets by no longer "
+                     "answering anything, so its FQ is no success")
+        notes[name] = note
+    return notes
 
 
 def _tag(run_dir: Path, **fields: Any) -> None:
@@ -284,7 +346,7 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
         base_dir.mkdir()
         finetune(FinetuneConfig(model="tiny", data=str(corpus), split="full", with_utility=True,
                                 output=str(base_dir), epochs=cfg.ft_epochs, lr=cfg.ft_lr,
-                                batch_size=cfg.ft_batch_size, seed=cfg.seed))
+                                batch_size=cfg.ft_batch_size, seed=cfg.seed, stage="finetune s3t base"))
         base = str(base_dir)
     run_dir = out / "s3t_deleted"
     run_dir.mkdir()
@@ -302,6 +364,9 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
     ids = [s["sample_id"] for s in ledger.samples(ledger.sample_ids()) if s["question"] in forget_questions]
     result = delete_samples(run_dir, ids=ids)
     timings["s3t_delete"] = time.time() - t1
+    print(f"s3t delete: {len(ids)} samples of {cfg.forget_split} in {timings['s3t_delete'] * 1000:.0f} ms; shards "
+          f"{result.affected_shards} affected" + (f", {result.retrain_shards} lost every sequence: retraining them"
+                                                   if result.retrain_shards else ", every one still served"))
     # A whole author is many deletions: shards where no sequence survives are retrained without it.
     t2 = time.time()
     retrained = retrain(run_dir) if result.retrain_shards else []

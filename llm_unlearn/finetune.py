@@ -18,6 +18,7 @@ from llm_unlearn.data.tofu import load_tofu, qa_per_author
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.perf import own_trainable_weights
 from llm_unlearn.runinfo import data_hash, write_manifest
+from llm_unlearn.trainers.callbacks import attach_console
 
 logger = logging.getLogger(__name__)
 UTILITY_SPLITS = ("real_authors_perturbed", "world_facts_perturbed")
@@ -46,6 +47,7 @@ class FinetuneConfig:
     dtype: str = field(default="float32", metadata={"help": "model dtype"})
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory, ~1/3 more compute; trl's SFTConfig turns it on by default, we do not)"})
     report_to: str = field(default="none", metadata={"help": "Trainer report_to"})
+    stage: str | None = field(default=None, metadata={"help": "name of the progress bar (default 'finetune SPLIT')"})
 
 
 def load_train_rows(cfg: FinetuneConfig):
@@ -98,8 +100,8 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None) -> Path:
     if model is None:
         model, tokenizer = build_model_for_finetune(cfg)
     train_ds, report = tokenize_qa_dataset(train_rows, tokenizer, max_length=cfg.max_length)
-    print(f"finetune: {len(split_rows)} items of '{cfg.split}' (+{len(train_rows) - len(split_rows)} utility), "
-          f"{report}")
+    logger.info("finetune: %d items of '%s' (+%d utility), %s", len(split_rows), cfg.split,
+                len(train_rows) - len(split_rows), report)
     out = Path(cfg.output)
     args = SFTConfig(
         output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
@@ -112,6 +114,7 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None) -> Path:
     own_trainable_weights(model)  # before the optimizer: weights it writes must not be file-mapped
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds.remove_columns(["question", "answer"]),
                          processing_class=tokenizer, data_collator=QACollator(tokenizer))
+    attach_console(trainer, cfg.stage or f"finetune {cfg.split}", out)
     result = trainer.train()
     trainer.model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
@@ -123,7 +126,7 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None) -> Path:
         train_items=len(train_rows), data_hash=data_hash(split_rows), seed=cfg.seed, lora=cfg.lora,
         truncated=report.truncated, no_answer_left=report.no_answer_left, train_loss=result.training_loss,
         base_model=TINY_BASE_DIR if cfg.model == "tiny" and cfg.lora else cfg.model,
-        hyperparameters={k: v for k, v in vars(cfg).items() if k not in ("output",)},
+        hyperparameters={k: v for k, v in vars(cfg).items() if k not in ("output", "stage")},
     )
     return out
 

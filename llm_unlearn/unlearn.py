@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from llm_unlearn.console import format_loss, is_verbose, stage_bar
 from llm_unlearn.errors import DivergenceError, UnlearnError
 from llm_unlearn.trainers import METHODS, UnlearnConfig, get_method, per_item_nll
 
@@ -84,6 +85,11 @@ def load_target(model: str, dtype: str = "float32", load_in_4bit: bool = False):
     else:
         loaded = load_model(path, dtype=dtype, load_in_4bit=load_in_4bit)
     return loaded, tokenizer
+
+
+def _phase(bar, text: str) -> None:
+    if bar is not None:
+        bar.set_postfix_str(text)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -231,9 +237,16 @@ def run_unlearning(
     if not load_in_4bit:
         model.to(cfg.device)
     batch = cfg.per_device_train_batch_size
+    # quiet console: one bar for the whole stage, its postfix naming the phase (verbose: the
+    # Trainer's own bar and log lines)
+    label = f"unlearn {method}" + (f" + {mask_method} mask" if mask_method else " + mask" if mask else "")
+    bar = None if is_verbose() else stage_bar(label, total=None)
+    _phase(bar, "scoring NLL before")
     logger.info("scoring forget/retain NLL before unlearning")
     forget_before = per_item_nll(model, forget_tok, tokenizer, batch_size=batch)
     retain_before = per_item_nll(model, retain_eval, tokenizer, batch_size=batch)
+    if mask is not None or mask_method is not None:
+        _phase(bar, f"mask {mask_method or 'from file'}")
 
     weight_mask, mask_info = _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, tokenizer,
                                          batch, granularity=mask_granularity, scope=mask_scope, gamma=mask_gamma)
@@ -244,8 +257,11 @@ def run_unlearning(
 
         kwargs["refusals"] = read_refusal_file(cfg.refusals_file) if cfg.refusals_file else read_refusals(data)
     pairs = ForgetRetainDataset(forget_tok, retain_tok if trainer_cls.needs_retain(cfg) else None, seed=cfg.seed)
+    _phase(bar, "preparing")
     trainer = trainer_cls(model=model, args=cfg, train_dataset=pairs, processing_class=tokenizer,
                           weight_mask=weight_mask, **kwargs)
+    if bar is not None and trainer.console.show_bar:
+        trainer.console.bar = bar  # the stage's bar counts the training steps
 
     manifest: dict[str, Any] = {
         "kind": "unlearn", "method": method, "model": str(model_spec), "data": str(data),
@@ -259,6 +275,8 @@ def run_unlearning(
     try:
         result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     except DivergenceError as exc:
+        if bar is not None:
+            bar.close()
         write_manifest(out, **manifest, status="diverged", error=str(exc), last_checkpoint=exc.checkpoint,
                        log_history=trainer.state.log_history)
         raise
@@ -270,8 +288,13 @@ def run_unlearning(
 
         weight_mask.save(out / ADAPTER_MASK_FILE)
         mask_info["saved_as"] = ADAPTER_MASK_FILE
+    _phase(bar, "scoring NLL after")
     forget_after = per_item_nll(trainer.model, forget_tok, tokenizer, batch_size=batch)
     retain_after = per_item_nll(trainer.model, retain_eval, tokenizer, batch_size=batch)
+    if bar is not None:
+        bar.set_postfix_str(f"steps {result.global_step}, loss {format_loss(result.training_loss)}, forget NLL "
+                            f"{format_loss(_mean(forget_before))} -> {format_loss(_mean(forget_after))}")
+        bar.close()
     manifest.update(
         status="ok", steps=result.global_step, train_loss=result.training_loss, train_runtime_s=round(runtime, 2),
         nll={

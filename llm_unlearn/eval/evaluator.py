@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from llm_unlearn.console import stage_bar
 from llm_unlearn.data.qa import IGNORE_INDEX, GenerationCollator, check_tokenizer, encode_qa, pad_sequences
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import metrics as M
@@ -247,9 +248,14 @@ def _mia_scores(answer: str, rec: dict[str, Any], min_k: float) -> dict[str, flo
     }
 
 
+def _short(name: str, width: int = 32) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
 def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch_size: int = 8,
                    max_new_tokens: int = 200, min_k: float = M.MIN_K_DEFAULT,
-                   progress: bool = True, generation_batch_size: int | None = None) -> dict[str, list[dict[str, Any]]]:
+                   progress: bool = True, generation_batch_size: int | None = None,
+                   desc: str = "eval") -> dict[str, list[dict[str, Any]]]:
     """Per-item values for each split of `rows_by_split` (our split name -> TOFU rows). Splits
     named ``forget``/``holdout`` get membership scores; ``holdout`` gets no generation.
     `batch_size` sequences are scored per forward; `generation_batch_size` (default
@@ -270,7 +276,8 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
                 for j, p in enumerate(row.get("perturbed_answer") or []):
                     plan.append((split, i, "perturbed", j, row["question"], p))
         n_gen = sum(len(r) for s, r in rows_by_split.items() if s != "holdout")
-        bar = tqdm(total=len(plan) + n_gen, desc="eval (score + generate)", unit="seq", disable=not progress)
+        bar = stage_bar(desc, total=len(plan) + n_gen, unit="seq", disable=not progress)
+        bar.set_postfix_str("scoring", refresh=False)
         items: dict[str, list[dict[str, Any]]] = {
             s: [{"index": i, "question": r["question"], "answer": r["answer"]} for i, r in enumerate(rows)]
             for s, rows in rows_by_split.items()
@@ -293,6 +300,7 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
                     item[f"{kind}_num_tokens"] = rec["num_tokens"]
                 if stats:
                     item["mia"] = _mia_scores(text, rec, min_k)
+        bar.set_postfix_str("generating", refresh=False)
         for split, rows in rows_by_split.items():
             if split == "holdout":
                 continue
@@ -339,7 +347,8 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
         rows["holdout"] = hold
         source_splits["holdout"] = holdout_split
     items = evaluate_items(model, tokenizer, rows, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                           min_k=min_k, progress=progress, generation_batch_size=generation_batch_size)
+                           min_k=min_k, progress=progress, generation_batch_size=generation_batch_size,
+                           desc=f"eval {_short(model_name)}" if model_name else "eval")
     per_item = {
         "format": ITEMS_FORMAT,
         "data": str(data_source),

@@ -17,11 +17,13 @@ import logging
 import math
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from llm_unlearn.console import TrainerLogFile, format_loss, stage_bar
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.s3t.ledger import DeletionLedger, StageRecord
 from llm_unlearn.s3t.plan import S3TPlan, make_plan
@@ -106,8 +108,10 @@ def stage_seed(seed: int, shard: int, sequence: int, stage: int, generation: int
 
 # -- one stage --------------------------------------------------------------------------------
 def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows: list[dict], seed: int,
-                cfg: S3TConfig, previous: dict[str, torch.Tensor] | None = None):
+                cfg: S3TConfig, previous: dict[str, torch.Tensor] | None = None,
+                on_step: Callable[[int, int, float], None] | None = None):
     """Train block `stage` (1-based) on `rows`; blocks < stage load `previous` and stay frozen.
+    `on_step(step, total, loss)` is called after each optimizer step (progress, logs).
 
     Returns the PEFT model (base is deep-copied, never modified) holding adapters for blocks 1..stage.
     """
@@ -163,6 +167,8 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
             optim.step()
             optim.zero_grad(set_to_none=True)
             step += 1
+            if on_step is not None:
+                on_step(step, total, loss.item())
     model.eval()
     return model
 
@@ -182,12 +188,26 @@ def train_sequence(run_dir: Path, ledger: DeletionLedger, base_model, tokenizer,
     order = ledger.sequence_orders(shard)[sequence]
     previous = None
     records = []
+    log_file = TrainerLogFile(run_dir, "s3t")
     for stage in range(1, len(order) + 1):
         slices = order[:stage]
         ids = ledger.sample_ids(shard=shard, slices=slices)  # undeleted samples, ledger order
         rows = ledger.samples(ids)
         seed = stage_seed(cfg.seed, shard, sequence, stage, generation)
-        model = train_stage(base_model, tokenizer, plan.blocks, stage, rows, seed, cfg, previous)
+        losses: list[float] = []
+
+        def on_step(step: int, total: int, loss: float, stage=stage, losses=losses) -> None:
+            losses.append(loss)
+            if progress is not None:
+                progress.set_postfix_str(f"shard {shard} seq {sequence} stage {stage}: step {step}/{total}, "
+                                         f"loss {format_loss(loss)}", refresh=False)
+                progress.update(0)  # redraws at most every `mininterval`
+
+        model = train_stage(base_model, tokenizer, plan.blocks, stage, rows, seed, cfg, previous, on_step=on_step)
+        log_file.write({"shard": shard, "sequence": sequence, "stage_index": stage, "generation": generation,
+                        "samples": len(rows), "steps": len(losses),
+                        "train_loss": sum(losses) / len(losses) if losses else None,
+                        "last_loss": losses[-1] if losses else None})
         rel = f"checkpoints/shard{shard}/gen{generation}/seq{sequence}/stage{stage}"
         ckpt = run_dir / rel
         if ckpt.exists():
@@ -235,8 +255,6 @@ def _base_model(cfg: S3TConfig, run_dir: Path):
 
 def train_s3t(cfg: S3TConfig) -> Path:
     """Plan, train every shard × sequence × stage, fill the ledger, publish. `cfg.output` must be prepared."""
-    from tqdm.auto import tqdm
-
     from llm_unlearn import __version__
     from llm_unlearn.runinfo import data_hash, write_manifest
 
@@ -256,7 +274,7 @@ def train_s3t(cfg: S3TConfig) -> Path:
                    data=str(cfg.data), split=cfg.split, items=len(rows), data_hash=data_hash(rows),
                    config=asdict(cfg), blocks=plan.blocks)
     total = cfg.shards * cfg.sequences * cfg.slices
-    with tqdm(total=total, desc="S3T stages", unit="stage") as bar:
+    with stage_bar("s3t train", total=total, unit="stage") as bar:
         for shard in range(cfg.shards):
             for sequence in range(cfg.sequences):
                 train_sequence(run_dir, ledger, base, tokenizer, plan, cfg, shard, sequence, 0, bar)
@@ -300,8 +318,6 @@ def load_base(run_dir: str | Path, manifest: dict, dtype: str = "float32"):
 
 def retrain_shards(run_dir: str | Path, shards: list[int] | None = None) -> list[int]:
     """Retrain (all sequences of) the shards marked ``needs_retrain``, without their deleted samples."""
-    from tqdm.auto import tqdm
-
     run_dir = Path(run_dir)
     ledger, plan, cfg, manifest = load_run(run_dir)
     pending = ledger.retrain_pending()
@@ -311,7 +327,7 @@ def retrain_shards(run_dir: str | Path, shards: list[int] | None = None) -> list
     if not todo:
         return []
     base, tokenizer = load_base(run_dir, manifest, cfg.dtype)
-    with tqdm(total=len(todo) * cfg.sequences * cfg.slices, desc="S3T retrain", unit="stage") as bar:
+    with stage_bar("s3t retrain", total=len(todo) * cfg.sequences * cfg.slices, unit="stage") as bar:
         for shard in todo:
             generation = ledger.generation(shard) + 1
             ledger.start_generation(shard, generation)

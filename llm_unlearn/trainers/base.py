@@ -44,6 +44,7 @@ from llm_unlearn.data.pairing import PairedCollator
 from llm_unlearn.data.qa import check_tokenizer
 from llm_unlearn.errors import DivergenceError, UnlearnError
 from llm_unlearn.perf import own_trainable_weights
+from llm_unlearn.trainers.callbacks import attach_console
 from llm_unlearn.trainers.losses import (
     IGNORE_INDEX,
     answer_logits,
@@ -213,6 +214,8 @@ class UnlearnTrainer(Trainer):
         self._metric_step = 0
         self.setup()
         self.setup_reference()
+        # one bar with step and loss; log dicts to <output_dir>/trainer_log.jsonl (llm_unlearn.console)
+        self.console = attach_console(self, f"unlearn {self.method}", self.args.output_dir)
         if weight_mask is not None:
             try:
                 from llm_unlearn.masks import attach_mask
