@@ -119,6 +119,24 @@ def close_names(name: str, candidates, n: int = 5, cutoff: float = 0.6) -> list[
     return [by_lower[m] for m in difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=cutoff)]
 
 
+_WORD = re.compile(r"[^\W_](?:[\w'’-]*[^\W_])?")
+
+
+def close_phrases(query: str, texts, n: int = 5, cutoff: float = 0.6) -> list[str]:
+    """Up to `n` phrases of `texts` (runs of as many words as `query` has) that look like `query`:
+    the names to suggest when a text match finds nothing. Capitalised phrases (names) first."""
+    size = len(_WORD.findall(query)) or 1
+    names: set[str] = set()
+    phrases: set[str] = set()
+    for text in texts:
+        words = _WORD.findall(text or "")
+        for i in range(len(words) - size + 1):
+            gram = words[i:i + size]
+            (names if all(w[0].isupper() for w in gram) else phrases).add(" ".join(gram))
+    return close_names(query, sorted(names), n=n, cutoff=cutoff) or close_names(query, sorted(phrases), n=n,
+                                                                                   cutoff=cutoff)
+
+
 def split_file(split: str, source: str | Path) -> Path:
     """The file of `split` in a local source; `UnlearnError` listing the splits that exist (and the
     closest names) when there is none."""

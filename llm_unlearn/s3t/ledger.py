@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from llm_unlearn.data.source import close_phrases
 from llm_unlearn.errors import UnlearnError
 
 LEDGER_FILE = "ledger.sqlite"
@@ -391,7 +392,10 @@ class DeletionLedger:
                     "SELECT sample_id FROM samples WHERE instr(lower(question), ?) > 0 OR instr(lower(answer), ?) > 0 "
                     "ORDER BY rowid", (needle, needle)).fetchall()
                 if not rows:
-                    raise UnlearnError(f"no sample's question or answer contains '{match}': nothing was deleted")
+                    texts = [t for row in con.execute("SELECT question, answer FROM samples") for t in row]
+                    close = close_phrases(match, texts)
+                    hint = f"; close names: {', '.join(close)}" if close else ""
+                    raise UnlearnError(f"no sample's question or answer contains '{match}': nothing was deleted{hint}")
                 wanted += [r[0] for r in rows if r[0] not in wanted]
             fresh = [s for s in wanted if con.execute(
                 "SELECT deleted_by IS NULL FROM samples WHERE sample_id = ?", (s,)).fetchone()[0]]
