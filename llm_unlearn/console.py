@@ -156,7 +156,8 @@ def cli_session(verbose: bool) -> Iterator[None]:
                 logging.getLogger(name).setLevel(logging.ERROR)
             ours.setLevel(logging.WARNING)
             handler.setLevel(logging.WARNING)
-            _toggle_library_bars(enable=False)
+            bars_before = _library_bars()
+            _set_library_bars(dict.fromkeys(bars_before, False))
         ours.addHandler(handler)
         try:
             yield
@@ -172,16 +173,41 @@ def cli_session(verbose: bool) -> Iterator[None]:
                 # transformers sets its level on first import: put back what it would choose
                 logging.getLogger(name).setLevel(level or (logging.WARNING if name in _LIBRARY_LOGGERS else 0))
             if not verbose:
-                _toggle_library_bars(enable=True)
+                # libraries imported during the command start with bars on (their default), as before
+                _set_library_bars({**dict.fromkeys(_library_bars(), True), **bars_before})
 
 
-def _toggle_library_bars(enable: bool) -> None:
-    """datasets / huggingface_hub read their env switch at import; if already imported, flip it."""
+def _library_bars() -> dict[str, bool]:
+    """Whether the already imported libraries draw their own bars (weights loading, shard writing, map)."""
+    state = {}
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as tf_logging
+
+        state["transformers"] = tf_logging.is_progress_bar_enabled()
     if "datasets" in sys.modules:
         from datasets.utils import logging as ds_logging
 
-        (ds_logging.enable_progress_bar if enable else ds_logging.disable_progress_bar)()
+        state["datasets"] = ds_logging.is_progress_bar_enabled()
     if "huggingface_hub" in sys.modules:
-        from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+        from huggingface_hub.utils import are_progress_bars_disabled
 
-        (enable_progress_bars if enable else disable_progress_bars)()
+        state["huggingface_hub"] = not are_progress_bars_disabled()
+    return state
+
+
+def _set_library_bars(state: dict[str, bool]) -> None:
+    """Libraries read their env switch at import; the imported ones are switched here (the Hub's last:
+    transformers' switch flips it too)."""
+    for name, on in state.items():
+        if name == "huggingface_hub":
+            from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+            (enable_progress_bars if on else disable_progress_bars)()
+        elif name == "transformers":
+            from transformers.utils import logging as tf_logging
+
+            (tf_logging.enable_progress_bar if on else tf_logging.disable_progress_bar)()
+        elif name == "datasets":
+            from datasets.utils import logging as ds_logging
+
+            (ds_logging.enable_progress_bar if on else ds_logging.disable_progress_bar)()
