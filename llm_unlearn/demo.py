@@ -245,7 +245,9 @@ def row_notes(rows: list[dict[str, Any]], cfg: DemoConfig, deletion: dict[str, A
     notes: dict[str, str] = {}
     for row in rows:
         name = row["run"]
+        approximate = name not in ("target", "retain")
         if name == "s3t_deleted":
+            approximate = False
             done = ""
             if deletion:
                 retrained = deletion.get("retrained_shards") or []
@@ -255,12 +257,12 @@ def row_notes(rows: list[dict[str, Any]], cfg: DemoConfig, deletion: dict[str, A
                     "LoRA ensemble, not the retain model, so its FQ measures resemblance to that other model, "
                     "not exactness; the ledger proves exactness (llm-unlearn s3t verify)")
         elif "reference" in name or "retrain" in name:
+            approximate = False
             note = "exact-retrain reference: the same pipeline trained from scratch without the forget authors"
         else:
             note = known.get(name, "")
         value = mu.get(name)
-        if (name not in ("target", "retain") and value is not None and target_mu
-                and value < COLLAPSE_MU_RATIO * target_mu):
+        if approximate and value is not None and target_mu and value < COLLAPSE_MU_RATIO * target_mu:
             note += (f". COLLAPSED: utility {value:.3f} vs the target's {target_mu:.3f}; it forgets by no longer "
                      "answering anything, so its FQ is no success")
         notes[name] = note
