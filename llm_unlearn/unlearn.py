@@ -60,6 +60,9 @@ def build_config(method: str, config: UnlearnConfig | dict | str | Path | None =
         fields["output_dir"] = str(output_dir)
     if "use_cpu" not in fields and not torch.cuda.is_available():
         fields["use_cpu"] = True
+    # TrainingArguments would derive it from the transformers log level, which the quiet console
+    # lowers: progress is shown unless asked otherwise
+    fields.setdefault("disable_tqdm", False)
     known = {f.name for f in dataclasses.fields(config_cls) if f.init}
     unknown = sorted(set(fields) - known)
     if unknown:
@@ -240,7 +243,7 @@ def run_unlearning(
     # quiet console: one bar for the whole stage, its postfix naming the phase (verbose: the
     # Trainer's own bar and log lines)
     label = f"unlearn {method}" + (f" + {mask_method} mask" if mask_method else " + mask" if mask else "")
-    bar = None if is_verbose() else stage_bar(label, total=None)
+    bar = None if is_verbose() or cfg.disable_tqdm else stage_bar(label, total=None)
     _phase(bar, "scoring NLL before")
     logger.info("scoring forget/retain NLL before unlearning")
     forget_before = per_item_nll(model, forget_tok, tokenizer, batch_size=batch)

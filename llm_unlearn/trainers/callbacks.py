@@ -69,9 +69,7 @@ def attach_console(trainer, stage: str, output_dir: str | Path | None) -> Consol
     if quiet:
         trainer.remove_callback(ProgressCallback)
         trainer.remove_callback(PrinterCallback)
-    # not `args.disable_tqdm`: TrainingArguments derives it from the transformers log level, which
-    # the quiet console lowers; here the one bar is the point
-    callback = ConsoleCallback(stage, output_dir, show_bar=quiet)
+    callback = ConsoleCallback(stage, output_dir, show_bar=quiet and not trainer.args.disable_tqdm)
     trainer.add_callback(callback)
     return callback
 
