@@ -119,8 +119,8 @@ def _load(args):
 def phase_train(args) -> dict:
     from llm_unlearn.data.pairing import ForgetRetainDataset
     from llm_unlearn.models import attach_lora
+    from llm_unlearn.scoring import IGNORE_INDEX
     from llm_unlearn.trainers import get_method
-    from llm_unlearn.trainers.losses import IGNORE_INDEX
     from llm_unlearn.unlearn import build_config
 
     info = _start(args)
@@ -176,7 +176,7 @@ def _count_rows(model):
     Returns (counts, remove_hooks)."""
     import torch
 
-    from llm_unlearn.trainers.losses import core_model
+    from llm_unlearn.scoring import core_model
 
     core = core_model(model)
     counts = {"decoder_positions": 0, "head_rows": 0}
@@ -200,7 +200,7 @@ def _flop_floor(model, rows: dict, tokens: int, answer_tokens: int, gflops: floa
     only), and the seconds the latter takes at `gflops` (the peak probe): the floor. Training a
     weight matrix costs 6 FLOPs per parameter and row (forward 2, backward 4); attention scores
     and element-wise ops are left out, so the floor is an underestimate."""
-    from llm_unlearn.trainers.losses import core_model
+    from llm_unlearn.scoring import core_model
 
     core = core_model(model)
     embed, head = core.get_input_embeddings().weight, core.get_output_embeddings().weight
@@ -277,7 +277,7 @@ def phase_profile(args) -> dict:
     from llm_unlearn.data.qa import QACollator, prompt_ids
     from llm_unlearn.data.tofu import load_tofu
     from llm_unlearn.eval.evaluator import SOURCE_SPLITS, generate_answers, score_answers
-    from llm_unlearn.trainers.losses import model_logits, sequence_logprobs_from_logits
+    from llm_unlearn.scoring import model_logits, sequence_logprobs_from_logits
 
     info = _start(args)
     model, tok, forget, _ = _load(args)

@@ -160,11 +160,12 @@ def run_gamma_sweep(args) -> dict:
                               batch_size=args.batch_size, collate_fn=collate)
 
     def unlearn(mask) -> tuple[float, float]:
+        from llm_unlearn.masks import enforce_mask
         from llm_unlearn.models import load_model
 
         model = load_model(args.model)
         f0, r0 = _mean_nll(model, forget_l), _mean_nll(model, retain_l)
-        enforcer = mask.apply(model) if mask is not None else None
+        enforcer = enforce_mask(model, mask) if mask is not None else None
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr, weight_decay=0.01)
         if enforcer is not None:
             enforcer.attach_optimizer(opt)

@@ -28,8 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from llm_unlearn.cli.common import prepare_output_dir  # noqa: E402
-from llm_unlearn.runinfo import read_manifest  # noqa: E402
+from llm_unlearn.runinfo import prepare_output_dir, read_manifest  # noqa: E402
 
 
 def _update_manifest(run_dir: Path, **fields) -> None:
@@ -50,19 +49,27 @@ def _finetune(args, split: str, out: Path) -> None:
 
 
 def _unlearn(args, method: str, target: Path, out: Path) -> None:
-    from llm_unlearn.cli import main
+    import yaml
 
-    argv = ["unlearn", "--model", str(target), "--data", str(args.data), "--forget-split", args.forget_split,
-            "--method", method, "--output", str(out), "--overwrite", *args.unlearn_args.split()]
+    from llm_unlearn.unlearn import run_unlearning
+
+    overrides = {"num_train_epochs": args.epochs}
     if args.model == "tiny":
-        argv += ["--lr", "1e-3"]
-    rc = main(argv)
-    if rc != 0:
-        raise RuntimeError(f"llm-unlearn unlearn --method {method} exited with {rc}")
+        overrides["learning_rate"] = 1e-3
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise SystemExit(f"error: --set expects FIELD=VALUE, got '{item}'")
+        overrides[key.strip()] = yaml.safe_load(value)
+    _, result = run_unlearning(model=str(target), data=str(args.data), output=out, method=method,
+                               forget_split=args.forget_split, overrides=overrides, overwrite=True)
+    nll = result["nll"]
+    print(f"{method}: forget NLL {nll['forget_before']:.3f} -> {nll['forget_after']:.3f}, "
+          f"retain NLL {nll['retain_before']:.3f} -> {nll['retain_after']:.3f} ({result['steps']} steps)")
 
 
 def _evaluate(args, run_dir: Path, retain_eval: Path | None) -> None:
-    from llm_unlearn.cli.eval_cmd import load_for_eval
+    from llm_unlearn.eval import load_for_eval
     from llm_unlearn.eval.evaluator import evaluate_model, write_eval
     from llm_unlearn.eval.logs import compute_summary, read_logs
 
@@ -97,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=None, help="TOFU-schema directory (default: synthesise 10 authors x 10 QA)")
     p.add_argument("--forget-split", default="forget10")
     p.add_argument("--methods", default="grad_ascent,grad_diff,npo", help="comma-separated unlearning methods")
-    p.add_argument("--unlearn-args", default="--epochs 5", help="extra flags for llm-unlearn unlearn")
+    p.add_argument("--epochs", type=float, default=5.0, help="unlearning epochs over the forget set (default 5)")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="set a field of the methods' configs (value parsed as YAML), e.g. --set alpha=1.0")
     p.add_argument("--target", default=None, help="reuse this finetuned target run directory")
     p.add_argument("--retain", default=None, help="reuse this finetuned retain run directory")
     p.add_argument("--finetune-epochs", type=float, default=None)

@@ -35,6 +35,7 @@ _EXPORTS = {
     "load_mask": "llm_unlearn.masks",
     # evaluation
     "evaluate_model": "llm_unlearn.eval.evaluator",
+    "load_for_eval": "llm_unlearn.eval.loading",
     "build_report": "llm_unlearn.eval.report",
     # S3T
     "DeletionLedger": "llm_unlearn.s3t.ledger",

@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 VERBOSE_ENV = "LLM_UNLEARN_VERBOSE"
 TRAINER_LOG_FILE = "trainer_log.jsonl"
 
@@ -38,8 +40,6 @@ def is_verbose() -> bool:
 def stage_bar(desc: str, total: int | None = None, unit: str = "step", **kwargs: Any):
     """The one bar of a stage (finetune, unlearn, eval, S3T): it stays on screen when done, so a
     finished run reads as one line per stage. Its postfix carries method, step and loss."""
-    from tqdm.auto import tqdm
-
     kwargs.setdefault("dynamic_ncols", True)
     kwargs["disable"] = kwargs.get("disable", False) or not _is_main_process()
     return tqdm(total=total, desc=desc, unit=unit, leave=True, **kwargs)
@@ -55,8 +55,6 @@ def sub_progress(iterable: Iterable, desc: str, total: int | None = None) -> Ite
     verbose mode, so the default console keeps one bar per stage."""
     if not is_verbose():
         return iterable
-    from tqdm.auto import tqdm
-
     return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
 
 
@@ -177,37 +175,30 @@ def cli_session(verbose: bool) -> Iterator[None]:
                 _set_library_bars({**dict.fromkeys(_library_bars(), True), **bars_before})
 
 
+# progress-bar switches of libraries that may already be imported (looked up, never imported:
+# a library imported later reads the environment variables set above)
+_BAR_SWITCHES = {  # library -> (module holding the switch, is-on function, on, off); the Hub's last:
+    # transformers' switch flips it too
+    "transformers": ("transformers.utils.logging", "is_progress_bar_enabled", "enable_progress_bar",
+                     "disable_progress_bar"),
+    "datasets": ("datasets.utils.logging", "is_progress_bar_enabled", "enable_progress_bar", "disable_progress_bar"),
+    "huggingface_hub": ("huggingface_hub.utils", "are_progress_bars_disabled", "enable_progress_bars",
+                        "disable_progress_bars"),
+}
+
+
 def _library_bars() -> dict[str, bool]:
     """Whether the already imported libraries draw their own bars (weights loading, shard writing, map)."""
     state = {}
-    if "transformers" in sys.modules:
-        from transformers.utils import logging as tf_logging
-
-        state["transformers"] = tf_logging.is_progress_bar_enabled()
-    if "datasets" in sys.modules:
-        from datasets.utils import logging as ds_logging
-
-        state["datasets"] = ds_logging.is_progress_bar_enabled()
-    if "huggingface_hub" in sys.modules:
-        from huggingface_hub.utils import are_progress_bars_disabled
-
-        state["huggingface_hub"] = not are_progress_bars_disabled()
+    for name, (module, is_on, _, _) in _BAR_SWITCHES.items():
+        mod = sys.modules.get(module)
+        if mod is not None:
+            value = bool(getattr(mod, is_on)())
+            state[name] = not value if is_on.startswith("are_") else value
     return state
 
 
 def _set_library_bars(state: dict[str, bool]) -> None:
-    """Libraries read their env switch at import; the imported ones are switched here (the Hub's last:
-    transformers' switch flips it too)."""
     for name, on in state.items():
-        if name == "huggingface_hub":
-            from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
-
-            (enable_progress_bars if on else disable_progress_bars)()
-        elif name == "transformers":
-            from transformers.utils import logging as tf_logging
-
-            (tf_logging.enable_progress_bar if on else tf_logging.disable_progress_bar)()
-        elif name == "datasets":
-            from datasets.utils import logging as ds_logging
-
-            (ds_logging.enable_progress_bar if on else ds_logging.disable_progress_bar)()
+        module, _, enable, disable = _BAR_SWITCHES[name]
+        getattr(sys.modules[module], enable if on else disable)()

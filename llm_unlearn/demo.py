@@ -16,8 +16,28 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from llm_unlearn.console import TRAINER_LOG_FILE, extra_trainer_log
+from llm_unlearn.data.synthetic import generate, write_splits
+from llm_unlearn.data.tofu import (
+    available_splits,
+    forget_percent,
+    is_local_source,
+    load_tofu,
+    matching_retain_split,
+)
 from llm_unlearn.errors import UnlearnError
+from llm_unlearn.eval.evaluator import evaluate_model, write_eval
+from llm_unlearn.eval.logs import compute_summary, read_logs
+from llm_unlearn.eval.report import build_report
+from llm_unlearn.finetune import FinetuneConfig, finetune
+from llm_unlearn.models import resolve_model_path
+from llm_unlearn.runinfo import prepare_output_dir, read_manifest
+from llm_unlearn.s3t.serve import load_s3t_model
+from llm_unlearn.s3t.service import delete_samples, retrain
+from llm_unlearn.s3t.train import S3TConfig, load_run, train_s3t
+from llm_unlearn.unlearn import load_target, run_unlearning
 
 logger = logging.getLogger(__name__)
 
@@ -98,10 +118,6 @@ def _print_table(rows: list[dict[str, Any]]) -> str:
 
 def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
     """Run the demo into `cfg.output`; returns the summary written to ``summary.json``."""
-    from llm_unlearn.cli.common import prepare_output_dir
-    from llm_unlearn.data.tofu import is_local_source
-    from llm_unlearn.models import resolve_model_path
-
     t_start = time.time()
     if cfg.model != "tiny":
         resolve_model_path(cfg.model)  # fail early: "run llm-unlearn models fetch"
@@ -116,14 +132,6 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
 
 
 def _run_stages(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]:
-    from llm_unlearn.data.synthetic import generate, write_splits
-    from llm_unlearn.data.tofu import load_tofu, matching_retain_split
-    from llm_unlearn.eval.evaluator import evaluate_model, write_eval
-    from llm_unlearn.eval.report import build_report
-    from llm_unlearn.finetune import FinetuneConfig, finetune
-    from llm_unlearn.runinfo import read_manifest
-    from llm_unlearn.unlearn import load_target, run_unlearning
-
     retain_split = matching_retain_split(cfg.forget_split)
     timings: dict[str, float] = {}
 
@@ -277,8 +285,6 @@ def _tag(run_dir: Path, **fields: Any) -> None:
 
 
 def _rescore(run_dir: Path, retain_logs: Path) -> dict[str, Any]:
-    from llm_unlearn.eval.logs import compute_summary, read_logs
-
     summary_path = run_dir / "eval" / "summary.json"
     summary = json.loads(summary_path.read_text())
     logs = read_logs(retain_logs)
@@ -290,8 +296,6 @@ def _rescore(run_dir: Path, retain_logs: Path) -> dict[str, Any]:
 
 
 def _json_default(obj):
-    import numpy as np
-
     if isinstance(obj, np.generic):
         return obj.item()
     return str(obj)
@@ -299,9 +303,6 @@ def _json_default(obj):
 
 def _subset_source(source: Path, out: Path, cfg: DemoConfig) -> Path:
     """The first `cfg.authors` authors of a TOFU-layout source (forget = the last 10 % of them)."""
-    from llm_unlearn.data.synthetic import write_splits
-    from llm_unlearn.data.tofu import available_splits, forget_percent, load_tofu
-
     full = load_tofu("full", source).to_list()
     per_author = 20
     n = cfg.authors * per_author
@@ -329,20 +330,12 @@ def _subset_source(source: Path, out: Path, cfg: DemoConfig) -> Path:
 
 
 def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, timings) -> dict[str, Any]:
-    from llm_unlearn.data.tofu import load_tofu
-    from llm_unlearn.finetune import FinetuneConfig, finetune
-    from llm_unlearn.s3t.serve import load_s3t_model
-    from llm_unlearn.s3t.service import delete_samples, retrain
-    from llm_unlearn.s3t.train import S3TConfig, train_s3t
-
     base = cfg.model
     if cfg.model == "tiny":
         # LoRA alone cannot teach a random 1 M-parameter model (embeddings and head stay frozen), so
         # S3T gets what a pretrained LLM brings: a base pretrained on a disjoint corpus (other
         # fictitious authors, same kinds of facts, another seed) and the utility sets. It never
         # sees the demo's authors; everything it learns about them sits in deletable LoRA slices.
-        from llm_unlearn.data.synthetic import generate, write_splits
-
         corpus = write_splits(generate(cfg.authors, cfg.qa_per_author, seed=cfg.seed + 1), out / "s3t_pretrain_data")
         base_dir = out / "s3t_base"
         base_dir.mkdir()
@@ -360,8 +353,6 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
     timings["s3t_train"] = time.time() - t0
     t1 = time.time()
     forget_questions = {r["question"] for r in load_tofu(cfg.forget_split, data)}
-    from llm_unlearn.s3t.train import load_run
-
     ledger, *_ = load_run(run_dir)
     ids = [s["sample_id"] for s in ledger.samples(ledger.sample_ids()) if s["question"] in forget_questions]
     result = delete_samples(run_dir, ids=ids)

@@ -15,6 +15,8 @@ Three patterns cover the library's needs:
 - *Scalars* (a mean loss over the whole forget set): `all_reduce_mean` weighted by item counts.
 
 Every function works unchanged in a single process (no process group): then it is the identity.
+Process groups only: this module imports nothing of the package. Sharded reference scoring lives in
+`llm_unlearn.trainers.reference`, sharded evaluation in `llm_unlearn.eval.sharded`.
 """
 
 from __future__ import annotations
@@ -25,14 +27,19 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import torch
+import torch.distributed as dist
+
+try:
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    SHARDED_WRAPPERS: tuple[type, ...] = (FSDPModule, FullyShardedDataParallel)
+except ImportError:  # pragma: no cover - torch built without distributed
+    SHARDED_WRAPPERS = ()
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 
 def _dist():
-    import torch.distributed as dist
-
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
@@ -151,13 +158,8 @@ def all_reduce_mean(value: float, count: int = 1) -> float:
 
 def is_sharded_model(model) -> bool:
     """True when parameters are sharded across ranks (FSDP1/FSDP2 or DeepSpeed ZeRO-3)."""
-    try:
-        from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-
-        if any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules()):
-            return True
-    except ImportError:  # pragma: no cover - torch without distributed
-        pass
+    if SHARDED_WRAPPERS and any(isinstance(m, SHARDED_WRAPPERS) for m in model.modules()):
+        return True
     return any(hasattr(p, "ds_id") for p in model.parameters())
 
 
@@ -187,59 +189,3 @@ def shard_dataset(dataset):
     """This rank's (padded) shard of a `datasets.Dataset` or list, see `shard_indices`."""
     idx = shard_indices(len(dataset))
     return dataset.select(idx) if hasattr(dataset, "select") else [dataset[i] for i in idx]
-
-
-def sharded_reference_logprobs(model, dataset, tokenizer, prefix: str = "", batch_size: int = 8):
-    """`dataset` + column ``{prefix}ref_logprob`` (Σ log π(y|x) of `model` as it is now), each rank
-    scoring its shard and all ranks receiving the full column. Add it before building an
-    `UnlearnTrainer` with full weights: the trainer then uses the column instead of scoring every
-    item on every rank."""
-    from llm_unlearn.trainers.base import add_reference_logprobs
-
-    column = f"{prefix}ref_logprob"
-    idx = shard_indices(len(dataset))
-    scored = add_reference_logprobs(model, dataset.select(idx), tokenizer, prefix=prefix, batch_size=batch_size)
-    values = gather_by_index(idx, scored[column], len(dataset))
-    if column in dataset.column_names:
-        dataset = dataset.remove_columns(column)
-    return dataset.add_column(column, values)
-
-
-def evaluate_sharded(model, tokenizer, data_source, forget_split: str = "forget10", retain_logs=None,
-                     max_items: int | None = None, batch_size: int = 8, max_new_tokens: int = 200,
-                     progress: bool = True) -> dict[str, Any]:
-    """`llm_unlearn.eval.evaluate_model`, with every split's items divided among ranks and the
-    per-item values merged (in item order) before the aggregates are computed; every rank
-    returns the same ``{"summary", "per_item"}``. One process: identical to `evaluate_model`."""
-    from llm_unlearn.eval import evaluator as E
-
-    _, world = rank_and_world()
-    if world == 1:
-        return E.evaluate_model(model, tokenizer, data_source, forget_split=forget_split, retain_logs=retain_logs,
-                                max_items=max_items, batch_size=batch_size, max_new_tokens=max_new_tokens,
-                                progress=progress)
-    mark_for_synced_generation(model)
-    retain = E.read_logs(retain_logs) if isinstance(retain_logs, (str, os.PathLike)) else retain_logs
-    source_splits = {name: tmpl.format(forget=forget_split) for name, tmpl in E.SOURCE_SPLITS.items()}
-    rows = {name: E._load_rows(data_source, split, max_items) for name, split in source_splits.items()}
-    holdout_split = forget_split.replace("forget", "holdout", 1)
-    hold, mia_reason = E._holdout_rows(data_source, holdout_split, max_items)
-    if hold is not None:
-        rows["holdout"] = hold
-        source_splits["holdout"] = holdout_split
-    shards = {name: shard_indices(len(r)) for name, r in rows.items()}
-    local = E.evaluate_items(model, tokenizer, {n: [rows[n][i] for i in shards[n]] for n in rows},
-                             batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress and is_main_process())
-    items = {}
-    for name in rows:
-        merged = gather_by_index(shards[name], local[name], len(rows[name]))
-        items[name] = [{**item, "index": i} for i, item in enumerate(merged)]
-    per_item = {"format": E.ITEMS_FORMAT, "data": str(data_source), "forget_split": forget_split,
-                "mia_not_available": mia_reason,
-                "splits": {n: {"source_split": source_splits[n], "items": its} for n, its in items.items()}}
-    summary = {"format": E.SUMMARY_FORMAT, "data": str(data_source), "forget_split": forget_split,
-               "source_splits": source_splits, **E.compute_summary(E.logs_from_items(per_item), retain),
-               "settings": {"batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_items": max_items,
-                            "world_size": world, "sharded": True}}
-    summary.pop("logs", None)
-    return {"summary": summary, "per_item": per_item}

@@ -11,11 +11,14 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from datasets import concatenate_datasets
+from trl import SFTConfig, SFTTrainer
 
 from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
 from llm_unlearn.data.tofu import load_tofu, qa_per_author
 from llm_unlearn.errors import UnlearnError
+from llm_unlearn.models import attach_lora, build_tiny, load_model, load_tokenizer
 from llm_unlearn.perf import own_trainable_weights
 from llm_unlearn.runinfo import data_hash, write_manifest
 from llm_unlearn.trainers.callbacks import attach_console
@@ -69,8 +72,6 @@ TINY_BASE_DIR = "base"
 
 
 def build_model_for_finetune(cfg: FinetuneConfig):
-    from llm_unlearn.models import attach_lora, build_tiny, load_model, load_tokenizer
-
     if cfg.load_in_4bit and not cfg.lora:
         raise UnlearnError("--load-in-4bit (QLoRA) needs --lora: a 4-bit base cannot be trained directly")
     if cfg.model == "tiny":
@@ -94,8 +95,6 @@ def build_model_for_finetune(cfg: FinetuneConfig):
 
 def finetune(cfg: FinetuneConfig, model=None, tokenizer=None) -> Path:
     """Train and save model/adapter + tokenizer + run.json into `cfg.output` (must be prepared)."""
-    from trl import SFTConfig, SFTTrainer
-
     split_rows, train_rows = load_train_rows(cfg)
     if model is None:
         model, tokenizer = build_model_for_finetune(cfg)
@@ -132,6 +131,4 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None) -> Path:
 
 
 def _use_cpu() -> bool:
-    import torch
-
     return not torch.cuda.is_available()

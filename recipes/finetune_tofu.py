@@ -39,8 +39,8 @@ def main() -> int:
     import torch
     from trl import TrlParser
 
-    from llm_unlearn.cli.common import prepare_output_dir
     from llm_unlearn.finetune import build_model_for_finetune, finetune
+    from llm_unlearn.runinfo import prepare_output_dir
 
     lib, extra, ev = TrlParser(_arguments()).parse_args_and_config()
     inverse = {v: k for k, v in RENAMED.items()}

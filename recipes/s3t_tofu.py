@@ -56,8 +56,8 @@ def main() -> int:
     import torch
     from trl import TrlParser
 
-    from llm_unlearn.cli.common import prepare_output_dir
     from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.runinfo import prepare_output_dir
     from llm_unlearn.s3t import delete_samples, load_s3t_model, retrain, run_status, train_s3t
 
     lib, deletion, ev = TrlParser(_arguments()).parse_args_and_config()

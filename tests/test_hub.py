@@ -169,7 +169,7 @@ def fake_hub(monkeypatch, tmp_path):
         made.append(RecordingHub(token))
         return made[-1]
 
-    monkeypatch.setattr("llm_unlearn.hub.make_api", make_api)
+    monkeypatch.setattr("llm_unlearn.hub.publish.make_api", make_api)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
@@ -180,7 +180,7 @@ def test_push_without_token_fails_before_any_work(lora_run, fake_hub, monkeypatc
     def must_not_stage(*args, **kwargs):
         raise AssertionError("staged an upload without a token")
 
-    monkeypatch.setattr("llm_unlearn.hub.stage_upload", must_not_stage)
+    monkeypatch.setattr("llm_unlearn.hub.publish.stage_upload", must_not_stage)
     assert main(["push", str(lora_run), "--repo-id", REPO_ID]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no Hugging Face token") and "HF_TOKEN" in err
@@ -227,7 +227,8 @@ def test_s3t_dry_run_publishes_served_adapters_without_the_ledger(s3t_run, synth
     from huggingface_hub import ModelCard
 
     from llm_unlearn.data.tofu import load_tofu
-    from llm_unlearn.hub import S3T_SERVING_NAME, _hash_of_hashes, load_published_s3t
+    from llm_unlearn.hub import S3T_SERVING_NAME, load_published_s3t
+    from llm_unlearn.hub.staging import _hash_of_hashes
     from llm_unlearn.s3t import DeletionLedger, load_s3t_model
     from llm_unlearn.s3t.ledger import content_hash
 

@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from importlib.metadata import PackageNotFoundError, version
 
 # subcommand name -> (module under llm_unlearn.cli, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -42,8 +43,6 @@ VERSIONS_OF = ("torch", "transformers", "peft", "trl")
 def version_text() -> str:
     """``llm-unlearn X`` and the versions of the stack it runs on, read from the installed
     distributions' metadata (nothing is imported)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     from llm_unlearn import __version__
 
     def v(dist: str) -> str:

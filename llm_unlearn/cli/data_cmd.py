@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from llm_unlearn.cli.common import add_overwrite_flag, prepare_output_dir
 
@@ -40,8 +41,6 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    import json
-
     from llm_unlearn.data.source import available_splits, check_source, is_local_source, read_split
 
     check_source(args.data)

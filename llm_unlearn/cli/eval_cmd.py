@@ -4,9 +4,6 @@ forgetting and utility; writes ``summary.json`` and ``per_item.json`` to --outpu
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from llm_unlearn.errors import UnlearnError
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -33,25 +30,6 @@ def register(sub, name: str, help_text: str) -> None:
     p.set_defaults(func=run)
 
 
-def load_for_eval(model: str, adapter: str | None = None, dtype: str = "float32"):
-    """(model, tokenizer) for evaluation. An S3T run directory (``run.json`` kind ``s3t``) is
-    served as its shard ensemble (`llm_unlearn.s3t.load_s3t_model`)."""
-    from llm_unlearn.models import load_model, load_tokenizer, resolve_model_path
-    from llm_unlearn.runinfo import read_manifest
-
-    if Path(model).is_dir() and read_manifest(model).get("kind") == "s3t":
-        if adapter:
-            raise UnlearnError("--adapter does not apply to an S3T run directory")
-        from llm_unlearn.s3t import load_s3t_model
-
-        ensemble = load_s3t_model(model, dtype=dtype)
-        return ensemble, ensemble.tokenizer
-    m = load_model(model, dtype=dtype, adapter=adapter)
-    tok_spec = adapter if adapter and any((Path(adapter) / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")) \
-        else resolve_model_path(model)
-    return m, load_tokenizer(tok_spec)
-
-
 def run(args: argparse.Namespace) -> int:
     from llm_unlearn.cli.common import check_output, prepare_output_dir
     from llm_unlearn.data.source import check_split
@@ -62,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from llm_unlearn.eval.evaluator import evaluate_model, write_eval
+    from llm_unlearn.eval.loading import load_for_eval
     from llm_unlearn.eval.logs import format_value, read_logs
 
     retain = read_logs(args.retain_logs) if args.retain_logs else None

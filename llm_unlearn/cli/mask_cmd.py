@@ -4,6 +4,7 @@ model and save it (bit-packed safetensors) for `llm-unlearn unlearn --mask FILE`
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from llm_unlearn.cli.choices import MASK_DEFAULT_GAMMA as DEFAULT_GAMMA
 from llm_unlearn.cli.choices import MASK_GRANULARITIES as GRANULARITIES
@@ -38,8 +39,6 @@ def register(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from llm_unlearn.data.source import check_split, matching_retain_split
     from llm_unlearn.errors import UnlearnError
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import time
 from pathlib import Path
 
 
@@ -42,9 +44,6 @@ def _with_cache(cache_dir: str | None):
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    import sys
-    import time
-
     from llm_unlearn.models import cache_dir, fetch_smollm2
 
     _known(args.name)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from llm_unlearn.cli.choices import MASK_DEFAULT_GAMMA as DEFAULT_GAMMA
 from llm_unlearn.cli.choices import UNLEARN_METHODS as METHODS
@@ -99,8 +100,6 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from llm_unlearn.cli.common import check_output
     from llm_unlearn.data.source import check_split, matching_retain_split
     from llm_unlearn.errors import UnlearnError

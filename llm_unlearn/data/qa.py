@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from datasets import Dataset
 
+from llm_unlearn.errors import UnlearnError
+
 IGNORE_INDEX = -100
 PLAIN_PROMPT = "Question: {question}\nAnswer:"
 
@@ -52,8 +54,6 @@ def answer_ids(tokenizer, answer: str) -> list[int]:
 
 def check_tokenizer(tokenizer) -> None:
     """Fail early if a tokenizer lacks what QA training needs."""
-    from llm_unlearn.errors import UnlearnError
-
     if tokenizer.eos_token_id is None:
         raise UnlearnError("tokenizer has no eos_token; set one (answers end with EOS)")
     if tokenizer.pad_token_id is None:

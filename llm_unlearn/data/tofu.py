@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import datasets
 from datasets import Dataset
 
 from llm_unlearn.data.source import (  # noqa: F401  (re-exported: the names of a source and its splits)
@@ -32,6 +33,7 @@ from llm_unlearn.data.source import (  # noqa: F401  (re-exported: the names of 
     split_kind,
     validate_rows,
 )
+from llm_unlearn.data.synthetic import REFUSALS
 from llm_unlearn.errors import UnlearnError
 
 
@@ -44,8 +46,6 @@ def load_tofu(split: str, source: str | Path = DEFAULT_SOURCE, max_items: int | 
         return Dataset.from_list(read_split(split, source, max_items))
     check_source(source)
     try:
-        import datasets
-
         ds = datasets.load_dataset(str(source), split, split="train")
     except ValueError as exc:
         raise UnlearnError(f"cannot load split '{split}' of {source}: {str(exc).splitlines()[0]}"
@@ -64,8 +64,6 @@ def load_tofu(split: str, source: str | Path = DEFAULT_SOURCE, max_items: int | 
 def _hub_splits_hint(source: str | Path) -> str:
     """'; valid splits: …' for a Hub dataset whose config names can be listed (cache or network)."""
     try:
-        import datasets
-
         names = datasets.get_dataset_config_names(str(source))
     except Exception:  # offline without a cache: nothing to list
         return ""
@@ -81,6 +79,4 @@ def read_refusals(source: str | Path | None = None) -> list[str]:
             lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
             if lines:
                 return lines
-    from llm_unlearn.data.synthetic import REFUSALS
-
     return list(REFUSALS)

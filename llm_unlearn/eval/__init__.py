@@ -1,5 +1,6 @@
 """TOFU evaluation: metrics as pure functions (`metrics`), per-item log readers and aggregates
-(`logs`), the model evaluator (`evaluator`) and Markdown/HTML reports (`report`)."""
+(`logs`), the model evaluator (`evaluator`, on several processes `sharded`), loading a saved run for
+evaluation (`loading`) and Markdown/HTML reports (`report`)."""
 
 from llm_unlearn.eval.evaluator import (
     evaluate_items,
@@ -8,6 +9,7 @@ from llm_unlearn.eval.evaluator import (
     score_answers,
     write_eval,
 )
+from llm_unlearn.eval.loading import load_for_eval
 from llm_unlearn.eval.logs import EvalLogs, SplitLog, compute_summary, read_logs
 from llm_unlearn.eval.metrics import (
     forget_quality,
@@ -23,10 +25,12 @@ from llm_unlearn.eval.metrics import (
     utility_truth_ratio_score,
 )
 from llm_unlearn.eval.report import build_report, load_run
+from llm_unlearn.eval.sharded import evaluate_sharded
 
 __all__ = [
-    "EvalLogs", "SplitLog", "build_report", "compute_summary", "evaluate_items", "evaluate_model", "forget_quality",
-    "forget_truth_ratio_score", "generate_answers", "ks_floor_pvalue", "load_run", "mia_auc", "model_utility",
+    "EvalLogs", "SplitLog", "build_report", "compute_summary", "evaluate_items", "evaluate_model",
+    "evaluate_sharded", "forget_quality",
+    "forget_truth_ratio_score", "generate_answers", "ks_floor_pvalue", "load_for_eval", "load_run", "mia_auc", "model_utility",
     "normalised_probability", "privleak", "probability", "read_logs", "rouge_l_recall", "score_answers",
     "truth_ratios", "utility_truth_ratio_score", "write_eval",
 ]

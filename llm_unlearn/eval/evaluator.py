@@ -14,6 +14,8 @@ any Hugging Face causal LM, a PeftModel or an HF-compatible ensemble works.
 
 from __future__ import annotations
 
+import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -21,9 +23,18 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import PreTrainedModel
 
 from llm_unlearn.console import stage_bar
-from llm_unlearn.data.qa import IGNORE_INDEX, GenerationCollator, check_tokenizer, encode_qa, pad_sequences
+from llm_unlearn.data.qa import (
+    IGNORE_INDEX,
+    GenerationCollator,
+    check_tokenizer,
+    encode_qa,
+    pad_sequences,
+    prompt_ids,
+)
+from llm_unlearn.data.tofu import available_splits, forget_percent, is_local_source, load_tofu
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import metrics as M
 from llm_unlearn.eval.logs import (
@@ -33,6 +44,14 @@ from llm_unlearn.eval.logs import (
     compute_summary,
     logs_from_items,
     read_logs,
+)
+from llm_unlearn.scoring import (
+    accepts_forward_arg,
+    answer_logits,
+    cache_kwarg,
+    core_model,
+    output_cache,
+    token_logprobs,
 )
 
 # our split name -> TOFU split it is read from ({forget} is the forget split, e.g. forget10)
@@ -57,8 +76,6 @@ def _device(model) -> torch.device:
 def _records(logits: torch.Tensor, labels: torch.Tensor, token_stats: bool) -> list[dict[str, Any]]:
     """Per-row answer NLL (and Min-K%++ token stats) from logits aligned so that ``logits[:, t]``
     predicts ``labels[:, t + 1]``."""
-    from llm_unlearn.trainers.losses import token_logprobs
-
     tok_lp, mask = token_logprobs(logits, labels)
     if token_stats:
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
@@ -99,10 +116,6 @@ def _shared_prefix(encs: list[dict]) -> int:
 def supports_prefix_cache(model) -> bool:
     """Whether `model` is a Hugging Face causal LM (under PEFT / DDP wrappers) that takes a KV
     cache and ``logits_to_keep``: then answer variants of one question share one prompt pass."""
-    from transformers import PreTrainedModel
-
-    from llm_unlearn.trainers.losses import accepts_forward_arg, cache_kwarg, core_model
-
     core = core_model(model)
     return (isinstance(core, PreTrainedModel) and not core.config.is_encoder_decoder
             and accepts_forward_arg(model, "logits_to_keep") and cache_kwarg(model) is not None)
@@ -111,8 +124,6 @@ def supports_prefix_cache(model) -> bool:
 def _score_padded(model, encs: list[dict], device, token_stats: bool) -> list[dict[str, Any]]:
     """One right-padded forward over whole sequences (`answer_logits`: the lm-head from the
     first answer position on where the model allows it)."""
-    from llm_unlearn.trainers.losses import answer_logits
-
     batch = {
         "input_ids": pad_sequences([e["input_ids"] for e in encs], 0, "right").to(device),
         "attention_mask": pad_sequences([e["attention_mask"] for e in encs], 0, "right").to(device),
@@ -125,10 +136,6 @@ def _score_shared(model, encs: list[dict], prefix: int, batch_size: int, device,
                   token_stats: bool) -> list[dict[str, Any]]:
     """Variants of one prompt: the first `prefix` tokens go through the model once (KV cache),
     then each chunk of `batch_size` continuations (right padded) attends to that cache."""
-    import copy
-
-    from llm_unlearn.trainers.losses import cache_kwarg, output_cache
-
     head = torch.tensor([encs[0]["input_ids"][:prefix]], device=device)
     cache = output_cache(model(input_ids=head, attention_mask=torch.ones_like(head), use_cache=True, logits_to_keep=1))
     cache_arg = cache_kwarg(model)
@@ -199,8 +206,6 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int = 8
     """Greedy generations for `questions` (prompts built as in training, left padded); the new
     tokens only, decoded without special tokens and stripped. Questions are batched in order of
     prompt length (less padding); the result follows the input order."""
-    from llm_unlearn.data.qa import prompt_ids
-
     collate = GenerationCollator(tokenizer)
     device = _device(model)
     order = sorted(range(len(questions)), key=lambda i: len(prompt_ids(tokenizer, questions[i])))
@@ -223,14 +228,10 @@ def generate_answers(model, tokenizer, questions: list[str], batch_size: int = 8
 
 
 def _load_rows(source, split: str, max_items: int | None) -> list[dict]:
-    from llm_unlearn.data.tofu import load_tofu
-
     return load_tofu(split, source, max_items=max_items).to_list()
 
 
 def _holdout_rows(source, holdout_split: str, max_items: int | None) -> tuple[list[dict] | None, str | None]:
-    from llm_unlearn.data.tofu import available_splits, is_local_source
-
     if is_local_source(source) and holdout_split not in available_splits(source):
         return None, f"data source {source} has no {holdout_split} split"
     try:
@@ -334,8 +335,6 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
         raise UnlearnError(f"generation_batch_size must be >= 1, got {generation_batch_size}")
     if max_new_tokens < 1:
         raise UnlearnError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    from llm_unlearn.data.tofu import forget_percent
-
     forget_percent(forget_split)  # validates the name
     retain = read_logs(retain_logs) if isinstance(retain_logs, (str, Path)) else retain_logs
     t0 = time.time()
@@ -378,8 +377,6 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
 def write_eval(out_dir: str | Path, result: dict[str, Any]) -> Path:
     """Write ``summary.json`` and ``per_item.json`` of an `evaluate_model` result into
     `out_dir` (created); returns `out_dir`."""
-    import json
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -24,6 +24,7 @@ import zlib
 from collections.abc import Sequence
 
 import numpy as np
+from rouge_score import rouge_scorer
 from scipy.stats import hmean, ks_2samp, rankdata
 
 MIN_K_DEFAULT = 0.4
@@ -133,8 +134,6 @@ def ks_floor_pvalue(n: int, m: int) -> float:
 def rouge_l_recall(generations: Sequence[str], answers: Sequence[str]) -> np.ndarray:
     """ROUGE-L recall (LCS length / reference length, Porter stemming, ``rouge_score``) of each
     generation against its ground-truth answer, as TOFU reports it."""
-    from rouge_score import rouge_scorer
-
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     return np.array([scorer.score(ans, gen)["rougeL"].recall for gen, ans in zip(generations, answers)])
 

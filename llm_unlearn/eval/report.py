@@ -27,6 +27,7 @@ import numpy as np
 
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval.logs import format_value, read_logs, split_truth_ratios
+from llm_unlearn.runinfo import read_manifest
 
 TABLE_COLUMNS = [  # (summary metric key or special, header)
     ("forget_quality", "Forget quality"),
@@ -86,8 +87,6 @@ def _infer_role(name: str, manifest: dict[str, Any]) -> str:
 
 def load_run(run_dir: str | Path) -> RunRecord:
     """Read a run directory (see the module docstring); missing pieces become empty."""
-    from llm_unlearn.runinfo import read_manifest
-
     path = Path(run_dir)
     if not path.is_dir():
         raise UnlearnError(f"run directory not found: {path}")

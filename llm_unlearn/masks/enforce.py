@@ -316,12 +316,17 @@ def _fusable(layer: nn.Module, base: nn.Module, x: torch.Tensor, active: list[st
                for ad in active)
 
 
-def enforce_mask(model: nn.Module, mask: WeightMask, trained_adapter: bool = False) -> MaskEnforcer:
+def enforce_mask(model: nn.Module, mask: WeightMask, trained_adapter: bool = False,
+                 optimizer: torch.optim.Optimizer | None = None) -> MaskEnforcer:
     """Validate `mask` against `model` and install the enforcement (see the module docstring).
-    Call before the optimizer is built, then `attach_optimizer(optimizer)`. `trained_adapter`:
-    the LoRA adapter was already trained under this mask (reloading a saved run), so its update
-    is not required to start at zero and nothing needs to be trainable."""
-    return MaskEnforcer(model, mask, trained_adapter).build()
+    Call before the optimizer is built and pass it later to `attach_optimizer`, or pass an
+    existing `optimizer` here: frozen entries are restored after each of its steps.
+    `trained_adapter`: the LoRA adapter was already trained under this mask (reloading a saved
+    run), so its update is not required to start at zero and nothing needs to be trainable."""
+    enforcer = MaskEnforcer(model, mask, trained_adapter).build()
+    if optimizer is not None:
+        enforcer.attach_optimizer(optimizer)
+    return enforcer
 
 
 def attach_mask(trainer, mask: WeightMask) -> MaskEnforcer:

@@ -52,8 +52,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from llm_unlearn.console import sub_progress
+from llm_unlearn.distributed import all_reduce_sum_, rank_and_world
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.masks.weight_mask import base_param_name, is_lora_param
 
@@ -74,14 +76,7 @@ class Target:
 
 
 def _linear_types() -> tuple[type, ...]:
-    types: list[type] = [nn.Linear]
-    try:
-        from transformers.pytorch_utils import Conv1D
-
-        types.append(Conv1D)
-    except ImportError:  # pragma: no cover
-        pass
-    return tuple(types)
+    return (nn.Linear, Conv1D)
 
 
 def find_targets(model: nn.Module, target_modules: str | None = None) -> list[Target]:
@@ -197,8 +192,6 @@ def accumulate_gradients(model: nn.Module, targets: list[Target], loader: Iterab
     finally:
         for h in handles:
             h.remove()
-    from llm_unlearn.distributed import all_reduce_sum_, rank_and_world
-
     if rank_and_world()[1] > 1:
         # several processes, each over its shard of the data: the sums and batch counts add up to
         # those of one process over all of it (reduced before any non-linear score is taken)
@@ -237,8 +230,6 @@ def _input_norms(model: nn.Module, targets: list[Target], loader: Iterable, prog
     finally:
         for h in handles:
             h.remove()
-    from llm_unlearn.distributed import all_reduce_sum_
-
     all_reduce_sum_([s for s in sumsq.values() if s is not None])  # every rank's shard of the forget set
     if n == 0:
         raise UnlearnError("wanda: the forget loader yielded no batch")

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from llm_unlearn.errors import UnlearnError
 
@@ -163,23 +165,9 @@ class WeightMask(Mapping[str, torch.Tensor]):
                     f"mask parameter '{name}' has shape {self.param_shapes[name]} but the model's is {logical_shape(p)}"
                 )
 
-    # enforcement
-    def apply(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None):
-        """Enforce the mask on `model` (full weights or PEFT LoRA); returns the `MaskEnforcer`.
-        Pass the optimizer (or call `.attach_optimizer` later) so frozen entries are restored after
-        each step. See `llm_unlearn.masks.enforce`."""
-        from llm_unlearn.masks.enforce import enforce_mask
-
-        enforcer = enforce_mask(model, self)
-        if optimizer is not None:
-            enforcer.attach_optimizer(optimizer)
-        return enforcer
-
     # files
     def save(self, path: str | Path) -> Path:
         """Bit-packed safetensors file; names, shapes and `meta` in its metadata."""
-        from safetensors.torch import save_file
-
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensors = {}
@@ -198,8 +186,6 @@ class WeightMask(Mapping[str, torch.Tensor]):
 
     @classmethod
     def load(cls, path: str | Path) -> WeightMask:
-        from safetensors import safe_open
-
         path = Path(path)
         if not path.is_file():
             raise UnlearnError(f"mask file not found: {path}")

@@ -28,6 +28,9 @@ import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
 from llm_unlearn.errors import UnlearnError
 
 SEQUENCE_METHODS = ("cyclic", "bipartite")
@@ -98,9 +101,6 @@ def cyclic_sequences(num_slices: int, num_sequences: int, rng: random.Random) ->
 
 def bipartite_sequences(num_slices: int, num_sequences: int, rng: random.Random) -> list[list[int]]:
     """B sequences, each a min-cost matching of slices to positions (see module docstring)."""
-    import numpy as np
-    from scipy.optimize import linear_sum_assignment
-
     L = num_slices
     at = np.zeros((L, L))  # at[s, p]: times slice s sat at position p
     before = np.zeros((L, L))  # before[s, p]: times slice s sat at a position < p

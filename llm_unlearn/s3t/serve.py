@@ -16,11 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from peft import PeftModel, get_peft_model_state_dict
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.s3t.train import file_sha256, load_base, load_run, weights_sha256
-from llm_unlearn.trainers.losses import cache_kwarg, output_cache
+from llm_unlearn.scoring import cache_kwarg, output_cache
 
 IGNORE_INDEX = -100
 
@@ -42,8 +43,6 @@ class S3TEnsemble(torch.nn.Module):
     # -- loading ---------------------------------------------------------------------------
     def reload(self) -> dict[int, dict]:
         """Re-read the ledger's serving state and (re)load adapters whose served stage changed."""
-        from peft import PeftModel
-
         snapshot = {s: v for s, v in self.ledger.serving().items() if v["status"] == "serving"}
         for shard, info in snapshot.items():
             if self.served.get(shard, {}).get("stage_id") == info["stage_id"]:
@@ -72,8 +71,6 @@ class S3TEnsemble(torch.nn.Module):
 
     def adapter_state(self, shard: int) -> dict[str, torch.Tensor]:
         """The adapter weights shard `shard` serves right now (keys as in its checkpoint file)."""
-        from peft import get_peft_model_state_dict
-
         if shard not in self.served:
             raise UnlearnError(f"shard {shard} is not serving")
         return get_peft_model_state_dict(self.peft, adapter_name=f"shard{shard}")

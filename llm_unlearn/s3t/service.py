@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+from safetensors.torch import load_file
+
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.s3t.ledger import DeletionHook, DeletionResult, ShardStatus
 from llm_unlearn.s3t.train import file_sha256, load_run, reproduce_stage, retrain_shards, weights_sha256
@@ -34,8 +36,6 @@ def verify_run(run_dir: str | Path, reproduce: bool = False) -> dict:
     """Check exactness of what is served: no served stage saw a deleted sample; every served
     checkpoint file matches its recorded sha256; with `reproduce`, each served prefix is retrained
     from scratch and must match the checkpoint bit for bit. Raises UnlearnError on a violation."""
-    from safetensors.torch import load_file
-
     run_dir = Path(run_dir)
     ledger, *_ = load_run(run_dir)
     overlap = ledger.active_deleted_overlap()

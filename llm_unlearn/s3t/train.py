@@ -22,9 +22,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file
 
+from llm_unlearn import __version__
 from llm_unlearn.console import TrainerLogFile, format_loss, stage_bar
-from llm_unlearn.errors import UnlearnError
+from llm_unlearn.data.qa import QACollator, encode_qa
+from llm_unlearn.data.tofu import is_local_source, load_tofu
+from llm_unlearn.errors import DivergenceError, UnlearnError
+from llm_unlearn.models import build_tiny, load_model, load_tokenizer, resolve_model_path
+from llm_unlearn.runinfo import data_hash, read_manifest, write_manifest
 from llm_unlearn.s3t.ledger import DeletionLedger, StageRecord
 from llm_unlearn.s3t.plan import S3TPlan, make_plan
 
@@ -115,10 +122,6 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
 
     Returns the PEFT model (base is deep-copied, never modified) holding adapters for blocks 1..stage.
     """
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-
-    from llm_unlearn.data.qa import QACollator, encode_qa
-
     layers = [li for block in blocks[:stage] for li in block]
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
                         target_modules=lora_targets(base_model, layers), task_type="CAUSAL_LM")
@@ -160,8 +163,6 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
             batch = {k: v.to(model.device) for k, v in batch.items()}
             loss = model(**batch).loss
             if not torch.isfinite(loss):
-                from llm_unlearn.errors import DivergenceError
-
                 raise DivergenceError(f"stage {stage}: non-finite loss at step {step}; lower --lr")
             loss.backward()
             optim.step()
@@ -174,8 +175,6 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:
-    from peft import get_peft_model_state_dict
-
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
 
 
@@ -183,8 +182,6 @@ def adapter_state(model) -> dict[str, torch.Tensor]:
 def train_sequence(run_dir: Path, ledger: DeletionLedger, base_model, tokenizer, plan: S3TPlan, cfg: S3TConfig,
                    shard: int, sequence: int, generation: int, progress=None) -> list[StageRecord]:
     """Train stages 1..L of one slice order, writing and recording a checkpoint after each."""
-    from safetensors.torch import load_file
-
     order = ledger.sequence_orders(shard)[sequence]
     previous = None
     records = []
@@ -226,8 +223,6 @@ def train_sequence(run_dir: Path, ledger: DeletionLedger, base_model, tokenizer,
 
 # -- a run ------------------------------------------------------------------------------------
 def _load_rows(cfg: S3TConfig) -> list[dict]:
-    from llm_unlearn.data.tofu import load_tofu
-
     ds = load_tofu(cfg.split, cfg.data)
     n = len(ds) if cfg.max_items is None else min(len(ds), cfg.max_items)
     return [{"sample_id": f"{cfg.split}:{i}", "question": ds[i]["question"], "answer": ds[i]["answer"]}
@@ -236,9 +231,6 @@ def _load_rows(cfg: S3TConfig) -> list[dict]:
 
 def _base_model(cfg: S3TConfig, run_dir: Path):
     """Build or load the base; a tiny base is saved into the run directory (it is random)."""
-    from llm_unlearn.data.tofu import is_local_source
-    from llm_unlearn.models import build_tiny, load_model, load_tokenizer, resolve_model_path
-
     if cfg.model == "tiny":
         if not is_local_source(cfg.data):
             raise UnlearnError("the tiny model needs a local --data directory (its tokenizer is trained on it)")
@@ -255,9 +247,6 @@ def _base_model(cfg: S3TConfig, run_dir: Path):
 
 def train_s3t(cfg: S3TConfig) -> Path:
     """Plan, train every shard × sequence × stage, fill the ledger, publish. `cfg.output` must be prepared."""
-    from llm_unlearn import __version__
-    from llm_unlearn.runinfo import data_hash, write_manifest
-
     run_dir = Path(cfg.output)
     rows = _load_rows(cfg)
     torch.manual_seed(cfg.seed)
@@ -284,8 +273,6 @@ def train_s3t(cfg: S3TConfig) -> Path:
 
 def load_run(run_dir: str | Path) -> tuple[DeletionLedger, S3TPlan, S3TConfig, dict]:
     """Open a run directory, refusing one written by another S3T format version."""
-    from llm_unlearn.runinfo import read_manifest
-
     run_dir = Path(run_dir)
     ledger = DeletionLedger.open(run_dir)
     manifest = read_manifest(run_dir)
@@ -310,8 +297,6 @@ def tokenizer_path(run_dir: str | Path, manifest: dict) -> str:
 
 
 def load_base(run_dir: str | Path, manifest: dict, dtype: str = "float32"):
-    from llm_unlearn.models import load_model, load_tokenizer
-
     return (load_model(base_model_path(run_dir, manifest), dtype=dtype),
             load_tokenizer(tokenizer_path(run_dir, manifest)))
 

@@ -5,19 +5,19 @@ method. `METHODS` maps a method name to ``(TrainerClass, ConfigClass)``; to add 
 from __future__ import annotations
 
 from llm_unlearn.errors import UnlearnError
+from llm_unlearn.scoring import per_item_nll, sequence_logprobs
 from llm_unlearn.trainers.base import (
     RetainRegularisedConfig,
     UnlearnCollator,
     UnlearnConfig,
     UnlearnTrainer,
-    add_reference_logprobs,
     batch_counts,
 )
 from llm_unlearn.trainers.grad_ascent import GradAscentConfig, GradAscentTrainer
 from llm_unlearn.trainers.grad_diff import GradDiffConfig, GradDiffTrainer
 from llm_unlearn.trainers.idk_dpo import IdkDPOConfig, IdkDPOTrainer
-from llm_unlearn.trainers.losses import per_item_nll, sequence_logprobs
 from llm_unlearn.trainers.npo import NPOConfig, NPOTrainer
+from llm_unlearn.trainers.reference import add_reference_logprobs, sharded_reference_logprobs
 from llm_unlearn.trainers.rmu import RMUConfig, RMUTrainer
 from llm_unlearn.trainers.simnpo import SimNPOConfig, SimNPOTrainer
 
@@ -43,5 +43,5 @@ __all__ = [
     "METHODS", "GradAscentConfig", "GradAscentTrainer", "GradDiffConfig", "GradDiffTrainer", "IdkDPOConfig",
     "IdkDPOTrainer", "NPOConfig", "NPOTrainer", "RMUConfig", "RMUTrainer", "RetainRegularisedConfig",
     "SimNPOConfig", "SimNPOTrainer", "UnlearnCollator", "UnlearnConfig", "UnlearnTrainer", "add_reference_logprobs",
-    "batch_counts", "get_method", "per_item_nll", "sequence_logprobs",
+    "batch_counts", "get_method", "per_item_nll", "sequence_logprobs", "sharded_reference_logprobs",
 ]

@@ -37,26 +37,29 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from datasets import Dataset
+from accelerate.utils import DistributedType
+from peft import PeftModel
 from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
 
+from llm_unlearn import masks
 from llm_unlearn.data.pairing import PairedCollator
 from llm_unlearn.data.qa import check_tokenizer
 from llm_unlearn.errors import DivergenceError, UnlearnError
 from llm_unlearn.perf import own_trainable_weights
-from llm_unlearn.trainers.callbacks import attach_console
-from llm_unlearn.trainers.losses import (
+from llm_unlearn.scoring import (
     IGNORE_INDEX,
     answer_logits,
-    kl_per_token,
     model_logits,
     sequence_logprobs,
     sequence_logprobs_from_logits,
 )
+from llm_unlearn.trainers.callbacks import attach_console
+from llm_unlearn.trainers.losses import kl_per_token
+from llm_unlearn.trainers.reference import QA_KEYS, add_reference_logprobs, sharded_reference_logprobs
 
 logger = logging.getLogger(__name__)
 
-QA_KEYS = ("input_ids", "attention_mask", "labels")
 RETAIN_LOSS_TYPES = ("nll", "kl")
 
 
@@ -102,10 +105,6 @@ class RetainRegularisedConfig(UnlearnConfig):
 
 
 def is_peft_model(model) -> bool:
-    try:
-        from peft import PeftModel
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return False
     return isinstance(model, PeftModel)
 
 
@@ -139,38 +138,7 @@ class UnlearnCollator(PairedCollator):
         return batch
 
 
-@torch.no_grad()
-def add_reference_logprobs(model, dataset: Dataset, tokenizer, prefix: str = "", batch_size: int = 8) -> Dataset:
-    """Add column ``{prefix}ref_logprob``: Σ log π(y|x) of the model as it is now (eval mode).
-
-    Used with full weights, before training, so no frozen copy is needed for NPO / DPO."""
-    from torch.utils.data import DataLoader
-
-    from llm_unlearn.data.qa import QACollator
-
-    cols = [f"{prefix}{k}" for k in QA_KEYS]
-    missing = [c for c in cols if c not in dataset.column_names]
-    if missing:
-        raise UnlearnError(f"dataset has no column(s) {', '.join(missing)} to score for the reference")
-    view = dataset.select_columns(cols).rename_columns({f"{prefix}{k}": k for k in QA_KEYS}) if prefix else dataset.select_columns(cols)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    values: list[float] = []
-    for batch in DataLoader(view, batch_size=batch_size, collate_fn=QACollator(tokenizer)):
-        batch = {k: v.to(device) for k, v in batch.items()}
-        s, _ = sequence_logprobs(model, batch)
-        values.extend(s.double().tolist())
-    model.train(was_training)
-    column = f"{prefix}ref_logprob"
-    if column in dataset.column_names:
-        dataset = dataset.remove_columns(column)
-    return dataset.add_column(column, values)
-
-
 def last_checkpoint(output_dir: str | None) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
     if output_dir and os.path.isdir(output_dir):
         return get_last_checkpoint(output_dir)
     return None
@@ -217,11 +185,7 @@ class UnlearnTrainer(Trainer):
         # one bar with step and loss; log dicts to <output_dir>/trainer_log.jsonl (llm_unlearn.console)
         self.console = attach_console(self, f"unlearn {self.method}", self.args.output_dir)
         if weight_mask is not None:
-            try:
-                from llm_unlearn.masks import attach_mask
-            except ImportError:
-                raise UnlearnError("masks not available (llm_unlearn.masks is not installed)") from None
-            attach_mask(self, weight_mask)
+            masks.attach_mask(self, weight_mask)
 
     # ---- what a method overrides -------------------------------------------------------
 
@@ -247,8 +211,6 @@ class UnlearnTrainer(Trainer):
             if f"{prefix}ref_logprob" in forget.column_names:
                 continue
             if self.accelerator.num_processes > 1:
-                from llm_unlearn.distributed import sharded_reference_logprobs
-
                 # each rank scores 1/N of the items; every rank gets the whole column
                 forget = sharded_reference_logprobs(self.model, forget, self.processing_class, prefix=prefix,
                                                     batch_size=self.args.per_device_train_batch_size)
@@ -320,8 +282,6 @@ class UnlearnTrainer(Trainer):
         """``split_backward`` applies: a training forward with a graph, and a backend where two
         backward calls per micro-batch are plain gradient accumulation (not DeepSpeed, whose
         engine counts backward calls, nor DataParallel, which averages the returned loss)."""
-        from accelerate.utils import DistributedType
-
         return (bool(getattr(self.args, "split_backward", False)) and model.training and loss.requires_grad
                 and self.accelerator.distributed_type != DistributedType.DEEPSPEED and self.args.n_gpu <= 1)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from llm_unlearn.scoring import sequence_logprobs
 from llm_unlearn.trainers.base import RetainRegularisedConfig, UnlearnTrainer
-from llm_unlearn.trainers.losses import sequence_logprobs
 
 
 @dataclass

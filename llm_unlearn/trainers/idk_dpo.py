@@ -12,9 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_unlearn.data.qa import encode_qa
+from llm_unlearn.data.tofu import read_refusals
 from llm_unlearn.errors import UnlearnError
+from llm_unlearn.scoring import sequence_logprobs
 from llm_unlearn.trainers.base import QA_KEYS, RetainRegularisedConfig, UnlearnTrainer
-from llm_unlearn.trainers.losses import dpo_loss, sequence_logprobs
+from llm_unlearn.trainers.losses import dpo_loss
 
 
 @dataclass
@@ -55,8 +57,6 @@ class IdkDPOTrainer(UnlearnTrainer):
         if "idk_input_ids" in forget.column_names:
             return
         if self.refusals is None:
-            from llm_unlearn.data.tofu import read_refusals
-
             self.refusals = read_refusal_file(self.args.refusals_file) if self.args.refusals_file else read_refusals(None)
         if not self.refusals:
             raise UnlearnError("idk_dpo: the refusal list is empty")

@@ -11,8 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llm_unlearn.errors import UnlearnError
+from llm_unlearn.scoring import sequence_logprobs
 from llm_unlearn.trainers.base import RetainRegularisedConfig, UnlearnTrainer
-from llm_unlearn.trainers.losses import npo_loss, sequence_logprobs
+from llm_unlearn.trainers.losses import npo_loss
 
 
 @dataclass

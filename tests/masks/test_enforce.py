@@ -154,7 +154,7 @@ def test_row_mask_on_full_weights_with_plain_adamw():
     mask = select_mask({"0.weight": torch.rand(5, 6), "1.weight": torch.rand(4, 5)}, 0.5, "per_layer", "row")
     start = {n: p.detach().clone() for n, p in model.named_parameters()}
     opt = torch.optim.AdamW(model.parameters(), lr=0.1, weight_decay=0.5)
-    mask.apply(model, opt)
+    enforce_mask(model, mask, optimizer=opt)
     for _ in range(3):
         model(torch.randn(3, 6)).pow(2).sum().backward()
         opt.step()

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from llm_unlearn.distributed import evaluate_sharded
+from llm_unlearn.eval import evaluate_sharded
 from llm_unlearn.models import load_model, load_tokenizer
 
 model_dir, data, out, max_items = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])

@@ -1,4 +1,4 @@
-"""`llm_unlearn.distributed.evaluate_sharded` on 2 CPU processes (torchrun, gloo) gives every rank
+"""`llm_unlearn.eval.evaluate_sharded` on 2 CPU processes (torchrun, gloo) gives every rank
 the per-item values one process computes with `evaluate_model`, in item order, and the same
 aggregates.
 

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from llm_unlearn.scoring import sequence_logprobs_from_logits
 from llm_unlearn.trainers.losses import (
     dpo_loss,
     kl_per_token,
     npo_loss,
-    sequence_logprobs_from_logits,
     simnpo_loss,
 )
 
@@ -115,7 +115,7 @@ def test_answer_logits_trim_the_prompt_and_keep_the_logprobs(tiny_model, tiny_to
     from peft import LoraConfig, get_peft_model
 
     from llm_unlearn.data.qa import QACollator, encode_qa
-    from llm_unlearn.trainers.losses import answer_logits, model_logits, sequence_logprobs
+    from llm_unlearn.scoring import answer_logits, model_logits, sequence_logprobs
 
     pairs = [("Who wrote the red book?", "Anna Berg wrote it in 1999."),
              ("Where was the long-named author with many titles born?", "In Oslo.")]

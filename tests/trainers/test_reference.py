@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-from llm_unlearn.trainers.losses import model_logits, sequence_logprobs
+from llm_unlearn.scoring import model_logits, sequence_logprobs
 
 
 def test_lora_disabled_adapters_equal_base_exactly(make_trainer, load_target):
