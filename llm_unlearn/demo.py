@@ -210,7 +210,7 @@ def _run_stages(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]:
                                                        "forget_probability", "forget_truth_ratio")},
                      "time_s": round(read_manifest(out / n).get("run_time_s", 0.0), 1)})
     table = _print_table(rows)
-    notes = row_notes(rows, cfg, read_manifest(out / "s3t_deleted").get("deletion"))
+    notes = row_notes(rows, cfg)
     summary = {
         "config": asdict(cfg), "data": str(data), "rows": rows,
         "forget_quality": {r["run"]: r["forget_quality"] for r in rows},
@@ -238,17 +238,16 @@ def _run_stages(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]:
 COLLAPSE_MU_RATIO = 0.5
 
 
-def row_notes(rows: list[dict[str, Any]], cfg: DemoConfig, deletion: dict[str, Any] | None = None) -> dict[str, str]:
-    """One line per row of the demo's table saying what the row is and how to read its numbers."""
+def row_notes(rows: list[dict[str, Any]], cfg: DemoConfig) -> dict[str, str]:
+    """One short line per row of the demo's table: what the row is and how to read its numbers."""
     mu = {r["run"]: r.get("model_utility") for r in rows}
     target_mu = mu.get("target")
     known = {
         "target": "finetuned on every author: the model to unlearn; its FQ is the floor to beat",
-        "retain": f"finetuned without the {cfg.forget_split} authors: the single retain model that FQ compares "
-                  "every row with (1.0 by definition)",
-        "graddiff": "approximate: GradDiff over LoRA (ascent on the forget set, descent on the retain set)",
+        "retain": f"finetuned without the {cfg.forget_split} authors: every row's FQ is measured against it",
+        "graddiff": "approximate: GradDiff over LoRA (ascent on forget, descent on retain)",
         "npo": f"approximate: NPO + retain term over LoRA (beta {cfg.npo_beta:g})",
-        "npo_wagle": f"approximate: NPO + retain term, only the {cfg.wagle_ratio:.0%} of weights WAGLE selects may change",
+        "npo_wagle": f"approximate: NPO + retain term; only the {cfg.wagle_ratio:.0%} of weights WAGLE picks change",
     }
     notes: dict[str, str] = {}
     for row in rows:
@@ -256,23 +255,16 @@ def row_notes(rows: list[dict[str, Any]], cfg: DemoConfig, deletion: dict[str, A
         approximate = name not in ("target", "retain")
         if name == "s3t_deleted":
             approximate = False
-            done = ""
-            if deletion:
-                retrained = deletion.get("retrained_shards") or []
-                done = (f" ({deletion.get('samples')} samples; "
-                        + (f"shards {retrained} retrained without them" if retrained else "no shard retrained") + ")")
-            note = (f"exact: S3T switched off every stage that saw the {cfg.forget_split} authors{done}. It is a "
-                    "LoRA ensemble, not the retain model, so its FQ measures resemblance to that other model, "
-                    "not exactness; the ledger proves exactness (llm-unlearn s3t verify)")
+            note = (f"exact: no served stage saw {cfg.forget_split} (s3t verify); FQ compares a LoRA ensemble "
+                    "with the retain model, not exactness")
         elif "reference" in name or "retrain" in name:
             approximate = False
-            note = "exact-retrain reference: the same pipeline trained from scratch without the forget authors"
+            note = "exact-retrain reference: the same pipeline trained without the forget authors"
         else:
             note = known.get(name, "")
         value = mu.get(name)
         if approximate and value is not None and target_mu and value < COLLAPSE_MU_RATIO * target_mu:
-            note += (f". COLLAPSED: utility {value:.3f} vs the target's {target_mu:.3f}; it forgets by no longer "
-                     "answering anything, so its FQ is no success")
+            note += f"; COLLAPSED: MU {value:.3f} vs target {target_mu:.3f}, so FQ means nothing"
         notes[name] = note
     return notes
 

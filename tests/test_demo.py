@@ -73,15 +73,14 @@ def test_row_notes_flag_a_collapse_and_the_exact_row():
     rows = [{"run": "target", "model_utility": 0.867}, {"run": "retain", "model_utility": 0.85},
             {"run": "graddiff", "model_utility": 0.0}, {"run": "npo", "model_utility": 0.83},
             {"run": "s3t_deleted", "model_utility": 0.37}, {"run": "s3t_retrain_reference", "model_utility": 0.4}]
-    notes = row_notes(rows, DemoConfig(), {"samples": 20, "retrained_shards": [0, 1]})
+    notes = row_notes(rows, DemoConfig())
     assert list(notes) == [r["run"] for r in rows]
     assert "COLLAPSED" in notes["graddiff"] and "0.000" in notes["graddiff"]
     # utility below half the target's: a collapse for an approximate method, not for the exact rows
     assert not any("COLLAPSED" in notes[r] for r in ("target", "npo", "s3t_deleted", "s3t_retrain_reference"))
     assert "exact" in notes["s3t_deleted"] and "retain model" in notes["s3t_deleted"]
-    assert "shards [0, 1] retrained" in notes["s3t_deleted"]
     assert "exact-retrain reference" in notes["s3t_retrain_reference"]
-    assert all("\n" not in n and n for n in notes.values())
+    assert all("\n" not in n and n and len(n) <= 120 for n in notes.values())
 
 
 def test_unlearned_runs_forget_better_than_target(demo_dir):
