@@ -245,7 +245,7 @@ def row_notes(rows: list[dict[str, Any]], cfg: DemoConfig) -> dict[str, str]:
     known = {
         "target": "finetuned on every author: the model to unlearn; its FQ is the floor to beat",
         "retain": f"finetuned without the {cfg.forget_split} authors: every row's FQ is measured against it",
-        "graddiff": "approximate: GradDiff over LoRA (ascent on forget, descent on retain)",
+        "graddiff": "approximate: GradDiff over LoRA (forget ascent, retain descent)",
         "npo": f"approximate: NPO + retain term over LoRA (beta {cfg.npo_beta:g})",
         "npo_wagle": f"approximate: NPO + retain term; only the {cfg.wagle_ratio:.0%} of weights WAGLE picks change",
     }
