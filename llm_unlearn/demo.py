@@ -264,7 +264,7 @@ def row_notes(rows: list[dict[str, Any]], cfg: DemoConfig) -> dict[str, str]:
             note = known.get(name, "")
         value = mu.get(name)
         if approximate and value is not None and target_mu and value < COLLAPSE_MU_RATIO * target_mu:
-            note += f"; COLLAPSED: MU {value:.3f} vs target {target_mu:.3f}, so FQ means nothing"
+            note += f"; COLLAPSED: MU {value:.3f} vs target {target_mu:.3f}: FQ means nothing"
         notes[name] = note
     return notes
 
