@@ -279,7 +279,7 @@ _PARALLEL: dict[str, Any] = {}
 _RUN_COST = {("lora", "none"): 1.9, ("lora", "masked"): 2.5, ("full", "none"): 2.0, ("full", "masked"): 2.3}
 
 
-_PER_RUN_SETTINGS = ("threads", "epochs", "lr_full", "lr_lora", "optim")
+_PER_RUN_SETTINGS = ("threads", "epochs", "lr_full", "lr_lora", "optim", "optim_in_backward")
 DEFAULT_EPOCHS, DEFAULT_LR = 3.0, {"full": 4e-5, "lora": 6e-4}
 
 
@@ -293,6 +293,8 @@ def _run_name(method: str, mask: str, mode: str, args) -> str:
         name += f"_ep{args.epochs:g}"
     if args.optim:
         name += f"_{args.optim}"
+    if args.optim_in_backward:
+        name += "_inbwd"
     return name
 
 
@@ -372,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--optim", default=None,
                    help="optimizer of the unlearning runs (TrainingArguments.optim, e.g. adafactor: no AdamW moments; "
                         "default: the Trainer's AdamW)")
+    p.add_argument("--optim-in-backward", action="store_true",
+                   help="unlearning runs update each weight inside backward (optim_in_backward; per-parameter clipping)")
     p.add_argument("--mask-ratio", type=float, default=0.5, help="fraction of weights a mask lets change")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--ft-epochs", type=float, default=3.0, help="finetuning epochs (target and retain)")
@@ -429,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {
         "model": args.model, "data_source": str(args.data), "authors": args.authors, "forget_split": FORGET_SPLIT,
         "retain_split": RETAIN_SPLIT, "epochs": args.epochs, "batch_size": args.batch_size, "lr_full": args.lr_full,
-        "lr_lora": args.lr_lora, "optim": args.optim, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r,
+        "lr_lora": args.lr_lora, "optim": args.optim, "optim_in_backward": args.optim_in_backward, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r,
         "mask_ratio": args.mask_ratio,
         "method_hyperparameters": {m: METHODS[m][1] for m in methods}, "warmup_steps": 0, "seed": args.seed,
         "finetune": {"epochs": args.ft_epochs, "lr": args.ft_lr, "batch_size": args.ft_batch_size,
@@ -533,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
                      "logging_steps": 5, "disable_tqdm": args.no_progress, **hyper}
         if args.optim:  # default-optimizer runs keep their stamps (and cached results) as before
             overrides["optim"] = args.optim
+        if args.optim_in_backward:
+            overrides["optim_in_backward"] = True
         stamp = {"target": str(model_dirs["target"]), "overrides": overrides, "mask": str(masks_files.get(mask)),
                  "mode": mode,
                  "mask_ratio": args.mask_ratio, "lora_r": args.lora_r, **eval_settings}

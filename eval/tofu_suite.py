@@ -28,7 +28,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from llm_unlearn.runinfo import prepare_output_dir, read_manifest  # noqa: E402
+from llm_unlearn.outputs import staged_dir  # noqa: E402
+from llm_unlearn.runinfo import read_manifest  # noqa: E402
 
 
 def _update_manifest(run_dir: Path, **fields) -> None:
@@ -48,19 +49,28 @@ def _finetune(args, split: str, out: Path) -> None:
     finetune(cfg)
 
 
-def _unlearn(args, method: str, target: Path, out: Path) -> None:
+def unlearn_overrides(args) -> dict:
+    """The config fields of every unlearning run: the suite's defaults (tiny: learning rate 1e-3),
+    then the user's ``--lr`` and ``--set FIELD=VALUE``, which win."""
     import yaml
-
-    from llm_unlearn.unlearn import run_unlearning
 
     overrides = {"num_train_epochs": args.epochs}
     if args.model == "tiny":
         overrides["learning_rate"] = 1e-3
+    if args.lr is not None:
+        overrides["learning_rate"] = args.lr
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise SystemExit(f"error: --set expects FIELD=VALUE, got '{item}'")
         overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def _unlearn(args, method: str, target: Path, out: Path) -> None:
+    from llm_unlearn.unlearn import run_unlearning
+
+    overrides = unlearn_overrides(args)
     _, result = run_unlearning(model=str(target), data=str(args.data), output=out, method=method,
                                forget_split=args.forget_split, overrides=overrides, overwrite=True)
     nll = result["nll"]
@@ -105,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--forget-split", default="forget10")
     p.add_argument("--methods", default="grad_ascent,grad_diff,npo", help="comma-separated unlearning methods")
     p.add_argument("--epochs", type=float, default=5.0, help="unlearning epochs over the forget set (default 5)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="unlearning learning rate (default: the method's; 1e-3 for the tiny model)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="set a field of the methods' configs (value parsed as YAML), e.g. --set alpha=1.0")
     p.add_argument("--target", default=None, help="reuse this finetuned target run directory")
@@ -117,10 +129,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
 
+    with staged_dir(args.output, args.overwrite, [args.data, args.target, args.retain]) as stage:
+        rc = _run_suite(args, stage.path)
+    print(f"report: {stage.final / 'report' / 'report.html'}")
+    return rc
+
+
+def _run_suite(args, out: Path) -> int:
     from llm_unlearn.data.tofu import matching_retain_split
     from llm_unlearn.eval.report import build_report
 
-    out = prepare_output_dir(args.output, args.overwrite)
     if args.data is None:
         from llm_unlearn.data.synthetic import generate, write_splits
 
@@ -155,11 +173,12 @@ def main(argv: list[str] | None = None) -> int:
     for run, ok in unlearned:
         if ok:
             _timed(steps, f"eval {run.name}", _evaluate, args, run, retain_eval)
-    paths = build_report([retain, target] + [r for r, _ in unlearned], out / "report",
-                         title=f"TOFU suite: {args.model} on {Path(str(args.data)).name} ({args.forget_split})")
+    build_report([retain, target] + [r for r, _ in unlearned], out / "report",
+                 title=f"TOFU suite: {args.model} on {Path(str(args.data)).name} ({args.forget_split})")
     (out / "suite.json").write_text(json.dumps(record, indent=2) + "\n")
     failed = [k for k, v in steps.items() if not v["ok"]]
-    print(f"report: {paths['html']}" + (f"\nfailed steps: {', '.join(failed)}" if failed else ""))
+    if failed:
+        print(f"failed steps: {', '.join(failed)}")
     return 1 if failed else 0
 
 

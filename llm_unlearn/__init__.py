@@ -29,6 +29,10 @@ _EXPORTS = {
     "METHODS": "llm_unlearn.trainers",
     "UnlearnTrainer": "llm_unlearn.trainers",
     "run_unlearning": "llm_unlearn.unlearn",
+    "OptimizerInBackward": "llm_unlearn.optim",
+    # memory planning
+    "estimate_memory": ("llm_unlearn.memory", "estimate"),
+    "MemoryEstimate": "llm_unlearn.memory",
     # masks
     "WeightMask": "llm_unlearn.masks",
     "compute_mask": "llm_unlearn.masks",
@@ -37,6 +41,8 @@ _EXPORTS = {
     "evaluate_model": "llm_unlearn.eval.evaluator",
     "load_for_eval": "llm_unlearn.eval.loading",
     "build_report": "llm_unlearn.eval.report",
+    "run_attacks": "llm_unlearn.eval.attacks",
+    "AttackConfig": "llm_unlearn.eval.attacks",
     # S3T
     "DeletionLedger": "llm_unlearn.s3t.ledger",
     "load_s3t_model": "llm_unlearn.s3t.serve",

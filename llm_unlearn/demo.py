@@ -33,7 +33,8 @@ from llm_unlearn.eval.logs import compute_summary, read_logs
 from llm_unlearn.eval.report import build_report
 from llm_unlearn.finetune import FinetuneConfig, finetune
 from llm_unlearn.models import resolve_model_path
-from llm_unlearn.runinfo import prepare_output_dir, read_manifest
+from llm_unlearn.outputs import staged_dir
+from llm_unlearn.runinfo import read_manifest
 from llm_unlearn.s3t.serve import load_s3t_model
 from llm_unlearn.s3t.service import delete_samples, retrain
 from llm_unlearn.s3t.train import S3TConfig, load_run, train_s3t
@@ -124,14 +125,20 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
 
     if cfg.data is not None and not is_local_source(cfg.data):
         raise UnlearnError(f"--data {cfg.data} is not a directory")
-    out = prepare_output_dir(cfg.output, overwrite)
+    inputs = [cfg.data, None if cfg.model in ("tiny", "smollm2") else cfg.model]
+    with staged_dir(cfg.output, overwrite, inputs) as stage:
+        # every Trainer log dict of every stage also lands in OUTPUT/trainer_log.jsonl (not on the console)
+        with extra_trainer_log(stage.path / TRAINER_LOG_FILE):
+            summary = _run_demo_into(cfg, stage.path, t_start)
+    out = stage.final
+    summary = json.loads((out / "summary.json").read_text())  # with the paths of the final place
+    print(f"\nreport: {out / 'report' / 'report.html'}  summary: {out / 'summary.json'}"
+          f"  total {summary['total_time_s']:.0f} s")
+    return summary
 
-    # every Trainer log dict of every stage also lands in OUTPUT/trainer_log.jsonl (not on the console)
-    with extra_trainer_log(out / TRAINER_LOG_FILE):
-        return _run_stages(cfg, out, t_start)
 
-
-def _run_stages(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]:
+def _run_demo_into(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]:
+    """The demo's work, written into `out` (the staging directory of `cfg.output`)."""
     retain_split = matching_retain_split(cfg.forget_split)
     timings: dict[str, float] = {}
 
@@ -228,8 +235,6 @@ def _run_stages(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]:
     print(table)
     print("\nWhat each row is:")
     print(notes_text)
-    print(f"\nreport: {report.get('html', out / 'report' / 'report.html')}  summary: {out / 'summary.json'}"
-          f"  total {summary['total_time_s']:.0f} s")
     return summary
 
 

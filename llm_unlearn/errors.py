@@ -7,3 +7,13 @@ class UnlearnError(Exception):
 
 class DivergenceError(UnlearnError):
     """Training produced a non-finite loss and was stopped."""
+
+
+class TrainingInterrupted(UnlearnError):
+    """Training was stopped by Ctrl-C (SIGINT) after saving a checkpoint; the CLI exits 130."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, checkpoint: str | None = None):
+        super().__init__(message)
+        self.checkpoint = checkpoint

@@ -8,6 +8,7 @@ The `tiny` model is built in memory (tokenizer trained on the data); with ``--lo
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,9 +19,11 @@ from trl import SFTConfig, SFTTrainer
 from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
 from llm_unlearn.data.tofu import load_tofu, qa_per_author
 from llm_unlearn.errors import UnlearnError
+from llm_unlearn.interrupt import SaveOnInterrupt, last_checkpoint
 from llm_unlearn.models import attach_lora, build_tiny, load_model, load_tokenizer
 from llm_unlearn.perf import own_trainable_weights
 from llm_unlearn.runinfo import data_hash, write_manifest
+from llm_unlearn.threads import apply_thread_policy
 from llm_unlearn.trainers.callbacks import attach_console
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,8 @@ class FinetuneConfig:
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory, ~1/3 more compute; trl's SFTConfig turns it on by default, we do not)"})
     report_to: str = field(default="none", metadata={"help": "Trainer report_to"})
     stage: str | None = field(default=None, metadata={"help": "name of the progress bar (default 'finetune SPLIT')"})
+    threads: str = field(default="auto", metadata={"help": "torch threads: auto (one for models under 10 M parameters "
+                                                   "unless OMP_NUM_THREADS is set), keep, or a number"})
 
 
 def load_train_rows(cfg: FinetuneConfig):
@@ -93,11 +98,20 @@ def build_model_for_finetune(cfg: FinetuneConfig):
     return model, tokenizer
 
 
-def finetune(cfg: FinetuneConfig, model=None, tokenizer=None) -> Path:
-    """Train and save model/adapter + tokenizer + run.json into `cfg.output` (must be prepared)."""
+def finetune(cfg: FinetuneConfig, model=None, tokenizer=None, resume_from_checkpoint: str | bool | None = None) -> Path:
+    """Train and save model/adapter + tokenizer + run.json into `cfg.output` (must be prepared).
+
+    Ctrl-C saves ``checkpoints/checkpoint-N`` and raises `TrainingInterrupted`;
+    `resume_from_checkpoint` (a checkpoint directory, or True for the last one under
+    ``cfg.output/checkpoints``) continues from it."""
+    if resume_from_checkpoint is True:
+        resume_from_checkpoint = last_checkpoint(Path(cfg.output) / "checkpoints")
+        if resume_from_checkpoint is None:
+            raise UnlearnError(f"--resume: no checkpoint in {Path(cfg.output) / 'checkpoints'}")
     split_rows, train_rows = load_train_rows(cfg)
     if model is None:
         model, tokenizer = build_model_for_finetune(cfg)
+    threads = apply_thread_policy(model, policy=cfg.threads)
     train_ds, report = tokenize_qa_dataset(train_rows, tokenizer, max_length=cfg.max_length)
     logger.info("finetune: %d items of '%s' (+%d utility), %s", len(split_rows), cfg.split,
                 len(train_rows) - len(split_rows), report)
@@ -111,20 +125,23 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None) -> Path:
         disable_tqdm=False, bf16=cfg.dtype == "bfloat16", activation_checkpointing=cfg.activation_checkpointing,
     )
     own_trainable_weights(model)  # before the optimizer: weights it writes must not be file-mapped
+    interrupt = SaveOnInterrupt()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds.remove_columns(["question", "answer"]),
-                         processing_class=tokenizer, data_collator=QACollator(tokenizer))
+                         processing_class=tokenizer, data_collator=QACollator(tokenizer), callbacks=[interrupt])
     attach_console(trainer, cfg.stage or f"finetune {cfg.split}", out)
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+    interrupt.finish(trainer)
     trainer.model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     checkpoints = out / "checkpoints"
-    if checkpoints.is_dir() and not any(checkpoints.iterdir()):
-        checkpoints.rmdir()
+    if checkpoints.is_dir():  # only Ctrl-C checkpoints live here (save_strategy "no"): done with them
+        shutil.rmtree(checkpoints)
     write_manifest(
         out, kind="finetune", model=cfg.model, data=str(cfg.data), split=cfg.split, items=len(split_rows),
         train_items=len(train_rows), data_hash=data_hash(split_rows), seed=cfg.seed, lora=cfg.lora,
         truncated=report.truncated, no_answer_left=report.no_answer_left, train_loss=result.training_loss,
-        base_model=TINY_BASE_DIR if cfg.model == "tiny" and cfg.lora else cfg.model,
+        base_model=TINY_BASE_DIR if cfg.model == "tiny" and cfg.lora else cfg.model, threads=threads,
+        resumed_from=str(resume_from_checkpoint) if resume_from_checkpoint else None,
         hyperparameters={k: v for k, v in vars(cfg).items() if k not in ("output", "stage")},
     )
     return out

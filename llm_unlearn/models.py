@@ -34,6 +34,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from llm_unlearn.checks import check_local_model
 from llm_unlearn.data import tofu
 from llm_unlearn.data.qa import check_tokenizer
 from llm_unlearn.errors import UnlearnError
@@ -149,21 +150,31 @@ def build_tiny(source, seed: int = 0, vocab_size: int = 1024, **model_kwargs):
     return build_tiny_model(tokenizer, seed=seed, **model_kwargs), tokenizer
 
 
-def resolve_model_path(spec: str) -> str:
-    """Map aliases (smollm2) to the local cache; leave directories, files and Hub ids alone."""
+def resolve_model_path(spec: str, flag: str = "--model") -> str:
+    """Map aliases (smollm2) to the local cache; a spec that exists locally or looks like a path is
+    local only (`llm_unlearn.checks.check_local_model`: "no such model directory" at once, a
+    truncated safetensors file refused); anything else is a Hub id."""
+
     spec = str(spec)
     if spec == "tiny":
         raise UnlearnError("the 'tiny' model is built from a dataset: use build_tiny(source) "
                            "or `llm-unlearn finetune --model tiny --data DIR`")
     alias = MODEL_ALIASES.get(spec.lower())
-    if alias is not None:
+    if alias is not None and not Path(spec).exists():
         path = cache_dir() / "models" / alias
         if (path / "config.json").is_file():
             return str(path)
         if spec.lower() == SMOLLM2_HUB_ID.lower():
             return spec
         raise UnlearnError(f"model '{spec}' is not fetched yet; run: llm-unlearn models fetch {alias}")
-    return spec
+    if spec.endswith(".gguf"):
+        if not Path(spec).expanduser().is_file():
+            raise UnlearnError(f"GGUF file not found: {spec}")
+        return str(Path(spec).expanduser())
+    local = check_local_model(spec, flag)
+    if local is not None and is_adapter_dir(local):
+        adapter_base_path(local)  # an adapter whose base is missing is named as such, before any loading
+    return local if local is not None else spec
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -181,14 +192,34 @@ def _dtype(dtype: str | torch.dtype | None):
         raise UnlearnError(f"unknown dtype '{dtype}' (float32, bfloat16, float16, auto)") from None
 
 
+def resolve_device(device: str | None, flag: str = "--device") -> str:
+    """`device`, or cuda when available else cpu; a device this machine lacks is a one-line error."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UnlearnError(f"{flag} {device}: not a device name (cpu, cuda, cuda:1, mps, …)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UnlearnError(f"{flag} {device}: this machine has no CUDA device "
+                               f"(torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UnlearnError(f"{flag} {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise UnlearnError(f"{flag} {device}: MPS is not available on this machine; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps", "xpu", "meta"):
+        raise UnlearnError(f"{flag} {device}: unsupported device type '{dev.type}'")
+    return device
+
+
 def load_tokenizer(spec: str, gguf_file: str | None = None):
-    path = resolve_model_path(spec)
+    local = Path(str(spec)).expanduser()
+    # a tokenizer-only directory (an S3T run's tokenizer/) is not a model directory
+    path = str(local) if local.is_dir() else resolve_model_path(spec)
     if path.endswith(".gguf"):
-        if not Path(path).is_file():
-            raise UnlearnError(f"GGUF file not found: {path}")
         tok = AutoTokenizer.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name)
     else:
-        _check_local_path(path)
         try:
             tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
         except OSError as exc:
@@ -197,23 +228,23 @@ def load_tokenizer(spec: str, gguf_file: str | None = None):
     return tok
 
 
-def _check_local_path(path: str) -> None:
-    """A path that looks local (./x, /x, a/b/c, x\\y) must exist; `org/name` may be a Hub id."""
-    looks_local = path.startswith((".", "/", "~")) or path.count("/") > 1 or os.sep != "/" and os.sep in path
-    if looks_local and not Path(path).exists():
-        raise UnlearnError(f"model directory not found: {path}")
-
-
 def adapter_base_path(adapter_dir: str | Path) -> str:
     """The base model of a PEFT adapter directory; a relative path is taken relative to the adapter
-    (finetuning the in-memory `tiny` model saves its base next to the adapter as ``base/``)."""
+    (finetuning the in-memory `tiny` model saves its base next to the adapter as ``base/``). A
+    missing local base is named as such, not reported as a broken adapter."""
     cfg_path = Path(adapter_dir) / "adapter_config.json"
-    base = json.loads(cfg_path.read_text()).get("base_model_name_or_path")
+    try:
+        base = json.loads(cfg_path.read_text()).get("base_model_name_or_path")
+    except json.JSONDecodeError as exc:
+        raise UnlearnError(f"{cfg_path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
     if not base:
         raise UnlearnError(f"{cfg_path}: field 'base_model_name_or_path' is empty; cannot find the base model")
     if not Path(base).is_absolute() and (Path(adapter_dir) / base).exists():
-        return str(Path(adapter_dir) / base)
-    return resolve_model_path(base)
+        return resolve_model_path(str(Path(adapter_dir) / base), flag=f"base model of adapter {adapter_dir}:")
+    try:
+        return resolve_model_path(base, flag=f"base model of adapter {adapter_dir}:")
+    except UnlearnError as exc:
+        raise UnlearnError(f"{exc} (base_model_name_or_path in {cfg_path})") from None
 
 
 def load_model(spec: str, dtype: str | torch.dtype | None = "float32", load_in_4bit: bool = False,
@@ -237,25 +268,40 @@ def load_model(spec: str, dtype: str | torch.dtype | None = "float32", load_in_4
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute,
             bnb_4bit_use_double_quant=True,
         )
+    what = f"model '{spec}'"
     if Path(path).is_dir() and is_adapter_dir(path):
         adapter = adapter or path
         path = adapter_base_path(path)
-    if path.endswith(".gguf"):
-        if not Path(path).is_file():
-            raise UnlearnError(f"GGUF file not found: {path}")
-        model = AutoModelForCausalLM.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name, **kwargs)
-    else:
-        _check_local_path(path)
-        try:
+        what = f"base model '{path}' of adapter {adapter}"
+    elif adapter is not None:
+        if not is_adapter_dir(adapter):
+            raise UnlearnError(f"--adapter {adapter}: not a PEFT adapter directory (no adapter_config.json)")
+        check_local_model(adapter, "--adapter")
+    try:
+        if path.endswith(".gguf"):
+            model = AutoModelForCausalLM.from_pretrained(str(Path(path).parent), gguf_file=Path(path).name, **kwargs)
+        else:
             model = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf_file, **kwargs)
-        except OSError as exc:
-            raise UnlearnError(f"cannot load model '{spec}': {str(exc).splitlines()[0]}") from None
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UnlearnError(f"cannot load {what}: {_first_line(exc)}") from None
+    except Exception as exc:  # safetensors' Rust errors are not OSError
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise UnlearnError(f"cannot load {what}: corrupt safetensors file ({_first_line(exc)})") from None
     if adapter is not None:
-        model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable_adapter)
+        try:
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=trainable_adapter)
+        except (OSError, ValueError) as exc:
+            raise UnlearnError(f"cannot load adapter {adapter}: {_first_line(exc)}") from None
         mask_file = Path(adapter) / ADAPTER_MASK_FILE
         if mask_file.is_file():
             apply_adapter_mask(model, mask_file)
     return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def apply_adapter_mask(model, mask_file: str | Path):

@@ -70,3 +70,52 @@ def own_trainable_weights(model) -> int:
             p.data = p.data.clone()
             copied += 1
     return copied
+
+
+class MallocPeak:
+    """The peak of live CPU allocations while it runs: every `interval` seconds a thread reads
+    glibc's ``mallinfo2`` (heap bytes in use + mmapped chunks, over all arenas), i.e. what has
+    been allocated and not freed, without the free memory a heap keeps (which RSS counts, and
+    `tune_allocator` keeps on purpose). `start`: the value when created; `peak`: the highest seen
+    until `stop()`; ``peak - start`` is what the code in between added at most. ``available`` is
+    False without glibc (then both stay 0). Used to check `llm_unlearn.memory` against runs."""
+
+    def __init__(self, interval: float = 0.002):
+        import ctypes
+        import threading
+
+        class MallInfo2(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                        "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+        self._info = None
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                libc.mallinfo2.restype = MallInfo2
+                self._info = libc.mallinfo2
+            except (OSError, AttributeError):
+                self._info = None
+        self.available = self._info is not None
+        self.start = self.peak = self.live()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def live(self) -> int:
+        """Bytes malloc has handed out and not got back, now."""
+        if self._info is None:
+            return 0
+        m = self._info()
+        return int(m.uordblks + m.hblkhd)
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self.peak = max(self.peak, self.live())
+
+    def stop(self) -> int:
+        """Stop sampling; returns ``peak - start``."""
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.live())
+        return self.peak - self.start

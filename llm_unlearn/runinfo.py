@@ -1,5 +1,5 @@
-"""Run directories: `run.json` manifests (what a run used: model, data, hyperparameters, versions)
-and output paths that refuse to overwrite without ``overwrite=True`` (``--overwrite``)."""
+"""Run directories: `run.json` manifests (what a run used: model, data, hyperparameters, versions).
+Output directories themselves are checked and staged by `llm_unlearn.outputs`."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import hashlib
 import importlib.metadata as md
 import json
 import platform
-import shutil
 from pathlib import Path
 from typing import Any
 
 from llm_unlearn import __version__
-from llm_unlearn.errors import UnlearnError
 
 
 def versions() -> dict[str, str]:
@@ -47,28 +45,6 @@ def read_manifest(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     return json.loads(path.read_text())
-
-
-def prepare_output_dir(path: str | Path, overwrite: bool) -> Path:
-    """Create `path`; refuse if it exists and is non-empty unless `overwrite`."""
-    out = Path(path)
-    if out.exists() and (out.is_file() or any(out.iterdir())):
-        if not overwrite:
-            raise UnlearnError(f"output {out} already exists; pass --overwrite to replace it")
-        if out.is_dir():
-            shutil.rmtree(out)
-        else:
-            out.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def prepare_output_file(path: str | Path, overwrite: bool) -> Path:
-    out = Path(path)
-    if out.exists() and not overwrite:
-        raise UnlearnError(f"output {out} already exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def write_json(path: str | Path, obj: Any) -> None:

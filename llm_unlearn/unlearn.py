@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -18,11 +19,13 @@ from torch.utils.data import DataLoader
 from transformers import TrainingArguments
 
 from llm_unlearn import masks
+from llm_unlearn.checks import check_file, check_fraction
 from llm_unlearn.console import format_loss, is_verbose, stage_bar
 from llm_unlearn.data.pairing import ForgetRetainDataset
 from llm_unlearn.data.qa import QACollator, check_tokenizer, tokenize_qa_dataset
 from llm_unlearn.data.tofu import load_tofu, matching_retain_split, read_refusals
-from llm_unlearn.errors import DivergenceError, UnlearnError
+from llm_unlearn.errors import DivergenceError, TrainingInterrupted, UnlearnError
+from llm_unlearn.interrupt import SaveOnInterrupt, last_checkpoint
 from llm_unlearn.models import (
     ADAPTER_MASK_FILE,
     attach_lora,
@@ -31,8 +34,10 @@ from llm_unlearn.models import (
     load_tokenizer,
     resolve_model_path,
 )
-from llm_unlearn.runinfo import data_hash, prepare_output_dir, write_manifest
+from llm_unlearn.outputs import check_output, staged_dir, staging_path
+from llm_unlearn.runinfo import data_hash, write_manifest
 from llm_unlearn.scoring import per_item_nll
+from llm_unlearn.threads import apply_thread_policy
 from llm_unlearn.trainers import METHODS, UnlearnConfig, get_method
 from llm_unlearn.trainers.idk_dpo import read_refusal_file
 
@@ -123,6 +128,7 @@ def _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, to
         return loaded, {"path": str(mask), **_mask_record(loaded)}
     if mask_ratio is None:
         raise UnlearnError("--mask-method needs --mask-ratio (fraction of weights that may change)")
+
     def loader(ds):
         if ds is None:
             return None
@@ -135,21 +141,29 @@ def _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, to
     return weight_mask, {"method": mask_method, "ratio": mask_ratio, **_mask_record(weight_mask)}
 
 
-def _check_mask_options(mask, mask_method, granularity, scope, gamma) -> None:
-    """Fail before any loading on mask options that cannot apply."""
+def _check_mask_options(mask, mask_method, granularity, scope, gamma, ratio=None) -> None:
+    """Fail before any loading on mask options that cannot apply (then on a missing --mask file)."""
     if mask is not None and mask_method is not None:
         raise UnlearnError("pass either a saved mask (--mask) or a mask method (--mask-method), not both")
-    if granularity is None and scope is None and gamma is None:
-        return
-    if mask_method is None:
-        raise UnlearnError("mask granularity / scope / gamma apply when computing a mask: they need --mask-method"
-                           + (" (a saved --mask already has them)" if mask is not None else ""))
-    if granularity is not None and granularity not in masks.GRANULARITIES:
-        raise UnlearnError(f"mask granularity must be one of {', '.join(masks.GRANULARITIES)}, got '{granularity}'")
-    if scope is not None and scope not in masks.SCOPES:
-        raise UnlearnError(f"mask scope must be one of {', '.join(masks.SCOPES)}, got '{scope}'")
-    if gamma is not None and not gamma > 0:
-        raise UnlearnError(f"mask gamma must be > 0, got {gamma}")
+    if ratio is not None and mask_method is None:
+        raise UnlearnError("--mask-ratio applies when computing a mask: it needs --mask-method")
+    if mask_method is not None and ratio is None:
+        raise UnlearnError("--mask-method needs --mask-ratio (fraction of weights that may change)")
+    check_fraction("--mask-ratio", ratio)
+    if mask_method is not None:
+        if mask_method not in masks.METHODS:
+            raise UnlearnError(f"--mask-method must be one of {', '.join(masks.METHODS)}, got '{mask_method}'")
+    if granularity is not None or scope is not None or gamma is not None:
+        if mask_method is None:
+            raise UnlearnError("mask granularity / scope / gamma apply when computing a mask: they need "
+                               "--mask-method" + (" (a saved --mask already has them)" if mask is not None else ""))
+        if granularity is not None and granularity not in masks.GRANULARITIES:
+            raise UnlearnError(f"mask granularity must be one of {', '.join(masks.GRANULARITIES)}, got '{granularity}'")
+        if scope is not None and scope not in masks.SCOPES:
+            raise UnlearnError(f"mask scope must be one of {', '.join(masks.SCOPES)}, got '{scope}'")
+        if gamma is not None and not gamma > 0:
+            raise UnlearnError(f"mask gamma must be > 0, got {gamma}")
+    check_file("--mask", mask)
 
 
 def _mask_record(weight_mask) -> dict[str, Any]:
@@ -186,6 +200,7 @@ def run_unlearning(
     resume_from_checkpoint: str | bool | None = None,
     overwrite: bool = False,
     nll_max_retain: int | None = 200,
+    threads: str | int | None = "auto",
 ) -> tuple[Path, dict[str, Any]]:
     """Unlearn `forget_split` of `data` from `model` with `method`; returns ``(output dir, run.json dict)``.
 
@@ -202,19 +217,77 @@ def run_unlearning(
       (`llm_unlearn.masks`). A LoRA run with an element mask saves it beside the adapter
       (``weight_mask.safetensors``); `llm_unlearn.models.load_model` re-applies it, so the
       reloaded adapter (and its merge) is ΔW = M ⊙ (B·A), the update that was trained.
-    - `resume_from_checkpoint`: a checkpoint directory, or True for the last one in `output`.
+    - `resume_from_checkpoint`: a checkpoint directory, or True for the last one of an interrupted
+      run (Ctrl-C saves one and raises `TrainingInterrupted`) or, failing that, in `output`.
+    - `threads`: torch threads, `llm_unlearn.threads.apply_thread_policy` (auto: one for models
+      under 10 M parameters unless OMP_NUM_THREADS is set); recorded in run.json.
     - `nll_max_retain`: retain items scored for the before/after NLL (the first N; None = all).
+
+    The output is written to a hidden sibling (``.NAME.partial``) and moved into place at the end
+    (`llm_unlearn.outputs.staged_dir`): a failed run leaves a previous output intact, and an
+    output that is or contains an input is refused before anything loads.
     """
-    trainer_cls, _ = get_method(method)  # unknown method: fail before loading anything
-    _check_mask_options(mask, mask_method, mask_granularity, mask_scope, mask_gamma)
+    # every check before a model loads: method, mask options, config, model path, output, resume
+    trainer_cls, _ = get_method(method)
+    _check_mask_options(mask, mask_method, mask_granularity, mask_scope, mask_gamma, mask_ratio)
+    if load_in_4bit and not lora:
+        raise UnlearnError("--load-in-4bit (QLoRA) needs --lora: a 4-bit base cannot be trained directly")
+    if lora and (lora_r < 1 or not lora_alpha > 0):
+        raise UnlearnError(f"--lora-r must be >= 1 and --lora-alpha > 0, got r={lora_r}, alpha={lora_alpha}")
+    if dtype not in ("float32", "bfloat16", "float16", "auto"):
+        raise UnlearnError(f"--dtype must be float32, bfloat16, float16 or auto, got '{dtype}'")
     out = Path(output)
-    cfg = build_config(method, config, overrides, output_dir=out)
+    staging = staging_path(out)
+    cfg = build_config(method, config, overrides, output_dir=staging)
+    check_file("refusals_file", getattr(cfg, "refusals_file", None))
+    if isinstance(model, (str, Path)):
+        resolve_model_path(str(model))
+    inputs = [model if isinstance(model, (str, Path)) else None, data,
+              config if isinstance(config, (str, Path)) else None, mask, getattr(cfg, "refusals_file", None)]
+    check_output(out, overwrite, inputs)
+    resume_from_checkpoint = resume_point(resume_from_checkpoint, out)
     if retain_split is None:
         retain_split = matching_retain_split(forget_split)
     forget_rows = load_tofu(forget_split, data)
     retain_rows = load_tofu(retain_split, data)
     if len(forget_rows) == 0:
         raise UnlearnError(f"forget split '{forget_split}' of {data} is empty")
+    with staged_dir(out, overwrite, inputs, resume=resume_from_checkpoint is not None) as stage:
+        try:
+            manifest = _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_split, retain_split,
+                                     forget_rows, retain_rows, cfg, lora, lora_r, lora_alpha, load_in_4bit, dtype,
+                                     mask, mask_method, mask_ratio, mask_granularity, mask_scope, mask_gamma,
+                                     resume_from_checkpoint, nll_max_retain, threads)
+        except DivergenceError:
+            # the diverged run's record (run.json, status diverged) takes an empty place; it never
+            # replaces a previous output (it stays in the staging directory, named in the error)
+            if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+                stage.commit()
+            raise
+    return stage.final, manifest
+
+
+def resume_point(resume: str | bool | None, output: str | Path) -> str | None:
+    """The checkpoint to resume from, checked before any work: True = the last one of an
+    interrupted run (``.NAME.partial``), else the last one in `output`."""
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        found = last_checkpoint(staging_path(output), output)
+        if found is None:
+            raise UnlearnError(f"--resume: no checkpoint in {output} or {staging_path(output)} (checkpoints are "
+                               "saved on Ctrl-C and by --save-steps); run without --resume")
+        return found
+    if not (Path(resume) / "trainer_state.json").is_file():
+        raise UnlearnError(f"--resume {resume}: not a checkpoint directory (no trainer_state.json)")
+    return str(resume)
+
+
+def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_split, retain_split, forget_rows,
+                  retain_rows, cfg, lora, lora_r, lora_alpha, load_in_4bit, dtype, mask, mask_method, mask_ratio,
+                  mask_granularity, mask_scope, mask_gamma, resume_from_checkpoint, nll_max_retain, threads):
+    """The work of `run_unlearning`, written into the staging directory ``stage.path``."""
+    out = stage.path
 
     model_spec = model if isinstance(model, (str, Path)) else getattr(getattr(model, "config", None), "_name_or_path", "model")
     if isinstance(model, (str, Path)):
@@ -223,6 +296,7 @@ def run_unlearning(
     elif tokenizer is None:
         raise UnlearnError("pass the tokenizer along with a loaded model")
     check_tokenizer(tokenizer)
+    thread_info = apply_thread_policy(model, policy=threads)
     if lora:
         model = attach_lora(model, r=lora_r, alpha=lora_alpha, quantized=load_in_4bit, seed=cfg.seed)
 
@@ -230,10 +304,6 @@ def run_unlearning(
     retain_tok, retain_report = tokenize_qa_dataset(retain_rows, tokenizer, max_length=cfg.max_length)
     retain_eval = retain_tok.select(range(min(len(retain_tok), nll_max_retain or len(retain_tok))))
 
-    if resume_from_checkpoint is None:
-        prepare_output_dir(out, overwrite)
-    else:
-        out.mkdir(parents=True, exist_ok=True)
     if not load_in_4bit:
         model.to(cfg.device)
     batch = cfg.per_device_train_batch_size
@@ -255,8 +325,9 @@ def run_unlearning(
         kwargs["refusals"] = read_refusal_file(cfg.refusals_file) if cfg.refusals_file else read_refusals(data)
     pairs = ForgetRetainDataset(forget_tok, retain_tok if trainer_cls.needs_retain(cfg) else None, seed=cfg.seed)
     _phase(bar, "preparing")
+    interrupt = SaveOnInterrupt()
     trainer = trainer_cls(model=model, args=cfg, train_dataset=pairs, processing_class=tokenizer,
-                          weight_mask=weight_mask, **kwargs)
+                          weight_mask=weight_mask, callbacks=[interrupt], **kwargs)
     if bar is not None and trainer.console.show_bar:
         trainer.console.bar = bar  # the stage's bar counts the training steps
 
@@ -266,18 +337,29 @@ def run_unlearning(
         "retain_items": len(retain_rows), "forget_data_hash": data_hash(forget_rows),
         "truncated": {"forget": forget_report.truncated, "retain": retain_report.truncated},
         "lora": {"r": lora_r, "alpha": lora_alpha} if lora else None, "load_in_4bit": load_in_4bit, "dtype": dtype,
-        "mask": mask_info, "seed": cfg.seed, "hyperparameters": method_hyperparameters(cfg),
+        "mask": mask_info, "seed": cfg.seed, "hyperparameters": method_hyperparameters(cfg), "threads": thread_info,
+        "resumed_from": resume_from_checkpoint,
     }
     start = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
+        interrupt.finish(trainer)
     except DivergenceError as exc:
         if bar is not None:
             bar.close()
         write_manifest(out, **manifest, status="diverged", error=str(exc), last_checkpoint=exc.checkpoint,
                        log_history=trainer.state.log_history)
         raise
+    except TrainingInterrupted as exc:
+        if bar is not None:
+            bar.close()
+        write_manifest(out, **manifest, status="interrupted", checkpoint=exc.checkpoint,
+                       log_history=trainer.state.log_history)
+        raise
     runtime = time.time() - start
+    if getattr(cfg.save_strategy, "value", cfg.save_strategy) == "no":
+        for ckpt in out.glob("checkpoint-*"):  # Ctrl-C checkpoints of this run: done with them
+            shutil.rmtree(ckpt)
     trainer.save_model(str(out), _internal_call=True)
     if lora and weight_mask is not None and getattr(weight_mask, "granularity", "row") != "row":
         # A, B alone would reload as the unmasked B·A; row masks need nothing (B's frozen rows are zero)
@@ -303,7 +385,7 @@ def run_unlearning(
     write_manifest(out, **manifest)
     if cfg.push_to_hub:
         trainer.push_to_hub(commit_message=f"llm-unlearn {method} on {forget_split}")
-    return out, manifest
+    return manifest
 
 
 # the TrainingArguments fields that matter for reproducing an unlearning run, besides the method's own

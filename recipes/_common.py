@@ -193,7 +193,9 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
 
     from llm_unlearn.distributed import barrier, is_main_process, rank_and_world
     from llm_unlearn.eval import evaluate_sharded
-    from llm_unlearn.runinfo import data_hash, prepare_output_dir, write_manifest
+    from llm_unlearn.outputs import StagedDir, check_output, staging_path
+    from llm_unlearn.runinfo import data_hash, write_manifest
+    from llm_unlearn.threads import apply_thread_policy
     from llm_unlearn.trainers import sharded_reference_logprobs
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -207,12 +209,24 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
 
         validate_repo_id(args.hub_model_id)
         resolve_token(args.hub_token)  # fail before training, not after
-    out = Path(args.output_dir)
+    # written into a staging sibling (every rank writes there), moved into place by rank 0 at the end
+    final = Path(args.output_dir)
+    inputs = [script.model_name_or_path, script.data, script.mask_path, script.retain_logs]
+    stage = StagedDir(check_output(final, script.overwrite_output, inputs), staging_path(final))
     if is_main_process():
-        prepare_output_dir(out, script.overwrite_output)
+        import shutil
+
+        shutil.rmtree(stage.path, ignore_errors=True)
+        stage.path.mkdir(parents=True)
     barrier()
+    out = stage.path
+    args.output_dir = str(out)
+    if script.loss_log and Path(script.loss_log).resolve().is_relative_to(final.resolve()):
+        # a loss log inside the output is part of it: written in the staging directory too
+        script.loss_log = str(out / Path(script.loss_log).resolve().relative_to(final.resolve()))
     set_seed(args.seed)
     model, tokenizer = load_model_for_unlearning(script, args.seed)
+    threads = apply_thread_policy(model)
     with_retain = trainer_cls.uses_retain and getattr(args, "alpha", 0.0) > 0
     forget_rows, retain_split, pairs = build_pairs(script, tokenizer, args.max_length, args.seed, with_retain)
     is_peft = hasattr(model, "disable_adapter")
@@ -244,7 +258,7 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
         write_manifest(out, kind="unlearn", method=trainer_cls.method, model=script.model_name_or_path,
                        data=script.data, forget_split=script.forget_split, forget_items=len(forget_rows),
                        forget_data_hash=data_hash(forget_rows), retain_split=retain_split if with_retain else None,
-                       world_size=world, train_loss=result.training_loss, hyperparameters=hyper)
+                       world_size=world, train_loss=result.training_loss, hyperparameters=hyper, threads=threads)
     if script.run_eval:
         from llm_unlearn.eval.evaluator import write_eval
 
@@ -256,6 +270,11 @@ def run_recipe(trainer_cls, script: ScriptArguments, args) -> Path:
         if is_main_process():
             write_eval(out / "eval", res)
     barrier()
+    if is_main_process():
+        stage.commit()
+    barrier()
+    out = stage.final
+    args.output_dir = str(out)
     if push and is_main_process():
         from llm_unlearn.hub import push_run
 
@@ -298,10 +317,21 @@ def _parsable(config_cls):
 
 
 def main(trainer_cls, config_cls) -> int:
+    import shutil
+
+    from llm_unlearn.distributed import is_main_process
+    from llm_unlearn.outputs import has_checkpoint, staging_path
+
     script, args = parse(config_cls)
+    staging = staging_path(args.output_dir)
     try:
         out = run_recipe(trainer_cls, script, args)
-    except UnlearnError as exc:
+    except BaseException as exc:
+        # a failed run leaves the previous output as it was and no half-written staging directory
+        if is_main_process() and staging.is_dir() and not has_checkpoint(staging):
+            shutil.rmtree(staging, ignore_errors=True)
+        if not isinstance(exc, UnlearnError):
+            raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"saved unlearned model to {out}")

@@ -40,7 +40,6 @@ def main() -> int:
     from trl import TrlParser
 
     from llm_unlearn.finetune import build_model_for_finetune, finetune
-    from llm_unlearn.runinfo import prepare_output_dir
 
     lib, extra, ev = TrlParser(_arguments()).parse_args_and_config()
     inverse = {v: k for k, v in RENAMED.items()}
@@ -49,12 +48,17 @@ def main() -> int:
         from llm_unlearn.data.tofu import load_tofu
 
         load_tofu(cfg.split, cfg.data)  # a wrong split or source fails before the output exists
-        prepare_output_dir(cfg.output, extra.overwrite_output)
-        model, tokenizer = build_model_for_finetune(cfg)
-        out = finetune(cfg, model=model, tokenizer=tokenizer)
-        if ev.run_eval:
-            with torch.no_grad():
-                run_evaluation(model, tokenizer, cfg.data, out, ev)
+        from llm_unlearn.outputs import staged_dir
+
+        inputs = [cfg.data, None if cfg.model == "tiny" else cfg.model]
+        with staged_dir(cfg.output, extra.overwrite_output, inputs) as stage:
+            cfg.output = str(stage.path)  # written beside the output, moved into place at the end
+            model, tokenizer = build_model_for_finetune(cfg)
+            finetune(cfg, model=model, tokenizer=tokenizer)
+            if ev.run_eval:
+                with torch.no_grad():
+                    run_evaluation(model, tokenizer, cfg.data, stage.path, ev)
+        out = stage.final
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

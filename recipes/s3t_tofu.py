@@ -53,11 +53,12 @@ def ids_in_split(run_dir, split: str, data: str) -> list[str]:
 
 
 def main() -> int:
+    from dataclasses import replace
+
     import torch
     from trl import TrlParser
 
     from llm_unlearn.data.tofu import load_tofu
-    from llm_unlearn.runinfo import prepare_output_dir
     from llm_unlearn.s3t import delete_samples, load_s3t_model, retrain, run_status, train_s3t
 
     lib, deletion, ev = TrlParser(_arguments()).parse_args_and_config()
@@ -67,23 +68,28 @@ def main() -> int:
         load_tofu(cfg.split, cfg.data)  # a wrong split or source fails before the output exists
         if deletion.delete_split:
             load_tofu(deletion.delete_split, cfg.data)
-        prepare_output_dir(cfg.output, deletion.overwrite_output)
-        out = train_s3t(cfg)
-        ids = list(deletion.delete_ids or [])
-        if deletion.delete_split:
-            ids += ids_in_split(out, deletion.delete_split, cfg.data)
-        if ids or deletion.delete_match:
-            res = delete_samples(out, ids=ids, match=deletion.delete_match)
-            print(f"deleted {len(res.sample_ids)} sample(s); shards affected {res.affected_shards}, "
-                  f"to retrain {res.retrain_shards}")
-            if res.retrain_shards and deletion.retrain:
-                retrain(out)
+        from llm_unlearn.outputs import staged_dir
+
+        with staged_dir(cfg.output, deletion.overwrite_output,
+                        [cfg.data, None if cfg.model == "tiny" else cfg.model]) as stage:
+            out = train_s3t(replace(cfg, output=str(stage.path)))
+            ids = list(deletion.delete_ids or [])
+            if deletion.delete_split:
+                ids += ids_in_split(out, deletion.delete_split, cfg.data)
+            if ids or deletion.delete_match:
+                res = delete_samples(out, ids=ids, match=deletion.delete_match)
+                print(f"deleted {len(res.sample_ids)} sample(s); shards affected {res.affected_shards}, "
+                      f"to retrain {res.retrain_shards}")
+                if res.retrain_shards and deletion.retrain:
+                    retrain(out)
+            if ev.run_eval:
+                ensemble = load_s3t_model(out, dtype=cfg.dtype)
+                with torch.no_grad():
+                    run_evaluation(ensemble, ensemble.tokenizer, cfg.data, out, ev)
+                del ensemble
+        out = stage.final
         for s in run_status(out):
             print(f"shard {s.shard}: {s.status}, prefix {s.prefix}/{s.num_slices}, {s.deleted}/{s.samples} deleted")
-        if ev.run_eval:
-            ensemble = load_s3t_model(out, dtype=cfg.dtype)
-            with torch.no_grad():
-                run_evaluation(ensemble, ensemble.tokenizer, cfg.data, out, ev)
     except UnlearnError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -108,19 +108,23 @@ def test_demo_refuses_existing_output(demo_dir, capsys):
 
 
 @pytest.mark.parametrize("env, expected", [(None, [1]), ("2", [])])
-def test_demo_command_pins_the_tiny_model_to_one_thread(env, expected, monkeypatch, tmp_path):
-    """The CLI runs the tiny demo on one torch thread unless OMP_NUM_THREADS says otherwise."""
+def test_finetune_pins_the_tiny_model_to_one_thread(env, expected, monkeypatch, synthetic_dir, tmp_path):
+    """The demo's stages (finetune, run_unlearning) apply the thread policy: the tiny model runs on
+    one torch thread unless OMP_NUM_THREADS says otherwise; run.json records the decision."""
+    import json
+
     import torch
 
-    import llm_unlearn.demo as demo
     from llm_unlearn.cli import main
 
     calls: list[int] = []
     monkeypatch.setattr(torch, "set_num_threads", calls.append)
-    monkeypatch.setattr(demo, "run_demo", lambda cfg, overwrite=False: {})
     if env is None:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     else:
         monkeypatch.setenv("OMP_NUM_THREADS", env)
-    assert main(["demo", "--output", str(tmp_path / "d"), "--small"]) == 0
-    assert calls == expected
+    out = tmp_path / "t"
+    assert main(["finetune", "--data", str(synthetic_dir), "--output", str(out), "--epochs", "0.1"]) == 0
+    assert calls[-1:] == expected
+    threads = json.loads((out / "run.json").read_text())["threads"]
+    assert threads["reason"] == ("model under 10 M parameters" if env is None else "OMP_NUM_THREADS=2")

@@ -39,7 +39,7 @@ PACKAGE = "llm_unlearn"
 FLOORS = {
     "llm_unlearn": 0,
     "llm_unlearn.distributed": 1, "llm_unlearn.errors": 1, "llm_unlearn.perf": 1, "llm_unlearn.runinfo": 1,
-    "llm_unlearn.console": 1,
+    "llm_unlearn.outputs": 1, "llm_unlearn.checks": 1, "llm_unlearn.interrupt": 1, "llm_unlearn.threads": 1, "llm_unlearn.console": 1,
     "llm_unlearn.scoring": 2, "llm_unlearn.models": 2, "llm_unlearn.data": 2,
     "llm_unlearn.masks.weight_mask": 2, "llm_unlearn.masks.enforce": 2,
     "llm_unlearn.masks": 3,

@@ -280,3 +280,21 @@ def test_s3t_push_refuses_an_altered_served_checkpoint(s3t_run, tmp_path, capsys
     weights.write_bytes(bytes(data))
     assert main(["push", str(run), "--repo-id", "org/tiny-s3t", "--dry-run", str(tmp_path / "upload")]) == 2
     assert "sha256" in capsys.readouterr().err
+
+
+def test_card_carries_attack_results(lora_run, synthetic_dir, tmp_path):
+    from llm_unlearn.eval.attacks import write_attacks
+    from tests.eval.test_report import fake_attack_summary
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    write_attacks(run / "attacks", {"summary": fake_attack_summary(synthetic_dir), "per_item": {}})
+    out = tmp_path / "upload"
+    assert main(["push", str(run), "--repo-id", REPO_ID, "--dry-run", str(out), "--base-model", "org/t"]) == 0
+    card = (out / "README.md").read_text()
+    assert "## Robustness to attacks" in card
+    line = next(ln for ln in card.splitlines() if ln.startswith("| quantize_nf4 |"))
+    assert "0.100 → 0.500 | 0.50 |" in line
+    base = tmp_path / "upload_plain"
+    assert main(["push", str(lora_run), "--repo-id", REPO_ID, "--dry-run", str(base), "--base-model", "org/t"]) == 0
+    assert "Robustness" not in (base / "README.md").read_text()

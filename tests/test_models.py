@@ -52,7 +52,7 @@ def test_qlora_4bit_tiny_trains_only_the_adapter(tiny_model, tiny_tokenizer, tmp
 
 
 def test_bad_model_specs(tmp_path):
-    with pytest.raises(UnlearnError, match="model directory not found"):
+    with pytest.raises(UnlearnError, match="no such model directory"):
         load_model(str(tmp_path / "missing"))
     with pytest.raises(UnlearnError, match="GGUF file not found"):
         load_model(str(tmp_path / "m.gguf"))

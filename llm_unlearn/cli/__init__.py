@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 from importlib.metadata import PackageNotFoundError, version
 
@@ -21,10 +22,12 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "unlearn": ("unlearn_cmd", "run an unlearning method on a finetuned model"),
     "mask": ("mask_cmd", "compute a weight-attribution mask (WAGLE, SalUn, magnitude, Wanda, random)"),
     "eval": ("eval_cmd", "evaluate a model on TOFU-style forgetting and utility"),
+    "attack": ("attack_cmd", "attack an unlearned model (relearning, quantization, paraphrase, few-shot, CKA)"),
     "score": ("score_cmd", "compute aggregates from existing per-item evaluation logs"),
     "report": ("report_cmd", "build a Markdown/HTML report with plots from run directories"),
     "s3t": ("s3t_cmd", "S3T exact deletion: train, delete, status, retrain, serve"),
     "push": ("push_cmd", "push an unlearned adapter with a model card to the Hugging Face Hub"),
+    "plan-memory": ("plan_memory_cmd", "predict peak memory per device of an unlearning run from the config alone"),
     "demo": ("demo_cmd", "the main job: end-to-end unlearning demo on the embedded default"),
 }
 
@@ -106,9 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    from llm_unlearn.errors import UnlearnError
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues an interrupted run: the same one, plus ``--resume``."""
+    args = [a for a in argv if a != "--resume"]
+    return "llm-unlearn " + shlex.join([*args, "--resume"])
 
+
+def main(argv: list[str] | None = None) -> int:
+    from llm_unlearn.errors import TrainingInterrupted, UnlearnError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -122,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with cli_session(verbose=args.verbose):
             rc = args.func(args)
+    except TrainingInterrupted as exc:
+        print(f"{exc}\nresume with: {resume_command(argv)}", file=sys.stderr)
+        return exc.exit_code
     except UnlearnError as exc:
         if debug:
             raise

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-UNLEARN_METHODS = ("grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu")
+UNLEARN_METHODS = ("grad_ascent", "grad_diff", "npo", "npo_sam", "simnpo", "idk_dpo", "rmu")
 MASK_METHODS = ("wagle", "random", "magnitude", "salun", "wanda")
 MASK_SCOPES = ("global", "per_layer")
 MASK_GRANULARITIES = ("element", "row")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from llm_unlearn.cli.common import add_overwrite_flag, prepare_output_dir
+from llm_unlearn.cli.common import add_overwrite_flag
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -32,8 +32,11 @@ def run_synth(args: argparse.Namespace) -> int:
         splits = generate(args.authors, args.qa_per_author, args.seed)
     except ValueError as exc:
         raise UnlearnError(str(exc)) from None
-    out = prepare_output_dir(args.out, args.overwrite)
-    write_splits(splits, out)
+    from llm_unlearn.outputs import staged_dir
+
+    with staged_dir(args.out, args.overwrite, flag="--out") as stage:
+        write_splits(splits, stage.path)
+    out = stage.final
     for name, rows in splits.items():
         print(f"{name:24s} {len(rows):6d}")
     print(f"wrote {len(splits)} splits to {out}")

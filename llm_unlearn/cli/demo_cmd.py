@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 
 from llm_unlearn.cli.common import add_overwrite_flag
 
@@ -26,13 +25,8 @@ def register(sub, name: str, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from llm_unlearn.demo import DemoConfig, run_demo
 
-    if args.model == "tiny" and "OMP_NUM_THREADS" not in os.environ:
-        import torch
-
-        # a 1 M-parameter model's matmuls are too small to split: extra OpenMP threads only
-        # spin-wait (the default demo: 130 s on one thread of a 2-core machine)
-        torch.set_num_threads(1)
-
+    # threads: finetune and run_unlearning apply llm_unlearn.threads.apply_thread_policy (one thread for
+    # the 1 M-parameter tiny model: the default demo takes 130 s on one thread of a 2-core machine)
     cfg = DemoConfig(output=args.output, model=args.model, data=args.data, authors=args.authors,
                      qa_per_author=args.qa_per_author, small=args.small, seed=args.seed)
     run_demo(cfg, overwrite=args.overwrite)

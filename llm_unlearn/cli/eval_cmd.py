@@ -4,9 +4,11 @@ forgetting and utility; writes ``summary.json`` and ``per_item.json`` to --outpu
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(sub, name: str, help_text: str) -> None:
+    from llm_unlearn.cli.attack_cmd import add_attack_args
     from llm_unlearn.cli.common import add_overwrite_flag
 
     p = sub.add_parser(name, help=help_text, description=help_text)
@@ -26,39 +28,84 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
     p.add_argument("--output", required=True, help="output directory (summary.json, per_item.json)")
+    add_attack_args(p, required=False)
     add_overwrite_flag(p)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from llm_unlearn.cli.common import check_output, prepare_output_dir
-    from llm_unlearn.data.source import check_split
+def _is_s3t_run(model: str) -> bool:
+    from llm_unlearn.runinfo import read_manifest
 
-    # validate cheap inputs before loading torch and a model
+    return Path(model).is_dir() and read_manifest(model).get("kind") == "s3t"
+
+
+def run(args: argparse.Namespace) -> int:
+    from llm_unlearn.checks import check_file, check_local_model
+    from llm_unlearn.data.source import check_split
+    from llm_unlearn.errors import UnlearnError
+    from llm_unlearn.outputs import check_output, staged_dir
+
+    # every check before a model loads: flags, model path, output, device, data, retain-log
+    # compatibility; the torch-free ones first, so a typo fails in a fraction of a second
+    for flag, value in (("--batch-size", args.batch_size), ("--generation-batch-size", args.generation_batch_size),
+                        ("--max-new-tokens", args.max_new_tokens), ("--max-items", args.max_items)):
+        if value is not None and value < 1:
+            raise UnlearnError(f"{flag} must be >= 1, got {value}")
+    s3t = _is_s3t_run(args.model)
+    if not s3t:
+        check_local_model(args.model)
+    check_file("--adapter", args.adapter)
+    inputs = [args.model, args.adapter, args.data, args.retain_logs]
+    check_output(args.output, args.overwrite, inputs)
     check_split(f"{args.forget_split}_perturbed", args.data)
-    check_output(args.output, args.overwrite)
-    import torch
+
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.eval.loading import load_for_eval
+    from llm_unlearn.eval.logs import check_retain_for, format_value, read_logs
+    from llm_unlearn.models import resolve_device, resolve_model_path
+
+    if not s3t:
+        resolve_model_path(args.model)  # aliases, adapters and their base models
+    device = resolve_device(args.device)
+    forget = load_tofu(f"{args.forget_split}_perturbed", args.data, max_items=args.max_items)
+    retain = read_logs(args.retain_logs) if args.retain_logs else None
+    if retain is not None:
+        check_retain_for(retain, args.forget_split, len(forget), list(forget["question"]))
+    if args.attacks:
+        from llm_unlearn.cli.attack_cmd import validate
+
+        validate(args)
 
     from llm_unlearn.eval.evaluator import evaluate_model, write_eval
-    from llm_unlearn.eval.loading import load_for_eval
-    from llm_unlearn.eval.logs import format_value, read_logs
+    from llm_unlearn.threads import apply_thread_policy
 
-    retain = read_logs(args.retain_logs) if args.retain_logs else None
-    out = prepare_output_dir(args.output, args.overwrite)
-    model, tok = load_for_eval(args.model, args.adapter, args.dtype)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if hasattr(model, "to") and not getattr(model, "hf_device_map", None):
-        model = model.to(device)
-    result = evaluate_model(model, tok, args.data, forget_split=args.forget_split, retain_logs=retain,
-                            max_items=args.max_items, batch_size=args.batch_size,
-                            generation_batch_size=args.generation_batch_size,
-                            max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
-                            model_name=args.model + (f" + {args.adapter}" if args.adapter else ""))
-    write_eval(out, result)
+    with staged_dir(args.output, args.overwrite, inputs) as stage:
+        model, tok = load_for_eval(args.model, args.adapter, args.dtype)
+        threads = apply_thread_policy(model if hasattr(model, "parameters") else getattr(model, "model", None))
+        if hasattr(model, "to") and not getattr(model, "hf_device_map", None):
+            model = model.to(device)
+        result = evaluate_model(model, tok, args.data, forget_split=args.forget_split, retain_logs=retain,
+                                max_items=args.max_items, batch_size=args.batch_size,
+                                generation_batch_size=args.generation_batch_size,
+                                max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
+                                model_name=args.model + (f" + {args.adapter}" if args.adapter else ""))
+        result["summary"]["settings"]["threads"] = threads
+        if args.attacks:
+            from llm_unlearn.cli.attack_cmd import run_cli_attacks
+
+            attacked = run_cli_attacks(args, model, tok, device)
+            result["summary"]["attacks"] = attacked["summary"]  # every attacked value stays with the evaluation
+            result["per_item"]["attacks"] = attacked["per_item"]
+        write_eval(stage.path, result)
+    out = stage.final
     s = result["summary"]
     for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability",
                 "forget_truth_ratio", "mia_auc_min_k", "privleak"):
         reason = s["not_available"].get(key)
         print(f"{key:24s} {format_value(s['metrics'][key], key)}" + (f"  ({reason})" if reason else ""))
+    if args.attacks:
+        from llm_unlearn.cli.attack_cmd import print_summary
+
+        print_summary(s["attacks"])
     print(f"wrote {out / 'summary.json'} and {out / 'per_item.json'}")
     return 0

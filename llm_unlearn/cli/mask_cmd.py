@@ -41,37 +41,43 @@ def register(sub, name: str, help_text: str) -> None:
 def run(args: argparse.Namespace) -> int:
     from llm_unlearn.data.source import check_split, matching_retain_split
     from llm_unlearn.errors import UnlearnError
+    from llm_unlearn.outputs import check_output
 
-    if args.batch_size < 1:
-        raise UnlearnError(f"--batch-size must be >= 1, got {args.batch_size}")
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise UnlearnError(f"output {out} already exists; pass --overwrite to replace it")
+    for flag, value in (("--batch-size", args.batch_size), ("--max-length", args.max_length),
+                        ("--max-retain", args.max_retain)):
+        if value is not None and value < 1:
+            raise UnlearnError(f"{flag} must be >= 1, got {value}")
+    if not args.gamma > 0:
+        raise UnlearnError(f"--gamma must be > 0, got {args.gamma}")
+    inputs = [args.model, args.data]
+    out = check_output(args.output, args.overwrite, inputs)
     needs_forget = args.method in ("wagle", "salun", "wanda")
     needs_retain = args.method == "wagle"
     retain_split = args.retain_split or matching_retain_split(args.forget_split)
     for split, needed in ((args.forget_split, needs_forget), (retain_split, needs_retain)):
         if needed:
             check_split(split, args.data)  # before torch is imported
-
+    # the cheap checks are done: now the library (torch, transformers)
     import torch
     from torch.utils.data import DataLoader
 
-    from llm_unlearn.cli.common import prepare_output_file
     from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
     from llm_unlearn.data.tofu import load_tofu
     from llm_unlearn.masks import check_ratio, compute_mask
     from llm_unlearn.models import is_adapter_dir, load_model, load_tokenizer, resolve_model_path
+    from llm_unlearn.outputs import staged_file
+    from llm_unlearn.threads import apply_thread_policy
 
     check_ratio(args.ratio)
+    path = resolve_model_path(args.model)
     forget_rows = load_tofu(args.forget_split, args.data) if needs_forget else None
     retain_rows = load_tofu(retain_split, args.data) if needs_retain else None
     if retain_rows is not None and args.max_retain is not None:
         retain_rows = retain_rows.select(range(min(len(retain_rows), args.max_retain)))
 
-    path = resolve_model_path(args.model)
     tokenizer = load_tokenizer(path)
     model = load_model(path, dtype=args.dtype)
+    apply_thread_policy(model)
     if Path(path).is_dir() and is_adapter_dir(path):
         model = model.merge_and_unload()  # the mask is over the weights unlearning starts from
     if torch.cuda.is_available():
@@ -90,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
                         granularity=args.granularity)
     mask.meta.update({"model": str(args.model), "data": str(args.data), "forget_split": args.forget_split,
                       "retain_split": retain_split if needs_retain else None})
-    mask.save(prepare_output_file(out, args.overwrite))
+    with staged_file(out, args.overwrite, inputs) as tmp:
+        mask.save(tmp)
     print(mask.summary(max_rows=40))
     print(f"saved mask to {out}")
     return 0

@@ -18,12 +18,14 @@ def register(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm_unlearn.cli.common import prepare_output_dir
     from llm_unlearn.eval.report import build_report, load_run
+    from llm_unlearn.outputs import check_output, staged_dir
 
+    check_output(args.output, args.overwrite, args.runs)  # never a run directory it reads
     for d in args.runs:
         load_run(d)  # validate before creating the output
-    out = prepare_output_dir(args.output, args.overwrite)
-    paths = build_report(args.runs, out, title=args.title)
+    with staged_dir(args.output, args.overwrite, args.runs) as stage:
+        build_report(args.runs, stage.path, title=args.title)
+    paths = {"markdown": stage.final / "report.md", "html": stage.final / "report.html"}
     print(f"wrote {paths['markdown']} and {paths['html']}")
     return 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
-from llm_unlearn.cli.common import add_overwrite_flag, check_output, prepare_output_dir
+from llm_unlearn.cli.common import add_overwrite_flag
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -58,9 +59,11 @@ def register(sub, name: str, help_text: str) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from llm_unlearn.data.source import check_split
+    from llm_unlearn.outputs import check_output, staged_dir
 
+    inputs = [args.data, None if args.model == "tiny" else args.model]
     check_split(args.split, args.data)  # validate before creating anything (and before torch)
-    check_output(args.output, args.overwrite)
+    check_output(args.output, args.overwrite, inputs)
     from llm_unlearn.s3t.train import S3TConfig, train_s3t
 
     cfg = S3TConfig(
@@ -70,8 +73,9 @@ def run_train(args: argparse.Namespace) -> int:
         lr=args.lr if args.lr is not None else (1e-2 if args.model == "tiny" else 1e-3),
         batch_size=args.batch_size, max_length=args.max_length, max_items=args.max_items, seed=args.seed,
     )
-    prepare_output_dir(args.output, args.overwrite)
-    out = train_s3t(cfg)
+    with staged_dir(args.output, args.overwrite, inputs) as stage:
+        train_s3t(replace(cfg, output=str(stage.path)))
+    out = stage.final
     print(f"trained S3T run in {out}")
     _print_status(out)
     return 0

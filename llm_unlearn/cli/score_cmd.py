@@ -16,12 +16,13 @@ def register(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm_unlearn.cli.common import prepare_output_file, write_json
+    from llm_unlearn.cli.common import write_json
     from llm_unlearn.eval.logs import SUMMARY_FORMAT, compute_summary, format_value, read_logs
+    from llm_unlearn.outputs import check_output, staged_file
 
+    out = check_output(args.output, args.overwrite, [args.logs, args.retain_logs]) if args.output else None
     logs = read_logs(args.logs)
     retain = read_logs(args.retain_logs) if args.retain_logs else None
-    out = prepare_output_file(args.output, args.overwrite) if args.output else None
     summary = {"format": SUMMARY_FORMAT, **compute_summary(logs, retain)}
     print(f"logs: {logs.path} ({logs.fmt}); items: "
           + ", ".join(f"{k} {n}" for k, n in summary["n_items"].items()))
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if m["forget_quality"] is not None and m["forget_quality"] <= m["forget_quality_floor"] * (1 + 1e-9):
         print("note: forget quality is at the floor (complete separation): a bound, not a measurement")
     if out is not None:
-        write_json(out, summary)
+        with staged_file(out, args.overwrite, [args.logs, args.retain_logs]) as tmp:
+            write_json(tmp, summary)
         print(f"wrote {out}")
     return 0

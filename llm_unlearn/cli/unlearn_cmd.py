@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from llm_unlearn.cli.choices import MASK_DEFAULT_GAMMA as DEFAULT_GAMMA
 from llm_unlearn.cli.choices import UNLEARN_METHODS as METHODS
@@ -18,6 +17,7 @@ HYPERPARAMETER_FLAGS: dict[str, str] = {
     "delta": "delta", "retain_loss": "retain_loss_type", "steering_coeff": "steering_coeff", "layer": "layer",
     "update_layers": "update_layers", "refusals": "refusals_file", "save_steps": "save_steps",
     "logging_steps": "logging_steps", "report_to": "report_to", "hub_model_id": "hub_model_id", "optim": "optim",
+    "sam_rho": "sam_rho",
 }
 
 
@@ -43,10 +43,11 @@ def register(sub, name: str, help_text: str) -> None:
     g.add_argument("--grad-accum", type=int, default=None, help="gradient accumulation steps (default 1)")
     g.add_argument("--max-length", type=int, default=None, help="max tokens per QA item (default 256)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default 42)")
-    g.add_argument("--beta", type=float, default=None, help="npo / simnpo / idk_dpo inverse temperature")
+    g.add_argument("--beta", type=float, default=None, help="npo / npo_sam / simnpo / idk_dpo inverse temperature")
     g.add_argument("--alpha", type=float, default=None, help="retain-term weight (0: forget term only)")
     g.add_argument("--gamma", type=float, default=None, help="forget-term weight")
     g.add_argument("--delta", type=float, default=None, help="simnpo margin δ")
+    g.add_argument("--sam-rho", type=float, default=None, help="npo_sam: SAM radius ρ of the weight perturbation (default 0.01)")
     g.add_argument("--retain-loss", choices=["nll", "kl"], default=None, help="retain term: nll or kl(ref||θ)")
     g.add_argument("--steering-coeff", type=float, default=None, help="rmu: norm c of the random target direction")
     g.add_argument("--layer", type=int, default=None, help="rmu: decoder layer whose activations are steered")
@@ -55,6 +56,9 @@ def register(sub, name: str, help_text: str) -> None:
     g.add_argument("--optim", default=None,
                    help="optimizer (TrainingArguments.optim; default AdamW): adafactor drops AdamW's two moments "
                         "(-1.1 GB on a 135 M model in fp32)")
+    g.add_argument("--optim-in-backward", action="store_true",
+                   help="update each weight inside backward as soon as its gradient is complete (no full gradient "
+                        "buffer; one process; per-parameter clipping; see `llm-unlearn plan-memory`)")
     g.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for activation memory")
     g.add_argument("--save-steps", type=int, default=None, help="save a checkpoint every N steps (enables saving)")
     g.add_argument("--logging-steps", type=float, default=None, help="log every N steps")
@@ -74,7 +78,11 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--mask-gamma", type=float, default=None,
                    help=f"with --mask-method wagle: γ, the retain-gradient weight of the score (default {DEFAULT_GAMMA:g})")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                   help="resume from a checkpoint directory, or the last one in --output")
+                   help="resume from a checkpoint directory, or the last one of an interrupted run (Ctrl-C saves "
+                        "one) or in --output")
+    p.add_argument("--threads", default="auto",
+                   help="torch threads: auto (one for models under 10 M parameters unless OMP_NUM_THREADS is set), "
+                        "keep, or a number")
     add_overwrite_flag(p)
     p.set_defaults(func=run)
 
@@ -89,6 +97,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         out["save_strategy"] = "steps"
     if args.gradient_checkpointing:
         out["activation_checkpointing"] = True
+    if args.optim_in_backward:
+        out["optim_in_backward"] = True
     if args.push_to_hub:
         out["push_to_hub"] = True
     for item in args.set:
@@ -100,22 +110,26 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm_unlearn.cli.common import check_output
+    from llm_unlearn.checks import check_file
     from llm_unlearn.data.source import check_split, matching_retain_split
     from llm_unlearn.errors import UnlearnError
+    from llm_unlearn.outputs import check_output
 
     # cheap checks first: a wrong split or an existing output answers before torch is imported
     if args.method not in METHODS:
         raise UnlearnError(f"unknown method '{args.method}'; valid methods: {', '.join(METHODS)}")
     check_split(args.forget_split, args.data)
     check_split(args.retain_split or matching_retain_split(args.forget_split), args.data)
-    for flag, path in (("--config", args.config), ("--mask", args.mask)):
-        if path is not None and not Path(path).is_file():
-            raise UnlearnError(f"{flag} {path}: file not found")
+    check_file("--config", args.config)
+    check_file("--mask", args.mask)
     if args.resume is None:
-        check_output(args.output, args.overwrite)
+        check_output(args.output, args.overwrite, [args.model, args.data, args.config, args.mask])
+    if args.threads not in ("auto", "keep") and not str(args.threads).isdigit():
+        raise UnlearnError(f"--threads must be auto, keep or a number, got {args.threads!r}")
+    from llm_unlearn.interrupt import announce_interrupts
     from llm_unlearn.unlearn import run_unlearning
 
+    announce_interrupts()
     out, result = run_unlearning(
         model=args.model, data=args.data, output=args.output, method=args.method, forget_split=args.forget_split,
         retain_split=args.retain_split, config=args.config, overrides=overrides_from_args(args), lora=args.lora,
@@ -123,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         mask=args.mask, mask_method=args.mask_method, mask_ratio=args.mask_ratio,
         mask_granularity=args.mask_granularity, mask_scope=args.mask_scope, mask_gamma=args.mask_gamma,
         resume_from_checkpoint=args.resume, overwrite=args.overwrite,
+        threads=int(args.threads) if str(args.threads).isdigit() else args.threads,
     )
     nll = result["nll"]
     print(f"{args.method}: forget NLL {nll['forget_before']:.3f} -> {nll['forget_after']:.3f}, "

@@ -2,6 +2,7 @@
 (`logs`), the model evaluator (`evaluator`, on several processes `sharded`), loading a saved run for
 evaluation (`loading`) and Markdown/HTML reports (`report`)."""
 
+from llm_unlearn.eval.attacks import AttackConfig, find_attack_summary, run_attacks, write_attacks
 from llm_unlearn.eval.evaluator import (
     evaluate_items,
     evaluate_model,
@@ -28,9 +29,9 @@ from llm_unlearn.eval.report import build_report, load_run
 from llm_unlearn.eval.sharded import evaluate_sharded
 
 __all__ = [
-    "EvalLogs", "SplitLog", "build_report", "compute_summary", "evaluate_items", "evaluate_model",
-    "evaluate_sharded", "forget_quality",
-    "forget_truth_ratio_score", "generate_answers", "ks_floor_pvalue", "load_for_eval", "load_run", "mia_auc", "model_utility",
-    "normalised_probability", "privleak", "probability", "read_logs", "rouge_l_recall", "score_answers",
-    "truth_ratios", "utility_truth_ratio_score", "write_eval",
+    "AttackConfig", "EvalLogs", "SplitLog", "build_report", "compute_summary", "evaluate_items", "evaluate_model",
+    "evaluate_sharded", "find_attack_summary", "forget_quality", "forget_truth_ratio_score", "generate_answers",
+    "ks_floor_pvalue", "load_for_eval", "load_run", "mia_auc", "model_utility", "normalised_probability", "privleak",
+    "probability", "read_logs", "rouge_l_recall", "run_attacks", "score_answers", "truth_ratios",
+    "utility_truth_ratio_score", "write_attacks", "write_eval",
 ]

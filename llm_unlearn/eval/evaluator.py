@@ -41,6 +41,7 @@ from llm_unlearn.eval.logs import (
     ITEMS_FORMAT,
     SUMMARY_FORMAT,
     EvalLogs,
+    check_retain_for,
     compute_summary,
     logs_from_items,
     read_logs,
@@ -340,6 +341,8 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
     t0 = time.time()
     source_splits = {name: tmpl.format(forget=forget_split) for name, tmpl in SOURCE_SPLITS.items()}
     rows = {name: _load_rows(data_source, split, max_items) for name, split in source_splits.items()}
+    if retain is not None:  # before the evaluation, not after it
+        check_retain_for(retain, forget_split, len(rows["forget"]), [r["question"] for r in rows["forget"]])
     holdout_split = holdout_split or forget_split.replace("forget", "holdout", 1)
     hold, mia_reason = _holdout_rows(data_source, holdout_split, max_items)
     if hold is not None:

@@ -353,22 +353,34 @@ def split_aggregates(s: SplitLog) -> tuple[dict[str, float | None], dict[str, st
 
 def check_retain_reference(logs: EvalLogs, retain: EvalLogs) -> None:
     """Refuse a retain reference evaluated on other forget items (split or count)."""
+    if "forget" not in logs.splits:
+        raise UnlearnError(f"{logs.path or 'logs'} have no forget-split logs")
+    check_retain_for(retain, logs.forget_split, len(logs.splits["forget"]), logs.splits["forget"].questions,
+                     needs_truth_ratios=False)
+
+
+def check_retain_for(retain: EvalLogs, forget_split: str | None, n_items: int, questions: list[str] | None,
+                     needs_truth_ratios: bool = True) -> None:
+    """Refuse, before an evaluation runs, a retain reference it could not be compared with: another
+    forget split, another number of items (``--max-items``), other questions, or (with
+    `needs_truth_ratios`) logs without the forget truth ratios forget quality is computed from."""
     where = retain.path or "retain logs"
     if "forget" not in retain.splits:
         raise UnlearnError(f"retain reference {where} has no forget-split logs")
-    if "forget" not in logs.splits:
-        raise UnlearnError(f"{logs.path or 'logs'} have no forget-split logs")
-    if logs.forget_split and retain.forget_split and logs.forget_split != retain.forget_split:
+    if forget_split and retain.forget_split and forget_split != retain.forget_split:
         raise UnlearnError(f"retain reference {where} was evaluated on {retain.forget_split}, "
-                           f"this model on {logs.forget_split}; evaluate both on the same forget split")
-    n, m = len(logs.splits["forget"]), len(retain.splits["forget"])
-    if n != m:
-        raise UnlearnError(f"retain reference {where} has {m} forget items, this model has {n}; "
+                           f"this model on {forget_split}; evaluate both on the same forget split")
+    m = len(retain.splits["forget"])
+    if n_items != m:
+        raise UnlearnError(f"retain reference {where} has {m} forget items, this model has {n_items}; "
                            "evaluate both on the same forget split and --max-items")
-    q1, q2 = logs.splits["forget"].questions, retain.splits["forget"].questions
-    if q1 is not None and q2 is not None and q1 != q2:
+    q2 = retain.splits["forget"].questions
+    if questions is not None and q2 is not None and list(questions) != list(q2):
         raise UnlearnError(f"retain reference {where} was evaluated on different forget questions "
                            "(same count, other items); use the same data source and forget split")
+    if needs_truth_ratios and split_truth_ratios(retain.splits["forget"]) is None:
+        raise UnlearnError(f"retain reference {where} has no forget truth ratios (paraphrased and perturbed "
+                           "losses): forget quality cannot be computed from it")
 
 
 def mia_aucs(logs: EvalLogs) -> tuple[dict[str, float | None], str | None]:

@@ -221,3 +221,40 @@ def privleak(auc: float, retain_auc: float) -> float:
     if r == 0:
         return math.nan
     return (a - r) / r * 100.0
+
+
+# --------------------------------------------------------------------------------------------
+# robustness: recovery under attack, representation similarity
+
+
+def recovery(attacked: float, unlearned: float, target: float, min_gap: float = 1e-3) -> float:
+    """How much of what unlearning removed an attack brings back:
+    ``(attacked - unlearned) / (target - unlearned)``, all on the same items (target = the
+    target model's value before any attack). 0 = nothing comes back, 1 = the target's level;
+    below 0 the attack hurt the model further, above 1 it surpassed the target. NaN when
+    ``|target - unlearned| < min_gap``: unlearning removed nothing measurable, so there is
+    nothing to recover."""
+    gap = float(target) - float(unlearned)
+    if not np.isfinite(gap) or abs(gap) < min_gap or not np.isfinite(attacked):
+        return math.nan
+    return (float(attacked) - float(unlearned)) / gap
+
+
+def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
+    """Linear CKA (Kornblith et al., 2019, eq. 5) between two representations of the same n
+    inputs, ``x`` [n, d1] and ``y`` [n, d2]: ``||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F)``
+    with column-centred Xc, Yc. 1 = the same up to rotation and isotropic scaling; invariant to
+    both, so a model compared with itself gives 1. Computed through the n x n Gram matrices when
+    n is smaller than the feature dimensions."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[0]:
+        raise ValueError(f"expected [n, d] arrays with the same n, got {a.shape} and {b.shape}")
+    a = a - a.mean(0, keepdims=True)
+    b = b - b.mean(0, keepdims=True)
+    if a.shape[0] < max(a.shape[1], b.shape[1]):
+        ka, kb = a @ a.T, b @ b.T
+        num, den = float(np.sum(ka * kb)), float(np.linalg.norm(ka) * np.linalg.norm(kb))
+    else:
+        num = float(np.linalg.norm(b.T @ a) ** 2)
+        den = float(np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
+    return num / den if den > 0 else math.nan

@@ -9,6 +9,9 @@ Run-directory layout read here::
                                 run_time_s (or runtime_s / train_runtime / elapsed_s)
     RUN_DIR/eval/summary.json   `llm-unlearn eval` output (also accepted: RUN_DIR/summary.json)
     RUN_DIR/eval/per_item.json  per-item values (used for the truth-ratio histograms)
+    RUN_DIR/attacks/attacks.json  `llm-unlearn attack` output (or the ``attacks`` entry of
+                                eval/summary.json from ``eval --attacks``): the robustness table and
+                                the recovery plot (`llm_unlearn.eval.attacks.find_attack_summary`)
 
 A run without a metric (no eval, no retain logs, no holdout split) shows "n/a".
 """
@@ -26,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from llm_unlearn.errors import UnlearnError
+from llm_unlearn.eval.attacks import RECOVERY_METRICS, find_attack_summary
 from llm_unlearn.eval.logs import format_value, read_logs, split_truth_ratios
 from llm_unlearn.runinfo import read_manifest
 
@@ -54,6 +58,7 @@ class RunRecord:
     manifest: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     forget_truth_ratios: np.ndarray | None = None
+    attacks: dict[str, Any] | None = None
 
     def metric(self, key: str) -> float | None:
         if key == "run_time_s":
@@ -104,6 +109,7 @@ def load_run(run_dir: str | Path) -> RunRecord:
         logs = read_logs(eval_dir / "per_item.json")
         if "forget" in logs.splits:
             rec.forget_truth_ratios = split_truth_ratios(logs.splits["forget"])
+    rec.attacks = find_attack_summary(path)
     return rec
 
 
@@ -215,6 +221,74 @@ def plot_metric_bars(runs: list[RunRecord], path: Path, metrics: list[str] | Non
     return path
 
 
+def attack_order(runs: list[RunRecord]) -> list[str]:
+    """Attack result names over all runs with attack summaries, in first-seen order."""
+    names: dict[str, None] = {}
+    for r in runs:
+        for name in (r.attacks or {}).get("attacks", {}):
+            names.setdefault(name, None)
+    return list(names)
+
+
+def _recovery(run: RunRecord, attack: str, metric: str) -> float | None:
+    v = ((run.attacks or {}).get("attacks", {}).get(attack, {}).get("recovery") or {}).get(metric)
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def plot_recovery(runs: list[RunRecord], path: Path) -> Path:
+    """Recovery per attack per run (grouped bars; one panel for forget probability, one for
+    ROUGE-L): 0 = the attack brings nothing back, 1 = it brings back the target."""
+    plt = _plt()
+    attacked = [r for r in runs if r.attacks]
+    names = attack_order(attacked)
+    panel_w = max(4.0, 0.35 * len(names) * max(1, len(attacked)) + 1.5)
+    fig, axes = plt.subplots(1, len(RECOVERY_METRICS), figsize=(panel_w * len(RECOVERY_METRICS), 3.8), squeeze=False)
+    x = np.arange(len(names))
+    width = 0.8 / max(1, len(attacked))
+    cmap = plt.get_cmap("tab10")
+    for ax, metric in zip(axes.flat, RECOVERY_METRICS):
+        for k, r in enumerate(attacked):
+            vals = [_recovery(r, a, metric) for a in names]
+            ax.bar(x + (k - (len(attacked) - 1) / 2) * width, [v if v is not None else 0.0 for v in vals], width,
+                   color=cmap(k % 10), label=r.name)
+            for xi, v in zip(x, vals):
+                if v is None:
+                    ax.text(xi + (k - (len(attacked) - 1) / 2) * width, 0, "n/a", ha="center", va="bottom",
+                            fontsize=6, color="gray", rotation=90)
+        ax.axhline(0.0, color="black", lw=0.8)
+        ax.axhline(1.0, color="#d62728", lw=0.8, ls="--")
+        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=7)
+        ax.set_title(f"recovery of forget {metric.replace('_', ' ')}", fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    axes.flat[0].set_ylabel("(attacked - unlearned) / (target - unlearned)")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def robustness_table(runs: list[RunRecord]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows: per run with attacks, each attack's recovery (forget probability /
+    ROUGE-L) and the CKA means against the target and the retain model."""
+    attacked = [r for r in runs if r.attacks]
+    names = attack_order(attacked)
+    cka_pairs = [p for p in ("unlearned_vs_target", "unlearned_vs_retain")
+                 if any(p in (r.attacks or {}).get("cka", {}) for r in attacked)]
+    headers = ["Run"] + [f"{n} (prob. / ROUGE-L)" for n in names] + [f"CKA {p.split('_vs_')[1]}" for p in cka_pairs]
+    rows = []
+    for r in attacked:
+        cells = [r.name]
+        for n in names:
+            p, q = _recovery(r, n, "probability"), _recovery(r, n, "rougeL_recall")
+            cells.append(" / ".join("n/a" if v is None else f"{v:.2f}" for v in (p, q)))
+        for pair in cka_pairs:
+            v = (r.attacks or {}).get("cka", {}).get(pair, {}).get("mean")
+            cells.append("n/a" if v is None else f"{v:.3f}")
+        rows.append(cells)
+    return headers, rows
+
+
 # ------------------------------------------------------------------------------------------
 # tables and documents
 
@@ -250,7 +324,8 @@ def _notes(runs: list[RunRecord]) -> list[str]:
 
 def build_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "llm-unlearn TOFU report") -> dict[str, Path]:
     """Markdown (``report.md``), self-contained HTML (``report.html``) and PNG plots
-    (``fq_vs_mu.png``, ``truth_ratio_hist.png``, ``metric_bars.png``) in `out_dir`; returns the paths."""
+    (``fq_vs_mu.png``, ``truth_ratio_hist.png``, ``metric_bars.png``, and ``recovery.png`` with a
+    robustness table when a run has attack results) in `out_dir`; returns the paths."""
     if not run_dirs:
         raise UnlearnError("no run directories given")
     runs = [load_run(d) for d in run_dirs]
@@ -261,19 +336,30 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
         "truth_ratio_hist": plot_truth_ratio_histograms(runs, out / "truth_ratio_hist.png"),
         "metric_bars": plot_metric_bars(runs, out / "metric_bars.png"),
     }
+    if any(r.attacks for r in runs):
+        plots["recovery"] = plot_recovery(runs, out / "recovery.png")
+    rob_headers, rob_rows = robustness_table(runs)
     headers = ["Run", "Role"] + [h for _, h in TABLE_COLUMNS]
     rows = table_rows(runs)
     notes = _notes(runs)
     defs = next((r.summary.get("definitions") for r in runs if r.summary.get("definitions")), {})
     captions = {"fq_vs_mu": "Forget quality (log scale) vs model utility; target and retain marked",
                 "truth_ratio_hist": "Forget truth-ratio histograms of each model vs the retain model",
-                "metric_bars": "Per-metric bars"}
+                "metric_bars": "Per-metric bars",
+                "recovery": "Recovery per attack per run: 0 = nothing comes back, 1 = the target's level"}
+    rob_intro = ("Recovery = (attacked - unlearned) / (target - unlearned) on the attack's items (relearn_k: "
+                 "finetuned k steps on half A of the forget authors, measured on half B), forget probability / "
+                 "ROUGE-L; n/a where the run is at the target's level. CKA: mean over layers of linear CKA of "
+                 "hidden states on the forget items.")
 
     md = [f"# {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     md += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     md += [""]
     if notes:
         md += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
+    if rob_rows:
+        md += ["## Robustness", "", rob_intro, "", "| " + " | ".join(rob_headers) + " |", "|" + "---|" * len(rob_headers)]
+        md += ["| " + " | ".join(rob_rows_i) + " |" for rob_rows_i in rob_rows] + [""]
     for key, p in plots.items():
         md += [f"![{captions[key]}]({p.name})", ""]
     if defs:
@@ -294,6 +380,10 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, title: str = "
     h += ["</tbody></table>"]
     if notes:
         h += ["<h3>Notes</h3><ul>"] + [f"<li>{esc(n)}</li>" for n in notes] + ["</ul>"]
+    if rob_rows:
+        h += ["<h2>Robustness</h2>", f"<p>{esc(rob_intro)}</p>", "<table id='robustness'><thead><tr>"
+              + "".join(f"<th>{esc(c)}</th>" for c in rob_headers) + "</tr></thead><tbody>"]
+        h += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rob_rows] + ["</tbody></table>"]
     for key, p in plots.items():
         h += [f"<figure><img alt='{esc(captions[key])}' src='{img(p)}'><figcaption>{esc(captions[key])}"
               "</figcaption></figure>"]

@@ -13,6 +13,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from llm_unlearn.errors import UnlearnError
+from llm_unlearn.eval.attacks import attack_card_section
 from llm_unlearn.models import ADAPTER_MASK_FILE
 from llm_unlearn.runinfo import read_manifest
 
@@ -245,6 +246,7 @@ def _card_body(contents: RunContents, repo_id: str, base: str | None, method: st
     lines += ["", "Approximate unlearning lowers what the model reveals about the forget set; it does not "
               "prove the information is gone. The scores above measure how close it is to a model never "
               "trained on that set."]
+    lines += attack_card_section(contents.run_dir)
     lines += ["", "## How to load", "", "```python"]
     if contents.is_adapter and any(w.name == ADAPTER_MASK_FILE for w in contents.weight_files):
         lines += ["# element-masked LoRA: the update is M ⊙ (B·A), so load it with llm-unlearn (plain PEFT",

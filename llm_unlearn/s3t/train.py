@@ -34,6 +34,7 @@ from llm_unlearn.models import build_tiny, load_model, load_tokenizer, resolve_m
 from llm_unlearn.runinfo import data_hash, read_manifest, write_manifest
 from llm_unlearn.s3t.ledger import DeletionLedger, StageRecord
 from llm_unlearn.s3t.plan import S3TPlan, make_plan
+from llm_unlearn.threads import apply_thread_policy
 
 logger = logging.getLogger(__name__)
 
@@ -251,6 +252,7 @@ def train_s3t(cfg: S3TConfig) -> Path:
     rows = _load_rows(cfg)
     torch.manual_seed(cfg.seed)
     base, tokenizer, base_ref = _base_model(cfg, run_dir)
+    threads = apply_thread_policy(base)
     plan = make_plan([r["sample_id"] for r in rows], cfg.shards, cfg.slices, cfg.sequences,
                      base.config.num_hidden_layers, cfg.method, cfg.seed)
     plan.save(run_dir / PLAN_FILE)
@@ -261,7 +263,7 @@ def train_s3t(cfg: S3TConfig) -> Path:
     )
     write_manifest(run_dir, kind="s3t", s3t_format=S3T_FORMAT, base_model=base_ref, model=cfg.model,
                    data=str(cfg.data), split=cfg.split, items=len(rows), data_hash=data_hash(rows),
-                   config=asdict(cfg), blocks=plan.blocks)
+                   config=asdict(cfg), blocks=plan.blocks, threads=threads)
     total = cfg.shards * cfg.sequences * cfg.slices
     with stage_bar("s3t train", total=total, unit="stage") as bar:
         for shard in range(cfg.shards):

@@ -17,6 +17,7 @@ from llm_unlearn.trainers.grad_ascent import GradAscentConfig, GradAscentTrainer
 from llm_unlearn.trainers.grad_diff import GradDiffConfig, GradDiffTrainer
 from llm_unlearn.trainers.idk_dpo import IdkDPOConfig, IdkDPOTrainer
 from llm_unlearn.trainers.npo import NPOConfig, NPOTrainer
+from llm_unlearn.trainers.npo_sam import NPOSAMConfig, NPOSAMTrainer
 from llm_unlearn.trainers.reference import add_reference_logprobs, sharded_reference_logprobs
 from llm_unlearn.trainers.rmu import RMUConfig, RMUTrainer
 from llm_unlearn.trainers.simnpo import SimNPOConfig, SimNPOTrainer
@@ -25,6 +26,7 @@ METHODS: dict[str, tuple[type[UnlearnTrainer], type[UnlearnConfig]]] = {
     "grad_ascent": (GradAscentTrainer, GradAscentConfig),
     "grad_diff": (GradDiffTrainer, GradDiffConfig),
     "npo": (NPOTrainer, NPOConfig),
+    "npo_sam": (NPOSAMTrainer, NPOSAMConfig),
     "simnpo": (SimNPOTrainer, SimNPOConfig),
     "idk_dpo": (IdkDPOTrainer, IdkDPOConfig),
     "rmu": (RMUTrainer, RMUConfig),
@@ -41,7 +43,7 @@ def get_method(name: str) -> tuple[type[UnlearnTrainer], type[UnlearnConfig]]:
 
 __all__ = [
     "METHODS", "GradAscentConfig", "GradAscentTrainer", "GradDiffConfig", "GradDiffTrainer", "IdkDPOConfig",
-    "IdkDPOTrainer", "NPOConfig", "NPOTrainer", "RMUConfig", "RMUTrainer", "RetainRegularisedConfig",
+    "IdkDPOTrainer", "NPOConfig", "NPOSAMConfig", "NPOSAMTrainer", "NPOTrainer", "RMUConfig", "RMUTrainer", "RetainRegularisedConfig",
     "SimNPOConfig", "SimNPOTrainer", "UnlearnCollator", "UnlearnConfig", "UnlearnTrainer", "add_reference_logprobs",
     "batch_counts", "get_method", "per_item_nll", "sequence_logprobs", "sharded_reference_logprobs",
 ]

@@ -21,6 +21,14 @@ returns the loss and the named terms to log. The base class provides what every 
 - One graph at a time (``split_backward``, default on): a method's forget term is backwarded as
   soon as it is complete (`add_retain_term`), before the retain forward, so the activations of
   the two forwards are never held together.
+- The optimizer step inside backward (``optim_in_backward``, `llm_unlearn.optim`): each parameter
+  is updated from a post-accumulate-grad hook and its gradient freed, so the gradients of the
+  whole model never exist at once; the Trainer's own ``optimizer.step()`` becomes a no-op (its
+  step hooks still run), the LR scheduler drives the hooks' lr, and ``grad_norm`` is logged.
+  ``split_backward`` does not apply then: stepping on the forget term's gradient before the retain
+  term's is added would be a different update, and holding it until then is the full gradient
+  buffer this mode removes. The forget and retain graphs are alive together instead; activation
+  checkpointing makes both small.
 - A divergence guard: a NaN/inf loss raises `DivergenceError` before the backward pass (so the
   weights of the last finite step are untouched) naming the last saved checkpoint, which is kept.
 - Logging of ``forget_nll``, ``retain_nll`` and each method's terms next to ``loss``.
@@ -46,6 +54,7 @@ from llm_unlearn import masks
 from llm_unlearn.data.pairing import PairedCollator
 from llm_unlearn.data.qa import check_tokenizer
 from llm_unlearn.errors import DivergenceError, UnlearnError
+from llm_unlearn.optim import OptimizerInBackward
 from llm_unlearn.perf import own_trainable_weights
 from llm_unlearn.scoring import (
     IGNORE_INDEX,
@@ -80,7 +89,8 @@ class UnlearnConfig(TrainingArguments):
     report_to: None | str | list[str] = field(default="none", metadata={"help": "where to report logs: none, all, tensorboard, wandb, trackio, …"})
     remove_unused_columns: bool = field(default=False, metadata={"help": "must stay False: batches are nested forget/retain dicts"})
     max_length: int = field(default=256, metadata={"help": "max tokens per QA item when tokenising (longer ones are truncated and counted)"})
-    split_backward: bool = field(default=True, metadata={"help": "backward the forget term before the retain forward, so one of the two graphs is alive at a time (lower peak memory; the same gradients up to float summation order; off under DeepSpeed)"})
+    split_backward: bool = field(default=True, metadata={"help": "backward the forget term before the retain forward, so one of the two graphs is alive at a time (lower peak memory; the same gradients up to float summation order; off under DeepSpeed and with optim_in_backward)"})
+    optim_in_backward: bool = field(default=False, metadata={"help": "update each parameter inside the backward pass as soon as its gradient is complete, then free it (LOMO-style; no full gradient buffer): works with `optim` adamw_torch, adafactor, sgd, adamw_8bit, …; clipping is per parameter (max_grad_norm bounds each tensor's gradient norm); one process only (no DDP / FSDP / DeepSpeed), no fp16 loss scaling; the forget and retain terms are backwarded together (split_backward does not apply)"})
 
     def __post_init__(self):
         super().__post_init__()
@@ -178,6 +188,9 @@ class UnlearnTrainer(Trainer):
             # reentrant checkpointing needs an input that requires grad when only adapters train
             self.model.enable_input_require_grads()
         self.ref_model = None
+        self.in_backward: OptimizerInBackward | None = None
+        if args.optim_in_backward:
+            self._check_in_backward()
         self._metric_sums: dict[str, float] = defaultdict(float)
         self._metric_step = 0
         self.setup()
@@ -283,6 +296,7 @@ class UnlearnTrainer(Trainer):
         backward calls per micro-batch are plain gradient accumulation (not DeepSpeed, whose
         engine counts backward calls, nor DataParallel, which averages the returned loss)."""
         return (bool(getattr(self.args, "split_backward", False)) and model.training and loss.requires_grad
+                and not self.args.optim_in_backward
                 and self.accelerator.distributed_type != DistributedType.DEEPSPEED and self.args.n_gpu <= 1)
 
     def _backward_forget_term(self, model, loss: torch.Tensor, terms: dict) -> torch.Tensor:
@@ -298,6 +312,61 @@ class UnlearnTrainer(Trainer):
         scale = self.accelerator.num_processes if self.counts_across_processes() else 1
         self.accelerator.backward(loss * scale)
         return loss.detach()
+
+    # ---- optimizer in backward ---------------------------------------------------------
+
+    def _check_in_backward(self) -> None:
+        """Refuse set-ups where a per-parameter step inside backward would be wrong."""
+        from accelerate.utils import DistributedType
+
+        why = None
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            why = "DeepSpeed owns the optimizer step"
+        elif self.accelerator.num_processes > 1 or self.args.n_gpu > 1:
+            why = ("with several processes the hooks would step on this rank's gradient before DDP / FSDP has "
+                   "reduced it; shard the optimizer state with FSDP2 instead (recipes/accelerate/)")
+        elif self.args.fp16:
+            why = "fp16 loss scaling unscales gradients only at the optimizer step; use bf16 or fp32"
+        elif not any(p.requires_grad for p in self.model.parameters()):
+            why = "the model has no trainable parameter"
+        if why:
+            raise UnlearnError(f"{self.method}: optim_in_backward is not possible here: {why}")
+
+    def create_optimizer(self, model=None):
+        if not self.args.optim_in_backward:
+            return super().create_optimizer(model)
+        if self.optimizer is None:
+            opt_model = self.model if model is None else model
+            decay = set(self.get_decay_parameter_names(opt_model))
+            named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+            groups = [{"params": [p for n, p in named if n in decay], "weight_decay": self.args.weight_decay},
+                      {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0}]
+            groups = [g for g in groups if g["params"]]
+            cls, kwargs = self.optimizer_cls_and_kwargs or self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+            if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)) or "params" in kwargs:
+                raise UnlearnError(f"{self.method}: optim_in_backward needs an optimizer that can step one parameter "
+                                   f"at a time (adamw_torch, adafactor, sgd, adamw_8bit, …), not optim={self.args.optim}")
+            per_param = {}
+            if "bitsandbytes" in str(cls) and kwargs.get("optim_bits") == 8:
+                # as the Trainer does for bitsandbytes' 8-bit optimizers: embeddings keep 32-bit state
+                per_param = {m.weight: {"optim_bits": 32} for m in opt_model.modules()
+                             if isinstance(m, torch.nn.Embedding) and m.weight.requires_grad}
+            self.in_backward = OptimizerInBackward(groups, cls, kwargs, max_grad_norm=self.args.max_grad_norm,
+                                                   should_step=lambda: self.accelerator.sync_gradients,
+                                                   param_kwargs=per_param)
+            self.optimizer = self.in_backward
+        return self.optimizer
+
+    def _clip_grad_norm(self, model):
+        if self.in_backward is not None:  # clipped per parameter in the hooks; the pre-clip global norm
+            return self.in_backward.pop_grad_norm()
+        return super()._clip_grad_norm(model)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if self.in_backward is not None and grad_norm is None:
+            grad_norm = self.in_backward.pop_grad_norm()
+            return grad_norm if grad_norm is not None else torch.zeros(())
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
 
     # ---- Trainer hooks -----------------------------------------------------------------
 

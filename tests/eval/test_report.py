@@ -75,3 +75,44 @@ def test_report_cli(run_dirs, tmp_path):
     assert main(["report", str(tmp_path / "missing"), "--output", str(tmp_path / "x")]) == 2
     summary = json.loads((run_dirs[1] / "eval" / "summary.json").read_text())
     assert summary["format"] == "llm-unlearn-eval-summary/1"
+
+
+def fake_attack_summary(synthetic_dir):
+    """An attack summary from hand-made per-item values (recovery 0.5 on probability under nf4)."""
+    from llm_unlearn.eval.attacks import AttackConfig, build_plan, summarise
+
+    plan = build_plan(synthetic_dir, "forget10", AttackConfig(attacks=("quantize", "paraphrase"), quant_modes=("nf4",)))
+    n = len(plan.rows)
+
+    def vals(p, r):
+        return {"probability": [p] * n, "rougeL_recall": [r] * n, "truth_ratio": [0.5] * n, "generation": [""] * n}
+
+    results = {"unlearned": {"values": {"baseline": vals(0.1, 0.2), "quantize_nf4": vals(0.5, 0.2),
+                                        "paraphrase": vals(0.1, 0.2)}},
+               "target": {"values": {"baseline": vals(0.9, 0.6), "quantize_nf4": vals(0.88, 0.6),
+                                     "paraphrase": vals(0.7, 0.5)}}}
+    return summarise(plan, results, {"unlearned_vs_target": [1.0, 0.8]})
+
+
+def test_report_robustness_table_and_recovery_plot(run_dirs, synthetic_dir, tmp_path):
+    import shutil
+
+    from llm_unlearn.eval.attacks import write_attacks
+    from llm_unlearn.eval.report import build_report
+
+    runs = [tmp_path / d.name for d in run_dirs]
+    for src, dst in zip(run_dirs, runs):
+        shutil.copytree(src, dst)
+    summary = fake_attack_summary(synthetic_dir)
+    assert summary["attacks"]["quantize_nf4"]["recovery"] == pytest.approx({"probability": 0.5, "rougeL_recall": 0.0})
+    assert summary["attacks"]["quantize_nf4"]["target_recovery"]["probability"] == pytest.approx(0.975)
+    write_attacks(runs[1] / "attacks", {"summary": summary, "per_item": {}})
+    paths = build_report(runs, tmp_path / "rep")
+    assert paths["recovery"].is_file()
+    md = paths["markdown"].read_text()
+    assert "## Robustness" in md
+    row = next(line for line in md.splitlines() if line.startswith("| grad_ascent | 0.50 / 0.00 |"))
+    assert row.endswith("| 0.900 |")  # CKA vs target: mean over layers
+    assert paths["html"].read_text().count("data:image/png;base64,") == 4
+    # without attack results: no robustness section, no recovery plot
+    assert "recovery" not in build_report(run_dirs, tmp_path / "rep2")

@@ -95,6 +95,7 @@ def test_mask_is_passed_to_the_masks_module(target_dir, synthetic_dir, tmp_path,
 
     monkeypatch.setattr(masks, "load_mask", fake_load)
     monkeypatch.setattr(masks, "attach_mask", fake_attach)
+    (tmp_path / "mask.safetensors").touch()  # must exist: a missing --mask fails before loading
     run_unlearning(str(target_dir), synthetic_dir, tmp_path / "m", method="npo", mask=tmp_path / "mask.safetensors",
                    overrides={"max_steps": 1, "disable_tqdm": True})
     assert seen == {"path": str(tmp_path / "mask.safetensors"), "attached": ("NPOTrainer", "MASK")}

@@ -18,11 +18,12 @@ RUNS = {
     "grad_ascent": dict(learning_rate=5e-4),
     "grad_diff": dict(learning_rate=5e-4, alpha=1.0),
     "npo": dict(learning_rate=5e-4, alpha=5.0),
+    "npo_sam": dict(learning_rate=5e-4, alpha=5.0, sam_rho=0.05),
     "simnpo": dict(learning_rate=1e-3, alpha=2.0),
     "idk_dpo": dict(learning_rate=3e-3),
     "rmu": dict(learning_rate=1e-3, steering_coeff=20.0, alpha=10.0, layer=2),
 }
-RETAIN_BOUNDED = ("grad_diff", "npo", "simnpo")
+RETAIN_BOUNDED = ("grad_diff", "npo", "npo_sam", "simnpo")
 
 
 def test_every_method_has_a_run():
@@ -45,7 +46,8 @@ def test_short_run_raises_forget_nll(method, make_trainer, mean_nll, unlearn_dat
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert logged, "no training log"
     expected = {"grad_ascent": {"forget_nll"}, "grad_diff": {"forget_nll", "retain_nll", "retain_loss"},
-                "npo": {"npo", "forget_nll", "retain_nll"}, "simnpo": {"simnpo", "forget_nll", "retain_nll"},
+                "npo": {"npo", "forget_nll", "retain_nll"},
+                "npo_sam": {"npo", "npo_sam", "sam_grad_norm", "forget_nll", "retain_nll"}, "simnpo": {"simnpo", "forget_nll", "retain_nll"},
                 "idk_dpo": {"dpo", "forget_nll", "idk_nll", "retain_nll"}, "rmu": {"rmu_forget", "rmu_retain"}}
     assert expected[method] <= set(logged[0])
 
