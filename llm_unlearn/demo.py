@@ -155,7 +155,8 @@ def _run_demo_into(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]
     if max_authors is not None:
         data = _subset_source(data, out / "data", cfg)
     n_forget = len(load_tofu(cfg.forget_split, data))
-    print(f"data: {cfg.authors} {'synthetic' if cfg.data is None else 'TOFU'} authors in {data}; "
+    shown = Path(cfg.output) / Path(data).relative_to(out) if Path(data).is_relative_to(out) else data
+    print(f"data: {cfg.authors} {'synthetic' if cfg.data is None else 'TOFU'} authors in {shown}; "
           f"{cfg.forget_split} = {n_forget} QA to forget; model: {cfg.model}")
 
     def evaluate(run_dir: Path, model, tokenizer, name: str, retain_logs=None) -> dict[str, Any]:

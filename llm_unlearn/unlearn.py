@@ -328,6 +328,7 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
     interrupt = SaveOnInterrupt()
     trainer = trainer_cls(model=model, args=cfg, train_dataset=pairs, processing_class=tokenizer,
                           weight_mask=weight_mask, callbacks=[interrupt], **kwargs)
+    trainer.console.stage = trainer.console.log_file.stage = label  # e.g. "unlearn npo + wagle mask"
     if bar is not None and trainer.console.show_bar:
         trainer.console.bar = bar  # the stage's bar counts the training steps
 
