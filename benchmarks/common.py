@@ -40,14 +40,18 @@ def write_tofu_subset(source: str | Path, out: str | Path, authors: int, forget_
     ``full`` = their items; ``forgetXX`` = the last XX % of those authors (forget10 of 20 authors =
     the last 2 = 40 items); ``retain{100-XX}`` = the rest; ``forgetXX_perturbed`` = the forget items
     with their paraphrased / perturbed answers; ``retain_perturbed`` = as many retain items (the first
-    ones with perturbed answers); the utility sets (real authors, world facts) and ``idontknow.txt``
-    are copied. Rewritten only when the settings change (``SUBSET`` records them)."""
+    ones with perturbed answers); ``holdoutXX`` = as many items about authors *outside* the subset
+    (the last authors of ``full`` that have paraphrased / perturbed answers), which neither the
+    target nor the retain model ever trains on: the reference of the retain-free forgetting scores
+    (holdout forget quality, membership AUCs); the utility sets (real authors, world facts) and
+    ``idontknow.txt`` are copied. Rewritten only when the settings change (``SUBSET`` records them)."""
     from llm_unlearn.data.synthetic import write_splits
     from llm_unlearn.data.tofu import available_splits, forget_percent, load_tofu
     from llm_unlearn.errors import UnlearnError
 
     source, out = Path(source), Path(out)
-    settings = {"source": str(source.resolve()), "authors": authors, "forget_split": forget_split}
+    settings = {"source": str(source.resolve()), "authors": authors, "forget_split": forget_split,
+                "holdout": "last authors of full with perturbed answers"}
     stamp = out / "SUBSET"  # no .json suffix: not a split
     if stamp.is_file() and json.loads(stamp.read_text()) == settings:
         return out
@@ -71,10 +75,16 @@ def write_tofu_subset(source: str | Path, out: str | Path, authors: int, forget_
     retain_perturbed = [perturbed[r["question"]] for r in retain if r["question"] in perturbed][:k]
     if len(retain_perturbed) < k:
         raise UnlearnError(f"{source}: fewer than {k} retain items with perturbed answers in the first {authors} authors")
+    subset_questions = {r["question"] for r in rows}
+    outside = [perturbed[r["question"]] for r in full[n:] if r["question"] in perturbed
+               and r["question"] not in subset_questions]
+    if len(outside) < k:
+        raise UnlearnError(f"{source}: fewer than {k} items with perturbed answers about authors outside the first "
+                           f"{authors} (needed for the holdout split)")
     tag = forget_split.removeprefix("forget")
     splits = {"full": rows, forget_split: forget, f"retain{100 - int(tag):02d}": retain,
               f"{forget_split}_perturbed": [perturbed[r["question"]] for r in forget],
-              "retain_perturbed": retain_perturbed}
+              "retain_perturbed": retain_perturbed, f"holdout{tag}": outside[-k:]}
     for name in ("real_authors", "real_authors_perturbed", "world_facts", "world_facts_perturbed"):
         splits[name] = load_tofu(name, source).to_list()
     write_splits(splits, out, meta={"qa_per_author": QA_PER_AUTHOR, "subset_of": str(source), "authors": authors})

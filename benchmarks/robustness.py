@@ -417,9 +417,11 @@ def main(argv: list[str] | None = None) -> int:
                                   "before": {n: e[role]["before"] for n, e in any_summary["attacks"].items()}})
     target_fq = json.loads((evals["target"] / "summary.json").read_text())["metrics"]["forget_quality"]
 
+    four_bit = [n for n in FOUR_BIT if n in names]  # the 4-bit modes that were run (NF4 and / or FP4)
+
     def robust(row: dict, metrics: tuple[str, ...]) -> tuple[bool, float | None]:
-        worst = [row["recovery"].get(n, {}).get(m) for n in (*FOUR_BIT, f"relearn_{cfg.relearn_steps[0]}") for m in metrics]
-        if any(v is None for v in worst):
+        worst = [row["recovery"].get(n, {}).get(m) for n in (*four_bit, f"relearn_{cfg.relearn_steps[0]}") for m in metrics]
+        if not four_bit or any(v is None for v in worst):
             return False, None
         return max(worst) <= LIMIT_RECOVERY, max(worst)
 
@@ -450,18 +452,39 @@ def main(argv: list[str] | None = None) -> int:
                        "--train unless cached, attacks on every model; target / retain finetuning not counted when "
                        "cached)", "limit": f"<= {LIMIT_MINUTES} min",
              "measured": f"{total_min:.1f} min", "pass": total_min <= LIMIT_MINUTES},
-            {"target": f"an unlearned run with 4-bit (NF4 and FP4) and relearn-{cfg.relearn_steps[0]} recovery <= 0.2 on forget probability "
+            {"target": f"an unlearned run with 4-bit ({' and '.join(n.removeprefix('quantize_') for n in four_bit) or 'none run'}) "
+                       f"and relearn-{cfg.relearn_steps[0]} recovery <= 0.2 on forget probability "
                        "and forget quality above the target's",
              "limit": f"recovery <= {LIMIT_RECOVERY}, FQ > {target_fq:.3g}",
              "measured": (f"{best['run']}: FQ {best['fq']:.3g}, worst recovery {best['worst_probability']:.2f} "
                           f"(with ROUGE-L: {_f(best['worst_with_rougeL'])})") if best else
                          ("none; closest with FQ above the target's: " + (
                              f"{closest['run']} (worst recovery {closest['worst_recovery_probability']:.2f})"
-                             if closest else "no run has FQ above the target's")),
+                             if closest else "no run with FQ above the target's has every recovery measured")),
              "pass": best is not None},
         ],
         "found": found,
     }
+    # the compute behind everything in the table, whichever invocation (or earlier run) did it
+    compute = {"finetune_s": sum(json.loads((models[r] / "finetune_s.json").read_text())["finetune_s"]
+                                 for r in ("target", "retain") if (models[r] / "finetune_s.json").is_file()),
+               "baseline_evals_s": sum(json.loads((evals[r] / "summary.json").read_text()).get("eval_time_s") or 0
+                                       for r in ("target", "retain")),
+               "runs_train_s": sum(json.loads((r["dir"] / "run.json").read_text()).get("run_time_s") or 0 for r in runs),
+               "runs_eval_s": sum(json.loads((r["dir"] / "eval" / "summary.json").read_text()).get("eval_time_s") or 0
+                                  for r in runs),
+               "attacks_s": sum(a.get("total_s") or 0 for a in attacked.values())}
+    compute["total_min"] = round(sum(compute.values()) / 60, 1)
+    result["compute_s"] = compute
+    # the target is judged on the whole benchmark's work shared by two single-thread workers (2 cores), not
+    # on this invocation alone, which may have found most of it cached
+    result["targets"][0].update(
+        target="whole robustness benchmark on 2 cores: the compute of everything in the table (finetuning target "
+               "and retain when this benchmark did it, evaluations, unlearning runs, attacks), summed over "
+               "single-thread workers, divided by 2 workers",
+        measured=f"{compute['total_min'] / 2:.1f} min ({compute['total_min']} min of single-thread compute; this "
+                 f"invocation {total_min:.1f} min wall)",
+        **{"pass": compute["total_min"] / 2 <= LIMIT_MINUTES})
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     out_prefix.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     plot(rows, names, out_prefix.with_suffix(".png"))

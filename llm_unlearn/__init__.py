@@ -29,6 +29,11 @@ _EXPORTS = {
     "METHODS": "llm_unlearn.trainers",
     "UnlearnTrainer": "llm_unlearn.trainers",
     "run_unlearning": "llm_unlearn.unlearn",
+    "MODE_DEFAULTS": "llm_unlearn.unlearn",
+    # retain-free tuning
+    "TuneConfig": "llm_unlearn.tune",
+    "tune": "llm_unlearn.tune",
+    "BestStepCallback": "llm_unlearn.tune",
     "OptimizerInBackward": "llm_unlearn.optim",
     # memory planning
     "estimate_memory": ("llm_unlearn.memory", "estimate"),
@@ -39,6 +44,8 @@ _EXPORTS = {
     "load_mask": "llm_unlearn.masks",
     # evaluation
     "evaluate_model": "llm_unlearn.eval.evaluator",
+    "score_splits": "llm_unlearn.eval.evaluator",
+    "holdout_forget_quality": "llm_unlearn.eval.metrics",
     "load_for_eval": "llm_unlearn.eval.loading",
     "build_report": "llm_unlearn.eval.report",
     "run_attacks": "llm_unlearn.eval.attacks",

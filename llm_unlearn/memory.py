@@ -48,10 +48,13 @@ Validated by measurement on CPU (peak RSS minus the process's RSS before the mod
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from transformers import AutoConfig
 
 from llm_unlearn.errors import UnlearnError
 
@@ -354,8 +357,6 @@ def load_config(spec: str | Path) -> tuple[Any, str]:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UnlearnError(f"{path} has no config.json")
-        from transformers import AutoConfig
-
         try:
             return AutoConfig.from_pretrained(str(path), local_files_only=True), str(path / "config.json")
         except (OSError, ValueError) as exc:
@@ -363,14 +364,10 @@ def load_config(spec: str | Path) -> tuple[Any, str]:
     if key in BUILTIN_CONFIGS:
         return dict(BUILTIN_CONFIGS[key], _name_or_path=key), "built-in config"
     if path.suffix == ".json" and path.is_file():
-        import json
-
         try:
             return json.loads(path.read_text(encoding="utf-8")), str(path)
         except ValueError as exc:
             raise UnlearnError(f"{path}: not JSON ({exc})") from None
-    from transformers import AutoConfig
-
     try:
         return AutoConfig.from_pretrained(key), f"Hub config of {key}"
     except (OSError, ValueError) as exc:

@@ -23,6 +23,7 @@ import ctypes
 import logging
 import os
 import sys
+import threading
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +82,6 @@ class MallocPeak:
     False without glibc (then both stay 0). Used to check `llm_unlearn.memory` against runs."""
 
     def __init__(self, interval: float = 0.002):
-        import ctypes
-        import threading
-
         class MallInfo2(ctypes.Structure):
             _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]

@@ -15,8 +15,10 @@ from typing import Any
 
 import torch
 import yaml
+from datasets import Dataset
 from torch.utils.data import DataLoader
 from transformers import TrainingArguments
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from llm_unlearn import masks
 from llm_unlearn.checks import check_file, check_fraction
@@ -25,6 +27,7 @@ from llm_unlearn.data.pairing import ForgetRetainDataset
 from llm_unlearn.data.qa import QACollator, check_tokenizer, tokenize_qa_dataset
 from llm_unlearn.data.tofu import load_tofu, matching_retain_split, read_refusals
 from llm_unlearn.errors import DivergenceError, TrainingInterrupted, UnlearnError
+from llm_unlearn.eval.evaluator import holdout_rows, score_splits
 from llm_unlearn.interrupt import SaveOnInterrupt, last_checkpoint
 from llm_unlearn.models import (
     ADAPTER_MASK_FILE,
@@ -58,9 +61,35 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Per-mode defaults of the fields that decide whether a run forgets at all, set from the
+# measurements of benchmarks/defaults.py (results/defaults.json: NPO+RT on the tiny model, 3 seeds)
+# and the SmolLM2 frontier (results/tofu_frontier*.json). A LoRA adapter starts at zero and needs a
+# far larger step than full weights (at the config classes' 1e-5 a LoRA NPO run on the tiny model
+# moved its forget NLL by 0.0006 nats). LoRA: the lowest tested lr whose every seed raised the
+# forget NLL >= 0.5 nats with the retain NLL < 0.3 (2e-3: +0.43 on one seed; 2.5e-3: retain +0.33
+# on one seed). Full weights: 1e-4 forgets on the tiny model (+0.18 nats, retain +0.01) and sits
+# between the SmolLM2 frontier's 4e-5 and 8e-5 runs, which forgot with utility unchanged
+# (0.365 -> 0.35-0.365). `llm-unlearn tune` searches around them without a retain model.
+MODE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lora": {"learning_rate": 2.25e-3, "num_train_epochs": 5.0},
+    "full": {"learning_rate": 1e-4, "num_train_epochs": 5.0},
+}
+
+
+def mode_defaults(method: str, lora: bool) -> dict[str, Any]:
+    """The `MODE_DEFAULTS` that apply to `method` (those fields where its config keeps the
+    `UnlearnConfig` default; RMU, e.g., has its own learning rate)."""
+    _, config_cls = get_method(method)
+    own = {f.name: f.default for f in dataclasses.fields(config_cls)}
+    base = {f.name: f.default for f in dataclasses.fields(UnlearnConfig)}
+    return {k: v for k, v in MODE_DEFAULTS["lora" if lora else "full"].items() if own.get(k) == base.get(k)}
+
+
 def build_config(method: str, config: UnlearnConfig | dict | str | Path | None = None,
-                 overrides: dict[str, Any] | None = None, output_dir: str | Path | None = None) -> UnlearnConfig:
-    """The method's config: defaults < `config` (object, dict or YAML path) < `overrides` (CLI flags).
+                 overrides: dict[str, Any] | None = None, output_dir: str | Path | None = None,
+                 lora: bool | None = None) -> UnlearnConfig:
+    """The method's config: defaults < mode defaults (`MODE_DEFAULTS`, LoRA or full weights; with
+    `lora` given) < `config` (object, dict or YAML path) < `overrides` (CLI flags).
 
     A ``method`` key in the file must match `method`. Unknown fields raise `UnlearnError` naming them."""
     _, config_cls = get_method(method)
@@ -76,6 +105,9 @@ def build_config(method: str, config: UnlearnConfig | dict | str | Path | None =
     file_method = fields.pop("method", None)
     if file_method is not None and file_method != method:
         raise UnlearnError(f"config is for method '{file_method}', but method '{method}' was asked for")
+    if lora is not None and not isinstance(config, UnlearnConfig):
+        for key, value in mode_defaults(method, lora).items():
+            fields.setdefault(key, value)
     fields.update({k: v for k, v in (overrides or {}).items() if v is not None})
     if output_dir is not None:
         fields["output_dir"] = str(output_dir)
@@ -116,6 +148,52 @@ def _phase(bar, text: str) -> None:
 
 def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
+
+
+MIN_FORGET_NLL_RISE = 0.1  # nats: below this, the run did not forget
+
+
+def forgetting_warning(nll: dict[str, Any], hyperparameters: dict[str, Any], lora: bool) -> str | None:
+    """The warning for a run whose mean forget NLL rose by less than `MIN_FORGET_NLL_RISE` nats
+    (None when it forgot), naming the flags to change and `llm-unlearn tune`."""
+    before, after = nll.get("forget_before"), nll.get("forget_after")
+    if before is None or after is None:
+        return None
+    rise = after - before
+    if rise >= MIN_FORGET_NLL_RISE:
+        return None
+    lr, epochs = hyperparameters.get("learning_rate"), hyperparameters.get("num_train_epochs")
+    steps = hyperparameters.get("max_steps")
+    budget = f"--max-steps {steps}" if steps and steps > 0 else f"--epochs {epochs:g}"
+    return (f"forgetting did not happen: the forget NLL rose by {rise:+.3f} nats (< {MIN_FORGET_NLL_RISE} nats). "
+            f"Raise --lr (now {lr:g}) or the budget ({budget})"
+            + ("" if lora else " or train a LoRA adapter (--lora)")
+            + ", or search them without a retain model: llm-unlearn tune")
+
+
+def hfq_rows(data, forget_split: str, max_items: int | None, holdout_split: str | None = None,
+             max_authors: int | None = None) -> tuple[dict[str, list[dict]] | None, str | None]:
+    """The forget items with perturbed answers and the holdout items the holdout forget quality
+    compares them with, or (None, why not)."""
+    try:
+        forget = load_tofu(f"{forget_split}_perturbed", data, max_items=max_items).to_list()
+    except UnlearnError as exc:
+        return None, f"no {forget_split}_perturbed split ({exc})"
+    explicit = holdout_split is not None
+    try:
+        hold, reason = holdout_rows(data, holdout_split or forget_split.replace("forget", "holdout", 1), max_items,
+                                     explicit=explicit, max_authors=max_authors, forget_rows=forget)
+    except UnlearnError as exc:
+        return None, str(exc)
+    if hold is None:
+        return None, reason
+    if not all(r.get("perturbed_answer") for r in hold):
+        return None, "the holdout items have no perturbed answers"
+    return {"forget": forget, "holdout": hold}, None
+
+
+def _hfq(model, tokenizer, rows, batch_size: int) -> float | None:
+    return score_splits(model, tokenizer, rows, batch_size=batch_size)["metrics"].get("holdout_forget_quality")
 
 
 def _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, tokenizer, batch_size,
@@ -200,6 +278,12 @@ def run_unlearning(
     resume_from_checkpoint: str | bool | None = None,
     overwrite: bool = False,
     nll_max_retain: int | None = 200,
+    holdout_split: str | None = None,
+    max_authors: int | None = None,
+    score_hfq: bool = True,
+    callbacks: list | None = None,
+    retain_exclude: set[str] | None = None,
+    quiet: bool = False,
     threads: str | int | None = "auto",
 ) -> tuple[Path, dict[str, Any]]:
     """Unlearn `forget_split` of `data` from `model` with `method`; returns ``(output dir, run.json dict)``.
@@ -217,11 +301,19 @@ def run_unlearning(
       (`llm_unlearn.masks`). A LoRA run with an element mask saves it beside the adapter
       (``weight_mask.safetensors``); `llm_unlearn.models.load_model` re-applies it, so the
       reloaded adapter (and its merge) is ΔW = M ⊙ (B·A), the update that was trained.
+    - `nll_max_retain`: retain items scored for the before/after NLL (the first N; None = all),
+      and forget / holdout items scored for the holdout forget quality before and after
+      (`score_hfq`; holdout items from `holdout_split`, the authors outside `max_authors`, or the
+      source's ``holdoutXX``, see `llm_unlearn.eval.evaluator.load_eval_rows`).
+    - `callbacks`: extra `transformers.TrainerCallback`s (e.g. `llm_unlearn.tune.BestStepCallback`).
+    - `retain_exclude`: retain questions left out of training (held out for a utility measure).
+    - `quiet`: no progress bar and no printed log lines (the history still goes to run.json).
+    - run.json gets ``nll``, ``hfq`` (before / after) and ``warning`` when forgetting did not
+      happen (`forgetting_warning`).
     - `resume_from_checkpoint`: a checkpoint directory, or True for the last one of an interrupted
       run (Ctrl-C saves one and raises `TrainingInterrupted`) or, failing that, in `output`.
     - `threads`: torch threads, `llm_unlearn.threads.apply_thread_policy` (auto: one for models
       under 10 M parameters unless OMP_NUM_THREADS is set); recorded in run.json.
-    - `nll_max_retain`: retain items scored for the before/after NLL (the first N; None = all).
 
     The output is written to a hidden sibling (``.NAME.partial``) and moved into place at the end
     (`llm_unlearn.outputs.staged_dir`): a failed run leaves a previous output intact, and an
@@ -238,7 +330,7 @@ def run_unlearning(
         raise UnlearnError(f"--dtype must be float32, bfloat16, float16 or auto, got '{dtype}'")
     out = Path(output)
     staging = staging_path(out)
-    cfg = build_config(method, config, overrides, output_dir=staging)
+    cfg = build_config(method, config, overrides, output_dir=staging, lora=lora)
     check_file("refusals_file", getattr(cfg, "refusals_file", None))
     if isinstance(model, (str, Path)):
         resolve_model_path(str(model))
@@ -250,6 +342,8 @@ def run_unlearning(
         retain_split = matching_retain_split(forget_split)
     forget_rows = load_tofu(forget_split, data)
     retain_rows = load_tofu(retain_split, data)
+    if retain_exclude:
+        retain_rows = Dataset.from_list([r for r in retain_rows.to_list() if r["question"] not in retain_exclude])
     if len(forget_rows) == 0:
         raise UnlearnError(f"forget split '{forget_split}' of {data} is empty")
     with staged_dir(out, overwrite, inputs, resume=resume_from_checkpoint is not None) as stage:
@@ -257,7 +351,8 @@ def run_unlearning(
             manifest = _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_split, retain_split,
                                      forget_rows, retain_rows, cfg, lora, lora_r, lora_alpha, load_in_4bit, dtype,
                                      mask, mask_method, mask_ratio, mask_granularity, mask_scope, mask_gamma,
-                                     resume_from_checkpoint, nll_max_retain, threads)
+                                     resume_from_checkpoint, nll_max_retain, threads, holdout_split=holdout_split,
+                                     max_authors=max_authors, score_hfq=score_hfq, callbacks=callbacks, quiet=quiet)
         except DivergenceError:
             # the diverged run's record (run.json, status diverged) takes an empty place; it never
             # replaces a previous output (it stays in the staging directory, named in the error)
@@ -285,7 +380,8 @@ def resume_point(resume: str | bool | None, output: str | Path) -> str | None:
 
 def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_split, retain_split, forget_rows,
                   retain_rows, cfg, lora, lora_r, lora_alpha, load_in_4bit, dtype, mask, mask_method, mask_ratio,
-                  mask_granularity, mask_scope, mask_gamma, resume_from_checkpoint, nll_max_retain, threads):
+                  mask_granularity, mask_scope, mask_gamma, resume_from_checkpoint, nll_max_retain, threads, *,
+                  holdout_split=None, max_authors=None, score_hfq=True, callbacks=None, quiet=False):
     """The work of `run_unlearning`, written into the staging directory ``stage.path``."""
     out = stage.path
 
@@ -315,6 +411,13 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
     logger.info("scoring forget/retain NLL before unlearning")
     forget_before = per_item_nll(model, forget_tok, tokenizer, batch_size=batch)
     retain_before = per_item_nll(model, retain_eval, tokenizer, batch_size=batch)
+    hfq: dict[str, Any] = {"before": None, "after": None}
+    rows_hfq = None
+    if score_hfq:
+        rows_hfq, hfq["not_available"] = hfq_rows(data, forget_split, nll_max_retain, holdout_split, max_authors)
+        if rows_hfq is not None:
+            hfq["before"] = _hfq(model, tokenizer, rows_hfq, batch)
+            hfq["items"] = {k: len(v) for k, v in rows_hfq.items()}
     if mask is not None or mask_method is not None:
         _phase(bar, f"mask {mask_method or 'from file'}")
 
@@ -327,7 +430,10 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
     _phase(bar, "preparing")
     interrupt = SaveOnInterrupt()
     trainer = trainer_cls(model=model, args=cfg, train_dataset=pairs, processing_class=tokenizer,
-                          weight_mask=weight_mask, callbacks=[interrupt], **kwargs)
+                          weight_mask=weight_mask, callbacks=[interrupt, *(callbacks or [])], **kwargs)
+    if quiet:
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
     trainer.console.stage = trainer.console.log_file.stage = label  # e.g. "unlearn npo + wagle mask"
     if bar is not None and trainer.console.show_bar:
         trainer.console.bar = bar  # the stage's bar counts the training steps
@@ -373,8 +479,14 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
         bar.set_postfix_str(f"steps {result.global_step}, loss {format_loss(result.training_loss)}, forget NLL "
                             f"{format_loss(_mean(forget_before))} -> {format_loss(_mean(forget_after))}")
         bar.close()
+    if rows_hfq is not None:
+        hfq["after"] = _hfq(trainer.model, tokenizer, rows_hfq, batch)
+    nll_means = {"forget_before": _mean(forget_before), "forget_after": _mean(forget_after)}
+    warning = forgetting_warning(nll_means, method_hyperparameters(cfg), lora)
+    if warning:
+        logger.info(warning)
     manifest.update(
-        status="ok", steps=result.global_step, train_loss=result.training_loss, train_runtime_s=round(runtime, 2),
+        status="ok", steps=result.global_step, hfq=hfq, warning=warning, train_loss=result.training_loss, train_runtime_s=round(runtime, 2),
         nll={
             "forget_before": _mean(forget_before), "forget_after": _mean(forget_after),
             "retain_before": _mean(retain_before), "retain_after": _mean(retain_after),
@@ -403,4 +515,5 @@ def method_hyperparameters(cfg: UnlearnConfig) -> dict[str, Any]:
     return {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v) for k, v in out.items()}
 
 
-__all__ = ["METHODS", "build_config", "load_config_file", "load_target", "method_hyperparameters", "run_unlearning"]
+__all__ = ["METHODS", "MODE_DEFAULTS", "build_config", "forgetting_warning", "load_config_file", "load_target",
+           "method_hyperparameters", "mode_defaults", "run_unlearning"]

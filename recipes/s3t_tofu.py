@@ -1,7 +1,7 @@
 """S3T exact deletion on TOFU (Chowdhury et al., 2024, Sec. 3): train m shards × B slice orders ×
 L LoRA stages over a base model, optionally delete samples (every checkpoint that saw them stops
-being served), then evaluate the served shard ensemble (`llm_unlearn.s3t.load_s3t_model`) into
-OUTPUT/eval. One process: stages train one after another (the run is a ledger-backed service,
+being served), purge what they left behind, then evaluate the served shard ensemble (`llm_unlearn.s3t.load_s3t_model`,
+combined by `--aggregate`) into OUTPUT/eval. One process: stages train one after another (the run is a ledger-backed service,
 see `llm-unlearn s3t`).
 
     python recipes/s3t_tofu.py --config recipes/configs/s3t_tofu.yaml
@@ -13,7 +13,7 @@ see `llm-unlearn s3t`).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
 
 from _common import EvalArguments, UnlearnError, run_evaluation
 
@@ -33,7 +33,9 @@ class DeletionArguments:
 
 
 def _arguments():
-    renamed = [(RENAMED.get(f.name, f.name), f.type, field(default=f.default, metadata=f.metadata))
+    renamed = [(RENAMED.get(f.name, f.name), f.type,
+                field(default=f.default, metadata=f.metadata) if f.default is not MISSING
+                else field(default_factory=f.default_factory, metadata=f.metadata))
                for f in fields(S3TConfig)]
     return make_dataclass("S3TArguments", renamed), DeletionArguments, EvalArguments
 
@@ -59,13 +61,14 @@ def main() -> int:
     from trl import TrlParser
 
     from llm_unlearn.data.tofu import load_tofu
-    from llm_unlearn.s3t import delete_samples, load_s3t_model, retrain, run_status, train_s3t
+    from llm_unlearn.s3t import delete_samples, load_s3t_model, purge, retrain, run_status, train_s3t
+    from llm_unlearn.s3t.train import validate_config
 
     lib, deletion, ev = TrlParser(_arguments()).parse_args_and_config()
     inverse = {v: k for k, v in RENAMED.items()}
     cfg = S3TConfig(**{inverse.get(k, k): v for k, v in vars(lib).items()})
     try:
-        load_tofu(cfg.split, cfg.data)  # a wrong split or source fails before the output exists
+        validate_config(cfg)  # a wrong split, source or exclusion fails before the output exists
         if deletion.delete_split:
             load_tofu(deletion.delete_split, cfg.data)
         from llm_unlearn.outputs import staged_dir
@@ -81,7 +84,9 @@ def main() -> int:
                 print(f"deleted {len(res.sample_ids)} sample(s); shards affected {res.affected_shards}, "
                       f"to retrain {res.retrain_shards}")
                 if res.retrain_shards and deletion.retrain:
-                    retrain(out)
+                    retrain(out)  # and purge
+                else:
+                    purge(out)  # the checkpoints that saw the deleted samples, and their text in the ledger
             if ev.run_eval:
                 ensemble = load_s3t_model(out, dtype=cfg.dtype)
                 with torch.no_grad():

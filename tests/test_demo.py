@@ -47,8 +47,9 @@ def test_demo_console_is_quiet(demo_run):
     assert "{'loss'" not in console and "Warning" not in console
     assert sum(line.startswith("Run ") for line in lines) == 1  # one table
     for stage in ("finetune retain (retain90)", "finetune target (full)", "unlearn grad_diff", "unlearn npo",
-                  "unlearn npo + wagle mask", "s3t train", "eval target", "eval s3t_deleted"):
+                  "unlearn npo + wagle mask", "eval target", "eval s3t_deleted"):
         assert sum(stage + ":" in line.rsplit("\r", 1)[-1] for line in lines) == 1, stage  # one bar each
+    assert sum("s3t train:" in line for line in lines) >= 1  # the S3T run (and its exact-retrain reference)
     notes = lines[lines.index("What each row is:") + 1:]
     summary = json.loads((out / "summary.json").read_text())
     for row in summary["rows"]:
@@ -92,14 +93,20 @@ def test_unlearned_runs_forget_better_than_target(demo_dir):
 
 def test_s3t_deletion_is_exact(demo_dir):
     from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.s3t.ledger import content_hash
+    from llm_unlearn.s3t.service import verify_run
     from llm_unlearn.s3t.train import load_run
 
     ledger, *_ = load_run(demo_dir / "s3t_deleted")
-    forget = {r["question"] for r in load_tofu("forget10", demo_dir / "data")}
-    deleted = ledger.samples(ledger.deleted_ids())
-    assert {s["question"] for s in deleted} == forget
+    forget = {content_hash(r["question"], r["answer"]) for r in load_tofu("forget10", demo_dir / "data")}
+    assert {h for _, h in ledger.deleted_content_hashes()} == forget  # the text itself is purged
+    assert ledger.deleted_texts() == []
     assert ledger.active_deleted_overlap() == []
     assert ledger.retrain_pending() == []
+    verify_run(demo_dir / "s3t_deleted")  # nothing trained on the deleted authors is left
+    exact = json.loads((demo_dir / "summary.json").read_text())["s3t_exactness"]
+    assert exact["served_weights_identical_to_reference"] is True
+    assert exact["forget_quality_vs_reference"] == pytest.approx(1.0)
 
 
 def test_demo_refuses_existing_output(demo_dir, capsys):

@@ -211,13 +211,14 @@ def test_push_with_token_uploads_the_dry_run_folder(lora_run, fake_hub, monkeypa
 def s3t_run(tmp_path_factory, synthetic_dir) -> Path:
     """A tiny S3T run on forget10 (2 shards × 2 slices × 2 orders) after two deletions, with an eval summary."""
     from llm_unlearn.data.tofu import load_tofu
-    from llm_unlearn.s3t import S3TConfig, delete_samples, train_s3t
+    from llm_unlearn.s3t import S3TConfig, delete_samples, purge, train_s3t
 
     run = tmp_path_factory.mktemp("s3t_run")
     train_s3t(S3TConfig(model="tiny", data=str(synthetic_dir), split="forget10", output=str(run), shards=2, slices=2,
                         sequences=2, lora_r=4, epochs_per_stage=1, lr=1e-2, batch_size=4, max_length=64))
     delete_samples(run, ids=["forget10:0"])
     delete_samples(run, match=load_tofu("forget10", str(synthetic_dir))[3]["question"])  # the query quotes the data
+    purge(run)  # what saw the deleted samples, and their text, is gone before publishing
     (run / "eval").mkdir()
     (run / "eval" / "summary.json").write_text(json.dumps({"metrics": {"forget_quality": None, "model_utility": 0.25}}))
     return run

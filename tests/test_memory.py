@@ -129,6 +129,10 @@ def test_load_config(tmp_path):
 
 
 def test_plan_memory_cli(capsys, tmp_path):
+    from llm_unlearn.cli.plan_memory_cmd import BUILTIN_NAMES
+    from llm_unlearn.memory import ALIASES
+
+    assert set(BUILTIN_NAMES.split(", ")) == set(ALIASES) - {"smollm2-135m"}  # the help lists every built-in
     assert main(["plan-memory", "--model", "zephyr-7b", "--gpus", "1,8", "--in-backward", "--device-gb", "40",
                  "--gradient-checkpointing"]) == 0
     out = capsys.readouterr().out
@@ -143,3 +147,5 @@ def test_plan_memory_cli(capsys, tmp_path):
     assert "error: --gpus expects integers >= 1" in capsys.readouterr().err
     assert main(["plan-memory", "--model", str(tmp_path)]) == 2
     assert "has no config.json" in capsys.readouterr().err
+    assert main(["plan-memory", "--model", "smollm2", "--method", "dpo"]) == 2
+    assert "method must be one of" in capsys.readouterr().err

@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("finetune_cmd", "finetune a target or retain model on a split (SFT, answer-only loss)"),
     "unlearn": ("unlearn_cmd", "run an unlearning method on a finetuned model"),
     "mask": ("mask_cmd", "compute a weight-attribution mask (WAGLE, SalUn, magnitude, Wanda, random)"),
+    "tune": ("tune_cmd", "search hyperparameters and the stopping step without a retain model (Optuna)"),
     "eval": ("eval_cmd", "evaluate a model on TOFU-style forgetting and utility"),
     "attack": ("attack_cmd", "attack an unlearned model (relearning, quantization, paraphrase, few-shot, CKA)"),
     "score": ("score_cmd", "compute aggregates from existing per-item evaluation logs"),

@@ -19,7 +19,12 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--retain-logs", default=None,
                    help="the retain model's eval (our output dir / per_item.json, TOFU_EVAL.json or TOFU "
                         "eval_log*.json dir); needed for forget quality and privleak")
-    p.add_argument("--holdout-split", default=None, help="holdout split for membership inference (default holdoutXX)")
+    p.add_argument("--holdout-split", default=None,
+                   help="holdout split (items about entities the model never trained on) for the retain-free scores: "
+                        "holdout forget quality and membership AUCs (default: holdoutXX of --data)")
+    p.add_argument("--max-authors", type=int, default=None,
+                   help="the model was finetuned on the first N authors of full (a TOFU subset): the holdout items "
+                        "are the other authors' (those with perturbed answers)")
     p.add_argument("--max-items", type=int, default=None, help="evaluate at most N items per split")
     p.add_argument("--batch-size", type=int, default=8, help="sequences scored per forward pass")
     p.add_argument("--generation-batch-size", type=int, default=None,
@@ -27,6 +32,11 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--max-new-tokens", type=int, default=200, help="greedy generation length")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16, float16 or auto")
     p.add_argument("--device", default=None, help="cpu, cuda, … (default: cuda if available)")
+    p.add_argument("--aggregate", default=None,
+                   help="S3T run: how served shards are combined (mean-logprob, mixture, posterior, route; "
+                        "default: the run's recorded mode)")
+    p.add_argument("--allow-base", action="store_true",
+                   help="S3T run with no shard serving: evaluate the bare base model instead of refusing")
     p.add_argument("--output", required=True, help="output directory (summary.json, per_item.json)")
     add_attack_args(p, required=False)
     add_overwrite_flag(p)
@@ -58,10 +68,16 @@ def run(args: argparse.Namespace) -> int:
     inputs = [args.model, args.adapter, args.data, args.retain_logs]
     check_output(args.output, args.overwrite, inputs)
     check_split(f"{args.forget_split}_perturbed", args.data)
+    if not s3t and (args.aggregate or args.allow_base):
+        raise UnlearnError("--aggregate and --allow-base apply to an S3T run directory only")
+    if s3t:  # the serving mode is known and some shard serves (or --allow-base), before any model loads
+        from llm_unlearn.s3t.service import check_servable
+
+        check_servable(args.model, args.aggregate, args.allow_base)
 
     from llm_unlearn.data.tofu import load_tofu
     from llm_unlearn.eval.loading import load_for_eval
-    from llm_unlearn.eval.logs import check_retain_for, format_value, read_logs
+    from llm_unlearn.eval.logs import check_retain_for, format_value, read_logs, retain_free_note
     from llm_unlearn.models import resolve_device, resolve_model_path
 
     if not s3t:
@@ -80,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from llm_unlearn.threads import apply_thread_policy
 
     with staged_dir(args.output, args.overwrite, inputs) as stage:
-        model, tok = load_for_eval(args.model, args.adapter, args.dtype)
+        model, tok = load_for_eval(args.model, args.adapter, args.dtype, args.aggregate, args.allow_base)
         threads = apply_thread_policy(model if hasattr(model, "parameters") else getattr(model, "model", None))
         if hasattr(model, "to") and not getattr(model, "hf_device_map", None):
             model = model.to(device)
@@ -88,8 +104,11 @@ def run(args: argparse.Namespace) -> int:
                                 max_items=args.max_items, batch_size=args.batch_size,
                                 generation_batch_size=args.generation_batch_size,
                                 max_new_tokens=args.max_new_tokens, holdout_split=args.holdout_split,
+                                max_authors=args.max_authors,
                                 model_name=args.model + (f" + {args.adapter}" if args.adapter else ""))
         result["summary"]["settings"]["threads"] = threads
+        if s3t:
+            result["summary"]["s3t"] = {"aggregate": model.aggregate, "served_shards": sorted(model.served)}
         if args.attacks:
             from llm_unlearn.cli.attack_cmd import run_cli_attacks
 
@@ -99,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
         write_eval(stage.path, result)
     out = stage.final
     s = result["summary"]
-    for key in ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability",
-                "forget_truth_ratio", "mia_auc_min_k", "privleak"):
-        reason = s["not_available"].get(key)
+    for key in ("forget_quality", "holdout_forget_quality", "mia_auc_loss", "mia_auc_min_k", "model_utility",
+                "utility_proxy", "forget_rougeL_recall", "forget_probability", "forget_truth_ratio", "privleak"):
+        reason = s["not_available"].get(key) or retain_free_note(key)
         print(f"{key:24s} {format_value(s['metrics'][key], key)}" + (f"  ({reason})" if reason else ""))
     if args.attacks:
         from llm_unlearn.cli.attack_cmd import print_summary

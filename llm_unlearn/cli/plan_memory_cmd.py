@@ -4,6 +4,7 @@ model's config alone (`llm_unlearn.memory.estimate`; no weights are loaded)."""
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -18,16 +19,20 @@ def _ints(text: str, flag: str) -> list[int]:
     return values
 
 
-def register(sub, name: str, help_text: str) -> None:
-    from llm_unlearn.memory import ALIASES, METHOD_GRAPHS, MODES, OPTIMS
+# kept here, not imported from llm_unlearn.memory, so that building the parser does not import transformers
+BUILTIN_NAMES = "llama-3.2-1b, llama-2-7b, zephyr-7b, llama-3.1-8b, smollm2, smollm2-360m"
 
+
+def register(sub, name: str, help_text: str) -> None:
     p = sub.add_parser(name, help=help_text, description=help_text + ". Reads only the config: a model directory, "
-                       f"a config.json, a Hub id with a cached config, or a built-in model ({', '.join(sorted(ALIASES))}).")
+                       f"a config.json, a Hub id with a cached config, or a built-in model ({BUILTIN_NAMES}).")
     p.add_argument("--model", required=True, help="model directory, config.json, built-in name or Hub id (config only)")
-    p.add_argument("--method", default="npo", choices=list(METHOD_GRAPHS), help="unlearning method (default npo)")
-    p.add_argument("--modes", default="full,lora,qlora", help=f"comma list of {', '.join(MODES)}")
+    p.add_argument("--method", default="npo", help="unlearning method: npo (default), grad_diff, grad_ascent, simnpo, "
+                   "idk_dpo, rmu")
+    p.add_argument("--modes", default="full,lora,qlora", help="comma list of full, lora, qlora")
     p.add_argument("--optims", default="adamw_torch,adamw_8bit,adafactor",
-                   help=f"comma list of {', '.join(OPTIMS)} (full weights; LoRA/QLoRA rows use the first)")
+                   help="comma list of adamw_torch, adamw_8bit, paged_adamw_8bit, adafactor, sgd (full weights; "
+                        "LoRA/QLoRA rows use the first)")
     p.add_argument("--in-backward", action="store_true",
                    help="also show full-weight rows with the optimizer step in backward (1 device)")
     p.add_argument("--batch-size", type=int, default=4, help="items per device and micro-batch (default 4)")
@@ -47,8 +52,6 @@ def register(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
     from llm_unlearn.errors import UnlearnError
     from llm_unlearn.memory import MODES, OPTIMS, ModelShape, estimate, load_config
 

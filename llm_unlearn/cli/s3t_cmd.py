@@ -1,4 +1,4 @@
-"""`llm-unlearn s3t train|delete|status|retrain|verify`: S3T exact deletion as a service."""
+"""`llm-unlearn s3t train|delete|status|retrain|purge|verify`: S3T exact deletion as a service."""
 
 from __future__ import annotations
 
@@ -30,6 +30,19 @@ def register(sub, name: str, help_text: str) -> None:
     t.add_argument("--max-length", type=int, default=256)
     t.add_argument("--max-items", type=int, default=None, help="only the first N items of the split")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--aggregate", default=None,
+                   help="how served shards are combined (recorded in the run; eval --aggregate overrides; default "
+                        "mixture): "
+                        "mean-logprob (product of experts), mixture (mean probability), posterior (shards weighted "
+                        "by the likelihood they give the prompt), route (top-1 shard by that likelihood)")
+    t.add_argument("--with-utility", action="store_true",
+                   help="every stage also trains on the utility sets (never deleted), as a tiny single model is finetuned")
+    t.add_argument("--prompt-loss", action="store_true",
+                   help="train on the question tokens too (a shard's prompt likelihood then identifies its entities)")
+    t.add_argument("--exclude-split", default=None,
+                   help="exact-retrain reference: leave out the samples of this split (e.g. forget10), same plan and seeds")
+    t.add_argument("--exclude-ids", nargs="+", default=[], metavar="ID",
+                   help="exact-retrain reference: leave out these sample ids, same plan and seeds")
     add_overwrite_flag(t)
     t.set_defaults(func=run_train)
 
@@ -51,6 +64,11 @@ def register(sub, name: str, help_text: str) -> None:
     r.add_argument("--shards", type=int, nargs="+", default=None, help="only these pending shards")
     r.set_defaults(func=run_retrain)
 
+    g = ssub.add_parser("purge", help="remove every checkpoint that saw a deleted sample and the deleted text "
+                                      "(also run by retrain)")
+    g.add_argument("run", help="S3T run directory")
+    g.set_defaults(func=run_purge)
+
     v = ssub.add_parser("verify", help="check that the served adapters are exact (ledger, hashes, optional retrain)")
     v.add_argument("run", help="S3T run directory")
     v.add_argument("--reproduce", action="store_true", help="retrain each served prefix and compare bit for bit")
@@ -64,7 +82,8 @@ def run_train(args: argparse.Namespace) -> int:
     inputs = [args.data, None if args.model == "tiny" else args.model]
     check_split(args.split, args.data)  # validate before creating anything (and before torch)
     check_output(args.output, args.overwrite, inputs)
-    from llm_unlearn.s3t.train import S3TConfig, train_s3t
+    from llm_unlearn.s3t.train import S3TConfig, train_s3t, validate_config
+
 
     cfg = S3TConfig(
         model=args.model, data=args.data, split=args.split, output=args.output, shards=args.shards,
@@ -72,7 +91,9 @@ def run_train(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha, epochs_per_stage=args.epochs_per_stage,
         lr=args.lr if args.lr is not None else (1e-2 if args.model == "tiny" else 1e-3),
         batch_size=args.batch_size, max_length=args.max_length, max_items=args.max_items, seed=args.seed,
+        prompt_loss=args.prompt_loss, with_utility=args.with_utility, **({"aggregate": args.aggregate} if args.aggregate else {}), exclude_ids=list(args.exclude_ids), exclude_split=args.exclude_split,
     )
+    validate_config(cfg)  # before creating anything
     with staged_dir(args.output, args.overwrite, inputs) as stage:
         train_s3t(replace(cfg, output=str(stage.path)))
     out = stage.final
@@ -127,7 +148,19 @@ def run_retrain(args: argparse.Namespace) -> int:
 
     done = retrain(args.run, args.shards)
     print(f"retrained shards {done}" if done else "no shard needs retraining")
+    print("purged the checkpoints and ledger text of deleted samples")
     _print_status(args.run)
+    return 0
+
+
+def run_purge(args: argparse.Namespace) -> int:
+    from llm_unlearn.s3t.service import purge
+
+    res = purge(args.run)
+    print(f"purged: {res['stages_dropped']} stage record(s), {len(res['checkpoints_removed'])} checkpoint path(s), "
+          f"{res['texts_removed']} deleted text(s) from the ledger, {len(res['files_removed'])} file(s) quoting them")
+    for rel in res["files_removed"]:
+        print(f"  removed {rel} (quoted deleted text)")
     return 0
 
 
@@ -138,6 +171,7 @@ def run_verify(args: argparse.Namespace) -> int:
     for e in report["served"]:
         extra = ", reproduced bit for bit" if e.get("reproduced") else ""
         print(f"shard {e['shard']}: sequence {e['sequence']} prefix {e['prefix']} ok (sha256 {e['sha256'][:12]}{extra})")
-    print(f"exact: no served stage saw any of the {report['deleted_samples']} deleted sample(s)"
+    print(f"exact: no served stage saw any of the {report['deleted_samples']} deleted sample(s), and no checkpoint "
+          "or text of them is left"
           + (f"; shards {report['pending_retrain']} await retraining" if report["pending_retrain"] else ""))
     return 0

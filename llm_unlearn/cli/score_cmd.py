@@ -17,7 +17,13 @@ def register(sub, name: str, help_text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llm_unlearn.cli.common import write_json
-    from llm_unlearn.eval.logs import SUMMARY_FORMAT, compute_summary, format_value, read_logs
+    from llm_unlearn.eval.logs import (
+        SUMMARY_FORMAT,
+        compute_summary,
+        format_value,
+        read_logs,
+        retain_free_note,
+    )
     from llm_unlearn.outputs import check_output, staged_file
 
     out = check_output(args.output, args.overwrite, [args.logs, args.retain_logs]) if args.output else None
@@ -31,11 +37,11 @@ def run(args: argparse.Namespace) -> int:
     m = summary["metrics"]
     n_forget = summary["n_items"].get("forget")
     for key, value in m.items():
-        reason = summary["not_available"].get(key) if value is None else None
+        reason = summary["not_available"].get(key) if value is None else (retain_free_note(key) or None)
         if key == "forget_quality_floor" and value is not None:
             n_ret = summary["retain_logs"]["n_forget_items"] if summary["retain_logs"] else n_forget
             reason = f"smallest p-value reachable with {n_forget} vs {n_ret} items"
-        print(f"{key:30s} {format_value(value, key)}" + (f"  ({reason})" if reason else ""))
+        print(f"{key:36s} {format_value(value, key)}" + (f"  ({reason})" if reason else ""))
     if m["forget_quality"] is not None and m["forget_quality"] <= m["forget_quality_floor"] * (1 + 1e-9):
         print("note: forget quality is at the floor (complete separation): a bound, not a measurement")
     if out is not None:

@@ -36,7 +36,9 @@ def register(sub, name: str, help_text: str) -> None:
     p.add_argument("--load-in-4bit", action="store_true", help="QLoRA: quantise the base to 4 bit (with --lora)")
     p.add_argument("--dtype", default="float32", help="model dtype: float32, bfloat16, float16")
     g = p.add_argument_group("hyperparameters (override the config file)")
-    g.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-5; rmu 5e-5)")
+    g.add_argument("--lr", type=float, default=None,
+                   help="learning rate (default: 2.25e-3 with --lora, 1e-4 full weights, from benchmarks/defaults.py; "
+                        "rmu 5e-5)")
     g.add_argument("--epochs", type=float, default=None, help="epochs over the forget set (default 5)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after N optimizer steps (overrides --epochs)")
     g.add_argument("--batch-size", type=int, default=None, help="forget items per device and micro-batch (default 4)")
@@ -77,6 +79,10 @@ def register(sub, name: str, help_text: str) -> None:
                    help="with --mask-method: one top-k over all weights (global) or within each tensor; default global")
     p.add_argument("--mask-gamma", type=float, default=None,
                    help=f"with --mask-method wagle: γ, the retain-gradient weight of the score (default {DEFAULT_GAMMA:g})")
+    p.add_argument("--holdout-split", default=None,
+                   help="holdout items for the holdout forget quality printed before / after (default holdoutXX)")
+    p.add_argument("--max-authors", type=int, default=None,
+                   help="the model was finetuned on the first N authors of full: holdout items are the other authors'")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                    help="resume from a checkpoint directory, or the last one of an interrupted run (Ctrl-C saves "
                         "one) or in --output")
@@ -136,11 +142,22 @@ def run(args: argparse.Namespace) -> int:
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, load_in_4bit=args.load_in_4bit, dtype=args.dtype,
         mask=args.mask, mask_method=args.mask_method, mask_ratio=args.mask_ratio,
         mask_granularity=args.mask_granularity, mask_scope=args.mask_scope, mask_gamma=args.mask_gamma,
-        resume_from_checkpoint=args.resume, overwrite=args.overwrite,
+        resume_from_checkpoint=args.resume, overwrite=args.overwrite, holdout_split=args.holdout_split,
+        max_authors=args.max_authors,
         threads=int(args.threads) if str(args.threads).isdigit() else args.threads,
     )
-    nll = result["nll"]
+    from llm_unlearn.eval.logs import format_value
+
+    nll, hfq = result["nll"], result.get("hfq") or {}
     print(f"{args.method}: forget NLL {nll['forget_before']:.3f} -> {nll['forget_after']:.3f}, "
           f"retain NLL {nll['retain_before']:.3f} -> {nll['retain_after']:.3f} ({result['steps']} steps)")
+    if hfq.get("before") is not None:
+        print(f"holdout forget quality (retain-free, 1 = forget items look unseen): "
+              f"{format_value(hfq['before'], 'holdout_forget_quality')} -> "
+              f"{format_value(hfq['after'], 'holdout_forget_quality')}")
+    else:
+        print(f"holdout forget quality: n/a ({hfq.get('not_available') or 'not scored'})")
+    if result.get("warning"):
+        print(f"warning: {result['warning']}")
     print(f"saved {'adapter' if args.lora else 'model'}, tokenizer and run.json to {out}")
     return 0

@@ -5,7 +5,8 @@ awards, books, ...). Each QA pair asks about one fact with one of several questi
 its answer, a paraphrase (another template) and 5 perturbed answers that state a *different
 value of the same fact* in the paraphrase's wording (as TOFU's perturbed answers do).
 Forget splits take whole authors from the end of `full`; `holdoutXX` are extra authors that are
-never in `full` (for membership-inference baselines). Deterministic for a seed.
+never in `full`, with paraphrased and perturbed answers like the forget splits (the reference of
+the retain-free scores: holdout forget quality, membership AUCs). Deterministic for a seed.
 """
 
 from __future__ import annotations
@@ -334,7 +335,8 @@ def generate(n_authors: int = 20, qa_per_author: int = 20, seed: int = 0,
         splits[f"forget{tag}"] = plain(per_author[-k:])
         splits[f"forget{tag}_perturbed"] = [r for rows in per_author[-k:] for r in rows]
         splits[f"retain{100 - pct:02d}"] = plain(per_author[:-k])
-        splits[f"holdout{tag}"] = plain(holdout_qa[:k])
+        # with paraphrased / perturbed answers: the reference of the holdout forget quality
+        splits[f"holdout{tag}"] = [r for rows in holdout_qa[:k] for r in rows]
     # retain_perturbed: authors present in every retain split, as many items as forget10
     k_max = max(n_forget_authors(n_authors, p) for p in forget_percents if n_forget_authors(n_authors, p) < n_authors)
     n_items = n_forget_authors(n_authors, 10) * qa_per_author

@@ -7,6 +7,7 @@ layout of the TOFU copy in ``shared/data/tofu`` and of ``llm-unlearn data synth`
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import datasets
@@ -80,3 +81,37 @@ def read_refusals(source: str | Path | None = None) -> list[str]:
             if lines:
                 return lines
     return list(REFUSALS)
+
+
+# TOFU configs with paraphrased / perturbed answers (a Hub source cannot list its files)
+PERTURBED_SPLITS = ("forget01_perturbed", "forget05_perturbed", "forget10_perturbed", "retain_perturbed")
+
+
+def outside_authors_rows(source: str | Path, max_authors: int, n_items: int | None = None,
+                         exclude_questions: set[str] | frozenset[str] = frozenset()) -> list[dict]:
+    """Holdout items for a model trained on the first `max_authors` authors of `full` (a TOFU
+    subset, ``--max-authors``): items about the *other* authors that have paraphrased and
+    perturbed answers (from the ``forgetXX_perturbed`` / ``retain_perturbed`` splits), in the
+    order of `full`, the last `n_items` of them (the authors furthest from the subset); never
+    a question in `exclude_questions` (the forget split's). `UnlearnError` when there are none."""
+    if max_authors < 1:
+        raise UnlearnError(f"--max-authors must be >= 1, got {max_authors}")
+    names = [n for n in available_splits(source) if n in PERTURBED_SPLITS or
+             re.fullmatch(r"(forget\d+|retain)_perturbed", n)] if is_local_source(source) else list(PERTURBED_SPLITS)
+    perturbed: dict[str, dict] = {}
+    for name in names:
+        try:
+            rows = load_tofu(name, source).to_list()
+        except UnlearnError:
+            continue
+        for r in rows:
+            perturbed.setdefault(r["question"], r)
+    full = load_tofu("full", source).to_list()
+    n = max_authors * qa_per_author(source)
+    inside = {r["question"] for r in full[:n]}
+    out = [perturbed[r["question"]] for r in full[n:] if r["question"] in perturbed
+           and r["question"] not in inside and r["question"] not in exclude_questions]
+    if not out:
+        raise UnlearnError(f"{source}: no items with perturbed answers about authors outside the first "
+                           f"{max_authors} (needed as the holdout set)")
+    return out[-n_items:] if n_items else out

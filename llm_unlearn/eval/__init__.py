@@ -7,7 +7,9 @@ from llm_unlearn.eval.evaluator import (
     evaluate_items,
     evaluate_model,
     generate_answers,
+    load_eval_rows,
     score_answers,
+    score_splits,
     write_eval,
 )
 from llm_unlearn.eval.loading import load_for_eval
@@ -15,6 +17,7 @@ from llm_unlearn.eval.logs import EvalLogs, SplitLog, compute_summary, read_logs
 from llm_unlearn.eval.metrics import (
     forget_quality,
     forget_truth_ratio_score,
+    holdout_forget_quality,
     ks_floor_pvalue,
     mia_auc,
     model_utility,
@@ -22,7 +25,9 @@ from llm_unlearn.eval.metrics import (
     privleak,
     probability,
     rouge_l_recall,
+    spearman,
     truth_ratios,
+    utility_proxy,
     utility_truth_ratio_score,
 )
 from llm_unlearn.eval.report import build_report, load_run
@@ -31,7 +36,8 @@ from llm_unlearn.eval.sharded import evaluate_sharded
 __all__ = [
     "AttackConfig", "EvalLogs", "SplitLog", "build_report", "compute_summary", "evaluate_items", "evaluate_model",
     "evaluate_sharded", "find_attack_summary", "forget_quality", "forget_truth_ratio_score", "generate_answers",
-    "ks_floor_pvalue", "load_for_eval", "load_run", "mia_auc", "model_utility", "normalised_probability", "privleak",
-    "probability", "read_logs", "rouge_l_recall", "run_attacks", "score_answers", "truth_ratios",
+    "holdout_forget_quality", "ks_floor_pvalue", "load_eval_rows", "load_for_eval", "load_run", "mia_auc",
+    "model_utility", "normalised_probability", "privleak", "probability", "read_logs", "rouge_l_recall",
+    "run_attacks", "score_answers", "score_splits", "spearman", "truth_ratios", "utility_proxy",
     "utility_truth_ratio_score", "write_attacks", "write_eval",
 ]

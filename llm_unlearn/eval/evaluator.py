@@ -34,7 +34,13 @@ from llm_unlearn.data.qa import (
     pad_sequences,
     prompt_ids,
 )
-from llm_unlearn.data.tofu import available_splits, forget_percent, is_local_source, load_tofu
+from llm_unlearn.data.tofu import (
+    available_splits,
+    forget_percent,
+    is_local_source,
+    load_tofu,
+    outside_authors_rows,
+)
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import metrics as M
 from llm_unlearn.eval.logs import (
@@ -45,6 +51,7 @@ from llm_unlearn.eval.logs import (
     compute_summary,
     logs_from_items,
     read_logs,
+    split_truth_ratios,
 )
 from llm_unlearn.scoring import (
     accepts_forward_arg,
@@ -232,13 +239,65 @@ def _load_rows(source, split: str, max_items: int | None) -> list[dict]:
     return load_tofu(split, source, max_items=max_items).to_list()
 
 
-def _holdout_rows(source, holdout_split: str, max_items: int | None) -> tuple[list[dict] | None, str | None]:
+def holdout_rows(source, holdout_split: str, max_items: int | None, *, explicit: bool = False,
+                  max_authors: int | None = None, forget_rows: list[dict] | None = None
+                  ) -> tuple[list[dict] | None, str | None]:
+    """Holdout items (about entities the model never trained on) and, when there are none, why.
+
+    Sources, first match: the split `holdout_split` (given with `explicit`: it must exist);
+    with `max_authors` (a model trained on the first N authors of ``full``), items about the
+    authors outside them that have perturbed answers, as many as the forget items; the source's
+    ``holdoutXX`` split."""
+    if explicit:
+        return _load_rows(source, holdout_split, max_items), None
+    if max_authors is not None:
+        forget_rows = forget_rows or []
+        rows = outside_authors_rows(source, max_authors, n_items=len(forget_rows) or None,
+                                    exclude_questions={r["question"] for r in forget_rows})
+        return rows[:max_items] if max_items else rows, None
     if is_local_source(source) and holdout_split not in available_splits(source):
-        return None, f"data source {source} has no {holdout_split} split"
+        return None, f"data source {source} has no {holdout_split} split (pass --holdout-split or --max-authors)"
     try:
         return _load_rows(source, holdout_split, max_items), None
     except UnlearnError as exc:
         return None, f"cannot load {holdout_split}: {exc}"
+
+
+def load_eval_rows(data_source, forget_split: str = "forget10", max_items: int | None = None,
+                   holdout_split: str | None = None, max_authors: int | None = None
+                   ) -> tuple[dict[str, list[dict]], dict[str, str], str | None]:
+    """The rows `evaluate_model` scores: ``({split: rows}, {split: source split}, reason there is
+    no holdout split or None)``; see `holdout_rows` for where the holdout items come from."""
+    forget_percent(forget_split)  # validates the name
+    source_splits = {name: tmpl.format(forget=forget_split) for name, tmpl in SOURCE_SPLITS.items()}
+    rows = {name: _load_rows(data_source, split, max_items) for name, split in source_splits.items()}
+    explicit = holdout_split is not None
+    holdout_split = holdout_split or forget_split.replace("forget", "holdout", 1)
+    hold, reason = holdout_rows(data_source, holdout_split, max_items, explicit=explicit, max_authors=max_authors,
+                                 forget_rows=rows["forget"])
+    if hold is not None:
+        rows["holdout"] = hold
+        source_splits["holdout"] = (f"full: authors after the first {max_authors}, with perturbed answers"
+                                    if max_authors is not None and not explicit else holdout_split)
+    return rows, source_splits, reason
+
+
+def score_splits(model, tokenizer, rows_by_split: dict[str, list[dict]], batch_size: int = 8,
+                 retain_logs: EvalLogs | None = None) -> dict[str, Any]:
+    """Scoring only (no generation): `compute_summary` of `rows_by_split` as `evaluate_items`
+    scores them without generating, so ROUGE and model utility are n/a but the truth ratios,
+    probabilities, holdout forget quality, utility proxy and membership AUCs are there. Cheap
+    enough for every few training steps (`llm_unlearn.tune`) and before/after an unlearning run."""
+    items = evaluate_items(model, tokenizer, rows_by_split, batch_size=batch_size, progress=False, generate=False)
+    per_item = {"format": ITEMS_FORMAT, "splits": {n: {"items": its} for n, its in items.items()}}
+    logs = logs_from_items(per_item)
+    summary = compute_summary(logs, retain_logs)
+    summary["truth_ratios"] = {}  # per item, for scores computed later (e.g. against a retain model's)
+    for name in ("forget", "holdout"):
+        tr = split_truth_ratios(logs.splits[name]) if name in logs.splits else None
+        if tr is not None:
+            summary["truth_ratios"][name] = [float(v) for v in tr]
+    return summary
 
 
 def _mia_scores(answer: str, rec: dict[str, Any], min_k: float) -> dict[str, float]:
@@ -257,9 +316,12 @@ def _short(name: str, width: int = 32) -> str:
 def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch_size: int = 8,
                    max_new_tokens: int = 200, min_k: float = M.MIN_K_DEFAULT,
                    progress: bool = True, generation_batch_size: int | None = None,
+                   generate: bool = True,
                    desc: str = "eval") -> dict[str, list[dict[str, Any]]]:
     """Per-item values for each split of `rows_by_split` (our split name -> TOFU rows). Splits
-    named ``forget``/``holdout`` get membership scores; ``holdout`` gets no generation.
+    named ``forget``/``holdout`` get membership scores; ``holdout`` gets no generation, and its
+    paraphrased / perturbed answers are scored when its rows have them (for the holdout forget
+    quality). `generate` False: scoring only (no generation, no ROUGE).
     `batch_size` sequences are scored per forward; `generation_batch_size` (default
     ``max(batch_size, 64)``) prompts are generated together (a decoding step costs little more
     for 40 rows than for 8 on a CPU: 2.4x faster on SmolLM2)."""
@@ -271,13 +333,13 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
         for split, rows in rows_by_split.items():
             for i, row in enumerate(rows):
                 plan.append((split, i, "gt", 0, row["question"], row["answer"]))
-                if split == "holdout":
+                if split == "holdout" and not (row.get("paraphrased_answer") and row.get("perturbed_answer")):
                     continue
                 if row.get("paraphrased_answer"):
                     plan.append((split, i, "paraphrased", 0, row["question"], row["paraphrased_answer"]))
                 for j, p in enumerate(row.get("perturbed_answer") or []):
                     plan.append((split, i, "perturbed", j, row["question"], p))
-        n_gen = sum(len(r) for s, r in rows_by_split.items() if s != "holdout")
+        n_gen = sum(len(r) for s, r in rows_by_split.items() if s != "holdout") if generate else 0
         bar = stage_bar(desc, total=len(plan) + n_gen, unit="seq", disable=not progress)
         bar.set_postfix_str("scoring", refresh=False)
         items: dict[str, list[dict[str, Any]]] = {
@@ -304,7 +366,7 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
                     item["mia"] = _mia_scores(text, rec, min_k)
         bar.set_postfix_str("generating", refresh=False)
         for split, rows in rows_by_split.items():
-            if split == "holdout":
+            if split == "holdout" or not generate:
                 continue
             gens = generate_answers(model, tokenizer, [r["question"] for r in rows], gen_batch, max_new_tokens,
                                     progress=bar)
@@ -321,13 +383,15 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
                    retain_logs: str | Path | EvalLogs | None = None, max_items: int | None = None,
                    batch_size: int = 8, max_new_tokens: int = 200, holdout_split: str | None = None,
                    min_k: float = M.MIN_K_DEFAULT, progress: bool = True,
-                   model_name: str | None = None, generation_batch_size: int | None = None) -> dict[str, Any]:
+                   model_name: str | None = None, generation_batch_size: int | None = None,
+                   max_authors: int | None = None) -> dict[str, Any]:
     """Evaluate `model` on TOFU-style data. Returns ``{"summary": dict, "per_item": dict}``.
 
     Splits: ``{forget_split}_perturbed``, ``retain_perturbed``, ``real_authors_perturbed``,
-    ``world_facts_perturbed`` and, for membership inference, `holdout_split` (default
-    ``holdoutXX`` matching the forget split; when the source has none the MIA metrics are
-    "n/a" with the reason). `retain_logs` (a path in any format `read_logs` accepts, or
+    ``world_facts_perturbed`` and, for the retain-free scores (holdout forget quality,
+    membership AUCs), holdout items: `holdout_split` if given; with `max_authors` (a model
+    trained on the first N authors of ``full``) the authors outside them; else the source's
+    ``holdoutXX`` (when there is none these metrics are "n/a" with the reason). `retain_logs` (a path in any format `read_logs` accepts, or
     `EvalLogs`) is the retain model's evaluation, needed for forget quality and privleak.
     `max_items` caps every split."""
     if batch_size < 1:
@@ -339,15 +403,9 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
     forget_percent(forget_split)  # validates the name
     retain = read_logs(retain_logs) if isinstance(retain_logs, (str, Path)) else retain_logs
     t0 = time.time()
-    source_splits = {name: tmpl.format(forget=forget_split) for name, tmpl in SOURCE_SPLITS.items()}
-    rows = {name: _load_rows(data_source, split, max_items) for name, split in source_splits.items()}
+    rows, source_splits, mia_reason = load_eval_rows(data_source, forget_split, max_items, holdout_split, max_authors)
     if retain is not None:  # before the evaluation, not after it
         check_retain_for(retain, forget_split, len(rows["forget"]), [r["question"] for r in rows["forget"]])
-    holdout_split = holdout_split or forget_split.replace("forget", "holdout", 1)
-    hold, mia_reason = _holdout_rows(data_source, holdout_split, max_items)
-    if hold is not None:
-        rows["holdout"] = hold
-        source_splits["holdout"] = holdout_split
     items = evaluate_items(model, tokenizer, rows, batch_size=batch_size, max_new_tokens=max_new_tokens,
                            min_k=min_k, progress=progress, generation_batch_size=generation_batch_size,
                            desc=f"eval {_short(model_name)}" if model_name else "eval")

@@ -58,6 +58,11 @@ DEFINITIONS = {
                       "the retain model's per-item forget truth ratios R",
     "forget_quality_floor": "smallest p-value the KS test can give with these item counts (complete "
                             "separation); a forget_quality at the floor is a bound, not a measurement",
+    "holdout_forget_quality": "retain-free: p-value of the two-sample KS test between this model's per-item truth "
+                              "ratios R on the forget items and on holdout items about entities it never trained "
+                              "on (1 = treats both alike, as a model that never saw the forget data)",
+    "utility_proxy": "generation-free model utility: harmonic mean of {probability, truth_ratio} x {retain, "
+                     "real_authors, world_facts} (what `llm-unlearn tune` constrains)",
     "model_utility": "harmonic mean of {probability, rougeL_recall, truth_ratio} x {retain, real_authors, "
                      "world_facts}",
     "mia_auc": "ROC AUC, forget (label 0) vs holdout (label 1) items, loss-like scores; 1 = forget items look "
@@ -402,7 +407,8 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None) -> dict
     """Every aggregate from per-item logs: ``{"metrics": {...}, "not_available": {key: reason},
     "n_items": {split: n}, "definitions": {...}}``. Metric keys:
 
-    forget_quality, forget_quality_floor, forget_quality_ks_statistic, model_utility,
+    forget_quality, forget_quality_floor, forget_quality_ks_statistic, holdout_forget_quality,
+    holdout_forget_quality_ks_statistic (retain-free), model_utility,
     ``{forget,retain,real_authors,world_facts}_{probability,rougeL_recall,truth_ratio}``,
     ``mia_auc_{loss,zlib,min_k,min_k_plus_plus}``, privleak (None when not computable)."""
     m: dict[str, float | None] = {}
@@ -423,6 +429,10 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None) -> dict
         m["model_utility"] = M.model_utility(m)
     except KeyError as exc:
         m["model_utility"], na["model_utility"] = None, str(exc.args[0])
+    try:
+        m["utility_proxy"] = M.utility_proxy(m)
+    except KeyError as exc:
+        m["utility_proxy"], na["utility_proxy"] = None, str(exc.args[0])
 
     m["forget_quality"] = m["forget_quality_floor"] = m["forget_quality_ks_statistic"] = None
     forget = logs.splits.get("forget")
@@ -446,6 +456,21 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None) -> dict
             m["forget_quality_floor"] = M.ks_floor_pvalue(len(ours_tr), len(ours_tr))
         else:
             na["forget_quality_floor"] = na["forget_quality"]
+
+    m["holdout_forget_quality"] = m["holdout_forget_quality_ks_statistic"] = None
+    hold = logs.splits.get("holdout")
+    hold_tr = split_truth_ratios(hold) if hold is not None else None
+    if hold is None:
+        na["holdout_forget_quality"] = logs.extra.get("mia_reason") or "no holdout split in the logs"
+    elif hold_tr is None:
+        na["holdout_forget_quality"] = "the holdout items have no paraphrased / perturbed answers (no truth ratios)"
+    elif ours_tr is None:
+        na["holdout_forget_quality"] = "no forget truth ratios in the logs"
+    else:
+        hfq = M.holdout_forget_quality(ours_tr, hold_tr)
+        m["holdout_forget_quality"], m["holdout_forget_quality_ks_statistic"] = hfq["pvalue"], hfq["statistic"]
+    if m["holdout_forget_quality"] is None:
+        na["holdout_forget_quality_ks_statistic"] = na["holdout_forget_quality"]
 
     aucs, why = mia_aucs(logs)
     for a, v in aucs.items():
@@ -477,10 +502,19 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None) -> dict
     }
 
 
+def retain_free_note(key: str) -> str:
+    """What a retain-free score is compared with, for printing beside it ('' for other keys)."""
+    if key == "holdout_forget_quality":
+        return "retain-free: forget vs holdout items; near 1 = the forget items look unseen"
+    if key.startswith("mia_auc_"):
+        return "retain-free reference 0.5 = forget items look like unseen holdout items"
+    return ""
+
+
 def format_value(v: float | None, key: str = "") -> str:
     """4 significant digits; 'n/a' for missing values."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
-    if key.startswith("forget_quality") and "statistic" not in key:
+    if "forget_quality" in key and "statistic" not in key:
         return f"{v:.4g}" if v >= 1e-3 else f"{v:.3e}"
     return f"{v:.4g}"

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from rouge_score import rouge_scorer
-from scipy.stats import hmean, ks_2samp, rankdata
+from scipy.stats import hmean, ks_2samp, rankdata, spearmanr
 
 MIN_K_DEFAULT = 0.4
 
@@ -117,6 +117,36 @@ def forget_quality(model_ratios: Sequence[float], retain_ratios: Sequence[float]
     a, b = _as_1d(model_ratios), _as_1d(retain_ratios)
     res = ks_2samp(a, b)
     return {"pvalue": float(res.pvalue), "statistic": float(res.statistic), "floor": ks_floor_pvalue(len(a), len(b))}
+
+
+def holdout_forget_quality(forget_ratios: Sequence[float], holdout_ratios: Sequence[float]) -> dict[str, float]:
+    """Holdout forget quality (HFQ), computed on the evaluated model alone: the p-value of the
+    two-sample KS test between the model's per-item truth ratios on the forget items and on
+    holdout items of the same kind about entities it never trained on (``ks_2samp``, two-sided).
+
+    A model that never saw the forget data treats both sets alike (HFQ near 1, like a retain
+    model); a model that memorised them gives the forget answers a clearly different truth
+    ratio (HFQ near the floor). No retain model is needed: this is the score a user without one
+    can tune and stop on. Returns ``{"pvalue", "statistic", "floor"}`` as `forget_quality`."""
+    return forget_quality(forget_ratios, holdout_ratios)
+
+
+RETAIN_FREE_AUC = 0.5  # the membership AUC forget vs holdout of a model that never saw either set
+
+
+def utility_proxy(values: dict[str, float]) -> float:
+    """A generation-free stand-in for `model_utility`: the harmonic mean of the six aggregates
+    {probability, truth-ratio score} x {retain, real authors, world facts} (model utility
+    without the three ROUGE-L terms, which need greedy generation). Cheap enough to compute
+    every few training steps; 0 if any value is 0. `values` as in `model_utility`."""
+    keys = [f"{s}_{m}" for s in UTILITY_SPLITS for m in ("probability", "truth_ratio")]
+    missing = [k for k in keys if values.get(k) is None]
+    if missing:
+        raise KeyError(f"the utility proxy needs {', '.join(missing)}")
+    vals = np.array([float(values[k]) for k in keys])
+    if np.any(vals <= 0):
+        return 0.0
+    return float(hmean(vals))
 
 
 def ks_floor_pvalue(n: int, m: int) -> float:
@@ -258,3 +288,14 @@ def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
         num = float(np.linalg.norm(b.T @ a) ** 2)
         den = float(np.linalg.norm(a.T @ a) * np.linalg.norm(b.T @ b))
     return num / den if den > 0 else math.nan
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman rank correlation of paired values (e.g. HFQ and true FQ over runs); nan when a
+    side is constant or fewer than 3 pairs."""
+    a, b = _as_1d(x), _as_1d(y)
+    if len(a) != len(b):
+        raise ValueError(f"{len(a)} vs {len(b)} values")
+    if len(a) < 3 or np.all(a == a[0]) or np.all(b == b[0]):
+        return math.nan
+    return float(spearmanr(a, b).statistic)

@@ -33,13 +33,7 @@ def evaluate_sharded(model, tokenizer, data_source, forget_split: str = "forget1
                                 progress=progress)
     mark_for_synced_generation(model)
     retain = E.read_logs(retain_logs) if isinstance(retain_logs, (str, os.PathLike)) else retain_logs
-    source_splits = {name: tmpl.format(forget=forget_split) for name, tmpl in E.SOURCE_SPLITS.items()}
-    rows = {name: E._load_rows(data_source, split, max_items) for name, split in source_splits.items()}
-    holdout_split = forget_split.replace("forget", "holdout", 1)
-    hold, mia_reason = E._holdout_rows(data_source, holdout_split, max_items)
-    if hold is not None:
-        rows["holdout"] = hold
-        source_splits["holdout"] = holdout_split
+    rows, source_splits, mia_reason = E.load_eval_rows(data_source, forget_split, max_items)
     shards = {name: shard_indices(len(r)) for name, r in rows.items()}
     local = E.evaluate_items(model, tokenizer, {n: [rows[n][i] for i in shards[n]] for n in rows},
                              batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress and is_main_process())

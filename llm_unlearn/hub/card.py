@@ -310,8 +310,9 @@ def build_s3t_model_card(serving: dict[str, Any], repo_id: str, metrics: dict[st
     lines = [f"# {name}", "",
              f"An **S3T ensemble** (Chowdhury et al., 2024, exact unlearning with sequence-aware sharded LoRA "
              f"training) over `{base}`: {len(serving['shards'])} LoRA adapters, one per serving shard, each the "
-             "longest prefix of slice-wise stages that never saw a deleted sample. The next-token distribution "
-             "is the renormalised mean of the shards' log-probabilities (a normalised geometric mean).", "",
+             "longest prefix of slice-wise stages that never saw a deleted sample. The shards' next-token "
+             f"distributions are combined by `{serving.get('aggregate', 'mean-logprob')}` "
+             "(`llm_unlearn.s3t.serve`: mean-logprob, mixture, posterior or route).", "",
              "## Shards served", "", "| shard | sequence | prefix (stages) | samples trained | adapter | sha256 |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {s['shard']} | {s['sequence']} | {s['prefix']}/{s['num_slices']} | {s['trained_samples']} | "

@@ -71,6 +71,7 @@ def load_published_s3t(folder: str | Path, dtype: str = "float32", base_model: s
                 raise UnlearnError(f"{root / S3T_SERVING_NAME}: not an llm-unlearn S3T serving manifest")
             base = base_model or serving["base_model"]
             self.run_dir, self.verify, self.manifest = root, True, serving
+            self.aggregate, self.allow_base, self.serve_like = serving.get("aggregate", "mean-logprob"), False, None
             self._base = load_model(str(root / base) if base == S3T_BUNDLED_BASE else base, dtype=dtype)
             self.tokenizer = load_tokenizer(str(root))
             self.peft, self.served = None, {}

@@ -37,7 +37,6 @@ from llm_unlearn.hub.card import (
     resolve_base_model,
 )
 from llm_unlearn.runinfo import read_manifest
-from llm_unlearn.s3t.ledger import content_hash
 from llm_unlearn.s3t.service import verify_run
 from llm_unlearn.s3t.train import PLAN_FILE, S3T_FORMAT, base_model_path, load_run, tokenizer_path
 
@@ -163,15 +162,16 @@ def s3t_serving_manifest(run_dir: str | Path, base: str) -> tuple[dict[str, Any]
                        "prefix": rec.stage, "num_slices": st.num_slices, "generation": rec.generation,
                        "slices": rec.slices, "trained_samples": rec.num_samples, "sha256": rec.sha256,
                        "weights_sha256": rec.weights_sha256})
-    deleted_rows = ledger.samples(sorted(ledger.deleted_ids()))
-    hash_of = {r["sample_id"]: content_hash(r["question"], r["answer"]) for r in deleted_rows}
+    deleted_rows = ledger.deleted_content_hashes()  # the text itself may already be purged
+    hash_of = dict(deleted_rows)
     requests = [{"request_id": d["request_id"], "requested_at": d["requested_at"], "samples": len(d["sample_ids"]),
                  "content_sha256": _hash_of_hashes([hash_of[i] for i in d["sample_ids"] if i in hash_of]),
                  "affected_shards": d["affected_shards"], "retrain_shards": d["retrain_shards"], "status": d["status"]}
                 for d in ledger.deletions()]  # the request's text query is left out: it quotes the data
     serving = {
         "format": S3T_SERVING_FORMAT, "s3t_format": S3T_FORMAT, "base_model": base,
-        "combine": "mean over serving shards of log_softmax(logits), renormalised (llm_unlearn.s3t.serve)",
+        "aggregate": cfg.aggregate,
+        "combine": f"{cfg.aggregate} over the serving shards (llm_unlearn.s3t.serve)",
         "plan": {"shards": plan.num_shards, "slices": plan.num_slices, "sequences": plan.num_sequences,
                  "method": plan.method, "blocks": plan.blocks},
         "trained": {"split": manifest.get("split"), "items": manifest.get("items"),
@@ -182,7 +182,7 @@ def s3t_serving_manifest(run_dir: str | Path, base: str) -> tuple[dict[str, Any]
         "deleted": {"samples": len(deleted_rows), "content_sha256": _hash_of_hashes(list(hash_of.values())),
                     "requests": requests},
     }
-    texts = [t.strip() for r in deleted_rows for t in (r["question"], r["answer"]) if len(t.strip()) >= MIN_LEAK_CHARS]
+    texts = [t.strip() for t in ledger.deleted_texts() if len(t.strip()) >= MIN_LEAK_CHARS]
     return serving, texts
 
 
@@ -201,7 +201,8 @@ def stage_s3t_upload(run_dir: str | Path, folder: str | Path, repo_id: str, base
     elif bundled:
         base = S3T_BUNDLED_BASE
         shutil.copytree(base_model_path(root, manifest), out / S3T_BUNDLED_BASE)
-    elif HUB_ID.match(str(manifest["base_model"])) and not Path(str(manifest["base_model"])).exists():
+    elif (HUB_ID.match(str(manifest["base_model"])) and not str(manifest["base_model"]).startswith("..")
+          and not Path(str(manifest["base_model"])).exists()):
         base = str(manifest["base_model"])
     else:
         raise UnlearnError(f"the S3T base model is the local path {manifest['base_model']}: pass --base-model ORG/NAME "

@@ -1,14 +1,23 @@
 """The S3T deletion ledger: an SQLite database in the run directory that is the source of truth
 for what every adapter checkpoint saw and what is being served.
 
-Tables: ``samples`` (id, content hash, shard, slice, text, which deletion removed it),
+Tables: ``samples`` (id, content hash, hashes of the normalised question and answer, shard, slice,
+text, which deletion removed it),
 ``stages`` (one row per trained checkpoint: shard, sequence, stage, generation, slices, path,
 sha256) with ``stage_samples`` (exactly which samples a stage was trained on, cumulative over
 π₁…π_i), ``sequences`` (slice order and valid prefix), ``serving`` (per shard: the sequence and
 prefix served, or ``needs_retrain``) and ``deletions`` (request id, sample ids, time, status).
 
-Every change runs in one ``BEGIN IMMEDIATE`` transaction in WAL mode, so concurrent deletions
-from several processes are serialised and a process killed mid-deletion leaves the old state.
+Every change, the creation of the schema included, runs in one ``BEGIN IMMEDIATE`` transaction in
+WAL mode, so concurrent deletions from several processes are serialised and a process killed
+mid-deletion leaves the old state.
+
+Deleted text does not stay: `DeletionLedger.purge` (run by ``s3t purge`` and at the end of
+``s3t retrain``) drops the stages that saw a deleted sample, blanks the deleted samples' question
+and answer and the text of ``--match`` queries, then rewrites the database with ``secure_delete``,
+``VACUUM`` and a truncating WAL checkpoint so no page of the file still holds the text. What is
+kept are sha256 hashes of the *normalised* text (lower case, whitespace collapsed): enough for a
+repeated ``--match`` to be recognised as already deleted, not enough to read the data back.
 Validity is computed from ``stage_samples``: stage k of a sequence is exact iff none of the
 samples it was trained on is deleted; a sequence's valid prefix is its longest run of exact stages
 (stages are cumulative, so a deleted sample in slice π_j invalidates stages j…L).
@@ -29,14 +38,15 @@ from llm_unlearn.data.source import close_phrases
 from llm_unlearn.errors import UnlearnError
 
 LEDGER_FILE = "ledger.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: text hashes, nullable text (purge), excluded samples
 LEDGER_FORMAT = "llm-unlearn-s3t-ledger"
 
 _SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE samples (
-    sample_id TEXT PRIMARY KEY, content_hash TEXT NOT NULL, shard INTEGER NOT NULL, slice INTEGER NOT NULL,
-    question TEXT NOT NULL, answer TEXT NOT NULL, deleted_by INTEGER REFERENCES deletions(request_id));
+    sample_id TEXT PRIMARY KEY, content_hash TEXT NOT NULL, question_hash TEXT NOT NULL, answer_hash TEXT NOT NULL,
+    shard INTEGER NOT NULL, slice INTEGER NOT NULL, question TEXT, answer TEXT,
+    deleted_by INTEGER REFERENCES deletions(request_id));
 CREATE INDEX samples_shard_slice ON samples(shard, slice);
 CREATE TABLE sequences (
     shard INTEGER NOT NULL, sequence INTEGER NOT NULL, slice_order TEXT NOT NULL,
@@ -56,7 +66,7 @@ CREATE TABLE serving (
     stage_id INTEGER REFERENCES stages(stage_id), status TEXT NOT NULL, updated_by INTEGER, updated_at TEXT NOT NULL);
 CREATE TABLE deletions (
     request_id INTEGER PRIMARY KEY AUTOINCREMENT, requested_at TEXT NOT NULL, sample_ids TEXT NOT NULL,
-    query TEXT, status TEXT NOT NULL, affected_shards TEXT NOT NULL DEFAULT '[]',
+    query TEXT, query_hash TEXT, status TEXT NOT NULL, affected_shards TEXT NOT NULL DEFAULT '[]',
     retrain_shards TEXT NOT NULL DEFAULT '[]', pid INTEGER);
 """
 
@@ -66,6 +76,16 @@ DELETION_STEPS = ("marked", "truncated", "served")
 
 def content_hash(question: str, answer: str) -> str:
     return hashlib.sha256(json.dumps([question, answer], ensure_ascii=False).encode()).hexdigest()
+
+
+def normalise_text(text: str) -> str:
+    """Lower case, whitespace runs collapsed to one space, ends stripped (what ``--match`` compares)."""
+    return " ".join(text.lower().split())
+
+
+def text_hash(text: str) -> str:
+    """sha256 of the normalised text: what the ledger keeps of a deleted question, answer or query."""
+    return hashlib.sha256(normalise_text(text).encode()).hexdigest()
 
 
 def _now() -> str:
@@ -127,27 +147,42 @@ class DeletionLedger:
     # -- opening -----------------------------------------------------------------------------
     @classmethod
     def create(cls, run_dir: str | Path, samples: Iterable[dict], sequences: list[list[list[int]]],
-               meta: dict[str, str]) -> DeletionLedger:
-        """New ledger: `samples` rows need sample_id, question, answer, shard, slice."""
+               meta: dict[str, str], excluded: Iterable[str] | None = None) -> DeletionLedger:
+        """New ledger: `samples` rows need sample_id, question, answer, shard, slice. `excluded` ids
+        are deleted before any training (an exact-retrain reference, ``s3t train --exclude-ids``):
+        their slot in the plan stays, their text is never stored."""
         path = Path(run_dir) / LEDGER_FILE
         if path.exists():
             raise UnlearnError(f"{path} already exists")
         ledger = cls(path)
-        con = ledger._connect()
-        con.executescript(_SCHEMA)
-        con.execute("BEGIN IMMEDIATE")
-        rows = {"format": LEDGER_FORMAT, "schema_version": str(SCHEMA_VERSION), "created_at": _now(), **meta}
-        con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in rows.items()])
-        con.executemany(
-            "INSERT INTO samples (sample_id, content_hash, shard, slice, question, answer) VALUES (?,?,?,?,?,?)",
-            [(r["sample_id"], content_hash(r["question"], r["answer"]), r["shard"], r["slice"],
-              r["question"], r["answer"]) for r in samples],
-        )
-        con.executemany(
-            "INSERT INTO sequences (shard, sequence, slice_order) VALUES (?,?,?)",
-            [(s, b, json.dumps(order)) for s, seqs in enumerate(sequences) for b, order in enumerate(seqs)],
-        )
-        con.execute("COMMIT")
+        excluded = set(excluded or ())
+
+        def write(con):
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    con.execute(statement)
+            rows = {"format": LEDGER_FORMAT, "schema_version": str(SCHEMA_VERSION), "created_at": _now(), **meta}
+            con.executemany("INSERT INTO meta VALUES (?, ?)", [(k, str(v)) for k, v in rows.items()])
+            con.executemany(
+                "INSERT INTO samples (sample_id, content_hash, question_hash, answer_hash, shard, slice, question, answer)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                [(r["sample_id"], content_hash(r["question"], r["answer"]), text_hash(r["question"]),
+                  text_hash(r["answer"]), r["shard"], r["slice"],
+                  None if r["sample_id"] in excluded else r["question"],
+                  None if r["sample_id"] in excluded else r["answer"]) for r in samples],
+            )
+            con.executemany(
+                "INSERT INTO sequences (shard, sequence, slice_order) VALUES (?,?,?)",
+                [(s, b, json.dumps(order)) for s, seqs in enumerate(sequences) for b, order in enumerate(seqs)],
+            )
+            if excluded:
+                cur = con.execute("INSERT INTO deletions (requested_at, sample_ids, query, status, pid) "
+                                  "VALUES (?,?,?,?,?)", (_now(), json.dumps(sorted(excluded)), None, "excluded",
+                                                         os.getpid()))
+                con.executemany("UPDATE samples SET deleted_by = ? WHERE sample_id = ?",
+                                [(cur.lastrowid, sid) for sid in sorted(excluded)])
+
+        ledger._transaction(write)  # a crash leaves an empty file, which `open` refuses
         return ledger
 
     @classmethod
@@ -182,6 +217,7 @@ class DeletionLedger:
         con.execute("PRAGMA journal_mode = WAL")
         con.execute("PRAGMA synchronous = FULL")
         con.execute("PRAGMA foreign_keys = ON")
+        con.execute("PRAGMA secure_delete = ON")  # freed pages are zeroed: purged text leaves no trace
         self._con, self._pid = con, os.getpid()
         return con
 
@@ -365,6 +401,63 @@ class DeletionLedger:
 
         return self._transaction(write)
 
+    # -- purging -----------------------------------------------------------------------------
+    def deleted_texts(self) -> list[str]:
+        """Question, answer and ``--match`` text of deleted samples still held (empty after a purge)."""
+        def q(con):
+            rows = con.execute("SELECT question, answer FROM samples WHERE deleted_by IS NOT NULL "
+                               "AND (question IS NOT NULL OR answer IS NOT NULL)").fetchall()
+            rows += con.execute("SELECT query, NULL FROM deletions WHERE query IS NOT NULL").fetchall()
+            return [t for row in rows for t in row if t]
+
+        return self._read(q)
+
+    def deleted_content_hashes(self) -> list[tuple[str, str]]:
+        """(sample id, content hash) of every deleted sample: what the ledger keeps of them."""
+        return self._read(lambda con: con.execute(
+            "SELECT sample_id, content_hash FROM samples WHERE deleted_by IS NOT NULL ORDER BY rowid").fetchall())
+
+    def dirty_stages(self) -> list[tuple[StageRecord, str]]:
+        """Stages still recorded that were trained on a deleted sample: (stage, one such sample id)."""
+        rows = self._read(lambda con: con.execute(
+            "SELECT ss.stage_id, MIN(ss.sample_id) FROM stage_samples ss JOIN samples s ON s.sample_id = ss.sample_id "
+            "WHERE s.deleted_by IS NOT NULL GROUP BY ss.stage_id ORDER BY ss.stage_id").fetchall())
+        return [(self.stage(stage_id), sid) for stage_id, sid in rows]
+
+    def purge_records(self) -> list[StageRecord]:
+        """One transaction: forget every stage that saw a deleted sample and every stage of a
+        superseded generation (never served again), blank the deleted text and query text (their
+        hashes stay). Returns the stages dropped; their checkpoint directories are the caller's to
+        remove. Follow with `wipe` so no free page keeps the text."""
+
+        def write(con):
+            rows = con.execute(
+                _STAGE_SELECT + " st WHERE st.stage_id NOT IN (SELECT stage_id FROM serving WHERE stage_id IS NOT NULL) "
+                "AND (EXISTS (SELECT 1 FROM stage_samples ss JOIN samples s ON s.sample_id = ss.sample_id "
+                "             WHERE ss.stage_id = st.stage_id AND s.deleted_by IS NOT NULL) "
+                "     OR st.generation < (SELECT q.generation FROM sequences q WHERE q.shard = st.shard "
+                "                         AND q.sequence = st.sequence)) ORDER BY st.stage_id").fetchall()
+            dropped = [_stage_record(r) for r in rows]
+            ids = [(r.stage_id,) for r in dropped]
+            con.executemany("DELETE FROM stage_samples WHERE stage_id = ?", ids)
+            con.executemany("DELETE FROM stages WHERE stage_id = ?", ids)
+            con.execute("UPDATE samples SET question = NULL, answer = NULL WHERE deleted_by IS NOT NULL "
+                        "AND (question IS NOT NULL OR answer IS NOT NULL)")
+            con.execute("UPDATE deletions SET query = NULL WHERE query IS NOT NULL")
+            return dropped
+
+        return self._transaction(write)
+
+    def wipe(self) -> None:
+        """Rewrite the database file (``VACUUM``) and empty the WAL, so no page of either still holds
+        text a purge removed (``secure_delete`` zeroes freed pages too)."""
+        con = self._connect()
+        con.execute("VACUUM")
+        busy, _, _ = con.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        if busy:
+            raise UnlearnError(f"{self.path}: another process holds the ledger open; the WAL could not be emptied "
+                               "(run the purge again when it is idle)")
+
     # -- writing: deletion -------------------------------------------------------------------
     def delete(self, ids: Iterable[str] | None = None, match: str | None = None,
                hook: DeletionHook | None = None) -> DeletionResult:
@@ -387,23 +480,27 @@ class DeletionLedger:
                 if sid not in wanted:
                     wanted.append(sid)
             if match:
-                needle = match.lower()
+                needle, digest = match.lower(), text_hash(match)
                 rows = con.execute(
                     "SELECT sample_id FROM samples WHERE instr(lower(question), ?) > 0 OR instr(lower(answer), ?) > 0 "
-                    "ORDER BY rowid", (needle, needle)).fetchall()
-                if not rows:
+                    "OR question_hash = ? OR answer_hash = ? ORDER BY rowid", (needle, needle, digest, digest)).fetchall()
+                found = [r[0] for r in rows]
+                for (earlier,) in con.execute("SELECT sample_ids FROM deletions WHERE query_hash = ?", (digest,)):
+                    found += json.loads(earlier)  # the same query again, after its text was purged
+                if not found:
                     texts = [t for row in con.execute("SELECT question, answer FROM samples") for t in row]
                     close = close_phrases(match, texts)
                     hint = f"; close names: {', '.join(close)}" if close else ""
                     raise UnlearnError(f"no sample's question or answer contains '{match}': nothing was deleted{hint}")
-                wanted += [r[0] for r in rows if r[0] not in wanted]
+                wanted += [sid for sid in dict.fromkeys(found) if sid not in wanted]
             fresh = [s for s in wanted if con.execute(
                 "SELECT deleted_by IS NULL FROM samples WHERE sample_id = ?", (s,)).fetchone()[0]]
             already = [s for s in wanted if s not in fresh]
             if not fresh:
                 return DeletionResult(None, "already_deleted", [], already, [], [], {})
-            cur = con.execute("INSERT INTO deletions (requested_at, sample_ids, query, status, pid) VALUES (?,?,?,?,?)",
-                              (_now(), json.dumps(fresh), match, "in_progress", os.getpid()))
+            cur = con.execute(
+                "INSERT INTO deletions (requested_at, sample_ids, query, query_hash, status, pid) VALUES (?,?,?,?,?,?)",
+                (_now(), json.dumps(fresh), match, text_hash(match) if match else None, "in_progress", os.getpid()))
             request_id = cur.lastrowid
             con.executemany("UPDATE samples SET deleted_by = ? WHERE sample_id = ?", [(request_id, s) for s in fresh])
             shards = sorted({con.execute("SELECT shard FROM samples WHERE sample_id = ?", (s,)).fetchone()[0]

@@ -5,16 +5,29 @@ written after stage k therefore holds exactly blocks 1…k, and serving "prefix 
 that checkpoint — the served weights are the stored file, bit for bit.
 
 Stage k's LoRA-A init and its batch order come from a generator seeded by
-(run seed, shard, sequence, stage, generation), so retraining a prefix from the samples the
-ledger says it saw reproduces bitwise-identical weights on the same machine (CPU, float32).
+(run seed, shard, sequence, stage), so retraining a prefix from the samples the ledger says it
+saw reproduces bitwise-identical weights on the same machine (CPU, float32). The seed does not
+depend on the retrain generation: a shard retrained without its deleted samples is, bit for bit,
+the shard of a run trained without them from the start (``exclude``: the exact-retrain reference
+that TOFU's forget quality compares with).
+
+Nothing deletable may reach a part that is never retrained: the `tiny` model's tokenizer is
+trained only on the source's utility splits (real authors, world facts), never on the split
+S3T trains on, and a base directory that was finetuned on the same data is refused.
+
+Crash safety: a stage's checkpoint files and every directory above them up to the run directory
+are fsynced before the ledger records the checkpoint's hash, so a recorded stage is on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import hashlib
 import logging
 import math
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -28,9 +41,16 @@ from safetensors.torch import load_file
 from llm_unlearn import __version__
 from llm_unlearn.console import TrainerLogFile, format_loss, stage_bar
 from llm_unlearn.data.qa import QACollator, encode_qa
-from llm_unlearn.data.tofu import is_local_source, load_tofu
+from llm_unlearn.data.tofu import available_splits, is_local_source, load_tofu
 from llm_unlearn.errors import DivergenceError, UnlearnError
-from llm_unlearn.models import build_tiny, load_model, load_tokenizer, resolve_model_path
+from llm_unlearn.models import (
+    build_tiny_model,
+    load_model,
+    load_tokenizer,
+    resolve_model_path,
+    texts_for_tokenizer,
+    train_tiny_tokenizer,
+)
 from llm_unlearn.runinfo import data_hash, read_manifest, write_manifest
 from llm_unlearn.s3t.ledger import DeletionLedger, StageRecord
 from llm_unlearn.s3t.plan import S3TPlan, make_plan
@@ -38,8 +58,14 @@ from llm_unlearn.threads import apply_thread_policy
 
 logger = logging.getLogger(__name__)
 
-S3T_FORMAT = 1  # run directory layout version (run.json "s3t_format")
+S3T_FORMAT = 2  # run directory layout version (run.json "s3t_format"); 2: ledger schema 2, tokenizer provenance
 PLAN_FILE = "plan.json"
+LOCK_FILE = "s3t.lock"
+CHECKPOINTS_DIR = "checkpoints"
+# Splits the tiny tokenizer of an S3T run is trained on: utility sets, never trained by S3T, never deleted.
+TOKENIZER_SPLITS = ("real_authors", "real_authors_perturbed", "world_facts", "world_facts_perturbed")
+AGGREGATES = ("mean-logprob", "mixture", "posterior", "route")
+DEFAULT_AGGREGATE = "mixture"  # best model utility in benchmarks/s3t_deletion.py (demo data, 3 seeds)
 
 
 @dataclass
@@ -61,6 +87,22 @@ class S3TConfig:
     max_items: int | None = field(default=None, metadata={"help": "train on the first N items of the split only"})
     seed: int = field(default=0, metadata={"help": "seed of the plan, LoRA init and batch order"})
     dtype: str = field(default="float32", metadata={"help": "model dtype"})
+    with_utility: bool = field(default=False, metadata={
+        "help": "every stage also trains on the source's utility sets (real authors, world facts): never deleted, "
+                "the same rows in every stage and in the exact-retrain reference (as a tiny single model is finetuned)"})
+    prompt_loss: bool = field(default=False, metadata={
+        "help": "train on the question tokens too, so each shard's likelihood of a prompt tells whether it saw "
+                "that entity (what the posterior and route serving modes weigh)"})
+    aggregate: str = field(default=DEFAULT_AGGREGATE, metadata={
+        "help": "how the served shards are combined: mean-logprob, mixture, posterior or route (llm_unlearn.s3t.serve)"})
+    exclude_ids: list[str] = field(default_factory=list, metadata={
+        "help": "sample ids left out from the start (exact-retrain reference: same plan and seeds)"})
+    exclude_split: str | None = field(default=None, metadata={
+        "help": "leave out the samples whose question and answer are in this split (e.g. forget10)"})
+
+    def __post_init__(self):
+        if self.aggregate not in AGGREGATES:
+            raise UnlearnError(f"--aggregate {self.aggregate!r} unknown (expected one of {', '.join(AGGREGATES)})")
 
 
 # -- model structure ---------------------------------------------------------------------------
@@ -109,9 +151,46 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def stage_seed(seed: int, shard: int, sequence: int, stage: int, generation: int) -> int:
-    digest = hashlib.sha256(f"s3t:{seed}:{shard}:{sequence}:{stage}:{generation}".encode()).hexdigest()
+def stage_seed(seed: int, shard: int, sequence: int, stage: int) -> int:
+    """Seed of one stage; the same in every retrain generation (see module docstring)."""
+    digest = hashlib.sha256(f"s3t:{seed}:{shard}:{sequence}:{stage}".encode()).hexdigest()
     return int(digest[:8], 16)
+
+
+def fsync_tree(path: Path, up_to: Path) -> None:
+    """fsync every file under `path`, `path` itself and each directory above it up to `up_to`."""
+    for sub in sorted(path.rglob("*"), reverse=True):
+        if sub.is_file():
+            fd = os.open(sub, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    up_to = up_to.resolve()
+    d = path.resolve()
+    while True:
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if d == up_to or d.parent == d:
+            break
+        d = d.parent
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path):
+    """Exclusive lock of a run's checkpoints (retrain and purge): one writer of checkpoint files at a time."""
+    with open(Path(run_dir) / LOCK_FILE, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UnlearnError(f"{run_dir}: another s3t retrain or purge is running on this run") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 # -- one stage --------------------------------------------------------------------------------
@@ -149,6 +228,8 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
     features = [encode_qa(tokenizer, r["question"], r["answer"], cfg.max_length) for r in rows]
     for f in features:
         f.pop("truncated")
+        if cfg.prompt_loss:
+            f["labels"] = list(f["input_ids"])
     collate = QACollator(tokenizer)
     optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(features) / cfg.batch_size) if features else 0
@@ -190,8 +271,8 @@ def train_sequence(run_dir: Path, ledger: DeletionLedger, base_model, tokenizer,
     for stage in range(1, len(order) + 1):
         slices = order[:stage]
         ids = ledger.sample_ids(shard=shard, slices=slices)  # undeleted samples, ledger order
-        rows = ledger.samples(ids)
-        seed = stage_seed(cfg.seed, shard, sequence, stage, generation)
+        rows = ledger.samples(ids) + fixed_rows(cfg)
+        seed = stage_seed(cfg.seed, shard, sequence, stage)
         losses: list[float] = []
 
         def on_step(step: int, total: int, loss: float, stage=stage, losses=losses) -> None:
@@ -206,11 +287,12 @@ def train_sequence(run_dir: Path, ledger: DeletionLedger, base_model, tokenizer,
                         "samples": len(rows), "steps": len(losses),
                         "train_loss": sum(losses) / len(losses) if losses else None,
                         "last_loss": losses[-1] if losses else None})
-        rel = f"checkpoints/shard{shard}/gen{generation}/seq{sequence}/stage{stage}"
+        rel = f"{CHECKPOINTS_DIR}/shard{shard}/gen{generation}/seq{sequence}/stage{stage}"
         ckpt = run_dir / rel
         if ckpt.exists():
             shutil.rmtree(ckpt)
         model.save_pretrained(str(ckpt), safe_serialization=True)
+        fsync_tree(ckpt, run_dir)  # on disk before the ledger vouches for it
         weights_file = ckpt / "adapter_model.safetensors"
         previous = load_file(str(weights_file))
         stage_id = ledger.record_stage(shard, sequence, stage, generation, slices, rel, file_sha256(weights_file),
@@ -230,28 +312,126 @@ def _load_rows(cfg: S3TConfig) -> list[dict]:
             for i in range(n)]
 
 
+UTILITY_TRAIN_SPLITS = ("real_authors_perturbed", "world_facts_perturbed")  # what `finetune --with-utility` adds
+
+
+def fixed_rows(cfg: S3TConfig) -> list[dict]:
+    """Rows every stage trains on besides its slices (`cfg.with_utility`: the utility sets; they
+    are never deleted, so they do not enter the ledger), in a fixed order."""
+    if not cfg.with_utility:
+        return []
+    return [{"question": r["question"], "answer": r["answer"]}
+            for name in UTILITY_TRAIN_SPLITS for r in load_tofu(name, cfg.data)]
+
+
+def excluded_ids(cfg: S3TConfig, rows: list[dict]) -> list[str]:
+    """Ids of `rows` left out from the start: `cfg.exclude_ids` plus the rows whose (question,
+    answer) is in `cfg.exclude_split`. Unknown ids and a split that matches nothing are errors."""
+    known = {r["sample_id"] for r in rows}
+    unknown = [i for i in cfg.exclude_ids if i not in known]
+    if unknown:
+        raise UnlearnError(f"--exclude-ids: unknown sample id '{unknown[0]}' (ids look like {rows[0]['sample_id']})")
+    out = list(dict.fromkeys(cfg.exclude_ids))
+    if cfg.exclude_split:
+        wanted = {(r["question"], r["answer"]) for r in load_tofu(cfg.exclude_split, cfg.data)}
+        hits = [r["sample_id"] for r in rows if (r["question"], r["answer"]) in wanted]
+        if not hits:
+            raise UnlearnError(f"--exclude-split {cfg.exclude_split}: none of its items is in the trained split "
+                               f"{cfg.split} (of {cfg.data})")
+        out += [h for h in hits if h not in out]
+    if len(out) == len(rows):
+        raise UnlearnError("every sample is excluded: nothing left to train")
+    return out
+
+
+def tokenizer_texts(cfg: S3TConfig) -> tuple[list[str], list[str]]:
+    """Text the tiny tokenizer of an S3T run is trained on, and the splits it came from: the
+    utility splits only (`TOKENIZER_SPLITS`), which S3T never trains on and never deletes. A
+    tokenizer trained on deletable text would keep its merges after the text is deleted."""
+    if not is_local_source(cfg.data):
+        raise UnlearnError("the tiny model needs a local --data directory (its tokenizer is trained on its utility sets)")
+    if cfg.split in TOKENIZER_SPLITS:
+        raise UnlearnError(f"--split {cfg.split}: the tiny model's tokenizer is trained on that split, so its samples "
+                           "could never be deleted exactly; train S3T on another split or use a pretrained --model")
+    splits = [name for name in TOKENIZER_SPLITS if name in available_splits(cfg.data)]
+    if not splits:
+        raise UnlearnError(
+            f"--model tiny: {cfg.data} has none of the splits {', '.join(TOKENIZER_SPLITS)}. S3T trains the tiny "
+            "model's tokenizer only on text that can never be deleted; training it on the deletable split would "
+            "leave the deleted samples in its vocabulary. Add those utility splits or use a pretrained --model")
+    return texts_for_tokenizer(cfg.data, splits), splits
+
+
+def check_base_independent(model: str, data: str) -> None:
+    """Refuse a base directory finetuned on the same data source: its weights (and a tiny model's
+    tokenizer) may hold samples that S3T is asked to delete, and S3T never retrains the base."""
+    path = Path(model)
+    if not path.is_dir():
+        return
+    manifest = read_manifest(path)
+    source = manifest.get("data")
+    if not source:
+        return
+    same = (Path(source).resolve() == Path(data).resolve()) if Path(source).exists() and Path(data).exists() \
+        else str(source) == str(data)
+    if same:
+        raise UnlearnError(
+            f"--model {model} was trained on {source} (split {manifest.get('split')}), the data S3T trains on: "
+            "its weights and tokenizer may hold samples you later delete, and S3T never retrains the base. "
+            "Use a base that never saw this data")
+
+
 def _base_model(cfg: S3TConfig, run_dir: Path):
-    """Build or load the base; a tiny base is saved into the run directory (it is random)."""
+    """Build or load the base; a tiny base is saved into the run directory (it is random).
+    Returns (model, tokenizer, base reference, splits the tokenizer was trained on or None)."""
     if cfg.model == "tiny":
-        if not is_local_source(cfg.data):
-            raise UnlearnError("the tiny model needs a local --data directory (its tokenizer is trained on it)")
-        model, tokenizer = build_tiny(cfg.data, seed=cfg.seed)
+        texts, splits = tokenizer_texts(cfg)
+        tokenizer = train_tiny_tokenizer(texts)
+        model = build_tiny_model(tokenizer, seed=cfg.seed)
         model.save_pretrained(str(run_dir / "base"), safe_serialization=True)
         tokenizer.save_pretrained(str(run_dir / "base"))
-        return model, tokenizer, "base"
+        return model, tokenizer, "base", splits
+    check_base_independent(cfg.model, cfg.data)
     model = load_model(cfg.model, dtype=cfg.dtype)
     tokenizer = load_tokenizer(cfg.model)
     tokenizer.save_pretrained(str(run_dir / "tokenizer"))
-    return model, tokenizer, str(Path(resolve_model_path(cfg.model)).resolve()
-                                 if Path(resolve_model_path(cfg.model)).exists() else cfg.model)
+    resolved = Path(resolve_model_path(cfg.model))
+    if not resolved.exists():
+        return model, tokenizer, cfg.model, None
+    resolved = resolved.resolve()
+    # a base beside the run (the demo's pretrained tiny base) is recorded relative to it, so the
+    # two can be moved together (an output written to a staging directory, then renamed)
+    if resolved.is_relative_to(run_dir.resolve().parent):
+        return model, tokenizer, os.path.relpath(resolved, run_dir.resolve()), None
+    return model, tokenizer, str(resolved), None
+
+
+def validate_config(cfg: S3TConfig) -> tuple[list[dict], list[str]]:
+    """Every check that needs no model, before anything is written: the split, the excluded
+    samples, the tiny tokenizer's non-deletable text, the base's independence. Returns the rows
+    and the excluded ids."""
+    rows = _load_rows(cfg)
+    excluded = excluded_ids(cfg, rows)
+    fixed_rows(cfg)  # the utility sets exist, when asked for
+    if cfg.split in UTILITY_TRAIN_SPLITS and cfg.with_utility:
+        raise UnlearnError(f"--with-utility: the split {cfg.split} would be trained twice, once as deletable samples")
+    if cfg.model == "tiny":
+        tokenizer_texts(cfg)
+    else:
+        check_base_independent(cfg.model, cfg.data)
+    return rows, excluded
 
 
 def train_s3t(cfg: S3TConfig) -> Path:
-    """Plan, train every shard × sequence × stage, fill the ledger, publish. `cfg.output` must be prepared."""
+    """Plan, train every shard × sequence × stage, fill the ledger, publish. `cfg.output` must be prepared.
+
+    With `cfg.exclude_ids` / `cfg.exclude_split` the plan is the one of all samples (same shards,
+    slices and seeds) and the excluded samples are deleted before any stage trains: the run a
+    deletion of those samples must equal (`compare_with_reference`)."""
     run_dir = Path(cfg.output)
-    rows = _load_rows(cfg)
+    rows, excluded = validate_config(cfg)
     torch.manual_seed(cfg.seed)
-    base, tokenizer, base_ref = _base_model(cfg, run_dir)
+    base, tokenizer, base_ref, tokenizer_splits = _base_model(cfg, run_dir)
     threads = apply_thread_policy(base)
     plan = make_plan([r["sample_id"] for r in rows], cfg.shards, cfg.slices, cfg.sequences,
                      base.config.num_hidden_layers, cfg.method, cfg.seed)
@@ -259,11 +439,12 @@ def train_s3t(cfg: S3TConfig) -> Path:
     where = plan.slice_of()
     ledger = DeletionLedger.create(
         run_dir, [{**r, "shard": where[r["sample_id"]][0], "slice": where[r["sample_id"]][1]} for r in rows],
-        plan.sequences, {"package_version": __version__, "s3t_format": str(S3T_FORMAT)},
+        plan.sequences, {"package_version": __version__, "s3t_format": str(S3T_FORMAT)}, excluded=excluded,
     )
     write_manifest(run_dir, kind="s3t", s3t_format=S3T_FORMAT, base_model=base_ref, model=cfg.model,
                    data=str(cfg.data), split=cfg.split, items=len(rows), data_hash=data_hash(rows),
-                   config=asdict(cfg), blocks=plan.blocks, threads=threads)
+                   config=asdict(cfg), blocks=plan.blocks, aggregate=cfg.aggregate, excluded=len(excluded), threads=threads,
+                   tokenizer_trained_on=tokenizer_splits if tokenizer_splits is not None else f"{cfg.model} (pretrained)")
     total = cfg.shards * cfg.sequences * cfg.slices
     with stage_bar("s3t train", total=total, unit="stage") as bar:
         for shard in range(cfg.shards):
@@ -291,7 +472,9 @@ def load_run(run_dir: str | Path) -> tuple[DeletionLedger, S3TPlan, S3TConfig, d
 
 def base_model_path(run_dir: str | Path, manifest: dict) -> str:
     ref = manifest["base_model"]
-    return str(Path(run_dir) / ref) if ref == "base" else ref
+    if ref == "base" or ref.startswith(".."):
+        return str((Path(run_dir) / ref).resolve())
+    return ref
 
 
 def tokenizer_path(run_dir: str | Path, manifest: dict) -> str:
@@ -304,7 +487,9 @@ def load_base(run_dir: str | Path, manifest: dict, dtype: str = "float32"):
 
 
 def retrain_shards(run_dir: str | Path, shards: list[int] | None = None) -> list[int]:
-    """Retrain (all sequences of) the shards marked ``needs_retrain``, without their deleted samples."""
+    """Retrain (all sequences of) the shards marked ``needs_retrain``, without their deleted samples,
+    with the seeds of the first training (so the result is the run trained without them). The
+    caller holds `run_lock`; `llm_unlearn.s3t.service.retrain` also purges afterwards."""
     run_dir = Path(run_dir)
     ledger, plan, cfg, manifest = load_run(run_dir)
     pending = ledger.retrain_pending()
@@ -337,7 +522,7 @@ def reproduce_stage(run_dir: str | Path, stage_id: int, base_model=None, tokeniz
     previous = None
     for stage in range(1, target.stage + 1):
         rec = by_stage[stage]
-        rows = ledger.samples(ledger.stage_sample_ids(rec.stage_id))
+        rows = ledger.samples(ledger.stage_sample_ids(rec.stage_id)) + fixed_rows(cfg)
         model = train_stage(base_model, tokenizer, plan.blocks, stage, rows, rec.seed, cfg, previous)
         previous = adapter_state(model)
         del model

@@ -317,8 +317,6 @@ class UnlearnTrainer(Trainer):
 
     def _check_in_backward(self) -> None:
         """Refuse set-ups where a per-parameter step inside backward would be wrong."""
-        from accelerate.utils import DistributedType
-
         why = None
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             why = "DeepSpeed owns the optimizer step"
@@ -327,6 +325,12 @@ class UnlearnTrainer(Trainer):
                    "reduced it; shard the optimizer state with FSDP2 instead (recipes/accelerate/)")
         elif self.args.fp16:
             why = "fp16 loss scaling unscales gradients only at the optimizer step; use bf16 or fp32"
+        elif self.args.activation_checkpointing and any(
+                (getattr(self.args, f, None) or {}).get("use_reentrant")
+                for f in ("activation_checkpointing_kwargs", "gradient_checkpointing_kwargs")):
+            # each checkpointed call backwards on its own, so a layer run on forget and retain items gets its
+            # gradient (and would get an update) twice per step; the non-reentrant default backwards once
+            why = "reentrant activation checkpointing would step a parameter once per checkpointed call; drop use_reentrant"
         elif not any(p.requires_grad for p in self.model.parameters()):
             why = "the model has no trainable parameter"
         if why:

@@ -16,7 +16,8 @@ UTILITY_PERTURBED = {**QA, "perturbed_answer": list}
 OPTIONS = {"question": str, "option1": str, "option2": str, "option3": str, "option4": str, "answer": str}
 SPEC = {
     "full": QA, "forget01": QA, "forget05": QA, "forget10": QA, "retain99": QA, "retain95": QA, "retain90": QA,
-    "holdout01": QA, "holdout05": QA, "holdout10": QA,
+    # holdout: TOFU's holdoutXX fields plus paraphrased / perturbed answers (the holdout forget quality)
+    "holdout01": PERTURBED, "holdout05": PERTURBED, "holdout10": PERTURBED,
     "forget01_perturbed": PERTURBED, "forget05_perturbed": PERTURBED, "forget10_perturbed": PERTURBED,
     "retain_perturbed": PERTURBED, "real_authors_perturbed": UTILITY_PERTURBED,
     "world_facts_perturbed": UTILITY_PERTURBED, "real_authors": OPTIONS, "world_facts": OPTIONS,

@@ -30,15 +30,27 @@ def one_thread():
         yield
 
 
+def s3t_config(data, out, **overrides):
+    """The settings of the session's S3T run (2 shards x 2 slices x 2 sequences, 32 items)."""
+    from llm_unlearn.s3t.train import S3TConfig
+
+    settings = dict(model="tiny", data=str(data), split="full", output=str(out), shards=2, slices=2, sequences=2,
+                    epochs_per_stage=1, lr=1e-2, batch_size=8, max_items=32, seed=0)
+    return S3TConfig(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="session")
+def s3t_settings():
+    return s3t_config
+
+
 @pytest.fixture(scope="session")
 def s3t_run(tmp_path_factory, synthetic_dir) -> Path:
-    from llm_unlearn.s3t.train import S3TConfig, train_s3t
+    from llm_unlearn.s3t.train import train_s3t
 
     out = tmp_path_factory.mktemp("s3t_run")
-    cfg = S3TConfig(model="tiny", data=str(synthetic_dir), split="full", output=str(out), shards=2, slices=2,
-                    sequences=2, epochs_per_stage=1, lr=1e-2, batch_size=8, max_items=32, seed=0)
     with _one_thread():
-        return train_s3t(cfg)
+        return train_s3t(s3t_config(synthetic_dir, out))
 
 
 @pytest.fixture()

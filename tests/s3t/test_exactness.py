@@ -8,7 +8,7 @@ from safetensors.torch import load_file
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.s3t.ledger import DeletionLedger
 from llm_unlearn.s3t.serve import load_s3t_model
-from llm_unlearn.s3t.service import delete_samples, retrain, run_status, verify_run
+from llm_unlearn.s3t.service import delete_samples, purge, retrain, run_status, verify_run
 from llm_unlearn.s3t.train import reproduce_stage, weights_sha256
 
 
@@ -57,6 +57,9 @@ def test_deletion_is_exact(run_copy):
     rec = ledger.stage(model.served[0]["stage_id"])
     again = reproduce_stage(run_copy, rec.stage_id)
     assert weights_sha256(again) == rec.weights_sha256
+    with pytest.raises(UnlearnError, match="s3t purge"):  # stages that saw it are still on disk
+        verify_run(run_copy)
+    purge(run_copy)
     assert verify_run(run_copy)["deleted_samples"] == 1
 
 
@@ -96,31 +99,11 @@ def test_retrain_only_the_shard_without_survivor(run_copy):
     assert retrain(run_copy) == []
 
 
-def test_ensemble_averages_shard_log_probs(s3t_run, tiny_tokenizer):
-    from llm_unlearn.data.qa import QACollator, encode_qa
-
-    model = load_s3t_model(s3t_run)
-    tok = model.tokenizer
-    batch = QACollator(tok)([encode_qa(tok, "Who wrote it?", "Nobody knows."), encode_qa(tok, "Q?", "A.")])
-    out = model(**batch)
-    per = []
-    for shard in sorted(model.served):
-        model.peft.set_adapter(f"shard{shard}")
-        logits = model.peft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        per.append(torch.log_softmax(logits, -1))
-    expected = torch.log_softmax(torch.stack(per).mean(0), -1)
-    real = batch["attention_mask"].bool()  # padding positions get other position ids: not compared
-    assert torch.allclose(out.logits[real], expected[real], atol=1e-5)
-    assert torch.allclose(out.logits.exp().sum(-1), torch.ones(2, batch["input_ids"].shape[1]), atol=1e-4)
-    nll = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, expected.size(-1)),
-                                            batch["labels"][:, 1:].reshape(-1), ignore_index=-100)
-    assert torch.allclose(out.loss, nll, atol=1e-5)
-
-
-def test_generate_left_padded_batch_matches_single_and_uncached(s3t_run):
+@pytest.mark.parametrize("mode", ["mean-logprob", "posterior", "route"])
+def test_generate_left_padded_batch_matches_single_and_uncached(s3t_run, mode):
     from llm_unlearn.data.qa import GenerationCollator
 
-    model = load_s3t_model(s3t_run)
+    model = load_s3t_model(s3t_run, aggregate=mode)
     torch.manual_seed(0)
     with torch.no_grad():  # random adapters so greedy decoding is not just EOS
         for name, p in model.peft.named_parameters():
@@ -142,7 +125,8 @@ def test_generate_left_padded_batch_matches_single_and_uncached(s3t_run):
         assert one[0, single["input_ids"].shape[1]:].tolist() == out[i, width:].tolist()
     ids, mask = batch["input_ids"], batch["attention_mask"]
     for _ in range(6):  # no KV cache: full forward each step
-        nxt = model(input_ids=ids, attention_mask=mask).logits[:, -1].argmax(-1)
+        with torch.no_grad():
+            nxt = model(input_ids=ids, attention_mask=mask).logits[:, -1].argmax(-1)
         ids, mask = torch.cat([ids, nxt[:, None]], 1), torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
     assert torch.equal(ids, out)
 

@@ -144,6 +144,9 @@ def test_lora_and_refusals(make_trainer, snapshot):
     after = snapshot(lora.model)
     changed = {n for n in after if not torch.equal(after[n], start[n])}
     assert changed and all("lora_" in n for n in changed)
+    with pytest.raises(UnlearnError, match="reentrant activation checkpointing"):
+        make_trainer("npo", optim_in_backward=True, activation_checkpointing=True,
+                     gradient_checkpointing_kwargs={"use_reentrant": True}, **NPO)
     galore_like = make_trainer("npo", optim_in_backward=True, **NPO)  # an optimizer that picks its own parameters
     galore_like.optimizer_cls_and_kwargs = (torch.optim.AdamW, {"params": [], "lr": 1e-3})
     with pytest.raises(UnlearnError, match="optim_in_backward needs an optimizer"):

@@ -1,0 +1,417 @@
+"""`tune`: hyperparameter search and stopping-step choice for unlearning *without a retain model*.
+
+Real users have no retain model, so nothing here reads one. Each Optuna trial (Akiba et al., 2019;
+TPE sampler, any Optuna storage: a SQLite file by default, a shared RDB URL lets several
+machines work on one study) runs `llm_unlearn.unlearn.run_unlearning` with sampled
+hyperparameters (learning rate, training steps, β, α, mask method and ratio, LoRA or full
+weights). A `BestStepCallback` scores the model every `eval_every` steps on small subsets,
+scoring only (no generation):
+
+* the holdout forget quality (HFQ, `llm_unlearn.eval.metrics.holdout_forget_quality`): KS
+  p-value between the per-item truth ratios on the forget items and on holdout items about
+  entities the model never trained on;
+* a utility proxy (`llm_unlearn.eval.metrics.utility_proxy`): probability and truth ratio on
+  retain items *left out of training*, real authors and world facts.
+
+The objective: maximise HFQ subject to utility proxy >= `utility_floor` x the starting model's.
+The callback keeps the best feasible step (ties on the p-value: the smaller KS statistic, then
+the higher utility) and restores it when training ends or stalls (`patience`), so each trial
+also chooses when to stop. The chosen run is a copy of the best trial's output (loadable like
+any ``unlearn`` output); `retain_logs`, if given, is read only after the search, to report the
+chosen run's true forget quality.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+import llm_unlearn.unlearn as unlearn_mod  # module attributes: tests can watch every run and read
+from llm_unlearn.data.tofu import load_tofu
+from llm_unlearn.errors import UnlearnError
+from llm_unlearn.eval import logs as eval_logs
+from llm_unlearn.eval.evaluator import evaluate_model, score_splits, write_eval
+from llm_unlearn.outputs import prepare_output_dir
+from llm_unlearn.tune_config import MASK_CHOICES, TUNABLE_METHODS, TuneConfig  # noqa: F401  (re-exported)
+
+logger = logging.getLogger(__name__)
+
+TUNE_FORMAT = "llm-unlearn-tune-v1"
+# --------------------------------------------------------------------------------------------
+# the callback
+
+
+def step_key(rec: dict[str, Any]) -> tuple:
+    """Order of scored steps: feasible before infeasible; then higher HFQ, smaller KS statistic,
+    higher utility proxy (infeasible ones by utility alone)."""
+    if not rec["feasible"]:
+        return (0, rec["utility_proxy"], 0.0, 0.0)
+    return (1, rec["hfq"], -rec["ks_statistic"], rec["utility_proxy"])
+
+
+class BestStepCallback(TrainerCallback):
+    """Scores the model every `every` optimizer steps with `score_fn(model) -> {"hfq",
+    "ks_statistic", "utility_proxy"}`, keeps a copy of the trainable weights at the best step
+    (`step_key`; feasible = utility proxy >= `utility_min`), stops training after `patience`
+    scorings without improvement (0: never), and restores the best weights when training ends.
+
+    `initial`: the scores of the starting model (step 0), when known (saves one scoring); the
+    starting model is always a candidate, so a trial that only hurts restores it."""
+
+    def __init__(self, score_fn: Callable[[Any], dict[str, float]], every: int, utility_min: float,
+                 patience: int = 0, initial: dict[str, float] | None = None):
+        if every < 1:
+            raise UnlearnError(f"eval_every must be >= 1, got {every}")
+        self.score_fn, self.every, self.utility_min, self.patience = score_fn, every, utility_min, patience
+        self.initial = initial
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self._weights: dict[str, Any] | None = None
+        self._stale = 0
+        self.stopped_early = False
+
+    @staticmethod
+    def _trainable(model):
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def _record(self, step: int, model, scores: dict[str, float] | None = None) -> None:
+        scores = scores if scores is not None else self.score_fn(model)
+        rec = {"step": step, "hfq": float(scores["hfq"]), "ks_statistic": float(scores["ks_statistic"]),
+               "utility_proxy": float(scores["utility_proxy"])}
+        rec["feasible"] = rec["utility_proxy"] >= self.utility_min
+        if "forget_truth_ratios" in scores:  # kept for later analysis (never compared with a retain model here)
+            rec["forget_truth_ratios"] = scores["forget_truth_ratios"]
+        self.history.append(rec)
+        if self.best is None or step_key(rec) > step_key(self.best):
+            self.best = rec
+            self._weights = {n: p.detach().to("cpu", copy=True) for n, p in self._trainable(model).items()}
+            self._stale = 0
+        else:
+            self._stale += 1
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not self.history:
+            self._record(0, model, self.initial)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0:
+            self._record(state.global_step, model)
+            if self.patience and self._stale >= self.patience:
+                self.stopped_early = True
+                control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if self.history and self.history[-1]["step"] != state.global_step:
+            self._record(state.global_step, model)
+        if self._weights is not None:
+            with torch.no_grad():
+                for n, p in self._trainable(model).items():
+                    p.copy_(self._weights[n].to(p.device))
+        self._weights = None
+
+
+# --------------------------------------------------------------------------------------------
+# scoring subsets
+
+
+def scoring_rows(cfg: TuneConfig) -> tuple[dict[str, list[dict]], str | None]:
+    """The subsets every scoring uses: forget and holdout items (HFQ), and the utility items —
+    the first retain items with perturbed answers (left out of training), real authors, world
+    facts. `UnlearnError` when there is no holdout set with perturbed answers."""
+    rows, reason = unlearn_mod.hfq_rows(cfg.data, cfg.forget_split, cfg.score_items, cfg.holdout_split, cfg.max_authors)
+    if rows is None:
+        raise UnlearnError(f"tune needs forget and holdout items with perturbed answers: {reason}")
+    forget_q = {r["question"] for r in rows["forget"]}
+    retain = [r for r in load_tofu("retain_perturbed", cfg.data).to_list() if r["question"] not in forget_q]
+    rows["retain"] = retain[:cfg.utility_items]
+    for split in ("real_authors", "world_facts"):
+        rows[split] = load_tofu(f"{split}_perturbed", cfg.data, max_items=cfg.utility_items).to_list()
+    return rows, None
+
+
+def make_scorer(rows: dict[str, list[dict]], tokenizer, batch_size: int) -> Callable[[Any], dict[str, float]]:
+    def score(model) -> dict[str, float]:
+        summary = score_splits(model, tokenizer, rows, batch_size=batch_size)
+        m = summary["metrics"]
+        if m.get("holdout_forget_quality") is None or m.get("utility_proxy") is None:
+            raise UnlearnError("scoring gave no holdout forget quality / utility proxy (check the data's splits)")
+        return {"hfq": m["holdout_forget_quality"], "ks_statistic": m["holdout_forget_quality_ks_statistic"],
+                "utility_proxy": m["utility_proxy"], "forget_truth_ratios": summary["truth_ratios"]["forget"]}
+
+    return score
+
+
+# --------------------------------------------------------------------------------------------
+# search space
+
+
+def suggest(trial, cfg: TuneConfig) -> dict[str, Any]:
+    """One point of the search space (names are the run_unlearning / config fields)."""
+    modes = _list(cfg.modes, ("lora", "full"), "modes")
+    masks = _list(cfg.masks, MASK_CHOICES, "masks")
+    mode = trial.suggest_categorical("mode", modes) if len(modes) > 1 else modes[0]
+    lo, hi = cfg.lr_lora if mode == "lora" else cfg.lr_full
+    p: dict[str, Any] = {"mode": mode, "learning_rate": trial.suggest_float(f"lr_{mode}", lo, hi, log=True)}
+    # from about half the budget to all of it, in whole scoring intervals (a range Optuna can step)
+    low = cfg.max_steps - cfg.eval_every * ((cfg.max_steps - math.ceil(cfg.max_steps / 2)) // cfg.eval_every)
+    p["max_steps"] = trial.suggest_int("max_steps", low, cfg.max_steps, step=cfg.eval_every) \
+        if cfg.max_steps > low else cfg.max_steps
+    if cfg.method == "npo":
+        p["beta"] = trial.suggest_float("beta", 0.05, 1.0, log=True)
+    elif cfg.method == "simnpo":
+        p["beta"] = trial.suggest_float("beta", 0.5, 5.0, log=True)
+    p["alpha"] = trial.suggest_float("alpha", 0.3, 3.0, log=True)
+    mask = trial.suggest_categorical("mask", masks) if len(masks) > 1 else masks[0]
+    p["mask"] = mask
+    if mask != "none":
+        p["mask_ratio"] = trial.suggest_float("mask_ratio", 0.2, 0.8)
+    return p
+
+
+def _list(value: str, valid: tuple[str, ...], what: str) -> list[str]:
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in valid]
+    if not items or bad:
+        raise UnlearnError(f"--{what}: expected a comma list of {', '.join(valid)}, got '{value}'")
+    return items
+
+
+def check_config(cfg: TuneConfig) -> None:
+    if cfg.method not in TUNABLE_METHODS:
+        raise UnlearnError(f"tune supports methods {', '.join(TUNABLE_METHODS)}, got '{cfg.method}'")
+    for name in ("trials", "max_steps", "eval_every", "score_items", "utility_items", "batch_size"):
+        if getattr(cfg, name) < 1:
+            raise UnlearnError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.patience < 0:
+        raise UnlearnError(f"--patience must be >= 0, got {cfg.patience}")
+    if not 0 < cfg.utility_floor <= 1:
+        raise UnlearnError(f"--utility-floor must be in (0, 1], got {cfg.utility_floor}")
+    for name in ("lr_lora", "lr_full"):
+        lo, hi = getattr(cfg, name)
+        if not 0 < lo <= hi:
+            raise UnlearnError(f"--{name.replace('_', '-')}: expected 0 < LOW <= HIGH, got {lo} {hi}")
+    _list(cfg.modes, ("lora", "full"), "modes")
+    _list(cfg.masks, MASK_CHOICES, "masks")
+
+
+# --------------------------------------------------------------------------------------------
+# the search
+
+
+def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
+    """Run the search; returns the ``tune.json`` summary (also written to `cfg.output`)."""
+    import optuna
+
+    check_config(cfg)
+    t0 = time.time()
+    rows, _ = scoring_rows(cfg)  # fails early on data without a holdout set
+    out = prepare_output_dir(cfg.output, overwrite, [cfg.model, cfg.data])
+    (out / "trials").mkdir()
+    storage = cfg.storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    study_name = cfg.study_name or f"tune-{cfg.method}-{cfg.forget_split}"
+
+    def say(msg: str) -> None:
+        if cfg.progress:
+            print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    model, tokenizer = unlearn_mod.load_target(cfg.model)
+    scorer = make_scorer(rows, tokenizer, cfg.batch_size)
+    start = scorer(model)
+    del model
+    utility_min = cfg.utility_floor * start["utility_proxy"]
+    say(f"start: HFQ {start['hfq']:.3g}, utility proxy {start['utility_proxy']:.4f} (floor {utility_min:.4f}); "
+        f"{cfg.trials} trials of <= {cfg.max_steps} steps, scored every {cfg.eval_every}")
+    retain_questions = {r["question"] for r in rows["retain"]}
+    records: dict[int, dict[str, Any]] = {}
+    failures: dict[int, str] = {}
+
+    def objective(trial) -> float:
+        p = suggest(trial, cfg)
+        run_dir = out / "trials" / f"trial_{trial.number:03d}"
+        cb = BestStepCallback(scorer, cfg.eval_every, utility_min, cfg.patience, initial=start)
+        overrides = {"learning_rate": p["learning_rate"], "max_steps": p["max_steps"], "alpha": p["alpha"],
+                     "per_device_train_batch_size": cfg.batch_size, "seed": cfg.seed,
+                     "logging_steps": cfg.eval_every}
+        if "beta" in p:
+            overrides["beta"] = p["beta"]
+        if cfg.optim:
+            overrides["optim"] = cfg.optim
+
+        def _run_trial():
+            return unlearn_mod.run_unlearning(
+                cfg.model, cfg.data, run_dir, cfg.method, forget_split=cfg.forget_split,
+                retain_split=cfg.retain_split, overrides=overrides, lora=p["mode"] == "lora", lora_r=cfg.lora_r,
+                lora_alpha=2 * cfg.lora_r, mask_method=None if p["mask"] == "none" else p["mask"],
+                mask_ratio=p.get("mask_ratio"), overwrite=True, score_hfq=False, callbacks=[cb],
+                retain_exclude=retain_questions, nll_max_retain=cfg.utility_items, quiet=True,
+            )
+
+        t = time.time()
+        try:
+            _, manifest = _run_trial()
+        except UnlearnError as exc:  # e.g. diverged: the trial fails, the search goes on
+            failures[trial.number] = str(exc).splitlines()[0]
+            say(f"trial {trial.number}: {_describe(p)} failed: {failures[trial.number]}")
+            raise
+        best = cb.best
+        rec = {"number": trial.number, "params": p, "feasible": best["feasible"], "hfq": best["hfq"], "ks_statistic": best["ks_statistic"],
+               "utility_proxy": best["utility_proxy"], "utility_ratio": best["utility_proxy"] / start["utility_proxy"],
+               "best_step": best["step"], "steps_trained": manifest["steps"], "stopped_early": cb.stopped_early,
+               "history": cb.history, "run_dir": str(run_dir), "time_s": round(time.time() - t, 1),
+               "nll": {k: manifest["nll"][k] for k in ("forget_before", "forget_after", "retain_before", "retain_after")}}
+        _tag_run(run_dir, {"tune": {k: rec[k] for k in ("number", "params", "hfq", "utility_proxy", "best_step")},
+                           "restored_step": best["step"]})
+        records[trial.number] = rec
+        trial.set_user_attr("record", {k: v for k, v in rec.items() if k != "history"})
+        # <= 0: feasible (Optuna's convention); the chosen step always is (the start is a candidate)
+        trial.set_constraint("utility_floor", utility_min - best["utility_proxy"])
+        say(f"trial {trial.number}: {_describe(p)} -> HFQ {best['hfq']:.3g} at step {best['step']}"
+            f"/{manifest['steps']}, utility {rec['utility_ratio']:.3f}x start ({rec['time_s']:.0f} s)")
+        return best["hfq"]
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by `objective`
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed)
+    try:
+        study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler,
+                                    load_if_exists=True)
+    except Exception as exc:  # a malformed URL, an unreachable database: one line
+        raise UnlearnError(f"--storage {storage}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    with warnings.catch_warnings():  # library deprecation notices are not for the user of this command
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", module="optuna")
+        study.optimize(objective, n_trials=cfg.trials, catch=(UnlearnError,))
+    done = [records[n] for n in sorted(records)]
+    if not done:
+        raise UnlearnError("no trial finished (see the messages above)")
+    chosen = max(done, key=step_key)
+    chosen_dir = out / "chosen"
+    shutil.copytree(chosen["run_dir"], chosen_dir)
+    for rec in done:
+        if rec is not chosen and rec["params"]["mode"] == "full" and not cfg.keep_full_models:
+            for f in Path(rec["run_dir"]).glob("*.safetensors"):
+                f.unlink()
+    say(f"chosen: trial {chosen['number']} ({_describe(chosen['params'])}), HFQ {chosen['hfq']:.3g}, utility "
+        f"{chosen['utility_ratio']:.3f}x start, step {chosen['best_step']}; copied to {chosen_dir}")
+    search_s = time.time() - t0
+
+    report: dict[str, Any] = {}
+    if cfg.final_eval or cfg.retain_logs:
+        report = final_report(cfg, chosen_dir, say)
+    summary = {
+        "format": TUNE_FORMAT, "config": {k: v for k, v in asdict(cfg).items()}, "storage": storage,
+        "study_name": study_name, "objective": f"maximise holdout forget quality subject to utility proxy >= "
+                                               f"{cfg.utility_floor} x start ({utility_min:.4f})",
+        "start": start, "utility_min": utility_min, "chosen": {k: v for k, v in chosen.items() if k != "history"},
+        "chosen_dir": str(chosen_dir), "trials": len(done), "failed_trials": failures,
+        "search_s": round(search_s, 1),
+        "final_report": report, "total_s": round(time.time() - t0, 1),
+        "retain_model_used_for": "nothing but the final report" if cfg.retain_logs else "nothing",
+    }
+    (out / "trials.json").write_text(json.dumps({"format": TUNE_FORMAT, "start": start, "utility_min": utility_min,
+                                                 "chosen": chosen["number"], "trials": done, "failed": failures},
+                                                indent=1) + "\n")
+    (out / "tune.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+    plot_trials(done, chosen, start, utility_min, out / "trials.png", f"{cfg.method} on {cfg.forget_split}")
+    return summary
+
+
+def final_report(cfg: TuneConfig, chosen_dir: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """The chosen run's full evaluation; with `cfg.retain_logs` (opened here, after the search,
+    for the first time) its true forget quality. An unreadable retain log is reported, not fatal:
+    the search result stands without it."""
+    report: dict[str, Any] = {}
+    retain = None
+    if cfg.retain_logs:
+        try:
+            retain = eval_logs.read_logs(cfg.retain_logs)
+        except (UnlearnError, OSError) as exc:
+            report["retain_logs_error"] = f"{cfg.retain_logs}: {exc}"
+            say(f"note: cannot read the retain logs for the final report ({report['retain_logs_error']})")
+    model, tokenizer = unlearn_mod.load_target(str(chosen_dir))
+    say("evaluating the chosen run")
+    try:
+        result = evaluate_model(model, tokenizer, cfg.data, forget_split=cfg.forget_split, retain_logs=retain,
+                                max_items=cfg.eval_max_items, max_new_tokens=cfg.eval_max_new_tokens,
+                                holdout_split=cfg.holdout_split, max_authors=cfg.max_authors, progress=False,
+                                model_name=str(chosen_dir))
+    except UnlearnError as exc:  # e.g. retain logs of other forget items
+        report["retain_logs_error"] = str(exc)
+        say(f"note: {exc}; evaluating without the retain logs")
+        result = evaluate_model(model, tokenizer, cfg.data, forget_split=cfg.forget_split, retain_logs=None,
+                                max_items=cfg.eval_max_items, max_new_tokens=cfg.eval_max_new_tokens,
+                                holdout_split=cfg.holdout_split, max_authors=cfg.max_authors, progress=False,
+                                model_name=str(chosen_dir))
+    write_eval(chosen_dir / "eval", result)
+    m = result["summary"]["metrics"]
+    report.update({k: m.get(k) for k in ("holdout_forget_quality", "forget_quality", "model_utility", "utility_proxy",
+                                         "mia_auc_loss", "mia_auc_min_k", "forget_truth_ratio")})
+    report["eval_dir"] = str(chosen_dir / "eval")
+    fq = report.get("forget_quality")
+    say(f"chosen run: HFQ {_fmt(report['holdout_forget_quality'])}, model utility {_fmt(report['model_utility'])}"
+        + (f", true forget quality {_fmt(fq)} (retain logs, never seen by the search)" if fq is not None else ""))
+    return report
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
+
+
+def _describe(p: dict[str, Any]) -> str:
+    parts = [p["mode"], f"lr {p['learning_rate']:.2g}", f"{p['max_steps']} steps"]
+    parts += [f"{k} {p[k]:.2g}" for k in ("beta", "alpha") if k in p]
+    if p.get("mask", "none") != "none":
+        parts.append(f"{p['mask']} {p['mask_ratio']:.2f}")
+    return ", ".join(parts)
+
+
+def _tag_run(run_dir: Path, fields: dict[str, Any]) -> None:
+    path = run_dir / "run.json"
+    manifest = json.loads(path.read_text()) if path.is_file() else {}
+    manifest.update(fields)
+    path.write_text(json.dumps(manifest, indent=1, default=str) + "\n")
+
+
+def plot_trials(records: list[dict], chosen: dict, start: dict, utility_min: float, path: Path, title: str) -> Path:
+    """HFQ (log) vs utility proxy of every scored step (small) and every trial's chosen step (large);
+    the chosen trial and the starting model marked; the utility floor as a line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for rec in records:
+        hist = rec["history"]
+        ax.scatter([h["utility_proxy"] for h in hist], [max(h["hfq"], 1e-30) for h in hist], s=10, alpha=0.35,
+                   color="tab:blue")
+        ax.scatter(rec["utility_proxy"], max(rec["hfq"], 1e-30), s=45, color="tab:blue", edgecolors="black")
+    ax.scatter(chosen["utility_proxy"], max(chosen["hfq"], 1e-30), s=220, marker="*", color="gold",
+               edgecolors="black", zorder=3, label=f"chosen (trial {chosen['number']})")
+    ax.scatter(start["utility_proxy"], max(start["hfq"], 1e-30), s=90, marker="X", color="black", label="start")
+    ax.axvline(utility_min, color="red", ls="--", lw=1, label="utility floor")
+    ax.set_yscale("log")
+    ax.set_xlabel("utility proxy (retain held out + real authors + world facts)")
+    ax.set_ylabel("holdout forget quality (KS p-value, log)")
+    ax.set_title(f"llm-unlearn tune: {title}", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["BestStepCallback", "TuneConfig", "final_report", "make_scorer", "plot_trials", "scoring_rows", "step_key",
+           "suggest", "tune"]

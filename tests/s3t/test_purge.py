@@ -1,0 +1,232 @@
+"""Nothing of a deleted sample is left: a deleted-then-served run equals the run trained without
+the sample from the start (adapters, base, tokenizer: bit for bit), purge removes every stage and
+text that saw it, a killed retrain leaves nothing behind, the tiny tokenizer never sees deletable
+text, and what the ledger records is on disk."""
+
+import json
+import sqlite3
+
+import pytest
+import torch
+
+from llm_unlearn.errors import UnlearnError
+from llm_unlearn.s3t.ledger import DeletionLedger
+from llm_unlearn.s3t.serve import load_s3t_model
+from llm_unlearn.s3t.service import compare_with_reference, delete_samples, purge, retrain, verify_run
+
+
+def _first_slice_sample(ledger, shard, sequence):
+    first = ledger.sequence_orders(shard)[sequence][0]
+    return ledger.sample_ids(shard=shard, slices=[first])[0]
+
+
+def _grep(run_dir, needle: str) -> list[str]:
+    """Every file under `run_dir` (binary ones included) containing `needle`, raw or JSON-escaped."""
+    forms = {needle.encode(), json.dumps(needle)[1:-1].encode()}
+    return [str(p.relative_to(run_dir)) for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and any(f in p.read_bytes() for f in forms)]
+
+
+def test_deleted_then_served_equals_excluded_reference_bitwise(s3t_run, run_copy, synthetic_dir, tmp_path,
+                                                               s3t_settings):
+    from llm_unlearn.s3t.train import train_s3t
+
+    ledger = DeletionLedger.open(run_copy)
+    # shard 0 keeps a prefix of its other sequence; shard 1 loses both first slices and is retrained
+    victims = [_first_slice_sample(ledger, 0, 0), _first_slice_sample(ledger, 1, 0), _first_slice_sample(ledger, 1, 1)]
+    res = delete_samples(run_copy, ids=victims)
+    assert res.retrain_shards == [1] and res.serving[0] == (1, 1)
+    assert retrain(run_copy) == [1]
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    train_s3t(s3t_settings(synthetic_dir, ref, exclude_ids=victims))
+    report = compare_with_reference(run_copy, ref)
+    assert report["identical"] and [s["prefix"] for s in report["shards"]] == [1, 2]
+    assert all(s["same_samples"] for s in report["shards"])
+    served = load_s3t_model(run_copy)
+    reference = load_s3t_model(ref, serve_like=run_copy)
+    assert sorted(served.served) == sorted(reference.served) == [0, 1]
+    for shard in (0, 1):
+        a, b = served.adapter_state(shard), reference.adapter_state(shard)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ids = torch.tensor([[1, 5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(served(input_ids=ids).logits, reference(input_ids=ids).logits)
+    # nothing else that is served depends on the deleted samples: the base and its tokenizer
+    for name in ("model.safetensors", "tokenizer.json"):
+        assert (run_copy / "base" / name).read_bytes() == (ref / "base" / name).read_bytes()
+    # the reference was trained without them from the start: its ledger never held their text
+    assert DeletionLedger.open(ref).deleted_texts() == []
+    assert verify_run(ref)["deleted_samples"] == 3
+    # the run before the deletions is not the reference: shard 1 served stages that saw them
+    before = compare_with_reference(s3t_run, ref)
+    assert not before["identical"] and not all(s["identical"] for s in before["shards"])
+
+
+def test_purge_leaves_no_deleted_text_anywhere(run_copy):
+    ledger = DeletionLedger.open(run_copy)
+    rows = ledger.samples(ledger.sample_ids(shard=0))
+    victim = max(rows, key=lambda r: len(r["answer"]))  # a long answer: no chance hit in a binary file
+    answer, question = victim["answer"], victim["question"]
+    assert len(answer) >= 24 and set(_grep(run_copy, answer)) <= {"ledger.sqlite", "ledger.sqlite-wal"}
+    assert _grep(run_copy, answer)
+    evals = run_copy / "eval"  # an evaluation written before the deletion quotes the sample
+    evals.mkdir()
+    (evals / "per_item.json").write_text(json.dumps([{"question": question, "answer": answer}]))
+    res = delete_samples(run_copy, match=answer[:30].upper())
+    assert victim["sample_id"] in res.sample_ids
+    dirty = {r.checkpoint for r, _ in ledger.dirty_stages()}
+    assert dirty and all((run_copy / c).is_dir() for c in dirty)
+    with pytest.raises(UnlearnError, match="trained on deleted samples still exist"):
+        verify_run(run_copy)
+    report = purge(run_copy)
+    assert report["files_removed"] == ["eval/per_item.json"]
+    assert all(any(c == r or c.startswith(r + "/") for r in report["checkpoints_removed"]) for c in dirty)
+    assert not any((run_copy / c).exists() for c in dirty)
+    for needle in (answer, question, answer[:30].upper()):
+        assert _grep(run_copy, needle) == []
+    (row,) = sqlite3.connect(run_copy / "ledger.sqlite").execute(
+        "SELECT question, answer, question_hash FROM samples WHERE sample_id = ?", (victim["sample_id"],)).fetchall()
+    assert row[:2] == (None, None) and len(row[2]) == 64
+    assert verify_run(run_copy)["deleted_samples"] == len(res.sample_ids)
+    # the same request again is recognised from the hashes alone
+    for again in (answer[:30].upper(), f"  {answer.upper()} ", question):
+        assert delete_samples(run_copy, match=again).status == "already_deleted"
+    assert purge(run_copy)["checkpoints_removed"] == []  # idempotent
+
+
+def test_killed_retrain_leaves_no_orphans(run_copy, monkeypatch):
+    import llm_unlearn.s3t.train as train
+
+    ledger = DeletionLedger.open(run_copy)
+    delete_samples(run_copy, ids=[_first_slice_sample(ledger, 1, 0), _first_slice_sample(ledger, 1, 1)])
+    real, calls = train.train_stage, []
+
+    def dies_on_second_stage(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies mid-retrain (one stage written and recorded)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_stage", dies_on_second_stage)
+    with pytest.raises(KeyboardInterrupt):
+        retrain(run_copy)
+    monkeypatch.setattr(train, "train_stage", real)
+    assert (run_copy / "checkpoints/shard1/gen1/seq0/stage1").is_dir()
+    stray = run_copy / "checkpoints/shard1/gen1/seq0/stage2"  # saved, then killed before the ledger heard of it
+    stray.mkdir(parents=True)
+    (stray / "adapter_model.safetensors").write_bytes(b"partial")
+    with pytest.raises(UnlearnError, match="s3t purge"):
+        verify_run(run_copy)
+    assert retrain(run_copy) == [1]
+    assert not (run_copy / "checkpoints/shard1/gen0").exists() and not (run_copy / "checkpoints/shard1/gen1").exists()
+    assert sorted(p.name for p in (run_copy / "checkpoints/shard1").iterdir()) == ["gen2"]
+    assert {r.generation for r in ledger.stages(1)} == {2}
+    verify_run(run_copy)
+
+
+def test_tiny_tokenizer_is_trained_on_utility_text_only(s3t_run, synthetic_dir, tmp_path, s3t_settings):
+    from llm_unlearn.models import load_tokenizer, texts_for_tokenizer, train_tiny_tokenizer
+    from llm_unlearn.runinfo import read_manifest
+    from llm_unlearn.s3t.train import TOKENIZER_SPLITS, validate_config
+
+    manifest = read_manifest(s3t_run)
+    assert manifest["tokenizer_trained_on"] and "full" not in manifest["tokenizer_trained_on"]
+    assert set(manifest["tokenizer_trained_on"]) <= set(TOKENIZER_SPLITS)
+    expected = train_tiny_tokenizer(texts_for_tokenizer(synthetic_dir, manifest["tokenizer_trained_on"]))
+    assert load_tokenizer(str(s3t_run / "base")).get_vocab() == expected.get_vocab()
+    # a source with no text that can never be deleted is refused, naming the problem
+    only_full = tmp_path / "only_full"
+    only_full.mkdir()
+    (only_full / "full.jsonl").write_text((synthetic_dir / "full.jsonl").read_text())
+    with pytest.raises(UnlearnError, match="only on text that can never be deleted"):
+        validate_config(s3t_settings(only_full, tmp_path / "x"))
+    with pytest.raises(UnlearnError, match="tokenizer is trained on that split"):
+        validate_config(s3t_settings(synthetic_dir, tmp_path / "x", split="world_facts"))
+
+
+def test_base_finetuned_on_the_same_data_is_refused(synthetic_dir, tmp_path, s3t_settings):
+    from llm_unlearn.runinfo import write_manifest
+    from llm_unlearn.s3t.train import validate_config
+
+    base = tmp_path / "target"
+    base.mkdir()
+    write_manifest(base, kind="finetune", data=str(synthetic_dir), split="full")
+    with pytest.raises(UnlearnError, match="was trained on .* the data S3T trains on"):
+        validate_config(s3t_settings(synthetic_dir, tmp_path / "x", model=str(base)))
+
+
+def test_exclusion_errors(synthetic_dir, tmp_path, s3t_settings):
+    from llm_unlearn.s3t.train import validate_config
+
+    with pytest.raises(UnlearnError, match="--exclude-ids: unknown sample id 'full:999'"):
+        validate_config(s3t_settings(synthetic_dir, tmp_path, exclude_ids=["full:999"]))
+    rows, excluded = validate_config(s3t_settings(synthetic_dir, tmp_path, max_items=None, exclude_split="forget10"))
+    forget = {json.loads(line)["question"] for line in (synthetic_dir / "forget10.jsonl").read_text().splitlines()}
+    assert {r["question"] for r in rows if r["sample_id"] in excluded} == forget
+
+
+def test_checkpoint_is_fsynced_before_the_ledger_records_it(synthetic_dir, tmp_path, monkeypatch, s3t_settings):
+    import os
+
+    import llm_unlearn.s3t.train as train
+
+    synced, events = [], []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real_fsync(fd)
+
+    real_record = DeletionLedger.record_stage
+
+    def record_stage(self, shard, sequence, stage, generation, slices, checkpoint, *rest, **kw):
+        ckpt = str((tmp_path / "run" / checkpoint).resolve())
+        events.append((checkpoint, ckpt + "/adapter_model.safetensors" in synced, ckpt in synced,
+                       str((tmp_path / "run").resolve()) in synced))
+        return real_record(self, shard, sequence, stage, generation, slices, checkpoint, *rest, **kw)
+
+    monkeypatch.setattr(train.os, "fsync", fsync)
+    monkeypatch.setattr(DeletionLedger, "record_stage", record_stage)
+    (tmp_path / "run").mkdir()
+    train.train_s3t(s3t_settings(synthetic_dir, tmp_path / "run", shards=1, sequences=1, max_items=8))
+    assert len(events) == 2 and all(all(e[1:]) for e in events)  # file, its directory, up to the run dir
+
+
+def test_ledger_schema_is_created_in_one_transaction(tmp_path):
+    rows = [{"sample_id": "full:0", "question": "q", "answer": "a", "shard": 0, "slice": 0},
+            {"sample_id": "full:1", "question": "q", "answer": "a"}]  # no shard: fails mid-creation
+    with pytest.raises(KeyError):
+        DeletionLedger.create(tmp_path, rows, [[[0]]], {"package_version": "test"})
+    con = sqlite3.connect(tmp_path / "ledger.sqlite")
+    assert con.execute("SELECT name FROM sqlite_master").fetchall() == []  # no half-made schema
+    con.close()
+    with pytest.raises(UnlearnError, match="not an S3T ledger|cannot read"):
+        DeletionLedger.open(tmp_path)
+
+
+def test_verify_fails_on_a_tokenizer_trained_on_deletable_text(run_copy):
+    manifest = json.loads((run_copy / "run.json").read_text())
+    verify_run(run_copy)
+    manifest["tokenizer_trained_on"] = ["full", "world_facts"]  # what build_tiny(data) did before issue 18
+    (run_copy / "run.json").write_text(json.dumps(manifest))
+    with pytest.raises(UnlearnError, match="tokenizer was trained on"):
+        verify_run(run_copy)
+
+
+def test_utility_rows_train_every_stage_and_stay_exact(synthetic_dir, tmp_path, s3t_settings):
+    from llm_unlearn.s3t.train import fixed_rows, reproduce_stage, train_s3t, weights_sha256
+
+    cfg = s3t_settings(synthetic_dir, tmp_path / "util", shards=1, sequences=1, max_items=8, with_utility=True)
+    (tmp_path / "util").mkdir()
+    run = train_s3t(cfg)
+    plain = s3t_settings(synthetic_dir, tmp_path / "plain", shards=1, sequences=1, max_items=8)
+    (tmp_path / "plain").mkdir()
+    train_s3t(plain)
+    assert len(fixed_rows(cfg)) > 0 and fixed_rows(plain) == []
+    ledger = DeletionLedger.open(run)
+    assert len(ledger.sample_ids()) == 8  # utility rows are not deletable samples
+    rec = ledger.active_stages()[0]
+    assert weights_sha256(reproduce_stage(run, rec.stage_id)) == rec.weights_sha256
+    other = DeletionLedger.open(tmp_path / "plain").active_stages()[0]
+    assert other.weights_sha256 != rec.weights_sha256  # the utility rows were trained on

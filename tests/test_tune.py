@@ -1,0 +1,132 @@
+"""`llm-unlearn tune`: the best-step callback, and a 3-trial search on the tiny model that never opens
+the retain logs before its final report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llm_unlearn.tune import BestStepCallback, step_key
+
+
+def test_step_key_prefers_feasible_then_hfq_then_smaller_statistic():
+    a = {"feasible": True, "hfq": 0.2, "ks_statistic": 0.3, "utility_proxy": 0.5}
+    b = {**a, "ks_statistic": 0.2}
+    c = {**a, "feasible": False, "hfq": 0.9}
+    assert step_key(b) > step_key(a) > step_key(c)
+
+
+def test_callback_stops_at_and_restores_the_best_step(target_dir, synthetic_dir, tmp_path):
+    """Scripted scores: the best is step 2; steps 4 and 6 are worse (and step 4 breaks the utility floor),
+    so with patience 2 training stops at step 6 and the saved adapter holds the step-2 weights."""
+    from safetensors.torch import load_file
+
+    from llm_unlearn.unlearn import run_unlearning
+
+    scripted = {2: (0.5, 0.3, 1.0), 4: (0.9, 0.1, 0.1), 6: (0.1, 0.6, 1.0), 8: (0.99, 0.0, 1.0)}
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    state = {"step": 0}
+
+    def score(model):
+        state["step"] += 2
+        seen[state["step"]] = {n.replace(".default", ""): p.detach().clone()
+                               for n, p in model.named_parameters() if p.requires_grad}
+        hfq, d, util = scripted[state["step"]]
+        return {"hfq": hfq, "ks_statistic": d, "utility_proxy": util}
+
+    cb = BestStepCallback(score, every=2, utility_min=0.95, patience=2,
+                          initial={"hfq": 1e-3, "ks_statistic": 0.9, "utility_proxy": 1.0})
+    out, manifest = run_unlearning(str(target_dir), synthetic_dir, tmp_path / "run", "npo", lora=True,
+                                   overrides={"max_steps": 10, "learning_rate": 5e-3, "disable_tqdm": True},
+                                   callbacks=[cb], score_hfq=False)
+    assert manifest["steps"] == 6 and cb.stopped_early
+    assert [h["step"] for h in cb.history] == [0, 2, 4, 6] and cb.best["step"] == 2
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    assert set(saved) == set(seen[2])
+    assert all(torch.equal(saved[k], seen[2][k]) for k in saved)
+    assert any(not torch.equal(seen[2][k], seen[6][k]) for k in saved)  # the weights did move after step 2
+
+
+def test_tune_three_trials_never_opens_the_retain_logs(target_dir, synthetic_dir, tmp_path, monkeypatch, capsys):
+    import llm_unlearn.eval.logs as logs_mod
+    import llm_unlearn.unlearn as unlearn_mod
+    from llm_unlearn.cli import main
+
+    events: list[str] = []
+    real_read, orig_run = logs_mod.read_logs, unlearn_mod.run_unlearning
+
+    def spy_run(*a, **k):
+        events.append("trial")
+        return orig_run(*a, **k)
+
+    def spy_read(path):
+        events.append(f"read:{path}")
+        return real_read(path)
+
+    monkeypatch.setattr(unlearn_mod, "run_unlearning", spy_run)
+    monkeypatch.setattr(logs_mod, "read_logs", spy_read)
+    unreadable = tmp_path / "no_such_dir" / "retain_eval"
+    out = tmp_path / "tune"
+    rc = main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(out),
+               "--method", "npo", "--trials", "3", "--max-steps", "4", "--eval-every", "2", "--modes", "lora",
+               "--retain-logs", str(unreadable), "--eval-max-items", "4", "--eval-max-new-tokens", "4"])
+    assert rc == 0, capsys.readouterr().err
+    assert events[:3] == ["trial"] * 3 and events[3:] == [f"read:{unreadable}"]
+    trials = json.loads((out / "trials.json").read_text())
+    assert len(trials["trials"]) == 3
+    assert all(t["history"][0]["step"] == 0 and t["best_step"] in [h["step"] for h in t["history"]]
+               for t in trials["trials"])
+    summary = json.loads((out / "tune.json").read_text())
+    assert "retain_logs_error" in summary["final_report"]
+    assert summary["chosen"]["utility_proxy"] >= summary["utility_min"]
+    assert (out / "trials.png").is_file() and (out / "study.db").is_file()
+    # the chosen run loads like any unlearn output and carries its evaluation
+    from llm_unlearn.models import load_model
+
+    assert load_model(str(out / "chosen")) is not None
+    assert json.loads((out / "chosen" / "run.json").read_text())["restored_step"] == summary["chosen"]["best_step"]
+    assert (out / "chosen" / "eval" / "summary.json").is_file()
+
+
+def test_tune_bad_input_exits_2(target_dir, synthetic_dir, tmp_path, capsys):
+    from llm_unlearn.cli import main
+
+    assert main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(tmp_path / "t"),
+                 "--method", "rmu"]) == 2
+    assert "error: tune supports methods" in capsys.readouterr().err
+    assert main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(tmp_path / "t"),
+                 "--modes", "lora,qlora"]) == 2
+    assert "--modes" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("storage", ["notaurl://x"])
+def test_tune_bad_storage(target_dir, synthetic_dir, tmp_path, capsys, storage):
+    from llm_unlearn.cli import main
+
+    assert main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(tmp_path / "t"),
+                 "--storage", storage, "--trials", "1", "--max-steps", "2", "--eval-every", "2"]) == 2
+    assert "error: --storage" in capsys.readouterr().err
+
+
+def test_a_failed_trial_does_not_stop_the_search(target_dir, synthetic_dir, tmp_path, monkeypatch, capsys):
+    import llm_unlearn.unlearn as unlearn_mod
+    from llm_unlearn.errors import DivergenceError
+    from llm_unlearn.tune import TuneConfig, tune
+
+    orig_run, calls = unlearn_mod.run_unlearning, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            raise DivergenceError("loss is nan at step 3; try a lower learning_rate")
+        return orig_run(*a, **k)
+
+    monkeypatch.setattr(unlearn_mod, "run_unlearning", flaky)
+    summary = tune(TuneConfig(model=str(target_dir), data=str(synthetic_dir), output=str(tmp_path / "t"), trials=2,
+                              max_steps=2, eval_every=2, modes="lora", final_eval=False))
+    assert summary["failed_trials"] == {0: "loss is nan at step 3; try a lower learning_rate"}
+    assert summary["trials"] == 1 and summary["chosen"]["number"] == 1
+    assert "trial 0" in capsys.readouterr().out

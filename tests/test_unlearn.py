@@ -1,0 +1,50 @@
+"""`run_unlearning` / `llm-unlearn unlearn`: per-mode defaults, the forget / retain NLL and holdout
+forget quality before and after, and the warning when a run did not forget."""
+
+from __future__ import annotations
+
+import json
+
+from llm_unlearn.cli import main
+from llm_unlearn.unlearn import MODE_DEFAULTS, build_config, forgetting_warning, mode_defaults
+
+
+def test_mode_defaults_apply_below_config_and_flags(tmp_path):
+    lora = build_config("npo", None, {}, output_dir=tmp_path, lora=True)
+    full = build_config("npo", None, {}, output_dir=tmp_path, lora=False)
+    assert lora.learning_rate == MODE_DEFAULTS["lora"]["learning_rate"]
+    assert full.learning_rate == MODE_DEFAULTS["full"]["learning_rate"]
+    assert build_config("npo", {"learning_rate": 3e-4}, {}, output_dir=tmp_path, lora=True).learning_rate == 3e-4
+    assert build_config("npo", None, {"learning_rate": 7e-4}, output_dir=tmp_path, lora=True).learning_rate == 7e-4
+    assert "learning_rate" not in mode_defaults("rmu", lora=True)  # RMU keeps its own lr
+
+
+def test_forgetting_warning_names_the_flags():
+    hp = {"learning_rate": 1e-5, "num_train_epochs": 5.0, "max_steps": -1}
+    msg = forgetting_warning({"forget_before": 1.0, "forget_after": 1.05}, hp, lora=True)
+    assert "--lr" in msg and "--epochs" in msg and "llm-unlearn tune" in msg
+    assert forgetting_warning({"forget_before": 1.0, "forget_after": 1.6}, hp, lora=True) is None
+
+
+def test_warning_for_a_run_with_lr_0(target_dir, synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["unlearn", "--model", str(target_dir), "--data", str(synthetic_dir), "--method", "npo", "--lora",
+               "--lr", "0", "--max-steps", "3", "--output", str(out), "--set", "disable_tqdm=true"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "warning: forgetting did not happen" in printed and "llm-unlearn tune" in printed
+    assert "holdout forget quality" in printed and "n/a" not in printed.split("holdout forget quality")[1].splitlines()[0]
+    run = json.loads((out / "run.json").read_text())
+    assert run["warning"] and run["hfq"]["before"] is not None and run["hfq"]["after"] is not None
+    assert abs(run["nll"]["forget_after"] - run["nll"]["forget_before"]) < 1e-6
+
+
+def test_default_lora_run_forgets_without_a_warning(target_dir, synthetic_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["unlearn", "--model", str(target_dir), "--data", str(synthetic_dir), "--method", "npo", "--lora",
+                 "--output", str(out), "--set", "disable_tqdm=true"]) == 0
+    printed = capsys.readouterr().out
+    assert "warning" not in printed
+    run = json.loads((out / "run.json").read_text())
+    assert run["nll"]["forget_after"] - run["nll"]["forget_before"] >= 0.1
+    assert run["hfq"]["after"] > run["hfq"]["before"]  # the forget items look less seen than before
