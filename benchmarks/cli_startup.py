@@ -83,8 +83,9 @@ def demo_console(cli: list[str], out: Path, verbose: bool) -> dict:
     text = proc.stdout.decode(errors="replace")
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: exit {proc.returncode}\n{text[-3000:]}")
-    lines = text.splitlines()
-    visible = [ln.rsplit("\r", 1)[-1] for ln in lines]  # what stays on screen of each line
+    # a line ends with a newline; str.splitlines would also split at the bars' carriage returns
+    lines = text.rstrip("\n").split("\n")
+    visible = [ln.rstrip("\r").rsplit("\r", 1)[-1] for ln in lines]  # what stays on screen of each line
     return {"command": " ".join(["llm-unlearn", *cmd[len(cli):]]), "wall_s": round(wall, 1),
             "lines": len(lines), "trainer_dict_lines": sum("{'loss'" in ln for ln in lines),
             "warning_lines": sum("Warning" in ln or ln.startswith("warning") for ln in visible),
