@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from llm_unlearn.console import TRAINER_LOG_FILE, extra_trainer_log
 from llm_unlearn.data.synthetic import generate, write_splits
 from llm_unlearn.data.tofu import (
     available_splits,
@@ -132,7 +133,9 @@ def run_demo(cfg: DemoConfig, overwrite: bool = False) -> dict[str, Any]:
         raise UnlearnError(f"--data {cfg.data} is not a directory")
     inputs = [cfg.data, None if cfg.model in ("tiny", "smollm2") else cfg.model]
     with staged_dir(cfg.output, overwrite, inputs) as stage:
-        summary = _run_demo_into(cfg, stage.path, t_start)
+        # every Trainer log dict of every stage also lands in OUTPUT/trainer_log.jsonl (not on the console)
+        with extra_trainer_log(stage.path / TRAINER_LOG_FILE):
+            summary = _run_demo_into(cfg, stage.path, t_start)
     out = stage.final
     summary = json.loads((out / "summary.json").read_text())  # with the paths of the final place
     print(f"\nreport: {out / 'report' / 'report.html'}  summary: {out / 'summary.json'}"
@@ -157,6 +160,10 @@ def _run_demo_into(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]
     # stage (finetune, unlearn, eval, S3T) sees the same items.
     if max_authors is not None:
         data = _subset_source(data, out / "data", cfg)
+    n_forget = len(load_tofu(cfg.forget_split, data))
+    shown = Path(cfg.output) / Path(data).relative_to(out) if Path(data).is_relative_to(out) else data
+    print(f"data: {cfg.authors} {'synthetic' if cfg.data is None else 'TOFU'} authors in {shown}; "
+          f"{cfg.forget_split} = {n_forget} QA to forget; model: {cfg.model}")
 
     def evaluate(run_dir: Path, model, tokenizer, name: str, retain_logs=None) -> dict[str, Any]:
         t0 = time.time()
@@ -174,7 +181,8 @@ def _run_demo_into(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]
         run_dir = out / role
         run_dir.mkdir()
         finetune(FinetuneConfig(model=cfg.model, data=str(data), split=split, output=str(run_dir),
-                                epochs=cfg.ft_epochs, lr=cfg.ft_lr, batch_size=cfg.ft_batch_size, seed=cfg.seed))
+                                epochs=cfg.ft_epochs, lr=cfg.ft_lr, batch_size=cfg.ft_batch_size, seed=cfg.seed,
+                                stage=f"finetune {role} ({split})"))
         timings[f"finetune_{role}"] = time.time() - t0
         _tag(run_dir, role=role, run_time_s=timings[f"finetune_{role}"])
         model, tokenizer = load_target(str(run_dir))
@@ -216,6 +224,7 @@ def _run_demo_into(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]
                                                        "forget_probability", "forget_truth_ratio")},
                      "time_s": round(read_manifest(out / n).get("run_time_s", 0.0), 1)})
     table = _print_table(rows)
+    notes = row_notes(rows, cfg)
     summary = {
         "config": asdict(cfg), "data": str(data), "rows": rows,
         "forget_quality": {r["run"]: r["forget_quality"] for r in rows},
@@ -225,10 +234,15 @@ def _run_demo_into(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "total_time_s": round(time.time() - t_start, 1),
         "report": {k: str(v) for k, v in report.items()},
+        "row_notes": notes,
     }
+    notes_text = "\n".join(f"  {name:<{max(map(len, notes))}}  {note}" for name, note in notes.items())
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    (out / "table.txt").write_text(table + "\n")
+    (out / "table.txt").write_text(table + "\n\nWhat each row is:\n" + notes_text + "\n")
+    print()
     print(table)
+    print("\nWhat each row is:")
+    print(notes_text)
     exact = summary["s3t_exactness"] or {}
     if exact:
         print(f"\nS3T ({exact['aggregate']}): forget quality {exact['forget_quality_vs_reference']:.3g} vs the "
@@ -239,6 +253,42 @@ def _run_demo_into(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]
 
 def _fmt_or_na(v) -> str:
     return "n/a" if v is None else f"{v:.3g}"
+
+
+# A utility below this fraction of the target's is a collapse: the forget set is "forgotten" because
+# the model no longer answers anything.
+COLLAPSE_MU_RATIO = 0.5
+
+
+def row_notes(rows: list[dict[str, Any]], cfg: DemoConfig) -> dict[str, str]:
+    """One short line per row of the demo's table: what the row is and how to read its numbers."""
+    mu = {r["run"]: r.get("model_utility") for r in rows}
+    target_mu = mu.get("target")
+    known = {
+        "target": "finetuned on every author: the model to unlearn; its FQ is the floor to beat",
+        "retain": f"finetuned without the {cfg.forget_split} authors: every row's FQ is measured against it",
+        "graddiff": "approximate: GradDiff over LoRA (forget ascent, retain descent)",
+        "npo": f"approximate: NPO + retain term over LoRA (beta {cfg.npo_beta:g})",
+        "npo_wagle": f"approximate: NPO + retain term; only the {cfg.wagle_ratio:.0%} of weights WAGLE picks change",
+    }
+    notes: dict[str, str] = {}
+    for row in rows:
+        name = row["run"]
+        approximate = name not in ("target", "retain")
+        if name == "s3t_deleted":
+            approximate = False
+            note = (f"exact: no served stage saw {cfg.forget_split} (s3t verify); FQ compares a LoRA ensemble "
+                    "with the retain model, not exactness")
+        elif "reference" in name or "retrain" in name:
+            approximate = False
+            note = "exact-retrain reference: the same pipeline trained without the forget authors"
+        else:
+            note = known.get(name, "")
+        value = mu.get(name)
+        if approximate and value is not None and target_mu and value < COLLAPSE_MU_RATIO * target_mu:
+            note += f"; COLLAPSED: MU {value:.3f} vs target {target_mu:.3f}: FQ means nothing"
+        notes[name] = note
+    return notes
 
 
 def _tag(run_dir: Path, **fields: Any) -> None:
@@ -318,7 +368,7 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
         base_dir.mkdir()
         finetune(FinetuneConfig(model="tiny", data=str(corpus), split="full", with_utility=True,
                                 output=str(base_dir), epochs=cfg.ft_epochs, lr=cfg.ft_lr,
-                                batch_size=cfg.ft_batch_size, seed=cfg.seed))
+                                batch_size=cfg.ft_batch_size, seed=cfg.seed, stage="finetune s3t base"))
         base = str(base_dir)
     settings = dict(model=base, data=str(data), split="full", shards=cfg.s3t_shards, slices=cfg.s3t_slices,
                     sequences=cfg.s3t_sequences, epochs_per_stage=cfg.s3t_epochs_per_stage, lr=cfg.s3t_lr,
@@ -335,6 +385,9 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
     ids = [s["sample_id"] for s in ledger.samples(ledger.sample_ids()) if s["question"] in forget_questions]
     result = delete_samples(run_dir, ids=ids)
     timings["s3t_delete"] = time.time() - t1
+    print(f"s3t delete: {len(ids)} samples of {cfg.forget_split} in {timings['s3t_delete'] * 1000:.0f} ms; shards "
+          f"{result.affected_shards} affected" + (f", {result.retrain_shards} lost every sequence: retraining them"
+                                                   if result.retrain_shards else ", every one still served"))
     # A whole author is many deletions: shards where no sequence survives are retrained without it;
     # either way every checkpoint that saw it, and its text in the ledger, is purged.
     t2 = time.time()

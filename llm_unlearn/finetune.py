@@ -27,6 +27,7 @@ from llm_unlearn.models import attach_lora, build_tiny, load_model, load_tokeniz
 from llm_unlearn.perf import own_trainable_weights
 from llm_unlearn.runinfo import data_hash, write_manifest
 from llm_unlearn.threads import apply_thread_policy
+from llm_unlearn.trainers.callbacks import attach_console
 
 logger = logging.getLogger(__name__)
 UTILITY_SPLITS = ("real_authors_perturbed", "world_facts_perturbed")
@@ -56,6 +57,7 @@ class FinetuneConfig:
     activation_checkpointing: bool = field(default=False, metadata={"help": "recompute activations in backward (less memory, ~1/3 more compute; trl's SFTConfig turns it on by default, we do not)"})
     report_to: str = field(default="none", metadata={"help": "Trainer report_to"})
     protocol: str = field(default="native", metadata={"help": "prompt and tokenisation protocol: native, open-unlearning or tofu-legacy (llm_unlearn.data.protocol)"})
+    stage: str | None = field(default=None, metadata={"help": "name of the progress bar (default 'finetune SPLIT')"})
     threads: str = field(default="auto", metadata={"help": "torch threads: auto (one for models under 10 M parameters "
                                                    "unless OMP_NUM_THREADS is set), keep, or a number"})
 
@@ -115,8 +117,8 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None, resume_from_checkp
         model, tokenizer = build_model_for_finetune(cfg)
     threads = apply_thread_policy(model, policy=cfg.threads)
     train_ds, report = tokenize_qa_dataset(train_rows, tokenizer, max_length=cfg.max_length, protocol=cfg.protocol)
-    print(f"finetune: {len(split_rows)} items of '{cfg.split}' (+{len(train_rows) - len(split_rows)} utility), "
-          f"{report}")
+    logger.info("finetune: %d items of '%s' (+%d utility), %s", len(split_rows), cfg.split,
+                len(train_rows) - len(split_rows), report)
     out = Path(cfg.output)
     args = SFTConfig(
         output_dir=str(out / "checkpoints"), num_train_epochs=cfg.epochs, learning_rate=cfg.lr,
@@ -130,6 +132,7 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None, resume_from_checkp
     interrupt = SaveOnInterrupt()
     trainer = SFTTrainer(model=model, args=args, train_dataset=train_ds.remove_columns(["question", "answer"]),
                          processing_class=tokenizer, data_collator=QACollator(tokenizer), callbacks=[interrupt])
+    attach_console(trainer, cfg.stage or f"finetune {cfg.split}", out)
     result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
     interrupt.finish(trainer)
     trainer.model.save_pretrained(str(out), safe_serialization=True)
@@ -143,7 +146,7 @@ def finetune(cfg: FinetuneConfig, model=None, tokenizer=None, resume_from_checkp
         truncated=report.truncated, no_answer_left=report.no_answer_left, train_loss=result.training_loss,
         base_model=TINY_BASE_DIR if cfg.model == "tiny" and cfg.lora else cfg.model, threads=threads,
         resumed_from=str(resume_from_checkpoint) if resume_from_checkpoint else None,
-        hyperparameters={k: v for k, v in vars(cfg).items() if k not in ("output",)},
+        hyperparameters={k: v for k, v in vars(cfg).items() if k not in ("output", "stage")},
         protocol=template_settings(tokenizer, cfg.protocol),
     )
     return out

@@ -30,7 +30,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,57 +44,11 @@ from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import logs as eval_logs
 from llm_unlearn.eval.evaluator import evaluate_model, score_splits, write_eval
 from llm_unlearn.outputs import prepare_output_dir
+from llm_unlearn.tune_config import MASK_CHOICES, TUNABLE_METHODS, TuneConfig  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 TUNE_FORMAT = "llm-unlearn-tune-v1"
-TUNABLE_METHODS = ("grad_diff", "npo", "simnpo")
-MASK_CHOICES = ("none", "wagle", "random")
-
-
-@dataclass
-class TuneConfig:
-    model: str = field(metadata={"help": "finetuned model to unlearn (directory, alias or Hub id)"})
-    data: str = field(metadata={"help": "TOFU-schema data source (local directory or Hub dataset)"})
-    output: str = field(metadata={"help": "output directory: chosen/, trials/, trials.json, trials.png, tune.json"})
-    method: str = field(default="npo", metadata={"help": f"unlearning method: {', '.join(TUNABLE_METHODS)}"})
-    forget_split: str = field(default="forget10", metadata={"help": "split to forget"})
-    retain_split: str | None = field(default=None, metadata={"help": "split to keep (default: the matching retainXX)"})
-    trials: int = field(default=8, metadata={"help": "trials (runs) in this process"})
-    max_steps: int = field(default=40, metadata={"help": "training-step budget per trial (the search samples "
-                                                         "between half of it and all of it)"})
-    eval_every: int = field(default=10, metadata={"help": "score HFQ and the utility proxy every k steps"})
-    patience: int = field(default=2, metadata={"help": "stop a trial after this many scorings without a better "
-                                                       "step (0: never stop early)"})
-    utility_floor: float = field(default=0.95, metadata={"help": "constraint: utility proxy >= this x the "
-                                                                 "starting model's"})
-    score_items: int = field(default=40, metadata={"help": "forget and holdout items scored for HFQ"})
-    utility_items: int = field(default=20, metadata={"help": "items per utility split (retain items left out of "
-                                                             "training, real authors, world facts)"})
-    modes: str = field(default="lora,full", metadata={"help": "comma list of lora, full: the modes searched"})
-    masks: str = field(default="none", metadata={"help": "comma list of none, wagle, random: the masks searched"})
-    lr_lora: tuple[float, float] = field(default=(1e-4, 3e-3), metadata={"help": "learning-rate range with LoRA (log)"})
-    lr_full: tuple[float, float] = field(default=(3e-6, 1e-4), metadata={"help": "learning-rate range with full weights (log)"})
-    batch_size: int = field(default=4, metadata={"help": "forget (and retain) items per step"})
-    lora_r: int = field(default=8, metadata={"help": "LoRA rank (alpha = 2r)"})
-    optim: str | None = field(default=None, metadata={"help": "optimizer (TrainingArguments.optim; default AdamW)"})
-    storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: sqlite:///OUTPUT/study.db)"})
-    study_name: str | None = field(default=None, metadata={"help": "study name (default tune-METHOD-FORGET_SPLIT)"})
-    seed: int = field(default=0, metadata={"help": "sampler and training seed"})
-    protocol: str = field(default=DEFAULT_PROTOCOL, metadata={"help": "prompt / tokenisation protocol of training, "
-                                                                       "scoring and the final evaluation"})
-    holdout_split: str | None = field(default=None, metadata={"help": "holdout split (default holdoutXX)"})
-    max_authors: int | None = field(default=None, metadata={"help": "model trained on the first N authors: holdout = the others"})
-    retain_logs: str | None = field(default=None, metadata={"help": "retain model's eval logs: read only after the "
-                                                                    "search, to report the chosen run's true FQ"})
-    final_eval: bool = field(default=True, metadata={"help": "evaluate the chosen run (with generation) at the end"})
-    eval_max_items: int | None = field(default=None, metadata={"help": "items per split in the final evaluation"})
-    eval_max_new_tokens: int = field(default=64, metadata={"help": "generation length in the final evaluation"})
-    keep_full_models: bool = field(default=False, metadata={"help": "keep the weights of full-weight trials that "
-                                                                    "were not chosen (large)"})
-    progress: bool = field(default=True, metadata={"help": "progress lines"})
-
-
 # --------------------------------------------------------------------------------------------
 # the callback
 

@@ -22,6 +22,7 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
 from llm_unlearn import masks
 from llm_unlearn.checks import check_file, check_fraction
+from llm_unlearn.console import format_loss, is_verbose, stage_bar
 from llm_unlearn.data.corpus import (
     check_corpus_overlap,
     check_input_kinds,
@@ -119,6 +120,9 @@ def build_config(method: str, config: UnlearnConfig | dict | str | Path | None =
         fields["output_dir"] = str(output_dir)
     if "use_cpu" not in fields and not torch.cuda.is_available():
         fields["use_cpu"] = True
+    # TrainingArguments would derive it from the transformers log level, which the quiet console
+    # lowers: progress is shown unless asked otherwise
+    fields.setdefault("disable_tqdm", False)
     known = {f.name for f in dataclasses.fields(config_cls) if f.init}
     unknown = sorted(set(fields) - known)
     if unknown:
@@ -142,6 +146,11 @@ def load_target(model: str, dtype: str = "float32", load_in_4bit: bool = False):
     else:
         loaded = load_model(path, dtype=dtype, load_in_4bit=load_in_4bit)
     return loaded, tokenizer
+
+
+def _phase(bar, text: str) -> None:
+    if bar is not None:
+        bar.set_postfix_str(text)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -434,6 +443,11 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
     if not load_in_4bit:
         model.to(cfg.device)
     batch = cfg.per_device_train_batch_size
+    # quiet console: one bar for the whole stage, its postfix naming the phase (verbose: the
+    # Trainer's own bar and log lines)
+    label = f"unlearn {method}" + (f" + {mask_method} mask" if mask_method else " + mask" if mask else "")
+    bar = None if is_verbose() or cfg.disable_tqdm else stage_bar(label, total=None)
+    _phase(bar, "scoring NLL before")
     logger.info("scoring forget/retain NLL before unlearning")
     forget_before = per_item_nll(model, forget_tok, tokenizer, batch_size=batch)
     retain_before = per_item_nll(model, retain_eval, tokenizer, batch_size=batch)
@@ -446,6 +460,8 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
         if rows_hfq is not None:
             hfq["before"] = _hfq(model, tokenizer, rows_hfq, batch)
             hfq["items"] = {k: len(v) for k, v in rows_hfq.items()}
+    if mask is not None or mask_method is not None:
+        _phase(bar, f"mask {mask_method or 'from file'}")
 
     mask_retain = retain_tok if kind == "qa" or retain_rows is not None else None
     weight_mask, mask_info = _build_mask(mask, mask_method, mask_ratio, model, forget_tok, mask_retain, tokenizer,
@@ -454,12 +470,16 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
     if method == "idk_dpo":
         kwargs["refusals"] = read_refusal_file(cfg.refusals_file) if cfg.refusals_file else read_refusals(data)
     pairs = ForgetRetainDataset(forget_tok, retain_tok if trainer_cls.needs_retain(cfg) else None, seed=cfg.seed)
+    _phase(bar, "preparing")
     interrupt = SaveOnInterrupt()
     trainer = trainer_cls(model=model, args=cfg, train_dataset=pairs, processing_class=tokenizer,
                           weight_mask=weight_mask, callbacks=[interrupt, *(callbacks or [])], **kwargs)
     if quiet:
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
+    trainer.console.stage = trainer.console.log_file.stage = label  # e.g. "unlearn npo + wagle mask"
+    if bar is not None and trainer.console.show_bar:
+        trainer.console.bar = bar  # the stage's bar counts the training steps
 
     if kind == "corpus":
         inputs: dict[str, Any] = {
@@ -494,10 +514,14 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
         result = trainer.train(resume_from_checkpoint=resume_from_checkpoint)
         interrupt.finish(trainer)
     except DivergenceError as exc:
+        if bar is not None:
+            bar.close()
         write_manifest(out, **manifest, status="diverged", error=str(exc), last_checkpoint=exc.checkpoint,
                        log_history=trainer.state.log_history)
         raise
     except TrainingInterrupted as exc:
+        if bar is not None:
+            bar.close()
         write_manifest(out, **manifest, status="interrupted", checkpoint=exc.checkpoint,
                        log_history=trainer.state.log_history)
         raise
@@ -510,8 +534,13 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
         # A, B alone would reload as the unmasked B·A; row masks need nothing (B's frozen rows are zero)
         weight_mask.save(out / ADAPTER_MASK_FILE)
         mask_info["saved_as"] = ADAPTER_MASK_FILE
+    _phase(bar, "scoring NLL after")
     forget_after = per_item_nll(trainer.model, forget_tok, tokenizer, batch_size=batch)
     retain_after = per_item_nll(trainer.model, retain_eval, tokenizer, batch_size=batch)
+    if bar is not None:
+        bar.set_postfix_str(f"steps {result.global_step}, loss {format_loss(result.training_loss)}, forget NLL "
+                            f"{format_loss(_mean(forget_before))} -> {format_loss(_mean(forget_after))}")
+        bar.close()
     if rows_hfq is not None:
         hfq["after"] = _hfq(trainer.model, tokenizer, rows_hfq, batch)
     nll_means = {"forget_before": _mean(forget_before), "forget_after": _mean(forget_after)}

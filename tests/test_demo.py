@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -10,10 +12,18 @@ from llm_unlearn.cli import main
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
+def demo_run(tmp_path_factory):
+    """The demo's output directory and its console (stdout and stderr together, as a terminal shows)."""
     out = tmp_path_factory.mktemp("demo") / "out"
-    assert main(["demo", "--small", "--output", str(out)]) == 0
-    return out
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+        assert main(["demo", "--small", "--output", str(out)]) == 0
+    return out, console.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_dir(demo_run):
+    return demo_run[0]
 
 
 def test_demo_writes_report_and_summary(demo_dir):
@@ -28,6 +38,51 @@ def test_demo_writes_report_and_summary(demo_dir):
     for name in runs:
         assert (demo_dir / name / "eval" / "summary.json").is_file()
     assert (demo_dir / "table.txt").read_text().startswith("Run")
+
+
+def test_demo_console_is_quiet(demo_run):
+    out, console = demo_run
+    # a terminal line ends with a newline; a bar redraws itself in place with carriage returns
+    lines = [line.rstrip("\r").rsplit("\r", 1)[-1] for line in console.rstrip("\n").split("\n")]
+    assert len(lines) <= 60, console
+    assert "{'loss'" not in console and "Warning" not in console
+    assert sum(line.startswith("Run ") for line in lines) == 1  # one table
+    for stage in ("finetune retain (retain90)", "finetune target (full)", "unlearn grad_diff", "unlearn npo",
+                  "unlearn npo + wagle mask", "eval target", "eval s3t_deleted"):
+        assert sum(stage + ":" in line for line in lines) == 1, stage  # one bar each
+    assert sum("s3t train:" in line for line in lines) >= 1  # the S3T run (and its exact-retrain reference)
+    notes = lines[lines.index("What each row is:") + 1:]
+    summary = json.loads((out / "summary.json").read_text())
+    for row in summary["rows"]:
+        assert any(line.split()[0] == row["run"] for line in notes if line.strip()), row["run"]
+    assert set(summary["row_notes"]) == {r["run"] for r in summary["rows"]}
+
+
+def test_demo_trainer_logs_go_to_jsonl(demo_dir):
+    records = [json.loads(line) for line in (demo_dir / "trainer_log.jsonl").read_text().splitlines()]
+    stages = {r["stage"] for r in records}
+    assert {"finetune retain (retain90)", "finetune target (full)", "unlearn grad_diff", "unlearn npo",
+            "unlearn npo + wagle mask", "s3t"} <= stages
+    assert all("loss" in r or "train_loss" in r or "last_loss" in r for r in records)
+    # each run keeps its own log too
+    npo = [json.loads(line) for line in (demo_dir / "npo" / "trainer_log.jsonl").read_text().splitlines()]
+    assert npo and {r["stage"] for r in npo} == {"unlearn npo"}
+
+
+def test_row_notes_flag_a_collapse_and_the_exact_row():
+    from llm_unlearn.demo import DemoConfig, row_notes
+
+    rows = [{"run": "target", "model_utility": 0.867}, {"run": "retain", "model_utility": 0.85},
+            {"run": "graddiff", "model_utility": 0.0}, {"run": "npo", "model_utility": 0.83},
+            {"run": "s3t_deleted", "model_utility": 0.37}, {"run": "s3t_retrain_reference", "model_utility": 0.4}]
+    notes = row_notes(rows, DemoConfig())
+    assert list(notes) == [r["run"] for r in rows]
+    assert "COLLAPSED" in notes["graddiff"] and "0.000" in notes["graddiff"]
+    # utility below half the target's: a collapse for an approximate method, not for the exact rows
+    assert not any("COLLAPSED" in notes[r] for r in ("target", "npo", "s3t_deleted", "s3t_retrain_reference"))
+    assert "exact" in notes["s3t_deleted"] and "retain model" in notes["s3t_deleted"]
+    assert "exact-retrain reference" in notes["s3t_retrain_reference"]
+    assert all("\n" not in n and n and len(n) <= 120 for n in notes.values())
 
 
 def test_unlearned_runs_forget_better_than_target(demo_dir):

@@ -40,14 +40,14 @@ FLOORS = {
     "llm_unlearn": 0,
     "llm_unlearn.distributed": 1, "llm_unlearn.errors": 1, "llm_unlearn.perf": 1, "llm_unlearn.runinfo": 1,
     "llm_unlearn.outputs": 1, "llm_unlearn.checks": 1, "llm_unlearn.interrupt": 1, "llm_unlearn.threads": 1,
-    "llm_unlearn.optim": 1, "llm_unlearn.memory": 2,
+    "llm_unlearn.optim": 1, "llm_unlearn.memory": 2, "llm_unlearn.console": 1,
     "llm_unlearn.scoring": 2, "llm_unlearn.models": 2, "llm_unlearn.data": 2,
     "llm_unlearn.masks.weight_mask": 2, "llm_unlearn.masks.enforce": 2,
     "llm_unlearn.masks": 3,
     "llm_unlearn.trainers": 4, "llm_unlearn.eval": 4, "llm_unlearn.s3t": 4,
-    "llm_unlearn.unlearn": 5, "llm_unlearn.finetune": 5, "llm_unlearn.tune": 5, "llm_unlearn.demo": 5,
+    "llm_unlearn.unlearn": 5, "llm_unlearn.finetune": 5, "llm_unlearn.tune": 5, "llm_unlearn.tune_config": 5, "llm_unlearn.demo": 5,
     "llm_unlearn.hub": 5,
-    "llm_unlearn.cli": 6,
+    "llm_unlearn.cli": 6, "llm_unlearn.__main__": 6,
 }
 OPTIONAL = ("bitsandbytes", "gguf", "matplotlib", "optuna", "lm_eval")
 CLI_LAZY = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "huggingface_hub", "safetensors",

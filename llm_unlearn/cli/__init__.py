@@ -1,18 +1,18 @@
 """The `llm-unlearn` command. Thin: each subcommand lives in its own module here, parses its
-arguments and calls the library. Bad input raises `UnlearnError`, printed as one line, exit 2."""
+arguments and calls the library. Bad input raises `UnlearnError`, printed as one line, exit 2.
+
+Fast answers: building the parser imports no torch / transformers / trl (`--help`, `--version`
+and argument errors return in well under a second); each command imports the library inside the
+function that runs it. The console is quiet unless `--verbose` (see `llm_unlearn.console`)."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import os
 import shlex
 import sys
-
-# bitsandbytes warns at import on CPUs with AVX512-BF16 that an optional Hub kernel is missing;
-# the CPU fallback it then uses is correct, so keep the CLI's stderr to our own messages.
-logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+from importlib.metadata import PackageNotFoundError, version
 
 # subcommand name -> (module under llm_unlearn.cli, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -41,12 +41,59 @@ def _not_implemented(name: str):
     return run
 
 
+VERSIONS_OF = ("torch", "transformers", "peft", "trl")
+
+
+def version_text() -> str:
+    """``llm-unlearn X`` and the versions of the stack it runs on, read from the installed
+    distributions' metadata (nothing is imported)."""
+    from llm_unlearn import __version__
+
+    def v(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    deps = ", ".join(f"{name} {v(name)}" for name in VERSIONS_OF)
+    return f"llm-unlearn {__version__}\n{deps}, python {sys.version.split()[0]}"
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
+def _add_console_flags(parser: argparse.ArgumentParser, top: bool) -> None:
+    """--verbose / --debug, accepted before or after the subcommand (`llm-unlearn demo --verbose`)."""
+    default = False if top else argparse.SUPPRESS  # a leaf's absent flag must not reset the top one
+    parser.add_argument("--verbose", "-v", action="store_true", default=default,
+                        help="show everything: Trainer log lines, library warnings and INFO messages")
+    parser.add_argument("--debug", action="store_true", default=default, help="show full tracebacks on errors")
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser):
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield parser
+        return
+    for action in subs:
+        for child in dict.fromkeys(action.choices.values()):  # aliases map to the same parser
+            yield from _leaf_parsers(child)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-unlearn",
         description="Make a language model forget specific training data, and measure it.",
     )
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="print the version of llm-unlearn and of torch, transformers, peft and trl")
+    _add_console_flags(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         try:
@@ -58,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=_not_implemented(name))
             continue
         module.register(sub, name, help_text)
+        for leaf in _leaf_parsers(sub.choices[name]):
+            _add_console_flags(leaf, top=False)
     return parser
 
 
@@ -77,11 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = args.debug or os.environ.get("LLM_UNLEARN_DEBUG") == "1"
+    from llm_unlearn.console import cli_session
     from llm_unlearn.perf import tune_allocator
 
     tune_allocator()  # large CPU buffers are reused, not page-faulted in again every step
     try:
-        rc = args.func(args)
+        with cli_session(verbose=args.verbose):
+            rc = args.func(args)
     except TrainingInterrupted as exc:
         print(f"{exc}\nresume with: {resume_command(argv)}", file=sys.stderr)
         return exc.exit_code

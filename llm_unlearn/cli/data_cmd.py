@@ -58,7 +58,20 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from llm_unlearn.data.tofu import available_splits, load_tofu
+    from llm_unlearn.data.source import available_splits, check_source, is_local_source, read_split
+
+    check_source(args.data)
+    if is_local_source(args.data):  # no datasets / torch needed
+        if args.split:
+            rows = read_split(args.split, args.data)
+            for row in rows[:3]:
+                print(json.dumps(row, ensure_ascii=False))
+            print(f"{args.split}: {len(rows)} rows")
+            return 0
+        for name in available_splits(args.data):
+            print(f"{name:24s} {len(read_split(name, args.data)):6d}")
+        return 0
+    from llm_unlearn.data.tofu import load_tofu  # a Hub dataset
 
     if args.split:
         ds = load_tofu(args.split, args.data)
@@ -66,6 +79,8 @@ def run_show(args: argparse.Namespace) -> int:
             print(json.dumps(row, ensure_ascii=False))
         print(f"{args.split}: {len(ds)} rows")
         return 0
-    for name in available_splits(args.data):
+    import datasets
+
+    for name in datasets.get_dataset_config_names(args.data):
         print(f"{name:24s} {len(load_tofu(name, args.data)):6d}")
     return 0

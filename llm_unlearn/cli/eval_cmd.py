@@ -69,6 +69,7 @@ def _is_s3t_run(model: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     from llm_unlearn.checks import check_file, check_local_model
+    from llm_unlearn.data.source import check_split
     from llm_unlearn.errors import UnlearnError
     from llm_unlearn.outputs import check_output, staged_dir
 
@@ -92,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     check_file("--lm-eval-include", args.lm_eval_include)
     inputs = [args.model, args.adapter, args.data, args.retain_logs, args.forget_corpus]
     check_output(args.output, args.overwrite, inputs)
+    if args.data is not None:
+        check_split(f"{args.forget_split}_perturbed", args.data)
     if not s3t and (args.aggregate or args.allow_base):
         raise UnlearnError("--aggregate and --allow-base apply to an S3T run directory only")
     if s3t:  # the serving mode is known and some shard serves (or --allow-base), before any model loads

@@ -42,12 +42,9 @@ def register(sub, name: str, help_text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llm_unlearn.checks import check_positive
-    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.data.source import check_split
     from llm_unlearn.errors import UnlearnError
-    from llm_unlearn.finetune import FinetuneConfig, finetune
-    from llm_unlearn.interrupt import announce_interrupts
-    from llm_unlearn.models import resolve_model_path
-    from llm_unlearn.outputs import check_output, staged_dir, staging_path
+    from llm_unlearn.outputs import check_output, staging_path
 
     tiny = args.model == "tiny"
     for flag, value in (("--batch-size", args.batch_size), ("--grad-accum", args.grad_accum),
@@ -60,12 +57,18 @@ def run(args: argparse.Namespace) -> int:
         raise UnlearnError("--load-in-4bit (QLoRA) needs --lora: a 4-bit base cannot be trained directly")
     if args.threads not in ("auto", "keep") and not str(args.threads).isdigit():
         raise UnlearnError(f"--threads must be auto, keep or a number, got {args.threads!r}")
-    if not tiny:
-        resolve_model_path(args.model)
+    check_split(args.split, args.data)  # validate before --overwrite deletes anything (and before torch)
     inputs = [None if tiny else args.model, args.data]
     check_output(args.output, args.overwrite, inputs)
+    # the cheap checks are done: now the library (torch, transformers, trl)
+    from llm_unlearn.finetune import FinetuneConfig, finetune
+    from llm_unlearn.interrupt import announce_interrupts
+    from llm_unlearn.models import resolve_model_path
+    from llm_unlearn.outputs import staged_dir
+
+    if not tiny:
+        resolve_model_path(args.model)
     resume = _resume_point(args.resume, staging_path(args.output))
-    load_tofu(args.split, args.data)  # validate before --overwrite deletes anything
     cfg = FinetuneConfig(
         model=args.model, data=args.data, split=args.split, output=args.output, lora=args.lora,
         lora_r=args.lora_r, lora_alpha=args.lora_alpha, load_in_4bit=args.load_in_4bit,

@@ -6,11 +6,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llm_unlearn.cli.choices import MASK_DEFAULT_GAMMA as DEFAULT_GAMMA
+from llm_unlearn.cli.choices import MASK_GRANULARITIES as GRANULARITIES
+from llm_unlearn.cli.choices import MASK_METHODS as METHODS
+from llm_unlearn.cli.choices import MASK_SCOPES as SCOPES
+from llm_unlearn.cli.common import add_overwrite_flag
+
 
 def register(sub, name: str, help_text: str) -> None:
-    from llm_unlearn.cli.common import add_overwrite_flag
-    from llm_unlearn.masks import DEFAULT_GAMMA, GRANULARITIES, METHODS, SCOPES
-
     p = sub.add_parser(name, help=help_text, description=help_text)
     p.add_argument("--model", required=True, help="the model to unlearn: directory (full or LoRA adapter, merged), alias or Hub id")
     p.add_argument("--data", default=None, help="local TOFU-schema directory or Hub dataset name (QA data)")
@@ -42,19 +45,10 @@ def register(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-    from torch.utils.data import DataLoader
-
-    from llm_unlearn.data.corpus import check_input_kinds, chunk_corpus, load_corpus
-    from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
-    from llm_unlearn.data.tofu import load_tofu, matching_retain_split
+    from llm_unlearn.data.source import check_input_kinds, check_split, matching_retain_split
     from llm_unlearn.errors import UnlearnError
-    from llm_unlearn.masks import check_ratio, compute_mask
-    from llm_unlearn.models import is_adapter_dir, load_model, load_tokenizer, resolve_model_path
-    from llm_unlearn.outputs import check_output, staged_file
-    from llm_unlearn.threads import apply_thread_policy
+    from llm_unlearn.outputs import check_output
 
-    check_ratio(args.ratio)
     for flag, value in (("--batch-size", args.batch_size), ("--max-length", args.max_length),
                         ("--max-retain", args.max_retain)):
         if value is not None and value < 1:
@@ -63,19 +57,37 @@ def run(args: argparse.Namespace) -> int:
         raise UnlearnError(f"--gamma must be > 0, got {args.gamma}")
     inputs = [args.model, args.data, args.forget_corpus, args.retain_corpus]
     out = check_output(args.output, args.overwrite, inputs)
-    path = resolve_model_path(args.model)
     needs_forget = args.method in ("wagle", "salun", "wanda")
     needs_retain = args.method == "wagle"
     kind = check_input_kinds(args.data, args.forget_split, args.retain_split, args.forget_corpus, args.retain_corpus)
     if kind == "corpus":
-        retain_split = None
+        retain_split = forget_split = None
         if needs_retain and args.retain_corpus is None:
             raise UnlearnError("--method wagle needs --retain-corpus with --forget-corpus")
-        forget_rows = load_corpus(args.forget_corpus) if needs_forget else None
-        retain_rows = load_corpus(args.retain_corpus) if needs_retain else None
     else:
         forget_split = args.forget_split or "forget10"
         retain_split = args.retain_split or matching_retain_split(forget_split)
+        for split, needed in ((forget_split, needs_forget), (retain_split, needs_retain)):
+            if needed:
+                check_split(split, args.data)  # before torch is imported
+    # the cheap checks are done: now the library (torch, transformers)
+    import torch
+    from torch.utils.data import DataLoader
+
+    from llm_unlearn.data.corpus import chunk_corpus, load_corpus
+    from llm_unlearn.data.qa import QACollator, tokenize_qa_dataset
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.masks import check_ratio, compute_mask
+    from llm_unlearn.models import is_adapter_dir, load_model, load_tokenizer, resolve_model_path
+    from llm_unlearn.outputs import staged_file
+    from llm_unlearn.threads import apply_thread_policy
+
+    check_ratio(args.ratio)
+    path = resolve_model_path(args.model)
+    if kind == "corpus":
+        forget_rows = load_corpus(args.forget_corpus) if needs_forget else None
+        retain_rows = load_corpus(args.retain_corpus) if needs_retain else None
+    else:
         forget_rows = load_tofu(forget_split, args.data) if needs_forget else None
         retain_rows = load_tofu(retain_split, args.data) if needs_retain else None
     if retain_rows is not None and args.max_retain is not None:

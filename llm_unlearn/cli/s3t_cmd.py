@@ -76,7 +76,14 @@ def register(sub, name: str, help_text: str) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from llm_unlearn.data.source import check_split
+    from llm_unlearn.outputs import check_output, staged_dir
+
+    inputs = [args.data, None if args.model == "tiny" else args.model]
+    check_split(args.split, args.data)  # validate before creating anything (and before torch)
+    check_output(args.output, args.overwrite, inputs)
     from llm_unlearn.s3t.train import S3TConfig, train_s3t, validate_config
+
 
     cfg = S3TConfig(
         model=args.model, data=args.data, split=args.split, output=args.output, shards=args.shards,
@@ -87,9 +94,7 @@ def run_train(args: argparse.Namespace) -> int:
         prompt_loss=args.prompt_loss, with_utility=args.with_utility, **({"aggregate": args.aggregate} if args.aggregate else {}), exclude_ids=list(args.exclude_ids), exclude_split=args.exclude_split,
     )
     validate_config(cfg)  # before creating anything
-    from llm_unlearn.outputs import staged_dir
-
-    with staged_dir(args.output, args.overwrite, [args.data, None if args.model == "tiny" else args.model]) as stage:
+    with staged_dir(args.output, args.overwrite, inputs) as stage:
         train_s3t(replace(cfg, output=str(stage.path)))
     out = stage.final
     print(f"trained S3T run in {out}")

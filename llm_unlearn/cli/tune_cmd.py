@@ -13,7 +13,7 @@ _SKIP = {"progress", "protocol"}
 
 
 def register(sub, name: str, help_text: str) -> None:
-    from llm_unlearn.tune import TuneConfig
+    from llm_unlearn.tune_config import TuneConfig
 
     p = sub.add_parser(name, help=help_text, description=(
         help_text + ". Each trial is scored every --eval-every steps (holdout forget quality, utility proxy; no "

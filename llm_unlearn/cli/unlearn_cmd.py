@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from llm_unlearn.cli.choices import MASK_DEFAULT_GAMMA as DEFAULT_GAMMA
+from llm_unlearn.cli.choices import UNLEARN_METHODS as METHODS
 from llm_unlearn.cli.common import add_overwrite_flag
 from llm_unlearn.data.protocol import add_protocol_argument
 
@@ -22,9 +24,6 @@ HYPERPARAMETER_FLAGS: dict[str, str] = {
 
 
 def register(sub, name: str, help_text: str) -> None:
-    from llm_unlearn.masks import DEFAULT_GAMMA
-    from llm_unlearn.trainers import METHODS
-
     p = sub.add_parser(name, help=help_text, description=help_text + ". Precedence: defaults < --config < flags.")
     p.add_argument("--model", required=True, help="finetuned model: directory (full or LoRA adapter), alias or Hub id")
     p.add_argument("--data", default=None, help="local TOFU-schema directory or Hub dataset name (QA data)")
@@ -130,15 +129,30 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from llm_unlearn.checks import check_file
+    from llm_unlearn.data.source import check_input_kinds, check_split, matching_retain_split
     from llm_unlearn.errors import UnlearnError
+    from llm_unlearn.outputs import check_output
+
+    # cheap checks first: a wrong split or an existing output answers before torch is imported
+    if args.method not in METHODS:
+        raise UnlearnError(f"unknown method '{args.method}'; valid methods: {', '.join(METHODS)}")
+    kind = check_input_kinds(args.data, args.forget_split, args.retain_split, args.forget_corpus, args.retain_corpus)
+    if kind == "qa":
+        forget_split = args.forget_split or "forget10"
+        check_split(forget_split, args.data)
+        check_split(args.retain_split or matching_retain_split(forget_split), args.data)
+    check_file("--config", args.config)
+    check_file("--mask", args.mask)
+    if args.resume is None:
+        check_output(args.output, args.overwrite, [args.model, args.data, args.config, args.mask, args.forget_corpus,
+                                                   args.retain_corpus])
+    if args.threads not in ("auto", "keep") and not str(args.threads).isdigit():
+        raise UnlearnError(f"--threads must be auto, keep or a number, got {args.threads!r}")
     from llm_unlearn.interrupt import announce_interrupts
     from llm_unlearn.unlearn import run_unlearning
 
     announce_interrupts()
-
-    if args.threads not in ("auto", "keep") and not str(args.threads).isdigit():
-        raise UnlearnError(f"--threads must be auto, keep or a number, got {args.threads!r}")
-
     out, result = run_unlearning(
         model=args.model, data=args.data, output=args.output, method=args.method, forget_split=args.forget_split,
         retain_split=args.retain_split, config=args.config, overrides=overrides_from_args(args), lora=args.lora,

@@ -1,24 +1,52 @@
-"""Data: TOFU loading, raw-text corpora (chunking), the fictitious technical domain, the synthetic fictitious-author generator, QA tokenisation, pairing."""
+"""Data: TOFU loading, raw-text corpora (chunking), the fictitious technical domain, the synthetic
+fictitious-author generator, protocols, QA tokenisation, pairing.
 
-from llm_unlearn.data.corpus import ChunkReport, check_input_kinds, chunk_corpus, load_corpus
-from llm_unlearn.data.domain import generate_domain, write_domain
-from llm_unlearn.data.pairing import ForgetRetainDataset, PairedCollator, check_no_overlap
-from llm_unlearn.data.protocol import PROTOCOLS, Protocol, get_protocol
-from llm_unlearn.data.qa import (
-    IGNORE_INDEX,
-    GenerationCollator,
-    QACollator,
-    build_prompt,
-    encode_qa,
-    tokenize_qa_dataset,
-)
-from llm_unlearn.data.synthetic import generate as generate_synthetic
-from llm_unlearn.data.synthetic import write_splits
-from llm_unlearn.data.tofu import load_tofu, matching_retain_split, read_refusals
+The names below are re-exported lazily, so that `llm_unlearn.data.source` (split names and
+validation, no torch) stays cheap to import for the CLI."""
 
-__all__ = [
-    "ChunkReport", "check_input_kinds", "chunk_corpus", "generate_domain", "load_corpus", "write_domain",
-    "IGNORE_INDEX", "PROTOCOLS", "ForgetRetainDataset", "Protocol", "get_protocol", "GenerationCollator", "PairedCollator", "QACollator", "build_prompt",
-    "check_no_overlap", "encode_qa", "generate_synthetic", "load_tofu", "matching_retain_split", "read_refusals",
-    "tokenize_qa_dataset", "write_splits",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "IGNORE_INDEX": "llm_unlearn.data.qa",
+    "GenerationCollator": "llm_unlearn.data.qa",
+    "QACollator": "llm_unlearn.data.qa",
+    "build_prompt": "llm_unlearn.data.qa",
+    "encode_qa": "llm_unlearn.data.qa",
+    "tokenize_qa_dataset": "llm_unlearn.data.qa",
+    "ForgetRetainDataset": "llm_unlearn.data.pairing",
+    "PairedCollator": "llm_unlearn.data.pairing",
+    "check_no_overlap": "llm_unlearn.data.pairing",
+    "generate_synthetic": ("llm_unlearn.data.synthetic", "generate"),
+    "write_splits": "llm_unlearn.data.synthetic",
+    "load_tofu": "llm_unlearn.data.tofu",
+    "read_refusals": "llm_unlearn.data.tofu",
+    "check_split": "llm_unlearn.data.source",
+    "matching_retain_split": "llm_unlearn.data.source",
+    "check_input_kinds": "llm_unlearn.data.source",
+    "ChunkReport": "llm_unlearn.data.corpus",
+    "chunk_corpus": "llm_unlearn.data.corpus",
+    "load_corpus": "llm_unlearn.data.corpus",
+    "generate_domain": "llm_unlearn.data.domain",
+    "write_domain": "llm_unlearn.data.domain",
+    "PROTOCOLS": "llm_unlearn.data.protocol",
+    "Protocol": "llm_unlearn.data.protocol",
+    "get_protocol": "llm_unlearn.data.protocol",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    target = _EXPORTS.get(name)
+    if target is None:
+        raise AttributeError(f"module 'llm_unlearn.data' has no attribute '{name}'")
+    module_name, attr = target if isinstance(target, tuple) else (target, name)
+    value = getattr(importlib.import_module(module_name), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

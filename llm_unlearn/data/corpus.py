@@ -25,6 +25,7 @@ from datasets import Dataset, load_dataset
 from datasets.utils import logging as ds_logging
 
 from llm_unlearn.data.qa import IGNORE_INDEX, check_tokenizer
+from llm_unlearn.data.source import check_input_kinds  # noqa: F401  (re-exported)
 from llm_unlearn.errors import UnlearnError
 
 logger = logging.getLogger(__name__)
@@ -177,27 +178,6 @@ def check_corpus_overlap(forget: Dataset, retain: Dataset) -> None:
     for i, t in enumerate(retain["text"]):
         if hashlib.sha256(t.strip().encode()).hexdigest() in keys:
             raise UnlearnError(f"forget and retain corpora overlap: retain document {i} ('{t[:60]}') is in the forget corpus")
-
-
-def check_input_kinds(data=None, forget_split: str | None = None, retain_split: str | None = None,
-                      forget_corpus=None, retain_corpus=None) -> str:
-    """``"qa"`` or ``"corpus"``: which kind of forget/retain input a run has; mixing them is an error.
-
-    QA inputs are `data` + `forget_split` / `retain_split`; corpus inputs `forget_corpus` /
-    `retain_corpus`. A retain corpus without a forget corpus, or a forget corpus with a QA
-    split or data source, is refused: both sides of a run must be the same kind of data."""
-    qa = {name: v for name, v in (("--data", data), ("--forget-split", forget_split),
-                                  ("--retain-split", retain_split)) if v is not None}
-    if forget_corpus is None:
-        if retain_corpus is not None:
-            raise UnlearnError("--retain-corpus needs --forget-corpus (a QA forget split pairs with a QA retain split)")
-        if data is None:
-            raise UnlearnError("no forget data: pass --data (QA, with --forget-split) or --forget-corpus")
-        return "qa"
-    if qa:
-        raise UnlearnError(f"corpus and QA inputs cannot be mixed: --forget-corpus was given with {', '.join(qa)}; "
-                           "use --forget-corpus/--retain-corpus, or --data/--forget-split/--retain-split")
-    return "corpus"
 
 
 __all__ = ["ChunkReport", "check_corpus_overlap", "check_input_kinds", "chunk_corpus", "corpus_hash", "load_corpus"]

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
+from llm_unlearn.console import stage_bar
 from llm_unlearn.data.protocol import Protocol, get_protocol
 from llm_unlearn.data.qa import (
     IGNORE_INDEX,
@@ -328,11 +329,15 @@ def _mia_scores(answer: str, rec: dict[str, Any], min_k: float, protocol: Protoc
     }
 
 
+def _short(name: str, width: int = 32) -> str:
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
 def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch_size: int = 8,
                    max_new_tokens: int = 200, min_k: float = M.MIN_K_DEFAULT,
                    progress: bool = True, generation_batch_size: int | None = None,
                    generate: bool = True, protocol: Protocol | str | None = None,
-                   ) -> dict[str, list[dict[str, Any]]]:
+                   desc: str = "eval") -> dict[str, list[dict[str, Any]]]:
     """Per-item values for each split of `rows_by_split` (our split name -> TOFU rows). Splits
     named ``forget``/``holdout`` get membership scores; ``holdout`` gets no generation, and its
     paraphrased / perturbed answers are scored when its rows have them (for the holdout forget
@@ -356,7 +361,8 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
                 for j, p in enumerate(row.get("perturbed_answer") or []):
                     plan.append((split, i, "perturbed", j, row["question"], p))
         n_gen = sum(len(r) for s, r in rows_by_split.items() if s != "holdout") if generate else 0
-        bar = tqdm(total=len(plan) + n_gen, desc="eval (score + generate)", unit="seq", disable=not progress)
+        bar = stage_bar(desc, total=len(plan) + n_gen, unit="seq", disable=not progress)
+        bar.set_postfix_str("scoring", refresh=False)
         items: dict[str, list[dict[str, Any]]] = {
             s: [{"index": i, "question": r["question"], "answer": r["answer"]} for i, r in enumerate(rows)]
             for s, rows in rows_by_split.items()
@@ -380,6 +386,7 @@ def evaluate_items(model, tokenizer, rows_by_split: dict[str, list[dict]], batch
                     item[f"{kind}_num_tokens"] = rec["num_tokens"]
                 if stats:
                     item["mia"] = _mia_scores(text, rec, min_k, protocol)
+        bar.set_postfix_str("generating", refresh=False)
         for split, rows in rows_by_split.items():
             if split == "holdout" or not generate:
                 continue
@@ -433,7 +440,8 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
         check_retain_for(retain, forget_split, len(rows["forget"]), [r["question"] for r in rows["forget"]])
     items = evaluate_items(model, tokenizer, rows, batch_size=batch_size, max_new_tokens=max_new_tokens,
                            min_k=min_k, progress=progress, generation_batch_size=generation_batch_size,
-                           protocol=protocol)
+                           protocol=protocol,
+                           desc=f"eval {_short(model_name)}" if model_name else "eval")
     per_item = {
         "format": ITEMS_FORMAT,
         "data": str(data_source),

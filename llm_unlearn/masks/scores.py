@@ -60,9 +60,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 from transformers.pytorch_utils import Conv1D
 
+from llm_unlearn.console import sub_progress
 from llm_unlearn.distributed import all_reduce_sum_, rank_and_world
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.masks.weight_mask import base_param_name, is_lora_param
@@ -181,9 +181,8 @@ def _scoring_mode(model: nn.Module, targets: list[Target], need_grad: bool):
 
 
 def _progress(loader: Iterable, desc: str, show: bool):
-    if not show:
-        return loader
-    return tqdm(loader, desc=desc, leave=False)
+    # transient, and only in verbose mode: the quiet console draws one bar per stage
+    return sub_progress(loader, desc) if show else loader
 
 
 def accumulate_gradients(model: nn.Module, targets: list[Target], loader: Iterable, loss_fn: LossFn = default_loss,

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from llm_unlearn.data.source import close_phrases
 from llm_unlearn.errors import UnlearnError
 
 LEDGER_FILE = "ledger.sqlite"
@@ -487,7 +488,10 @@ class DeletionLedger:
                 for (earlier,) in con.execute("SELECT sample_ids FROM deletions WHERE query_hash = ?", (digest,)):
                     found += json.loads(earlier)  # the same query again, after its text was purged
                 if not found:
-                    raise UnlearnError(f"no sample's question or answer contains '{match}': nothing was deleted")
+                    texts = [t for row in con.execute("SELECT question, answer FROM samples") for t in row]
+                    close = close_phrases(match, texts)
+                    hint = f"; close names: {', '.join(close)}" if close else ""
+                    raise UnlearnError(f"no sample's question or answer contains '{match}': nothing was deleted{hint}")
                 wanted += [sid for sid in dict.fromkeys(found) if sid not in wanted]
             fresh = [s for s in wanted if con.execute(
                 "SELECT deleted_by IS NULL FROM samples WHERE sample_id = ?", (s,)).fetchone()[0]]

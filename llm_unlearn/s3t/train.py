@@ -30,15 +30,16 @@ import math
 import os
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
-from tqdm.auto import tqdm
 
 from llm_unlearn import __version__
+from llm_unlearn.console import TrainerLogFile, format_loss, stage_bar
 from llm_unlearn.data.qa import QACollator, encode_qa, template_settings
 from llm_unlearn.data.tofu import available_splits, is_local_source, load_tofu
 from llm_unlearn.errors import DivergenceError, UnlearnError
@@ -194,8 +195,10 @@ def run_lock(run_dir: str | Path):
 
 # -- one stage --------------------------------------------------------------------------------
 def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows: list[dict], seed: int,
-                cfg: S3TConfig, previous: dict[str, torch.Tensor] | None = None):
+                cfg: S3TConfig, previous: dict[str, torch.Tensor] | None = None,
+                on_step: Callable[[int, int, float], None] | None = None):
     """Train block `stage` (1-based) on `rows`; blocks < stage load `previous` and stay frozen.
+    `on_step(step, total, loss)` is called after each optimizer step (progress, logs).
 
     Returns the PEFT model (base is deep-copied, never modified) holding adapters for blocks 1..stage.
     """
@@ -247,6 +250,8 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
             optim.step()
             optim.zero_grad(set_to_none=True)
             step += 1
+            if on_step is not None:
+                on_step(step, total, loss.item())
     model.eval()
     return model
 
@@ -262,12 +267,26 @@ def train_sequence(run_dir: Path, ledger: DeletionLedger, base_model, tokenizer,
     order = ledger.sequence_orders(shard)[sequence]
     previous = None
     records = []
+    log_file = TrainerLogFile(run_dir, "s3t")
     for stage in range(1, len(order) + 1):
         slices = order[:stage]
         ids = ledger.sample_ids(shard=shard, slices=slices)  # undeleted samples, ledger order
         rows = ledger.samples(ids) + fixed_rows(cfg)
         seed = stage_seed(cfg.seed, shard, sequence, stage)
-        model = train_stage(base_model, tokenizer, plan.blocks, stage, rows, seed, cfg, previous)
+        losses: list[float] = []
+
+        def on_step(step: int, total: int, loss: float, stage=stage, losses=losses) -> None:
+            losses.append(loss)
+            if progress is not None:
+                progress.set_postfix_str(f"shard {shard} seq {sequence} stage {stage}: step {step}/{total}, "
+                                         f"loss {format_loss(loss)}", refresh=False)
+                progress.update(0)  # redraws at most every `mininterval`
+
+        model = train_stage(base_model, tokenizer, plan.blocks, stage, rows, seed, cfg, previous, on_step=on_step)
+        log_file.write({"shard": shard, "sequence": sequence, "stage_index": stage, "generation": generation,
+                        "samples": len(rows), "steps": len(losses),
+                        "train_loss": sum(losses) / len(losses) if losses else None,
+                        "last_loss": losses[-1] if losses else None})
         rel = f"{CHECKPOINTS_DIR}/shard{shard}/gen{generation}/seq{sequence}/stage{stage}"
         ckpt = run_dir / rel
         if ckpt.exists():
@@ -428,7 +447,7 @@ def train_s3t(cfg: S3TConfig) -> Path:
                    tokenizer_trained_on=tokenizer_splits if tokenizer_splits is not None else f"{cfg.model} (pretrained)",
                    protocol=template_settings(tokenizer, "native"))
     total = cfg.shards * cfg.sequences * cfg.slices
-    with tqdm(total=total, desc="S3T stages", unit="stage") as bar:
+    with stage_bar("s3t train", total=total, unit="stage") as bar:
         for shard in range(cfg.shards):
             for sequence in range(cfg.sequences):
                 train_sequence(run_dir, ledger, base, tokenizer, plan, cfg, shard, sequence, 0, bar)
@@ -481,7 +500,7 @@ def retrain_shards(run_dir: str | Path, shards: list[int] | None = None) -> list
     if not todo:
         return []
     base, tokenizer = load_base(run_dir, manifest, cfg.dtype)
-    with tqdm(total=len(todo) * cfg.sequences * cfg.slices, desc="S3T retrain", unit="stage") as bar:
+    with stage_bar("s3t retrain", total=len(todo) * cfg.sequences * cfg.slices, unit="stage") as bar:
         for shard in todo:
             generation = ledger.generation(shard) + 1
             ledger.start_generation(shard, generation)

@@ -66,6 +66,7 @@ from llm_unlearn.scoring import (
     sequence_logprobs,
     sequence_logprobs_from_logits,
 )
+from llm_unlearn.trainers.callbacks import attach_console
 from llm_unlearn.trainers.losses import kl_all_positions, kl_per_token
 from llm_unlearn.trainers.reference import QA_KEYS, add_reference_logprobs, sharded_reference_logprobs
 
@@ -217,6 +218,8 @@ class UnlearnTrainer(Trainer):
         self._metric_step = 0
         self.setup()
         self.setup_reference()
+        # one bar with step and loss; log dicts to <output_dir>/trainer_log.jsonl (llm_unlearn.console)
+        self.console = attach_console(self, f"unlearn {self.method}", self.args.output_dir)
         if weight_mask is not None:
             masks.attach_mask(self, weight_mask)
 
