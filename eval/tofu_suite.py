@@ -67,6 +67,36 @@ def unlearn_overrides(args) -> dict:
     return overrides
 
 
+def apply_unlearn_args(args) -> None:
+    """Fold ``--unlearn-args "--lr 5e-4 --set beta=0.2 ..."`` into ``args`` (its values win), so
+    the user's unlearning settings reach every run; an unknown flag is a one-line error."""
+    if not getattr(args, "unlearn_args", None):
+        return
+    import shlex
+
+    p = argparse.ArgumentParser(prog="--unlearn-args", add_help=False, exit_on_error=False)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--beta", type=float)
+    p.add_argument("--alpha", type=float)
+    p.add_argument("--set", action="append", default=[])
+    try:
+        given, unknown = p.parse_known_args(shlex.split(args.unlearn_args))
+    except (argparse.ArgumentError, ValueError) as exc:
+        raise SystemExit(f"error: --unlearn-args: {exc}") from None
+    if unknown:
+        raise SystemExit(f"error: --unlearn-args: unsupported {' '.join(unknown)} "
+                         "(supported: --lr, --epochs, --max-steps, --beta, --alpha, --set FIELD=VALUE)")
+    if given.lr is not None:
+        args.lr = given.lr
+    if given.epochs is not None:
+        args.epochs = given.epochs
+    extra = [f"{k}={v}" for k, v in (("max_steps", given.max_steps), ("beta", given.beta), ("alpha", given.alpha))
+             if v is not None]
+    args.set = list(args.set) + extra + given.set
+
+
 def _unlearn(args, method: str, target: Path, out: Path) -> None:
     from llm_unlearn.unlearn import run_unlearning
 
@@ -119,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="unlearning learning rate (default: the method's; 1e-3 for the tiny model)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="set a field of the methods' configs (value parsed as YAML), e.g. --set alpha=1.0")
+    p.add_argument("--unlearn-args", default=None, metavar="'FLAGS'",
+                   help="unlearning flags as one string, as `llm-unlearn unlearn` spells them: --lr, --epochs, "
+                        "--max-steps, --beta, --alpha, --set FIELD=VALUE (they win over --lr / --epochs / --set)")
     p.add_argument("--target", default=None, help="reuse this finetuned target run directory")
     p.add_argument("--retain", default=None, help="reuse this finetuned retain run directory")
     p.add_argument("--finetune-epochs", type=float, default=None)
@@ -130,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
+    apply_unlearn_args(args)
 
     with staged_dir(args.output, args.overwrite, [args.data, args.target, args.retain]) as stage:
         rc = _run_suite(args, stage.path)
