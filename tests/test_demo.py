@@ -49,7 +49,7 @@ def test_demo_console_is_quiet(demo_run):
     assert sum(line.startswith("Run ") for line in lines) == 1  # one table
     for stage in ("finetune retain (retain90)", "finetune target (full)", "unlearn grad_diff", "unlearn npo",
                   "unlearn npo + wagle mask", "eval target", "eval s3t_deleted"):
-        assert sum(stage + ":" in line for line in lines) == 1, stage  # one bar each
+        assert sum(stage + ":" in line for line in lines) == 1, [line for line in lines if stage + ":" in line]  # one bar each
     assert sum("s3t train:" in line for line in lines) >= 1  # the S3T run (and its exact-retrain reference)
     notes = lines[lines.index("What each row is:") + 1:]
     summary = json.loads((out / "summary.json").read_text())

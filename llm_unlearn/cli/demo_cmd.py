@@ -24,6 +24,9 @@ def register(sub, name: str, help_text: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from llm_unlearn.demo import DemoConfig, run_demo
+    from llm_unlearn.interrupt import announce_interrupts
+
+    announce_interrupts(False)  # the demo's console is its bars and table (an earlier command may have set it)
 
     # threads: finetune and run_unlearning apply llm_unlearn.threads.apply_thread_policy (one thread for
     # the 1 M-parameter tiny model: the default demo takes 130 s on one thread of a 2-core machine)

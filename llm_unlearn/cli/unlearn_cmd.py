@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         check_split(forget_split, args.data)
         check_split(args.retain_split or matching_retain_split(forget_split), args.data)
     check_file("--config", args.config)
-    check_file("--mask", args.mask)
+    # a missing --mask file is reported by run_unlearning after the mask-option combinations, which say more
     if args.resume is None:
         check_output(args.output, args.overwrite, [args.model, args.data, args.config, args.mask, args.forget_corpus,
                                                    args.retain_corpus])

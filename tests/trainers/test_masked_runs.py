@@ -106,8 +106,9 @@ def test_cli_mask_granularity_scope_gamma(target_dir, synthetic_dir, tmp_path, c
     (["--mask", "m.safetensors", "--mask-method", "wagle"], "not both"),
     (["--mask-method", "wagle", "--mask-ratio", "0.5", "--mask-gamma", "0"], "gamma must be > 0"),
 ])
-def test_cli_refuses_mask_options_that_cannot_apply(flags, message, tmp_path, capsys):
-    rc = main(["unlearn", "--model", str(tmp_path / "absent"), "--data", str(tmp_path), "--method", "npo",
+def test_cli_refuses_mask_options_that_cannot_apply(flags, message, synthetic_dir, tmp_path, capsys):
+    # valid data: the split checks (the cheapest, first) pass, and the mask options fail before any model loads
+    rc = main(["unlearn", "--model", str(tmp_path / "absent"), "--data", str(synthetic_dir), "--method", "npo",
                "--output", str(tmp_path / "out"), *flags])
     assert rc == 2
     assert message in capsys.readouterr().err
