@@ -250,7 +250,8 @@ def attack_results(name: str, model_dir: Path, plan, args, work: Path,
             t1 = time.time()
 
             def reps(m):
-                return hidden_representations(merged_model(m), tok, plan.rows, cfg.cka_max_tokens, cfg.seed, cfg.batch_size)
+                return hidden_representations(merged_model(m), tok, plan.rows, cfg.cka_max_tokens, cfg.seed, cfg.batch_size,
+                                              cfg.cka_positions)
 
             mine = reps(model)
             del model
@@ -414,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
                      "attacked": {n: e["unlearned"]["after"] for n, e in summary["attacks"].items()},
                      "before": {n: e["unlearned"]["before"] for n, e in summary["attacks"].items()},
                      "cka": {k: v["mean"] for k, v in summary.get("cka", {}).items()},
+                     "cka_shift": summary.get("cka_shift"),
                      "attack_s": res.get("total_s")})
     timings["attacks_s"] = round(time.time() - t0, 1)
     total_min = (time.time() - t_start) / 60
@@ -501,18 +503,18 @@ def main(argv: list[str] | None = None) -> int:
     out_prefix.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     plot(rows, names, out_prefix.with_suffix(".png"))
 
-    header = ["Run", "FQ", "MU", *[f"{n}" for n in names], "CKA vs target", "CKA vs retain", "attack s"]
+    header = ["Run", "FQ", "MU", *[f"{n}" for n in names], "CKA vs target", "CKA vs retain", "CKA shift", "attack s"]
     table = []
     for r in rows:
         table.append([r["run"], _f(r["forget_quality"], 3), _f(r["model_utility"], 3),
                       *[f"{_f(r['recovery'].get(n, {}).get('probability'))} / {_f(r['recovery'].get(n, {}).get('rougeL_recall'))}"
                         for n in names],
                       _f(r["cka"].get("unlearned_vs_target"), 3), _f(r["cka"].get("unlearned_vs_retain"), 3),
-                      _f(r["attack_s"], 0)])
+                      _f(r.get("cka_shift"), 2), _f(r["attack_s"], 0)])
     for b in baseline_rows:
         table.append([f"({b['run']} attacked)", "", "",
                       *[f"{_f(b['recovery'].get(n, {}).get('probability'))} / {_f(b['recovery'].get(n, {}).get('rougeL_recall'))}"
-                        for n in names], "", "", ""])
+                        for n in names], "", "", "", ""])
     values = ["| model | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     for label, src in [(r["run"], r) for r in rows] + [(b["run"], b) for b in baseline_rows]:
         cells = [f"{_f(src['before'][n].get('probability'), 3)}→{_f(src['attacked'][n].get('probability'), 3)}"

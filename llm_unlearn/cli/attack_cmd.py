@@ -36,6 +36,8 @@ def add_attack_args(p, required: bool) -> None:
     p.add_argument("--quant-modes", default=",".join(QUANT_MODE_NAMES), help="bitsandbytes modes: int8, nf4, fp4")
     p.add_argument("--fewshot-k", type=int, default=3, help="retain QA pairs before each forget question")
     p.add_argument("--attack-seed", type=int, default=0, help="seed of the A/B split, relearning order, few-shot picks")
+    p.add_argument("--cka-positions", choices=("answer", "all"), default="answer",
+                   help="token positions CKA compares: answer tokens (default) or all (prompt and question too)")
 
 
 def register(sub, name: str, help_text: str) -> None:
@@ -66,6 +68,7 @@ def attack_config(args: argparse.Namespace):
                         quant_modes=tuple(m.strip() for m in args.quant_modes.split(",") if m.strip()),
                         fewshot_k=args.fewshot_k, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                         max_items=args.max_items, seed=args.attack_seed,
+                        cka_positions=getattr(args, "cka_positions", "answer"),
                         generation_batch_size=getattr(args, "generation_batch_size", None))
 
 
@@ -123,6 +126,9 @@ def print_summary(summary: dict) -> None:
               f"{f(r['unlearned_before_truth_ratio']):>9s} {f(r['unlearned_after_truth_ratio']):>7s}")
     for pair, v in (summary.get("cka") or {}).items():
         print(f"CKA {pair.replace('_', ' ')}: mean over layers {f(v['mean'])}")
+    if summary.get("cka_shift") is not None:
+        print(f"representation shift from the target: {f(summary['cka_shift'], 2)} of the retain model's "
+              "(0 = unchanged, 1 = as far as the retain model)")
     for name, reason in summary.get("not_available", {}).items():
         print(f"{name}: {reason}")
 

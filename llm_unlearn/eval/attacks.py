@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, BitsAndBytesConfig, PreTrainedModel
 from transformers.utils import logging as hf_logging
 
-from llm_unlearn.data.qa import QACollator, check_tokenizer, encode_qa
+from llm_unlearn.data.qa import IGNORE_INDEX, QACollator, check_tokenizer, encode_qa
 from llm_unlearn.data.tofu import forget_percent, load_tofu, matching_retain_split, qa_per_author
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import metrics as M
@@ -52,6 +52,7 @@ from llm_unlearn.eval.evaluator import evaluate_items
 from llm_unlearn.scoring import answer_logits, sequence_logprobs_from_logits
 
 ATTACKS = ("relearn", "quantize", "paraphrase", "fewshot", "cka")
+CKA_POSITIONS = ("answer", "all")
 QUANT_MODES = ("int8", "nf4", "fp4")
 RECOVERY_METRICS = ("probability", "rougeL_recall")
 VALUE_METRICS = ("probability", "rougeL_recall", "truth_ratio")
@@ -71,6 +72,10 @@ class AttackConfig:
     quant_modes: tuple[str, ...] = field(default=QUANT_MODES, metadata={"help": "bitsandbytes modes: int8, nf4, fp4"})
     fewshot_k: int = field(default=3, metadata={"help": "retain QA pairs put in the prompt before each forget question"})
     cka_max_tokens: int = field(default=4096, metadata={"help": "token positions (sampled with the seed) whose hidden states CKA compares"})
+    cka_positions: str = field(default="answer", metadata={
+        "help": "positions CKA compares: answer (the answer tokens: where the forgotten facts are) or all "
+                "(prompt template and question too; shared structure there keeps CKA near 1 for any model "
+                "finetuned from the same base)"})
     batch_size: int = field(default=8, metadata={"help": "sequences scored per forward"})
     generation_batch_size: int | None = field(default=None, metadata={"help": "prompts per generate call (default max(batch_size, 64))"})
     max_new_tokens: int = field(default=200, metadata={"help": "greedy generation length for ROUGE-L"})
@@ -90,6 +95,8 @@ class AttackConfig:
                 raise UnlearnError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.relearn_lr <= 0:
             raise UnlearnError(f"relearn_lr must be > 0, got {self.relearn_lr}")
+        if self.cka_positions not in CKA_POSITIONS:
+            raise UnlearnError(f"unknown cka_positions {self.cka_positions!r}; valid: {', '.join(CKA_POSITIONS)}")
 
 
 def parse_attacks(spec: str | Sequence[str]) -> tuple[str, ...]:
@@ -331,16 +338,27 @@ def quantized_models(model, modes: Sequence[str]) -> Iterator[tuple[str, Any]]:
 
 @torch.no_grad()
 def hidden_representations(model, tokenizer, rows: Sequence[dict], max_tokens: int = 4096, seed: int = 0,
-                           batch_size: int = 8) -> list[np.ndarray]:
-    """Hidden states of every layer (the embeddings and each block's output) at the token
-    positions of the forget items (question and answer; at most `max_tokens` positions, sampled
-    with `seed`): a list of ``[positions, hidden]`` arrays, the same positions for every model
-    with the same tokenizer."""
+                           batch_size: int = 8, positions: str = "answer") -> list[np.ndarray]:
+    """Hidden states of every layer (the embeddings and each block's output) at token positions of
+    the forget items: the answer tokens (``positions="answer"``), or every token, prompt template
+    and question included (``"all"``); at most `max_tokens` positions, sampled with `seed`. A list
+    of ``[positions, hidden]`` arrays, the same positions for every model with the same tokenizer."""
+    if positions not in CKA_POSITIONS:
+        raise UnlearnError(f"unknown CKA positions {positions!r}; valid: {', '.join(CKA_POSITIONS)}")
     collate = QACollator(tokenizer)
     device = next(model.parameters()).device
     encs = [encode_qa(tokenizer, r["question"], r["answer"]) for r in rows]
-    total = sum(len(e["input_ids"]) for e in encs)
-    keep = np.sort(np.random.default_rng(seed).choice(total, size=min(max_tokens, total), replace=False))
+    # flat indices (over the concatenated items) of the positions compared
+    flat, offset = [], 0
+    for e in encs:
+        n = len(e["input_ids"])
+        if positions == "all":
+            flat.append(np.arange(offset, offset + n))
+        else:
+            flat.append(offset + np.flatnonzero(np.asarray(e["labels"]) != IGNORE_INDEX))
+        offset += n
+    candidates = np.concatenate(flat) if flat else np.zeros(0, dtype=int)
+    keep = np.sort(np.random.default_rng(seed).choice(candidates, size=min(max_tokens, len(candidates)), replace=False))
     was_training = model.training
     model.eval()
     per_layer: list[list[np.ndarray]] | None = None
@@ -492,13 +510,29 @@ def summarise(plan: AttackPlan, results: dict[str, dict[str, Any]], cka: dict[st
             "quantize_mode": "reload in bitsandbytes 8-bit (int8) / 4-bit NF4 / FP4 (LoRA merged first), fp32 compute",
             "paraphrase": "forget questions replaced by their paraphrased_question",
             "fewshot": f"{plan.config.fewshot_k} retain QA pairs before each forget question",
-            "cka": "linear CKA per layer of hidden states on the forget items (question + answer tokens)",
+            "cka": f"linear CKA per layer of hidden states on the forget items ({plan.config.cka_positions} "
+                   "tokens)",
+            "cka_shift": "(1 - CKA(unlearned, target)) / (1 - CKA(retain, target)), layer means: how far the "
+                         "unlearned model's representations moved from the target's, on the scale of the retain "
+                         "model's distance (0 = unchanged, 1 = as far as a model that never saw the data)",
         },
         "time_s": {role: res.get("time_s", {}) for role, res in results.items()},
     }
     if cka:
         summary["cka"] = {pair: {"per_layer": vals, "mean": float(np.nanmean(vals))} for pair, vals in cka.items()}
+        shift = cka_shift(summary["cka"])
+        if shift is not None:
+            summary["cka_shift"] = shift
     return summary
+
+
+def cka_shift(cka: dict[str, dict[str, Any]]) -> float | None:
+    """(1 - CKA(unlearned, target)) / (1 - CKA(retain, target)) on the layer means (`summarise`'s
+    ``cka``), or None without both pairs or when target and retain are indistinguishable."""
+    u, r = cka.get("unlearned_vs_target", {}).get("mean"), cka.get("target_vs_retain", {}).get("mean")
+    if u is None or r is None or not np.isfinite(u) or not np.isfinite(r) or 1.0 - r < 1e-6:
+        return None
+    return float((1.0 - u) / (1.0 - r))
 
 
 def per_item_log(plan: AttackPlan, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -527,7 +561,7 @@ def run_attacks(model, tokenizer, data: str | Path, forget_split: str = "forget1
     cka = None
     if "cka" in cfg.attacks:
         reps = {role: hidden_representations(merged_model(m), tokenizer, plan.rows, cfg.cka_max_tokens, cfg.seed,
-                                             cfg.batch_size) for role, m in models.items()}
+                                             cfg.batch_size, cfg.cka_positions) for role, m in models.items()}
         cka = {f"unlearned_vs_{role}": layer_cka(reps["unlearned"], reps[role]) for role in ("target", "retain")
                if role in reps}
         if "target" in reps and "retain" in reps:
@@ -628,6 +662,9 @@ def robustness_markdown(summary: dict[str, Any]) -> str:
     if cka:
         lines += ["", "Linear CKA of hidden states on the forget items (mean over layers): "
                   + ", ".join(f"{pair.replace('_', ' ')} {_fmt(v.get('mean'))}" for pair, v in cka.items()) + "."]
+        if summary.get("cka_shift") is not None:
+            lines[-1] += (f" Representation shift from the target, on the retain model's scale: "
+                          f"{_fmt(summary['cka_shift'], 2)} (0 = unchanged, 1 = as far as the retain model).")
     return "\n".join(lines) + "\n"
 
 
@@ -648,7 +685,7 @@ def attack_card_section(run_dir: str | Path) -> list[str]:
 
 __all__ = [
     "ATTACKS", "QUANT_MODES", "AttackConfig", "AttackPlan", "aggregate", "attack_card_section", "attack_model", "attack_names", "author_ids",
-    "build_plan", "fewshot_prompts", "find_attack_summary", "hidden_representations", "item_values", "layer_cka",
+    "build_plan", "cka_shift", "fewshot_prompts", "find_attack_summary", "hidden_representations", "item_values", "layer_cka",
     "merged_model", "parse_attacks", "per_item_log", "quantized_models", "relearn", "robustness_markdown",
     "robustness_rows", "run_attacks", "split_by_author", "summarise", "write_attacks",
 ]

@@ -117,6 +117,38 @@ def test_cka_of_a_model_with_itself_is_one_and_with_another_init_lower(synthetic
     assert np.mean(other) < 0.9 and max(other) < 0.95
 
 
+def test_cka_compares_answer_tokens_by_default(synthetic_dir, tiny_tokenizer):
+    """Default CKA positions are the answer tokens: as many rows as answer tokens (capped), fewer
+    than with every position, and a bad positions name is one UnlearnError."""
+    from llm_unlearn.data.qa import encode_qa
+    from llm_unlearn.data.tofu import load_tofu
+    from llm_unlearn.models import build_tiny_model
+
+    rows = load_tofu("forget10_perturbed", synthetic_dir).to_list()
+    m0 = build_tiny_model(tiny_tokenizer, seed=0)
+    encs = [encode_qa(tiny_tokenizer, r["question"], r["answer"]) for r in rows]
+    n_answer = sum(sum(1 for t in e["labels"] if t != -100) for e in encs)
+    n_all = sum(len(e["input_ids"]) for e in encs)
+    answer = hidden_representations(m0, tiny_tokenizer, rows, max_tokens=100_000)
+    every = hidden_representations(m0, tiny_tokenizer, rows, max_tokens=100_000, positions="all")
+    assert answer[0].shape[0] == n_answer < n_all == every[0].shape[0]
+    assert hidden_representations(m0, tiny_tokenizer, rows, max_tokens=7)[0].shape[0] == 7
+    with pytest.raises(UnlearnError, match="positions"):
+        hidden_representations(m0, tiny_tokenizer, rows, positions="question")
+    with pytest.raises(UnlearnError, match="cka_positions"):
+        AttackConfig(cka_positions="question")
+
+
+def test_cka_shift_puts_the_unlearned_model_on_the_retain_models_scale():
+    from llm_unlearn.eval.attacks import cka_shift
+
+    cka = {"unlearned_vs_target": {"mean": 0.9}, "target_vs_retain": {"mean": 0.8}}
+    assert cka_shift(cka) == pytest.approx(0.5)
+    assert cka_shift({"unlearned_vs_target": {"mean": 1.0}, "target_vs_retain": {"mean": 0.8}}) == 0.0
+    assert cka_shift({"unlearned_vs_target": {"mean": 0.9}}) is None
+    assert cka_shift({"unlearned_vs_target": {"mean": 0.9}, "target_vs_retain": {"mean": 1.0}}) is None
+
+
 # --- relearning and quantization -----------------------------------------------------------
 
 
