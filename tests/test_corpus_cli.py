@@ -134,3 +134,11 @@ def test_eval_lm_eval_console_is_quiet_unless_verbose(synth, tiny_dir, tmp_path,
     assert main(["--verbose", *argv, "--output", str(tmp_path / "verbose")]) == 0
     out, err = capfd.readouterr()
     assert "Running loglikelihood requests" in err and "lm-eval synth_domain" in out
+
+
+def test_synth_too_many_devices_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "data"
+    assert main(["data", "synth", "--authors", "2", "--qa-per-author", "2", "--domain-devices", "200",
+                 "--out", str(out)]) == 2
+    assert "--domain-devices: at most 280 devices in all, got 200 + 200 held out" in _error(capsys)
+    assert not out.exists()

@@ -127,6 +127,9 @@ def generate_domain(n_devices: int = 24, seed: int = 0, mentions: int = 2,
     holdout_devices = n_devices if holdout_devices is None else holdout_devices
     if holdout_devices < 0:
         raise ValueError(f"holdout_devices must be >= 0, got {holdout_devices}")
+    available = len(DEVICE_A) * len(DEVICE_B)
+    if n_devices + holdout_devices > available:
+        raise ValueError(f"at most {available} devices in all, got {n_devices} + {holdout_devices} held out")
     rng = random.Random(seed)
     names = _device_names(rng, n_devices + holdout_devices)
     forget_corpus, domain_mcq = _devices(rng, names[:n_devices], mentions)
