@@ -106,7 +106,8 @@ def run_seed(seed: int, args, work: Path) -> list[dict]:
 
 
 def targets(rows: list[dict]) -> list[dict]:
-    """Per method, mean over seeds: domain acc - chance <= 0.05 and general drop vs finetuned < 0.02."""
+    """Mean over seeds: the finetuned model >= 10 points above chance on the domain (precondition);
+    per method, domain acc - chance <= 0.05 and general drop vs finetuned < 0.02 (the best method's)."""
     import statistics
 
     def mean(model, key):
@@ -115,6 +116,12 @@ def targets(rows: list[dict]) -> list[dict]:
 
     ft_general = mean("finetuned", "general_acc")
     out = []
+    # a precondition: unlearning targets mean nothing if the finetuned model never learnt the domain
+    if ft_general is not None:
+        known = mean("finetuned", "domain_acc") - mean("finetuned", "domain_chance")
+        out.append({"target": "finetuned model knows the domain: domain MCQ accuracy at least 10 points above chance "
+                              "(else the unlearning targets below are vacuous)",
+                    "limit": 0.10, "measured": round(known, 4), "pass": known >= 0.10})
     methods = [m for m in dict.fromkeys(r["model"] for r in rows) if m not in ("base", "finetuned")]
     best = None
     for m in methods:
