@@ -6,13 +6,14 @@ NPO and NPO + WAGLE (general corpus retained). Each model is scored with lm-eval
 domain 4-choice questions (should fall to chance) and the general ones (should stay), and with
 MUSE verbatim memorisation (ROUGE-L F1 of continuations of domain-document prefixes).
 
-Target: the best method brings domain MCQ accuracy to within 5 points of chance while general
-MCQ accuracy drops by less than 2 points (anchor: RMU on Zephyr-7b, WMDP-cyber 28.2 vs chance 25,
+Targets: the finetuned model is at least 10 points above chance on the domain (a precondition:
+otherwise there is nothing to unlearn); the best method brings domain MCQ accuracy to within 5
+points of chance while general MCQ accuracy drops by less than 2 points (anchor: RMU on Zephyr-7b, WMDP-cyber 28.2 vs chance 25,
 MMLU -1.0). Hyperparameters are the methods' defaults / the flags below, fixed before the run;
 nothing is selected on the scores reported.
 
     flock /tmp/heavy.lock python benchmarks/corpus_unlearning.py                       # SmolLM2, seeds 0 1 2
-    python benchmarks/corpus_unlearning.py --model tiny --devices 6 --seeds 0 --tag tiny   # minutes, CPU
+    python benchmarks/corpus_unlearning.py --model tiny --devices 8 --seeds 0 --tag tiny   # minutes, CPU
 """
 
 from __future__ import annotations
