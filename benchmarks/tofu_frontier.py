@@ -571,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         "retain_split": RETAIN_SPLIT, "epochs": args.epochs, "batch_size": args.batch_size, "lr_full": args.lr_full,
         "lr_lora": args.lr_lora, "optim": args.optim, "optim_in_backward": args.optim_in_backward, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r,
         "mask_ratio": args.mask_ratio,
-        "method_hyperparameters": {m: METHODS[m][1] for m in methods}, "warmup_steps": 0, "seed": args.seed,
+        "method_hyperparameters": {m: METHODS[m][1] for m in METHODS}, "warmup_steps": 0, "seed": args.seed,
         "finetune": {"epochs": args.ft_epochs, "lr": args.ft_lr, "batch_size": args.ft_batch_size,
                      "splits": {"target": "full", "retain": RETAIN_SPLIT}, "with_utility": False},
         "eval_items": args.eval_items, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
