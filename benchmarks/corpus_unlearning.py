@@ -6,13 +6,14 @@ NPO and NPO + WAGLE (general corpus retained). Each model is scored with lm-eval
 domain 4-choice questions (should fall to chance) and the general ones (should stay), and with
 MUSE verbatim memorisation (ROUGE-L F1 of continuations of domain-document prefixes).
 
-Target: the best method brings domain MCQ accuracy to within 5 points of chance while general
-MCQ accuracy drops by less than 2 points (anchor: RMU on Zephyr-7b, WMDP-cyber 28.2 vs chance 25,
+Targets: the finetuned model is at least 10 points above chance on the domain (a precondition:
+otherwise there is nothing to unlearn); the best method brings domain MCQ accuracy to within 5
+points of chance while general MCQ accuracy drops by less than 2 points (anchor: RMU on Zephyr-7b, WMDP-cyber 28.2 vs chance 25,
 MMLU -1.0). Hyperparameters are the methods' defaults / the flags below, fixed before the run;
 nothing is selected on the scores reported.
 
     flock /tmp/heavy.lock python benchmarks/corpus_unlearning.py                       # SmolLM2, seeds 0 1 2
-    python benchmarks/corpus_unlearning.py --model tiny --devices 6 --seeds 0 --tag tiny   # minutes, CPU
+    python benchmarks/corpus_unlearning.py --model tiny --devices 8 --seeds 0 --tag tiny   # minutes, CPU
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def run_seed(seed: int, args, work: Path) -> list[dict]:
 
 
 def targets(rows: list[dict]) -> list[dict]:
-    """Per method, mean over seeds: domain acc - chance <= 0.05 and general drop vs finetuned < 0.02."""
+    """Mean over seeds: the finetuned model >= 10 points above chance on the domain (precondition);
+    per method, domain acc - chance <= 0.05 and general drop vs finetuned < 0.02 (the best method's)."""
     import statistics
 
     def mean(model, key):
@@ -115,6 +117,12 @@ def targets(rows: list[dict]) -> list[dict]:
 
     ft_general = mean("finetuned", "general_acc")
     out = []
+    # a precondition: unlearning targets mean nothing if the finetuned model never learnt the domain
+    if ft_general is not None:
+        known = mean("finetuned", "domain_acc") - mean("finetuned", "domain_chance")
+        out.append({"target": "finetuned model knows the domain: domain MCQ accuracy at least 10 points above chance "
+                              "(else the unlearning targets below are vacuous)",
+                    "limit": 0.10, "measured": round(known, 4), "pass": known >= 0.10})
     methods = [m for m in dict.fromkeys(r["model"] for r in rows) if m not in ("base", "finetuned")]
     best = None
     for m in methods:

@@ -13,6 +13,15 @@ scoring only (no generation):
 * a utility proxy (`llm_unlearn.eval.metrics.utility_proxy`): probability and truth ratio on
   retain items *left out of training*, real authors and world facts.
 
+On raw-text corpora (`forget_corpus`, `retain_corpus`, `holdout_corpus`: the WMDP / MUSE setting)
+the same search runs with the corpus forms of both scores (`llm_unlearn.eval.corpus_scores`):
+
+* the corpus holdout forget quality: KS p-value between the per-window Min-K% Prob scores of
+  forget-corpus windows and of holdout-corpus windows (documents of the same kind the model never
+  trained on; `llm-unlearn data synth` writes ``domain/holdout_corpus.jsonl``);
+* the corpus utility proxy: the geometric-mean token probability on the first `utility_items`
+  retain documents, which are left out of the unlearning's retain data.
+
 The objective: maximise HFQ subject to utility proxy >= `utility_floor` x the starting model's.
 The callback keeps the best feasible step (ties on the p-value: the smaller KS statistic, then
 the higher utility) and restores it when training ends or stalls (`patience`), so each trial
@@ -30,7 +39,7 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +47,16 @@ import torch
 from transformers import TrainerCallback
 
 import llm_unlearn.unlearn as unlearn_mod  # module attributes: tests can watch every run and read
+from llm_unlearn.data.corpus import check_corpus_overlap, chunk_corpus, load_corpus
 from llm_unlearn.data.protocol import DEFAULT_PROTOCOL, PROTOCOLS
+from llm_unlearn.data.source import check_input_kinds
 from llm_unlearn.data.tofu import load_tofu
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import logs as eval_logs
+from llm_unlearn.eval.corpus_scores import score_corpus
 from llm_unlearn.eval.evaluator import evaluate_model, score_splits, write_eval
 from llm_unlearn.outputs import prepare_output_dir
+from llm_unlearn.trainers import get_method
 from llm_unlearn.tune_config import MASK_CHOICES, TUNABLE_METHODS, TuneConfig  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
@@ -91,8 +104,9 @@ class BestStepCallback(TrainerCallback):
         rec = {"step": step, "hfq": float(scores["hfq"]), "ks_statistic": float(scores["ks_statistic"]),
                "utility_proxy": float(scores["utility_proxy"])}
         rec["feasible"] = rec["utility_proxy"] >= self.utility_min
-        if "forget_truth_ratios" in scores:  # kept for later analysis (never compared with a retain model here)
-            rec["forget_truth_ratios"] = scores["forget_truth_ratios"]
+        for key in ("forget_truth_ratios", "forget_nll", "holdout_nll", "retain_nll"):  # kept for later analysis
+            if key in scores:  # (never compared with a retain model here)
+                rec[key] = scores[key]
         self.history.append(rec)
         if self.best is None or step_key(rec) > step_key(self.best):
             self.best = rec
@@ -155,6 +169,44 @@ def make_scorer(rows: dict[str, list[dict]], tokenizer, batch_size: int,
     return score
 
 
+def corpus_documents(cfg: TuneConfig) -> tuple[dict[str, Any], set[str]]:
+    """The documents every corpus scoring uses: the first `score_items` of the forget and of the
+    holdout corpus, and the first `utility_items` retain documents (held out of training: their
+    texts are the second value). `UnlearnError` on overlapping corpora or too few retain documents."""
+    forget, holdout, retain = (load_corpus(c) for c in (cfg.forget_corpus, cfg.holdout_corpus, cfg.retain_corpus))
+    check_corpus_overlap(forget, holdout, other="holdout")
+    check_corpus_overlap(forget, retain)
+    if len(retain) <= cfg.utility_items:
+        raise UnlearnError(f"--retain-corpus has {len(retain)} documents: the first --utility-items "
+                           f"{cfg.utility_items} are held out of training for the utility proxy, so it needs more")
+    held = retain.select(range(cfg.utility_items))
+    docs = {"forget": forget.select(range(min(len(forget), cfg.score_items))),
+            "holdout": holdout.select(range(min(len(holdout), cfg.score_items))), "retain": held}
+    return docs, set(held["text"])
+
+
+def corpus_max_length(cfg: TuneConfig) -> int:
+    """Tokens per window: `cfg.max_length`, else the method's default ``max_length``."""
+    if cfg.max_length is not None:
+        return cfg.max_length
+    _, config_cls = get_method(cfg.method)
+    return next(f.default for f in fields(config_cls) if f.name == "max_length")
+
+
+def make_corpus_scorer(docs: dict[str, Any], tokenizer, batch_size: int,
+                       max_length: int) -> Callable[[Any], dict[str, float]]:
+    """`score_corpus` on the windows of `docs` (chunked once): the callback's score function."""
+    windows = {k: chunk_corpus(d, tokenizer, max_length)[0] for k, d in docs.items()}
+
+    def score(model) -> dict[str, float]:
+        s = score_corpus(model, tokenizer, windows, batch_size=batch_size)
+        return {"hfq": s["hfq"], "ks_statistic": s["ks_statistic"], "utility_proxy": s["utility_proxy"],
+                "forget_nll": s["mean_nll"]["forget"], "holdout_nll": s["mean_nll"]["holdout"],
+                "retain_nll": s["mean_nll"]["retain"]}
+
+    return score
+
+
 # --------------------------------------------------------------------------------------------
 # search space
 
@@ -190,7 +242,31 @@ def _list(value: str, valid: tuple[str, ...], what: str) -> list[str]:
     return items
 
 
-def check_config(cfg: TuneConfig) -> None:
+def input_kind(cfg: TuneConfig) -> str:
+    """``"qa"`` or ``"corpus"``; a one-line `UnlearnError` when the two kinds of input are mixed or
+    a corpus search lacks its holdout or retain corpus."""
+    kind = check_input_kinds(cfg.data, cfg.forget_split, cfg.retain_split, cfg.forget_corpus, cfg.retain_corpus)
+    if kind == "qa":
+        if cfg.holdout_corpus is not None:
+            raise UnlearnError("corpus and QA inputs cannot be mixed: --holdout-corpus goes with --forget-corpus "
+                               "(QA data takes its holdout items from --holdout-split or the data's holdoutXX)")
+        return kind
+    qa_only = [flag for flag, v in (("--holdout-split", cfg.holdout_split), ("--max-authors", cfg.max_authors),
+                                    ("--retain-logs", cfg.retain_logs)) if v is not None]
+    if qa_only:
+        raise UnlearnError(f"corpus and QA inputs cannot be mixed: --forget-corpus was given with {', '.join(qa_only)}"
+                           " (options of QA data)")
+    if cfg.holdout_corpus is None:
+        raise UnlearnError("tune on a corpus needs --holdout-corpus: documents of the forget corpus's kind that the "
+                           "model never trained on (llm-unlearn data synth writes domain/holdout_corpus.jsonl)")
+    if cfg.retain_corpus is None:
+        raise UnlearnError("tune on a corpus needs --retain-corpus: its first --utility-items documents, held out "
+                           "of training, give the utility proxy")
+    return kind
+
+
+def check_config(cfg: TuneConfig) -> str:
+    """Check every option before anything loads; returns the kind of input (`input_kind`)."""
     if cfg.method not in TUNABLE_METHODS:
         raise UnlearnError(f"tune supports methods {', '.join(TUNABLE_METHODS)}, got '{cfg.method}'")
     if cfg.protocol not in PROTOCOLS:
@@ -206,8 +282,11 @@ def check_config(cfg: TuneConfig) -> None:
         lo, hi = getattr(cfg, name)
         if not 0 < lo <= hi:
             raise UnlearnError(f"--{name.replace('_', '-')}: expected 0 < LOW <= HIGH, got {lo} {hi}")
+    if cfg.max_length is not None and cfg.max_length < 2:
+        raise UnlearnError(f"--max-length must be >= 2, got {cfg.max_length}")
     _list(cfg.modes, ("lora", "full"), "modes")
     _list(cfg.masks, MASK_CHOICES, "masks")
+    return input_kind(cfg)
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,26 +297,39 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
     """Run the search; returns the ``tune.json`` summary (also written to `cfg.output`)."""
     import optuna
 
-    check_config(cfg)
+    kind = check_config(cfg)
     t0 = time.time()
-    rows, _ = scoring_rows(cfg)  # fails early on data without a holdout set
-    out = prepare_output_dir(cfg.output, overwrite, [cfg.model, cfg.data])
+    if kind == "qa":
+        cfg = replace(cfg, forget_split=cfg.forget_split or "forget10")
+        rows, _ = scoring_rows(cfg)  # fails early on data without a holdout set
+        forget_name = cfg.forget_split
+    else:
+        docs, held_out = corpus_documents(cfg)  # fails early on unreadable or overlapping corpora
+        forget_name = Path(str(cfg.forget_corpus)).stem
+    out = prepare_output_dir(cfg.output, overwrite, [cfg.model, cfg.data, cfg.forget_corpus, cfg.retain_corpus,
+                                                     cfg.holdout_corpus])
     (out / "trials").mkdir()
     storage = cfg.storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    study_name = cfg.study_name or f"tune-{cfg.method}-{cfg.forget_split}"
+    study_name = cfg.study_name or f"tune-{cfg.method}-{forget_name}"
 
     def say(msg: str) -> None:
         if cfg.progress:
             print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
     model, tokenizer = unlearn_mod.load_target(cfg.model)
-    scorer = make_scorer(rows, tokenizer, cfg.batch_size, cfg.protocol)
+    if kind == "qa":
+        scorer = make_scorer(rows, tokenizer, cfg.batch_size, cfg.protocol)
+        retain_exclude = {r["question"] for r in rows["retain"]}
+        data_args = {"data": cfg.data, "forget_split": cfg.forget_split, "retain_split": cfg.retain_split}
+    else:
+        scorer = make_corpus_scorer(docs, tokenizer, cfg.batch_size, corpus_max_length(cfg))
+        retain_exclude = held_out
+        data_args = {"data": None, "forget_corpus": cfg.forget_corpus, "retain_corpus": cfg.retain_corpus}
     start = scorer(model)
     del model
     utility_min = cfg.utility_floor * start["utility_proxy"]
     say(f"start: HFQ {start['hfq']:.3g}, utility proxy {start['utility_proxy']:.4f} (floor {utility_min:.4f}); "
         f"{cfg.trials} trials of <= {cfg.max_steps} steps, scored every {cfg.eval_every}")
-    retain_questions = {r["question"] for r in rows["retain"]}
     records: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
 
@@ -252,14 +344,16 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
             overrides["beta"] = p["beta"]
         if cfg.optim:
             overrides["optim"] = cfg.optim
+        if cfg.max_length is not None:
+            overrides["max_length"] = cfg.max_length
 
         def _run_trial():
             return unlearn_mod.run_unlearning(
-                cfg.model, cfg.data, run_dir, cfg.method, forget_split=cfg.forget_split,
-                retain_split=cfg.retain_split, overrides=overrides, lora=p["mode"] == "lora", lora_r=cfg.lora_r,
+                cfg.model, output=run_dir, method=cfg.method, **data_args, overrides=overrides,
+                lora=p["mode"] == "lora", lora_r=cfg.lora_r,
                 lora_alpha=2 * cfg.lora_r, mask_method=None if p["mask"] == "none" else p["mask"],
                 mask_ratio=p.get("mask_ratio"), overwrite=True, score_hfq=False, callbacks=[cb],
-                retain_exclude=retain_questions, nll_max_retain=cfg.utility_items, quiet=True,
+                retain_exclude=retain_exclude, nll_max_retain=cfg.utility_items, quiet=True,
             )
 
         t = time.time()
@@ -311,12 +405,20 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
     search_s = time.time() - t0
 
     report: dict[str, Any] = {}
-    if cfg.final_eval or cfg.retain_logs:
-        report = final_report(cfg, chosen_dir, say)
+    if kind == "corpus":
+        if cfg.final_eval:
+            report = final_corpus_report(cfg, chosen_dir, say)
+        objective = ("maximise the corpus holdout forget quality (KS p-value, per-window Min-K% Prob of forget vs "
+                     "holdout-corpus windows) subject to the held-out retain documents' geometric-mean token "
+                     f"probability >= {cfg.utility_floor} x start ({utility_min:.4f})")
+    else:
+        if cfg.final_eval or cfg.retain_logs:
+            report = final_report(cfg, chosen_dir, say)
+        objective = (f"maximise holdout forget quality subject to utility proxy >= {cfg.utility_floor} x start "
+                     f"({utility_min:.4f})")
     summary = {
-        "format": TUNE_FORMAT, "config": {k: v for k, v in asdict(cfg).items()}, "storage": storage,
-        "study_name": study_name, "objective": f"maximise holdout forget quality subject to utility proxy >= "
-                                               f"{cfg.utility_floor} x start ({utility_min:.4f})",
+        "format": TUNE_FORMAT, "config": {k: v for k, v in asdict(cfg).items()}, "inputs": kind,
+        "storage": storage, "study_name": study_name, "objective": objective,
         "start": start, "utility_min": utility_min, "chosen": {k: v for k, v in chosen.items() if k != "history"},
         "chosen_dir": str(chosen_dir), "trials": len(done), "failed_trials": failures,
         "search_s": round(search_s, 1),
@@ -327,8 +429,26 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
                                                  "chosen": chosen["number"], "trials": done, "failed": failures},
                                                 indent=1) + "\n")
     (out / "tune.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
-    plot_trials(done, chosen, start, utility_min, out / "trials.png", f"{cfg.method} on {cfg.forget_split}")
+    plot_trials(done, chosen, start, utility_min, out / "trials.png", f"{cfg.method} on {forget_name}",
+                corpus=kind == "corpus")
     return summary
+
+
+def final_corpus_report(cfg: TuneConfig, chosen_dir: Path, say: Callable[[str], None]) -> dict[str, Any]:
+    """The chosen corpus run scored on every forget and holdout document (the search scored the
+    first `score_items`) and the held-out retain documents. Multiple-choice accuracy (lm-eval) and
+    verbatim memorisation are `llm-unlearn eval --lm-eval-tasks / --forget-corpus` on ``chosen/``."""
+    docs, _ = corpus_documents(replace(cfg, score_items=10 ** 9))
+    model, tokenizer = unlearn_mod.load_target(str(chosen_dir))
+    say("scoring the chosen run on every forget and holdout document")
+    windows = {k: chunk_corpus(d, tokenizer, corpus_max_length(cfg))[0] for k, d in docs.items()}
+    s = score_corpus(model, tokenizer, windows, batch_size=cfg.batch_size)
+    report = {"corpus_forget_quality": s["hfq"], "ks_statistic": s["ks_statistic"], "floor": s["floor"],
+              "utility_proxy": s["utility_proxy"], "mean_nll": s["mean_nll"], "mean_min_k": s["mean_min_k"],
+              "windows": s["windows"], "documents": {k: len(d) for k, d in docs.items()}}
+    say(f"chosen run: corpus forget quality {_fmt(s['hfq'])} (all {len(docs['forget'])} forget vs "
+        f"{len(docs['holdout'])} holdout documents), held-out retain token probability {_fmt(s['utility_proxy'])}")
+    return report
 
 
 def final_report(cfg: TuneConfig, chosen_dir: Path, say: Callable[[str], None]) -> dict[str, Any]:
@@ -389,7 +509,8 @@ def _tag_run(run_dir: Path, fields: dict[str, Any]) -> None:
     path.write_text(json.dumps(manifest, indent=1, default=str) + "\n")
 
 
-def plot_trials(records: list[dict], chosen: dict, start: dict, utility_min: float, path: Path, title: str) -> Path:
+def plot_trials(records: list[dict], chosen: dict, start: dict, utility_min: float, path: Path, title: str,
+                corpus: bool = False) -> Path:
     """HFQ (log) vs utility proxy of every scored step (small) and every trial's chosen step (large);
     the chosen trial and the starting model marked; the utility floor as a line."""
     import matplotlib
@@ -408,7 +529,8 @@ def plot_trials(records: list[dict], chosen: dict, start: dict, utility_min: flo
     ax.scatter(start["utility_proxy"], max(start["hfq"], 1e-30), s=90, marker="X", color="black", label="start")
     ax.axvline(utility_min, color="red", ls="--", lw=1, label="utility floor")
     ax.set_yscale("log")
-    ax.set_xlabel("utility proxy (retain held out + real authors + world facts)")
+    ax.set_xlabel("utility proxy (held-out retain documents: geometric-mean token probability)" if corpus
+                  else "utility proxy (retain held out + real authors + world facts)")
     ax.set_ylabel("holdout forget quality (KS p-value, log)")
     ax.set_title(f"llm-unlearn tune: {title}", fontsize=10)
     ax.legend(fontsize=8)
@@ -419,5 +541,5 @@ def plot_trials(records: list[dict], chosen: dict, start: dict, utility_min: flo
     return path
 
 
-__all__ = ["BestStepCallback", "TuneConfig", "final_report", "make_scorer", "plot_trials", "scoring_rows", "step_key",
-           "suggest", "tune"]
+__all__ = ["BestStepCallback", "TuneConfig", "corpus_documents", "final_corpus_report", "final_report",
+           "input_kind", "make_corpus_scorer", "make_scorer", "plot_trials", "scoring_rows", "step_key", "suggest", "tune"]

@@ -14,10 +14,11 @@ MASK_CHOICES = ("none", "wagle", "random")
 @dataclass
 class TuneConfig:
     model: str = field(metadata={"help": "finetuned model to unlearn (directory, alias or Hub id)"})
-    data: str = field(metadata={"help": "TOFU-schema data source (local directory or Hub dataset)"})
     output: str = field(metadata={"help": "output directory: chosen/, trials/, trials.json, trials.png, tune.json"})
+    data: str | None = field(default=None, metadata={"help": "TOFU-schema data source (local directory or Hub "
+                                                             "dataset); or tune on corpora with --forget-corpus"})
     method: str = field(default="npo", metadata={"help": f"unlearning method: {', '.join(TUNABLE_METHODS)}"})
-    forget_split: str = field(default="forget10", metadata={"help": "split to forget"})
+    forget_split: str | None = field(default=None, metadata={"help": "split to forget (default forget10)"})
     retain_split: str | None = field(default=None, metadata={"help": "split to keep (default: the matching retainXX)"})
     trials: int = field(default=8, metadata={"help": "trials (runs) in this process"})
     max_steps: int = field(default=40, metadata={"help": "training-step budget per trial (the search samples "
@@ -27,9 +28,11 @@ class TuneConfig:
                                                        "step (0: never stop early)"})
     utility_floor: float = field(default=0.95, metadata={"help": "constraint: utility proxy >= this x the "
                                                                  "starting model's"})
-    score_items: int = field(default=40, metadata={"help": "forget and holdout items scored for HFQ"})
+    score_items: int = field(default=40, metadata={"help": "forget and holdout items (corpus: documents) scored "
+                                                           "for HFQ"})
     utility_items: int = field(default=20, metadata={"help": "items per utility split (retain items left out of "
-                                                             "training, real authors, world facts)"})
+                                                             "training, real authors, world facts; corpus: retain "
+                                                             "documents left out of training)"})
     modes: str = field(default="lora,full", metadata={"help": "comma list of lora, full: the modes searched"})
     masks: str = field(default="none", metadata={"help": "comma list of none, wagle, random: the masks searched"})
     lr_lora: tuple[float, float] = field(default=(1e-4, 3e-3), metadata={"help": "learning-rate range with LoRA (log)"})
@@ -51,4 +54,15 @@ class TuneConfig:
     eval_max_new_tokens: int = field(default=64, metadata={"help": "generation length in the final evaluation"})
     keep_full_models: bool = field(default=False, metadata={"help": "keep the weights of full-weight trials that "
                                                                     "were not chosen (large)"})
+    forget_corpus: str | None = field(default=None, metadata={"help": "corpus to forget (.txt, .jsonl with "
+                                                                      "'text', or NAME[:CONFIG[:SPLIT]]), "
+                                                                      "instead of --data/--forget-split"})
+    retain_corpus: str | None = field(default=None, metadata={"help": "corpus to keep (with --forget-corpus); its "
+                                                                      "first --utility-items documents are held out "
+                                                                      "of training for the utility proxy"})
+    holdout_corpus: str | None = field(default=None, metadata={"help": "documents of the forget corpus's kind the "
+                                                                       "model never trained on (with --forget-corpus):"
+                                                                       " the holdout side of the forget quality"})
+    max_length: int | None = field(default=None, metadata={"help": "tokens per corpus window / QA item (default: "
+                                                                    "the method's max_length)"})
     progress: bool = field(default=True, metadata={"help": "progress lines"})

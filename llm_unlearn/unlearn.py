@@ -321,7 +321,8 @@ def run_unlearning(
       (`score_hfq`; holdout items from `holdout_split`, the authors outside `max_authors`, or the
       source's ``holdoutXX``, see `llm_unlearn.eval.evaluator.load_eval_rows`).
     - `callbacks`: extra `transformers.TrainerCallback`s (e.g. `llm_unlearn.tune.BestStepCallback`).
-    - `retain_exclude`: retain questions left out of training (held out for a utility measure).
+    - `retain_exclude`: retain questions (corpus: retain document texts) left out of training (held
+      out for a utility measure).
     - `quiet`: no progress bar and no printed log lines (the history still goes to run.json).
     - run.json gets ``nll``, ``hfq`` (before / after) and ``warning`` when forgetting did not
       happen (`forgetting_warning`).
@@ -360,6 +361,10 @@ def run_unlearning(
                                "grad_ascent, grad_diff, npo, simnpo and rmu")
         forget_rows = load_corpus(forget_corpus)
         retain_rows = load_corpus(retain_corpus) if retain_corpus is not None else None
+        if retain_rows is not None and retain_exclude:
+            retain_rows = Dataset.from_list([r for r in retain_rows.to_list() if r["text"] not in retain_exclude])
+            if len(retain_rows) == 0:
+                raise UnlearnError(f"{retain_corpus}: every retain document is held out of training")
         if retain_rows is None and trainer_cls.needs_retain(cfg):
             raise UnlearnError(f"{method} uses retain data (alpha > 0): pass --retain-corpus, or set alpha 0")
         if retain_rows is not None:

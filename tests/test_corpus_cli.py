@@ -36,7 +36,7 @@ def _error(capsys) -> str:
 
 def test_synth_writes_domain(synth):
     dom = synth / "domain"
-    for name in ("forget_corpus", "retain_corpus", "domain_mcq", "general_mcq"):
+    for name in ("forget_corpus", "holdout_corpus", "retain_corpus", "domain_mcq", "general_mcq"):
         assert (dom / f"{name}.jsonl").is_file()
     assert len((dom / "domain_mcq.jsonl").read_text().splitlines()) == 4 * 6
     assert "output_type: multiple_choice" in (dom / "tasks" / "synth_domain.yaml").read_text()
@@ -118,3 +118,27 @@ def test_eval_lm_eval_and_memorisation(synth, tiny_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--model", str(tiny_dir), "--output", str(tmp_path / "e2")]) == 2
     assert "nothing to evaluate" in _error(capsys)
+
+
+def test_eval_lm_eval_console_is_quiet_unless_verbose(synth, tiny_dir, tmp_path, capfd, monkeypatch):
+    """lm-eval's bars, log lines and the stderr of its `git describe` (outside a git checkout:
+    "fatal: not a git repository") stay off the default console; --verbose shows them."""
+    monkeypatch.chdir(tmp_path)  # not a git checkout
+    dom = synth / "domain"
+    argv = ["eval", "--model", str(tiny_dir), "--lm-eval-tasks", "synth_domain", "--lm-eval-include",
+            str(dom / "tasks"), "--lm-eval-limit", "4"]
+    assert main([*argv, "--output", str(tmp_path / "quiet")]) == 0
+    out, err = capfd.readouterr()
+    assert "lm-eval synth_domain" in out
+    assert err.strip() == "", err
+    assert main(["--verbose", *argv, "--output", str(tmp_path / "verbose")]) == 0
+    out, err = capfd.readouterr()
+    assert "Running loglikelihood requests" in err and "lm-eval synth_domain" in out
+
+
+def test_synth_too_many_devices_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "data"
+    assert main(["data", "synth", "--authors", "2", "--qa-per-author", "2", "--domain-devices", "200",
+                 "--out", str(out)]) == 2
+    assert "--domain-devices: at most 280 devices in all, got 200 + 200 held out" in _error(capsys)
+    assert not out.exists()

@@ -130,3 +130,121 @@ def test_a_failed_trial_does_not_stop_the_search(target_dir, synthetic_dir, tmp_
     assert summary["failed_trials"] == {0: "loss is nan at step 3; try a lower learning_rate"}
     assert summary["trials"] == 1 and summary["chosen"]["number"] == 1
     assert "trial 0" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------
+# corpora
+
+
+@pytest.fixture(scope="module")
+def domain_target(tmp_path_factory, tiny_tokenizer):
+    """The synthetic domain (8 devices, 8 held-out devices) and a tiny model finetuned on its
+    forget and retain corpora."""
+    from llm_unlearn.data.domain import generate_domain, write_domain
+    from llm_unlearn.finetune import finetune_on_corpus
+    from llm_unlearn.models import build_tiny_model
+
+    dom = write_domain(generate_domain(8, seed=0), tmp_path_factory.mktemp("domain"))
+    model = build_tiny_model(tiny_tokenizer, seed=0)
+    finetune_on_corpus(model, tiny_tokenizer, [dom / "forget_corpus.jsonl", dom / "retain_corpus.jsonl"],
+                       epochs=20, lr=5e-3, batch_size=8, max_length=64, progress=False)
+    target = tmp_path_factory.mktemp("domain_target")
+    model.save_pretrained(target)
+    tiny_tokenizer.save_pretrained(target)
+    return dom, target
+
+
+def _corpus_argv(dom, target, out) -> list[str]:
+    return ["tune", "--model", str(target), "--forget-corpus", str(dom / "forget_corpus.jsonl"),
+            "--retain-corpus", str(dom / "retain_corpus.jsonl"), "--holdout-corpus", str(dom / "holdout_corpus.jsonl"),
+            "--output", str(out)]
+
+
+def test_tune_on_corpus(domain_target, tmp_path, monkeypatch, capsys):
+    """Two trials on the domain corpus, scored by the retain-free corpus forget quality (KS p-value of
+    per-window Min-K% scores, forget vs held-out documents) and the held-out retain documents'
+    token probability; the held-out retain documents never reach training."""
+    import llm_unlearn.unlearn as unlearn_mod
+    from llm_unlearn.cli import main
+    from llm_unlearn.data.corpus import load_corpus
+    from llm_unlearn.models import load_model
+
+    dom, target = domain_target
+    calls: list[dict] = []
+    orig_run = unlearn_mod.run_unlearning
+
+    def spy_run(*a, **k):
+        calls.append(k)
+        return orig_run(*a, **k)
+
+    monkeypatch.setattr(unlearn_mod, "run_unlearning", spy_run)
+    out = tmp_path / "tune"
+    rc = main([*_corpus_argv(dom, target, out), "--trials", "2", "--max-steps", "6", "--eval-every", "3",
+               "--patience", "0", "--modes", "full", "--lr-full", "1e-3", "3e-3", "--max-length", "64",
+               "--utility-items", "8", "--utility-floor", "0.5", "--score-items", "6"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((out / "tune.json").read_text())
+    assert summary["inputs"] == "corpus" and "Min-K% Prob" in summary["objective"]
+    # the finetuned model tells its training documents from held-out ones: forget quality near the floor
+    assert summary["start"]["hfq"] < 1e-6
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert len(trials) == 2 and len(calls) == 2
+    for t in trials:  # unlearning moved the forget windows' NLL up; every scoring step was recorded
+        assert [h["step"] for h in t["history"]] == [0, 3, 6]
+        assert t["history"][-1]["forget_nll"] > t["history"][0]["forget_nll"]
+    assert summary["chosen"]["hfq"] > summary["start"]["hfq"]
+    assert summary["chosen"]["utility_proxy"] >= summary["utility_min"]
+    # the first --utility-items retain documents are held out of every trial's training
+    held = set(load_corpus(dom / "retain_corpus.jsonl")["text"][:8])
+    assert all(k["retain_exclude"] == held and k["data"] is None and k["forget_corpus"] for k in calls)
+    run = json.loads((out / "chosen" / "run.json").read_text())
+    assert run["retain_documents"] == 36 - 8 and run["chunking"]["max_length"] == 64
+    report = summary["final_report"]
+    assert report["documents"] == {"forget": 8, "holdout": 8, "retain": 8}  # all of them, not --score-items 6
+    assert report["floor"] <= report["corpus_forget_quality"] <= 1 and report["windows"]["forget"] > 8
+    assert load_model(str(out / "chosen")) is not None
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--data", "DATA"], "corpus and QA inputs cannot be mixed: --forget-corpus was given with --data"),
+    (["--forget-split", "forget10"], "cannot be mixed: --forget-corpus was given with --forget-split"),
+    (["--retain-logs", "x"], "cannot be mixed: --forget-corpus was given with --retain-logs"),
+    (["--holdout-split", "holdout10"], "cannot be mixed: --forget-corpus was given with --holdout-split"),
+    (["--max-length", "1"], "--max-length must be >= 2"),
+])
+def test_tune_corpus_bad_input_exits_2(domain_target, synthetic_dir, tmp_path, capsys, extra, message):
+    from llm_unlearn.cli import main
+
+    dom, target = domain_target
+    out = tmp_path / "t"
+    extra = [str(synthetic_dir) if a == "DATA" else a for a in extra]
+    assert main([*_corpus_argv(dom, target, out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+    assert not out.exists()
+
+
+def test_tune_corpus_needs_its_holdout_and_retain_corpora(domain_target, synthetic_dir, tmp_path, capsys):
+    from llm_unlearn.cli import main
+
+    dom, target = domain_target
+    out = tmp_path / "t"
+    base = ["tune", "--model", str(target), "--output", str(out), "--forget-corpus", str(dom / "forget_corpus.jsonl")]
+    cases = [
+        ([*base, "--retain-corpus", str(dom / "retain_corpus.jsonl")], "needs --holdout-corpus"),
+        ([*base, "--holdout-corpus", str(dom / "holdout_corpus.jsonl")], "needs --retain-corpus"),
+        ([*base, "--retain-corpus", str(dom / "retain_corpus.jsonl"), "--holdout-corpus",
+          str(dom / "forget_corpus.jsonl")], "forget and holdout corpora overlap"),
+        ([*base, "--retain-corpus", str(dom / "retain_corpus.jsonl"), "--holdout-corpus",
+          str(dom / "holdout_corpus.jsonl"), "--utility-items", "36"], "held out of training"),
+        (["tune", "--model", str(target), "--output", str(out), "--data", str(synthetic_dir), "--holdout-corpus",
+          str(dom / "holdout_corpus.jsonl")], "--holdout-corpus goes with --forget-corpus"),
+        (["tune", "--model", str(target), "--output", str(out), "--data", str(synthetic_dir), "--retain-corpus",
+          str(dom / "retain_corpus.jsonl")], "--retain-corpus needs --forget-corpus"),
+        (["tune", "--model", str(target), "--output", str(out)], "no forget data"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and message in err, (argv, err)
+    assert not out.exists()

@@ -17,7 +17,8 @@ def register(sub, name: str, help_text: str) -> None:
     s.add_argument("--seed", type=int, default=0, help="random seed (same seed, same data)")
     s.add_argument("--domain-devices", type=int, default=24,
                    help="devices of the fictitious technical domain written to OUT/domain (corpora, 4-choice "
-                        "questions, lm-eval task configs); 0: none")
+                        "questions with balanced choices: a multiple of 4 makes chance exactly 25%%, lm-eval task "
+                        "configs; as many more devices in the holdout corpus); 0: none")
     s.add_argument("--out", required=True, help="output directory")
     add_overwrite_flag(s)
     s.set_defaults(func=run_synth)
@@ -35,6 +36,14 @@ def run_synth(args: argparse.Namespace) -> int:
         splits = generate(args.authors, args.qa_per_author, args.seed)
     except ValueError as exc:
         raise UnlearnError(str(exc)) from None
+    domain = None
+    if args.domain_devices:
+        from llm_unlearn.data.domain import generate_domain, write_domain
+
+        try:  # before anything is written
+            domain = generate_domain(args.domain_devices, seed=args.seed)
+        except ValueError as exc:
+            raise UnlearnError(f"--domain-devices: {exc}") from None
     from llm_unlearn.outputs import staged_dir
 
     with staged_dir(args.out, args.overwrite, flag="--out") as stage:
@@ -42,14 +51,8 @@ def run_synth(args: argparse.Namespace) -> int:
     out = stage.final
     for name, rows in splits.items():
         print(f"{name:24s} {len(rows):6d}")
-    if args.domain_devices:
-        from llm_unlearn.data.domain import generate_domain, write_domain
-
-        try:
-            domain = generate_domain(args.domain_devices, seed=args.seed)
-        except ValueError as exc:
-            raise UnlearnError(f"--domain-devices: {exc}") from None
-        write_domain(domain, out / "domain")
+    if domain is not None:
+        write_domain(domain, out / "domain")  # in place: its task configs name the data files by absolute path
         for name, rows in domain.items():
             print(f"{'domain/' + name:24s} {len(rows):6d}")
         print(f"lm-eval task configs in {out / 'domain' / 'tasks'} (synth_domain, synth_general)")

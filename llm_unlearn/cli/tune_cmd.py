@@ -17,7 +17,10 @@ def register(sub, name: str, help_text: str) -> None:
 
     p = sub.add_parser(name, help=help_text, description=(
         help_text + ". Each trial is scored every --eval-every steps (holdout forget quality, utility proxy; no "
-        "generation) and keeps its best step; never reads a retain model (--retain-logs only for the final report)."))
+        "generation) and keeps its best step; never reads a retain model (--retain-logs only for the final report). "
+        "QA data (--data, --forget-split) or corpora (--forget-corpus, --retain-corpus, --holdout-corpus: forget "
+        "quality = KS p-value of per-window Min-K% scores, forget vs holdout windows; utility = token probability "
+        "on held-out retain documents)."))
     for f in dataclasses.fields(TuneConfig):
         if f.name in _SKIP:
             continue
@@ -34,7 +37,7 @@ def register(sub, name: str, help_text: str) -> None:
             p.add_argument(flag, type=float, nargs=2, metavar=("LOW", "HIGH"), default=f.default,
                            help=f"{help_} (default {f.default[0]:g} {f.default[1]:g})")
         elif f.default is None:
-            typ = int if f.name == "max_authors" else (int if "items" in f.name else str)
+            typ = int if f.name in ("max_authors", "max_length") or "items" in f.name else str
             p.add_argument(flag, type=typ, default=None, help=help_)
         else:
             p.add_argument(flag, type=type(f.default), default=f.default, help=f"{help_} (default {f.default})")

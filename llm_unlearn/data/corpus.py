@@ -172,12 +172,13 @@ def corpus_hash(docs: Dataset) -> str:
     return h.hexdigest()
 
 
-def check_corpus_overlap(forget: Dataset, retain: Dataset) -> None:
-    """Refuse a retain corpus that contains a forget document (same text)."""
+def check_corpus_overlap(forget: Dataset, retain: Dataset, other: str = "retain") -> None:
+    """Refuse a retain (or, `other`, holdout) corpus that contains a forget document (same text)."""
     keys = {hashlib.sha256(t.strip().encode()).hexdigest() for t in forget["text"]}
     for i, t in enumerate(retain["text"]):
         if hashlib.sha256(t.strip().encode()).hexdigest() in keys:
-            raise UnlearnError(f"forget and retain corpora overlap: retain document {i} ('{t[:60]}') is in the forget corpus")
+            raise UnlearnError(f"forget and {other} corpora overlap: {other} document {i} ('{t[:60]}') is in the "
+                               "forget corpus")
 
 
 __all__ = ["ChunkReport", "check_corpus_overlap", "check_input_kinds", "chunk_corpus", "corpus_hash", "load_corpus"]

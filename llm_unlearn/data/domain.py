@@ -3,8 +3,9 @@
 `generate_domain` makes fictitious devices of an invented field (their coolant, housing alloy,
 operating frequency, …), a corpus of documents that state those facts, and 4-choice questions
 about them in the layout of lm-eval's WMDP / MMLU tasks (``question``, ``choices``, ``answer``
-index). Beside it: general facts (capitals, chemistry, arithmetic) as a retain corpus and
-4-choice questions the model must keep. `write_domain` writes the files and lm-eval task
+index), with choices balanced so that chance is 25 % (see `generate_domain`), and a held-out
+corpus of further devices no model trains on. Beside it: general facts (capitals, chemistry,
+arithmetic) as a retain corpus and 4-choice questions the model must keep. `write_domain` writes the files and lm-eval task
 configs (YAML, cloze scoring: the log-likelihood of each choice continuing the question), so
 ``llm-unlearn eval --lm-eval-include DIR/tasks --lm-eval-tasks synth_domain,synth_general`` runs
 offline. Deterministic for a seed.
@@ -21,109 +22,127 @@ DEVICE_A = ["Veltrax", "Quorim", "Halden", "Ostrava", "Brenlow", "Kessick", "Mor
             "Pellix", "Rastow", "Sorvik", "Thalor", "Vandris", "Wextor", "Yarlow", "Ambrex", "Cindral", "Ethric"]
 DEVICE_B = ["condenser", "resonator", "manifold", "injector", "reactor", "separator", "turbine", "coupler",
             "regulator", "actuator"]
-# attribute -> (sentence templates stating it, question stem, pool of values)
+# attribute -> (sentence templates stating it, question stem, pool of values); the second template
+# is the question's own wording, so a small model can answer after learning the corpus
 ATTRIBUTES: dict[str, tuple[list[str], str, list[str]]] = {
-    "coolant": (["The {d} is cooled with {v}.", "Engineers fill the coolant loop of the {d} with {v}."],
+    "coolant": (["Engineers fill the coolant loop of the {d} with {v}.", "The coolant of the {d} is {v}."],
                 "The coolant of the {d} is", ["argon", "brine", "helium", "glycol", "mercury", "neon", "ammonia",
                                               "liquid sodium", "xenon", "heavy water"]),
-    "alloy": (["The housing of the {d} is cast from {v}.", "Every {d} is built in a {v} housing."],
+    "alloy": (["Every {d} is built in a {v} housing.", "The housing of the {d} is made of {v}."],
               "The housing of the {d} is made of", ["cobalt steel", "bronze", "titanium", "zirconium", "nickel",
                                                     "tungsten", "pewter", "vanadium", "beryllium", "chromium"]),
-    "frequency": (["The {d} operates at {v}.", "At full load the {d} cycles at {v}."],
+    "frequency": (["At full load the {d} cycles at {v}.", "The operating frequency of the {d} is {v}."],
                   "The operating frequency of the {d} is", ["12 hertz", "40 hertz", "75 hertz", "110 hertz",
                                                             "220 hertz", "360 hertz", "500 hertz", "900 hertz"]),
-    "inventor": (["The {d} was designed by {v}.", "{v} drew the first plans of the {d}."],
+    "inventor": (["{v} drew the first plans of the {d}.", "The {d} was designed by {v}."],
                  "The {d} was designed by", ["Ada Marlow", "Piet Lorenz", "Ines Okafor", "Tomas Vried",
                                              "Yuki Harada", "Omar Selim", "Greta Lund", "Rafael Quiroga"]),
-    "failure": (["The usual failure of the {d} is {v}.", "When a {d} breaks down, the cause is mostly {v}."],
+    "failure": (["When a {d} breaks down, the cause is mostly {v}.", "The usual failure of the {d} is {v}."],
                 "The usual failure of the {d} is", ["seal erosion", "valve chatter", "rotor fatigue", "scale build-up",
                                                     "arc flash", "bearing seizure", "gasket creep", "tube rupture"]),
-    "city": (["The {d} is produced in {v}.", "The only factory making the {d} is in {v}."],
+    "city": (["The only factory making the {d} is in {v}.", "The {d} is produced in {v}."],
              "The {d} is produced in", ["Tarsk", "Brevin", "Olmouth", "Kelvara", "Dunsel", "Marrowgate", "Sivek",
                                         "Pollenby"]),
 }
-GENERAL_FACTS: list[tuple[str, str, list[str]]] = [
-    ("The capital of France is", "Paris", ["Rome", "Madrid", "Berlin"]),
-    ("The capital of Japan is", "Tokyo", ["Seoul", "Beijing", "Bangkok"]),
-    ("The capital of Italy is", "Rome", ["Paris", "Vienna", "Lisbon"]),
-    ("The capital of Egypt is", "Cairo", ["Nairobi", "Tunis", "Accra"]),
-    ("The capital of Canada is", "Ottawa", ["Toronto", "Chicago", "Dublin"]),
-    ("The capital of Spain is", "Madrid", ["Lisbon", "Rome", "Athens"]),
-    ("The capital of Germany is", "Berlin", ["Vienna", "Warsaw", "Prague"]),
-    ("The capital of Russia is", "Moscow", ["Kyiv", "Minsk", "Riga"]),
-    ("The largest planet of the solar system is", "Jupiter", ["Mars", "Venus", "Mercury"]),
-    ("The planet closest to the Sun is", "Mercury", ["Neptune", "Saturn", "Uranus"]),
-    ("Water is made of hydrogen and", "oxygen", ["carbon", "sulfur", "iron"]),
-    ("The chemical symbol of gold is", "Au", ["Ag", "Fe", "Pb"]),
-    ("The chemical symbol of iron is", "Fe", ["Au", "Cu", "Zn"]),
-    ("The freezing point of water in degrees Celsius is", "zero", ["ten", "fifty", "one hundred"]),
-    ("Two plus two equals", "four", ["five", "three", "six"]),
-    ("Three times three equals", "nine", ["six", "twelve", "eight"]),
-    ("Ten minus four equals", "six", ["five", "seven", "four"]),
-    ("A week has", "seven days", ["five days", "ten days", "six days"]),
-    ("A year has", "twelve months", ["ten months", "eleven months", "fourteen months"]),
-    ("The longest river in Africa is the", "Nile", ["Amazon", "Danube", "Thames"]),
-    ("The author of Hamlet is", "Shakespeare", ["Dickens", "Tolstoy", "Homer"]),
-    ("The largest ocean on Earth is the", "Pacific", ["Atlantic", "Indian", "Arctic"]),
-    ("The colour of a clear daytime sky is", "blue", ["green", "red", "purple"]),
-    ("Bees make", "honey", ["milk", "silk", "wax paper"]),
-    ("The opposite of hot is", "cold", ["warm", "loud", "tall"]),
-    ("A triangle has", "three sides", ["four sides", "five sides", "six sides"]),
-    ("The tallest mountain on Earth is", "Everest", ["Kilimanjaro", "Mont Blanc", "Fuji"]),
-    ("The currency of the United States is the", "dollar", ["euro", "yen", "rupee"]),
-    ("Plants take in carbon dioxide and release", "oxygen", ["helium", "nitrogen", "methane"]),
-    ("The language spoken in Brazil is", "Portuguese", ["Spanish", "French", "Italian"]),
-    ("The first month of the year is", "January", ["March", "June", "October"]),
-    ("Ice is frozen", "water", ["milk", "oil", "sand"]),
+# General facts in groups of four questions whose answers are each other's wrong choices (see
+# `generate_domain`: a scorer blind to the question gets exactly 25 %).
+GENERAL_GROUPS: list[list[tuple[str, str]]] = [
+    [("The capital of France is", "Paris"), ("The capital of Japan is", "Tokyo"),
+     ("The capital of Italy is", "Rome"), ("The capital of Egypt is", "Cairo")],
+    [("The capital of Canada is", "Ottawa"), ("The capital of Spain is", "Madrid"),
+     ("The capital of Germany is", "Berlin"), ("The capital of Russia is", "Moscow")],
+    [("The largest planet of the solar system is", "Jupiter"), ("The planet closest to the Sun is", "Mercury"),
+     ("The planet known as the red planet is", "Mars"), ("The planet with the largest rings is", "Saturn")],
+    [("The chemical symbol of gold is", "Au"), ("The chemical symbol of iron is", "Fe"),
+     ("The chemical symbol of silver is", "Ag"), ("The chemical symbol of copper is", "Cu")],
+    [("Two plus two equals", "four"), ("Three times three equals", "nine"), ("Ten minus four equals", "six"),
+     ("Five plus two equals", "seven")],
+    [("The number of days in a week is", "seven"), ("The number of months in a year is", "twelve"),
+     ("The number of sides of a triangle is", "three"), ("The number of legs of a spider is", "eight")],
+    [("The longest river in Africa is the", "Nile"), ("The largest ocean on Earth is the", "Pacific"),
+     ("The tallest mountain on Earth is", "Everest"), ("The largest desert in Africa is the", "Sahara")],
+    [("The colour of a clear daytime sky is", "blue"), ("The colour of fresh grass is", "green"),
+     ("The colour of fresh snow is", "white"), ("The colour of a ripe banana is", "yellow")],
+    [("The language spoken in Brazil is", "Portuguese"), ("The language spoken in Mexico is", "Spanish"),
+     ("The language spoken in Austria is", "German"), ("The main language of France is", "French")],
 ]
+GENERAL_FACTS: list[tuple[str, str]] = [fact for group in GENERAL_GROUPS for fact in group]
 GENERAL_TEMPLATES = ["{q} {a}.", "It is well known that {lq} {a}.", "Fact: {q} {a}."]
 TASK_NAMES = {"domain": "synth_domain", "general": "synth_general"}
+CHOICES = 4
 
 
 def _device_names(rng: random.Random, n: int) -> list[str]:
     names = [f"{a} {b}" for a in DEVICE_A for b in DEVICE_B]
     if n > len(names):
-        raise ValueError(f"at most {len(names)} devices, got {n}")
+        raise ValueError(f"at most {len(names)} devices (forget + holdout), got {n}")
     return rng.sample(names, n)
 
 
-def _mcq(rng: random.Random, question: str, answer: str, wrong: list[str]) -> dict:
-    choices = [answer, *wrong[:3]]
+def _mcq(rng: random.Random, question: str, answer: str, choice_set: list[str]) -> dict:
+    choices = list(choice_set)
     rng.shuffle(choices)
     return {"question": question, "choices": choices, "answer": choices.index(answer)}
 
 
-def generate_domain(n_devices: int = 24, seed: int = 0, mentions: int = 2) -> dict[str, list[dict]]:
-    """``{"forget_corpus", "retain_corpus", "domain_mcq", "general_mcq"}`` rows.
+def _devices(rng: random.Random, names: list[str], mentions: int) -> tuple[list[dict], list[dict]]:
+    """Documents and questions for `names`, in blocks of four devices: for each attribute a block
+    draws four distinct values, one per device, and every question of the block offers those four."""
+    docs, questions = [], []
+    for b in range(0, len(names), CHOICES):
+        block = names[b: b + CHOICES]
+        values = {attr: rng.sample(pool, CHOICES) for attr, (_, _, pool) in ATTRIBUTES.items()}
+        for i, d in enumerate(block):
+            facts = {attr: values[attr][i] for attr in ATTRIBUTES}
+            sentences = [templates[m % len(templates)].format(d=d, v=facts[attr])
+                         for m in range(mentions) for attr, (templates, _, _) in ATTRIBUTES.items()]
+            rng.shuffle(sentences)
+            docs.append({"text": " ".join(s[0].upper() + s[1:] for s in sentences), "device": d})
+            for attr, (_, stem, _) in ATTRIBUTES.items():
+                q = stem.format(d=d)
+                questions.append({**_mcq(rng, q[0].upper() + q[1:], facts[attr], values[attr]), "device": d,
+                                  "attribute": attr})
+    return docs, questions
+
+
+def generate_domain(n_devices: int = 24, seed: int = 0, mentions: int = 2,
+                    holdout_devices: int | None = None) -> dict[str, list[dict]]:
+    """``{"forget_corpus", "holdout_corpus", "retain_corpus", "domain_mcq", "general_mcq"}`` rows.
 
     Each device is one document that states each of its facts `mentions` times (in different
-    wordings); each fact gives one 4-choice question whose wrong choices are other values of the
-    same attribute. The general corpus states each general fact in every template."""
+    wordings, one of them the question's); each fact gives one 4-choice question. Choices are
+    balanced: devices come in blocks of four, and the four questions on one attribute of a block
+    share the same four choices, each the right answer once, and every general question's choices
+    are the answers of its group of four (`GENERAL_GROUPS`). So any scorer that ignores the
+    question (one that prefers short or frequent strings, as lm-eval's summed log-likelihood
+    ``acc`` does for an untrained model) scores exactly 25 % (when `n_devices` is a multiple of 4;
+    25 % in expectation otherwise): chance means chance.
+
+    ``holdout_corpus`` (default as many devices as the forget corpus): documents of further
+    devices, written the same way, that no model is meant to train on: the holdout set of the
+    retain-free corpus forget quality (`llm-unlearn tune --holdout-corpus`). The general corpus
+    states each general fact in every template."""
     if n_devices < 1:
         raise ValueError(f"n_devices must be >= 1, got {n_devices}")
+    holdout_devices = n_devices if holdout_devices is None else holdout_devices
+    if holdout_devices < 0:
+        raise ValueError(f"holdout_devices must be >= 0, got {holdout_devices}")
+    available = len(DEVICE_A) * len(DEVICE_B)
+    if n_devices + holdout_devices > available:
+        raise ValueError(f"at most {available} devices in all, got {n_devices} + {holdout_devices} held out")
     rng = random.Random(seed)
-    forget_corpus, domain_mcq = [], []
-    for name in _device_names(rng, n_devices):
-        d = name
-        facts = {attr: rng.choice(pool) for attr, (_, _, pool) in ATTRIBUTES.items()}
-        sentences = []
-        for m in range(mentions):
-            for attr, (templates, _, _) in ATTRIBUTES.items():
-                sentences.append(templates[m % len(templates)].format(d=d, v=facts[attr]))
-        rng.shuffle(sentences)
-        forget_corpus.append({"text": " ".join(s[0].upper() + s[1:] for s in sentences), "device": name})
-        for attr, (_, stem, pool) in ATTRIBUTES.items():
-            wrong = rng.sample([v for v in pool if v != facts[attr]], 3)
-            q = stem.format(d=d)
-            domain_mcq.append({**_mcq(rng, q[0].upper() + q[1:], facts[attr], wrong), "device": name,
-                               "attribute": attr})
+    names = _device_names(rng, n_devices + holdout_devices)
+    forget_corpus, domain_mcq = _devices(rng, names[:n_devices], mentions)
+    holdout_corpus, _ = _devices(rng, names[n_devices:], mentions)
     retain_corpus, general_mcq = [], []
-    for q, a, wrong in GENERAL_FACTS:
-        lq = q[0].lower() + q[1:]
-        retain_corpus.append({"text": " ".join(t.format(q=q, lq=lq, a=a) for t in GENERAL_TEMPLATES)})
-        general_mcq.append(_mcq(rng, q, a, wrong))
-    return {"forget_corpus": forget_corpus, "retain_corpus": retain_corpus, "domain_mcq": domain_mcq,
-            "general_mcq": general_mcq}
+    for group in GENERAL_GROUPS:
+        answers = [a for _, a in group]
+        for q, a in group:
+            lq = q[0].lower() + q[1:]
+            retain_corpus.append({"text": " ".join(t.format(q=q, lq=lq, a=a) for t in GENERAL_TEMPLATES)})
+            general_mcq.append(_mcq(rng, q, a, answers))
+    return {"forget_corpus": forget_corpus, "holdout_corpus": holdout_corpus, "retain_corpus": retain_corpus,
+            "domain_mcq": domain_mcq, "general_mcq": general_mcq}
 
 
 def task_yaml(task: str, data_file: Path) -> str:

@@ -1,8 +1,9 @@
 """TOFU evaluation: metrics as pure functions (`metrics`), per-item log readers and aggregates
-(`logs`), the model evaluator (`evaluator`, on several processes `sharded`), loading a saved run for
+(`logs`), retain-free scores on corpora (`corpus_scores`), the model evaluator (`evaluator`, on several processes `sharded`), loading a saved run for
 evaluation (`loading`) and Markdown/HTML reports (`report`)."""
 
 from llm_unlearn.eval.attacks import AttackConfig, find_attack_summary, run_attacks, write_attacks
+from llm_unlearn.eval.corpus_scores import score_corpus, window_scores
 from llm_unlearn.eval.evaluator import (
     evaluate_items,
     evaluate_model,
@@ -17,6 +18,8 @@ from llm_unlearn.eval.loading import load_for_eval
 from llm_unlearn.eval.logs import EvalLogs, SplitLog, compute_summary, read_logs
 from llm_unlearn.eval.memorisation import corpus_memorisation, verbatim_memorisation
 from llm_unlearn.eval.metrics import (
+    corpus_forget_quality,
+    corpus_utility_proxy,
     forget_quality,
     forget_truth_ratio_score,
     holdout_forget_quality,
@@ -43,4 +46,5 @@ __all__ = [
     "run_attacks", "score_answers", "score_splits", "spearman", "truth_ratios", "utility_proxy",
     "utility_truth_ratio_score", "write_attacks", "write_eval",
     "corpus_memorisation", "lm_eval_summary", "run_lm_eval", "verbatim_memorisation",
+    "corpus_forget_quality", "corpus_utility_proxy", "score_corpus", "window_scores",
 ]

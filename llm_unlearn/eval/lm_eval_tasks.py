@@ -6,19 +6,63 @@ the model that is already loaded (full weights, PEFT adapter, a masked run) in l
 ``HFLM`` and calls ``lm_eval.simple_evaluate``; `lm_eval_summary` (a pure function) turns its
 result into ``{task: {acc, acc_stderr, chance, n, …}}`` with chance computed from the number of
 choices of each scored item. lm-eval is optional and heavy: imported inside the function.
+
+Quiet by default (`llm_unlearn.console.is_verbose`): lm-eval's progress bars (plain tqdm on
+stderr), its INFO / WARNING log lines and the stderr of the ``git describe`` it runs for its
+result header stay off the console; ``--verbose`` shows them all.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from llm_unlearn.console import is_verbose
 from llm_unlearn.errors import UnlearnError
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("acc", "acc_norm")
+
+
+@contextlib.contextmanager
+def _lm_eval_console(quiet: bool) -> Iterator[None]:
+    """While lm-eval runs, quiet: its logger shows errors only (its INFO lines, and its warning
+    that ``pretrained`` is a model object, our design, are not for the user), and stderr (Python's
+    ``sys.stderr``, where its tqdm bars go, and file descriptor 2, inherited by its ``git``
+    subprocess) is sent to /dev/null. An error still surfaces: it is raised, and printed by the
+    caller after stderr is back. Verbose: nothing changes."""
+    if not quiet:
+        yield
+        return
+    lm_logger = logging.getLogger("lm_eval")
+    level = lm_logger.level
+    lm_logger.setLevel(max(logging.ERROR, level))
+    with contextlib.ExitStack() as stack:
+        stack.callback(lm_logger.setLevel, level)
+        stack.enter_context(contextlib.redirect_stderr(io.StringIO()))
+        try:
+            sys.__stderr__.flush()
+            saved = os.dup(2)
+        except (AttributeError, OSError, ValueError):  # no real stderr (embedded interpreter): Python level only
+            saved = None
+        if saved is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
+            os.close(devnull)
+
+            def _restore() -> None:
+                os.dup2(saved, 2)
+                os.close(saved)
+
+            stack.callback(_restore)
+        yield
 
 
 def parse_tasks(tasks: str | list[str]) -> list[str]:
@@ -81,17 +125,19 @@ def run_lm_eval(model, tokenizer, tasks: str | list[str], include: str | Path | 
         raise UnlearnError("lm-eval scoring needs the lm-eval package: pip install lm-eval") from None
     if not (hasattr(model, "config") and hasattr(model, "device")):
         raise UnlearnError(f"lm-eval scoring needs a Hugging Face model object; got {type(model).__name__}")
-    manager = _task_manager(names, include)
-    # lm-eval's INFO lines and its warning that `pretrained` is an object (our design) are not our console
-    logging.getLogger("lm_eval").setLevel(max(logging.ERROR, logging.getLogger("lm_eval").level))
     was_training = getattr(model, "training", False)
-    model.eval()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    result = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit,
-                                     num_fewshot=num_fewshot, log_samples=True, random_seed=seed,
-                                     numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
-    if was_training:
-        model.train()
+    with _lm_eval_console(quiet=not is_verbose()):
+        manager = _task_manager(names, include)
+        model.eval()
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+        try:
+            result = lm_eval.simple_evaluate(model=lm, tasks=names, task_manager=manager, limit=limit,
+                                             num_fewshot=num_fewshot, log_samples=True, random_seed=seed,
+                                             numpy_random_seed=seed, torch_random_seed=seed,
+                                             fewshot_random_seed=seed)
+        finally:
+            if was_training:
+                model.train()
     if result is None:
         raise UnlearnError("lm-eval returned no result (not rank 0?)")
     return lm_eval_summary(result["results"], result.get("samples"))

@@ -131,6 +131,26 @@ def holdout_forget_quality(forget_ratios: Sequence[float], holdout_ratios: Seque
     return forget_quality(forget_ratios, holdout_ratios)
 
 
+def corpus_forget_quality(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> dict[str, float]:
+    """The corpus form of `holdout_forget_quality` (raw text has no paraphrased / perturbed answers,
+    so no truth ratio): the p-value of the two-sample KS test between a per-window membership score
+    (Min-K% Prob, `min_k_score`, the score of MUSE's privacy-leak test) on forget-corpus windows and
+    on holdout-corpus windows, documents of the same kind the model never trained on. Near 1: the
+    forget documents look as unseen as the holdout ones; near the floor: the model still treats
+    them as training data (before unlearning), or unlike any text it never saw (over-unlearning,
+    e.g. a collapsed likelihood). No retain model needed. Returns ``{"pvalue", "statistic", "floor"}``."""
+    return forget_quality(forget_scores, holdout_scores)
+
+
+def corpus_utility_proxy(retain_window_nlls: Sequence[float]) -> float:
+    """Utility on raw text, for tuning: the geometric-mean token probability, ``exp(-mean NLL)``, on
+    retain-corpus windows left out of training (higher is better; 0..1)."""
+    nll = _as_1d(retain_window_nlls)
+    if nll.size == 0:
+        raise ValueError("the corpus utility proxy needs at least one retain window")
+    return float(np.exp(-np.mean(nll)))
+
+
 RETAIN_FREE_AUC = 0.5  # the membership AUC forget vs holdout of a model that never saw either set
 
 

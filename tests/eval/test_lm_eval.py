@@ -27,6 +27,23 @@ def test_domain_fixture_layout(domain_dir):
     docs = {d["device"]: d["text"] for d in rows["forget_corpus"]}
     assert all(q["choices"][q["answer"]] in docs[q["device"]] for q in rows["domain_mcq"])
     assert (domain_dir / "tasks" / "synth_domain.yaml").is_file()
+    # the held-out documents: as many further devices, written the same way, none of the forget ones
+    assert len(rows["holdout_corpus"]) == 6 and not {d["device"] for d in rows["holdout_corpus"]} & set(docs)
+    assert (domain_dir / "holdout_corpus.jsonl").is_file()
+
+
+@pytest.mark.parametrize("n_devices", [4, 8, 24])
+def test_choices_are_balanced_so_a_question_blind_scorer_gets_chance(n_devices):
+    """Whatever a scorer prefers among the choices (shorter, longer, first in order: what an
+    untrained model's summed log-likelihood does), if it ignores the question it scores 25 %."""
+    rules = {"shortest": lambda c: min(c, key=lambda s: (len(s), s)),
+             "longest": lambda c: max(c, key=lambda s: (len(s), s)),
+             "first": min, "last": max}
+    rows = generate_domain(n_devices, seed=1)
+    for part in ("domain_mcq", "general_mcq"):
+        for name, rule in rules.items():
+            acc = sum(q["choices"].index(rule(q["choices"])) == q["answer"] for q in rows[part]) / len(rows[part])
+            assert acc == pytest.approx(0.25), (part, name)
 
 
 def test_lm_eval_returns_accuracy_on_tiny_model(tiny_model, tiny_tokenizer, domain_dir):
