@@ -243,6 +243,8 @@ def bench_demo(tmp: Path, args) -> dict:
             cfg.eval_max_new_tokens = args.eval_new_tokens
         if args.s3t_lr is not None:
             cfg.s3t_lr = args.s3t_lr
+        if args.s3t_lora_r is not None:
+            cfg.s3t_lora_r = args.s3t_lora_r
         if args.ft_epochs is not None:
             cfg.ft_epochs = args.ft_epochs
         t0 = time.perf_counter()
@@ -271,7 +273,8 @@ def bench_demo(tmp: Path, args) -> dict:
         per_seed.append(row)
         _print_demo_seed(row)
     return {"model": args.model, "data": args.data or "synthetic (demo default)", "authors": args.demo_authors,
-            "prompt_loss": args.prompt_loss, "seeds": per_seed, "by_mode": _by_mode(per_seed)}
+            "prompt_loss": args.prompt_loss, "s3t_lora_r": args.s3t_lora_r, "s3t_epochs": args.s3t_epochs,
+            "seeds": per_seed, "by_mode": _by_mode(per_seed)}
 
 
 def _by_mode(per_seed: list[dict]) -> dict:
@@ -364,6 +367,7 @@ def main() -> None:
     p.add_argument("--prompt-loss", action="store_true", help="demo: S3T stages also train on the question tokens")
     p.add_argument("--s3t-epochs", type=float, default=None, help="demo: override the S3T epochs per stage")
     p.add_argument("--s3t-lr", type=float, default=None, help="demo: override the S3T learning rate")
+    p.add_argument("--s3t-lora-r", type=int, default=None, help="demo: override the S3T LoRA rank (alpha = 2r)")
     p.add_argument("--ft-epochs", type=float, default=None, help="demo: override the single models' epochs")
     p.add_argument("--eval-items", type=int, default=None, help="demo: cap every evaluation split")
     p.add_argument("--eval-new-tokens", type=int, default=None, help="demo: override the evaluation's greedy tokens")

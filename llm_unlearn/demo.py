@@ -79,6 +79,7 @@ class DemoConfig:
     s3t_epochs_per_stage: float = 10.0
     s3t_lr: float = 3e-3
     s3t_prompt_loss: bool = False
+    s3t_lora_r: int | None = None  # None: lora_r (alpha = 2r)
     methods: list[str] = field(default_factory=lambda: ["graddiff", "npo", "npo_wagle"])
 
     def __post_init__(self):
@@ -372,7 +373,8 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
         base = str(base_dir)
     settings = dict(model=base, data=str(data), split="full", shards=cfg.s3t_shards, slices=cfg.s3t_slices,
                     sequences=cfg.s3t_sequences, epochs_per_stage=cfg.s3t_epochs_per_stage, lr=cfg.s3t_lr,
-                    seed=cfg.seed, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, prompt_loss=cfg.s3t_prompt_loss,
+                    seed=cfg.seed, lora_r=cfg.s3t_lora_r or cfg.lora_r,
+                    lora_alpha=2 * cfg.s3t_lora_r if cfg.s3t_lora_r else cfg.lora_alpha, prompt_loss=cfg.s3t_prompt_loss,
                     with_utility=cfg.model == "tiny")  # as the demo's tiny single models are finetuned
     run_dir = out / "s3t_deleted"
     run_dir.mkdir()
