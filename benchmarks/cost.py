@@ -216,6 +216,7 @@ def _load(args):
 def phase_train(args) -> dict:
     from llm_unlearn.data.pairing import ForgetRetainDataset
     from llm_unlearn.models import attach_lora
+    from llm_unlearn.perf import allocator_policy
     from llm_unlearn.scoring import IGNORE_INDEX
     from llm_unlearn.trainers import get_method
     from llm_unlearn.unlearn import build_config
@@ -273,6 +274,7 @@ def phase_train(args) -> dict:
             "step_s": step_rss.seconds, "rss_after_step_gb": step_rss.rss, "tokens": tokens,
             "tokens_per_s": tokens / train_s, "trainable_params": trainable,
             "frozen_copy": trainer.ref_model is not None, "memory_trace": trace.stop(),
+            "allocator": allocator_policy(),
             "peak_rss_bytes": peak_rss_bytes()}
 
 

@@ -60,10 +60,10 @@ from llm_unlearn.data.protocol import get_protocol
 from llm_unlearn.data.qa import check_tokenizer
 from llm_unlearn.errors import DivergenceError, UnlearnError
 from llm_unlearn.optim import OptimizerInBackward
-from llm_unlearn.perf import own_trainable_weights
+from llm_unlearn.perf import lean_allocator, own_trainable_weights
 from llm_unlearn.scoring import (
-    OneGraph,
     IGNORE_INDEX,
+    OneGraph,
     answer_logits,
     model_logits,
     sequence_logprobs,
@@ -217,6 +217,8 @@ class UnlearnTrainer(Trainer):
         self.in_backward: OptimizerInBackward | None = None
         if args.optim_in_backward:
             self._check_in_backward()
+            if self.args.device.type == "cpu":
+                lean_allocator()  # the user asked for memory first: freed CPU buffers go back to the OS (llm_unlearn.perf)
         self._metric_sums: dict[str, float] = defaultdict(float)
         self._metric_step = 0
         self.setup()
