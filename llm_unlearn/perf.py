@@ -73,13 +73,14 @@ def lean_allocator() -> bool:
     """Memory first (module docstring): allocations of `LEAN_MMAP_THRESHOLD` bytes or more are
     mapped on their own and unmapped when freed, the heap top is trimmed, and free heap memory is
     handed back now. Process-wide and idempotent; returns whether it is active. Nothing happens
-    with ``LLM_UNLEARN_MALLOC=default`` or without glibc. Costs page faults on every large buffer
+    with ``LLM_UNLEARN_MALLOC=default`` (glibc's own policy), ``LLM_UNLEARN_MALLOC=reuse`` (keep
+    `tune_allocator`'s faster heap: speed over memory) or without glibc. Costs page faults on every large buffer
     (about +40 % CPU time of a training step on SmolLM2-135M); undone by nothing but a new process."""
     global _lean, _done
     if _lean is not None:
         return _lean
     _lean = False
-    if os.environ.get("LLM_UNLEARN_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
+    if os.environ.get("LLM_UNLEARN_MALLOC", "").lower() in ("default", "reuse") or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL("libc.so.6")

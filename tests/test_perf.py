@@ -63,6 +63,8 @@ def test_lean_allocator_maps_large_buffers_on_their_own():
     assert run() == ["True", "True", "reuse", "lean", "0", "True"]
     off = run(LLM_UNLEARN_MALLOC="default")
     assert off[:4] == ["False", "False", "default", "default"]
+    fast = run(LLM_UNLEARN_MALLOC="reuse")  # speed over memory: the heap keeps its buffers
+    assert fast == ["False", "False", "reuse", "reuse", "0", "False"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status")
