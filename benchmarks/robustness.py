@@ -76,21 +76,22 @@ def claimed(lock_path: Path):
 
 def frontier_models(args, data: Path, work: Path, roles: tuple[str, ...] = ("target", "retain")) -> dict[str, Path]:
     """Target and retain model directories: the frontier's (from its cache, finetuned there with its
-    settings if missing) for its configuration (20 authors, forget10, 3 epochs); otherwise (a reduced
-    configuration) finetuned here the same way (lr 1e-4, batch 8, full weights) and cached in `work`."""
+    settings if missing) for its configuration (20 authors, forget10, its finetuning budget: 2 epochs at
+    lr 4e-4); otherwise (a reduced configuration) finetuned here the same way (``--ft-epochs`` at
+    ``--ft-lr``, batch 8, full weights) and cached in `work`."""
     from llm_unlearn.data.tofu import matching_retain_split
     from llm_unlearn.finetune import FinetuneConfig, finetune
 
-    if args.authors == 20 and args.forget_split == "forget10" and args.ft_epochs == 3.0:
+    if args.authors == 20 and args.forget_split == "forget10":
         import tofu_frontier
 
-        ft_args = SimpleNamespace(model=args.model, ft_epochs=3.0, ft_lr=1e-4, ft_batch_size=8, seed=0)
+        ft_args = SimpleNamespace(model=args.model, ft_epochs=args.ft_epochs, ft_lr=args.ft_lr, ft_batch_size=8, seed=0)
         return {role: tofu_frontier.finetuned(role, data, ft_args, Path(args.cache))[0] for role in ("target", "retain")}
     out = {}
     for role, split in (("target", "full"), ("retain", matching_retain_split(args.forget_split))):
         if role not in roles:
             continue
-        cfg = FinetuneConfig(model=args.model, data=str(data), split=split, output="", epochs=args.ft_epochs, lr=1e-4,
+        cfg = FinetuneConfig(model=args.model, data=str(data), split=split, output="", epochs=args.ft_epochs, lr=args.ft_lr,
                              batch_size=8, seed=0, with_utility=False)
         settings = {k: v for k, v in vars(cfg).items() if k != "output"}
         path = work / f"{role}_{_key(settings)}"
@@ -192,20 +193,30 @@ def train_runs(specs: list[str], models: dict[str, Path], data: Path, args, work
 
 
 def frontier_runs(args) -> list[dict[str, Any]]:
-    """Finished frontier runs whose weights are still in the cache: the best of each method (FQ, then MU)."""
+    """Finished frontier runs whose weights are still in the cache: the best of each method (FQ, then
+    MU), and every tuned row's chosen run (``tuned_NAME/chosen``: `llm-unlearn tune`, retain-free)."""
     best: dict[str, dict[str, Any]] = {}
     for runs_dir in sorted(Path(args.cache).glob("runs_*")):
         for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+            tuned = run_dir.name.startswith("tuned_")
+            if tuned:
+                run_dir = run_dir / "chosen"
             manifest_path, summary_path = run_dir / "run.json", run_dir / "eval" / "summary.json"
             has_weights = any(run_dir.glob("*.safetensors"))
             if not (manifest_path.is_file() and summary_path.is_file() and has_weights):
                 continue
             manifest = json.loads(manifest_path.read_text())
-            if manifest.get("role") != "unlearned":
+            if manifest.get("role") != "unlearned" and not tuned:
                 continue
             metrics = json.loads(summary_path.read_text()).get("metrics", {})
             score = (metrics.get("forget_quality") or 0.0, metrics.get("model_utility") or 0.0)
-            method = run_dir.name.split("_none_")[0].split("_random_")[0].split("_wagle_")[0]
+            method = run_dir.parent.name if tuned else \
+                run_dir.name.split("_none_")[0].split("_random_")[0].split("_wagle_")[0]
+            if tuned:
+                best[method] = {"name": f"frontier:{method}", "dir": run_dir, "method": method,
+                                "mode": "lora" if (run_dir / "adapter_config.json").is_file() else "full",
+                                "source": str(runs_dir), "score": score}
+                continue
             if method not in best or score > best[method]["score"]:
                 best[method] = {"name": f"frontier:{run_dir.name}", "dir": run_dir, "method": method,
                                 "mode": "lora" if (run_dir / "adapter_config.json").is_file() else "full",
@@ -304,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--authors", type=int, default=20, help="first N TOFU authors (the frontier's 20)")
     p.add_argument("--forget-split", default="forget10",
                    help="forgetXX: the last XX%% of the authors (the frontier's forget10 of 20 = 2 authors)")
-    p.add_argument("--ft-epochs", type=float, default=3.0, help="finetuning epochs of target and retain (frontier: 3)")
+    p.add_argument("--ft-epochs", type=float, default=2.0, help="finetuning epochs of target and retain (the frontier's: 2)")
+    p.add_argument("--ft-lr", type=float, default=4e-4, help="finetuning learning rate (the frontier's: 4e-4)")
     p.add_argument("--train", default=DEFAULT_TRAIN, help=f"runs trained here, method:mode (methods {', '.join(METHODS)})")
     p.add_argument("--no-frontier-runs", action="store_true", help="ignore finished frontier runs in the cache")
     p.add_argument("--epochs", type=float, default=3.0)
@@ -313,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-new-tokens", type=int, default=48)
     p.add_argument("--attacks", default="all")
     p.add_argument("--relearn-lr", type=float, default=1e-4,
-                   help="relearning lr (default 1e-4: the lr the target was finetuned with)")
+                   help="relearning lr (default 1e-4)")
     p.add_argument("--relearn-steps", default="10,30")
     p.add_argument("--quant-modes", default="int8,nf4,fp4", help="bitsandbytes modes (int8, nf4, fp4)")
     p.add_argument("--threads", type=int, default=2)
@@ -443,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"data": str(data), "models": {k: str(v) for k, v in models.items()},
                      "attack_config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
                      "split": plan.describe(), "authors": args.authors, "forget_split": args.forget_split,
-                     "ft_epochs": args.ft_epochs, "train": specs, "methods": METHODS, "lr": LR, "epochs": args.epochs,
+                     "ft_epochs": args.ft_epochs, "ft_lr": args.ft_lr, "train": specs, "methods": METHODS, "lr": LR, "epochs": args.epochs,
                      "eval_items": args.eval_items, "eval_new_tokens": args.eval_new_tokens, "threads": args.threads,
                      "target_forget_quality": target_fq, "quick": args.quick},
         "rows": rows, "baselines": baseline_rows, "timings_s": timings, "total_min": round(total_min, 2),

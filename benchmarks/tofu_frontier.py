@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1,
                    help="worker processes (one torch thread each): target and retain finetune side by side, then "
                         "the grid is shared out; the parent writes the outputs. Default 1: everything in this process")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # comma list of ft:ROLE, eval:ROLE, mask:M, run:NAME
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # comma list of ft:ROLE, eval:ROLE, mask:M, run:NAME, tune:NAME
     args = p.parse_args(argv)
     if args.quick:
         args.authors, args.ft_epochs, args.epochs = 10, 0.1, 0.4
@@ -571,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         "retain_split": RETAIN_SPLIT, "epochs": args.epochs, "batch_size": args.batch_size, "lr_full": args.lr_full,
         "lr_lora": args.lr_lora, "optim": args.optim, "optim_in_backward": args.optim_in_backward, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r,
         "mask_ratio": args.mask_ratio,
-        "method_hyperparameters": {m: METHODS[m][1] for m in methods}, "warmup_steps": 0, "seed": args.seed,
+        "method_hyperparameters": {m: METHODS[m][1] for m in METHODS}, "warmup_steps": 0, "seed": args.seed,
         "finetune": {"epochs": args.ft_epochs, "lr": args.ft_lr, "batch_size": args.ft_batch_size,
                      "splits": {"target": "full", "retain": RETAIN_SPLIT}, "with_utility": False},
         "eval_items": args.eval_items, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
@@ -736,7 +736,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: FQ {summary['metrics'].get('forget_quality')}, MU {summary['metrics'].get('model_utility')}"
               f" ({done_s[-1]:.0f} s; {left} left, about {eta / 60:.0f} min)", flush=True)
         save()
-    if tasks is not None:
+    if tasks is not None:  # a worker: its tuned rows (tune:NAME), whose results land in the cache
+        for name in tuned:
+            if f"tune:{name}" in tasks:
+                tuned_run(name, model_dirs["target"], data, args, runs_dir, retain_logs)
         return 0
     for name in tuned:
         if args.report_only and not (runs_dir / f"tuned_{name}" / "tune.json").is_file():
