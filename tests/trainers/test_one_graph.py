@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from llm_unlearn.scoring import OneGraph, sequence_logprobs
+from llm_unlearn.trainers.base import batch_counts
 
 METHODS = [("npo", {}), ("grad_diff", {}), ("simnpo", {}), ("idk_dpo", {}), ("grad_ascent", {}),
            ("npo", {"retain_loss_type": "kl"}), ("grad_diff", {"retain_loss_type": "kl", "kl_positions": "all"}),
@@ -18,14 +19,17 @@ def _loss_and_grads(trainer, batch, one_graph: bool):
     model = trainer.model
     model.train()
     model.zero_grad(set_to_none=True)
-    counts = {k: v for k, v in __import__("llm_unlearn.trainers.base", fromlist=["batch_counts"]).batch_counts([batch]).items()}
+    counts = batch_counts([batch])
     parts = [batch[k] for k in trainer.one_graph_parts() if k in batch]
     runner = OneGraph(model, parts) if one_graph and len(parts) > 1 else model
+    forwards = []  # training forwards (with grad) of the model
+    handle = model.register_forward_pre_hook(lambda *_: forwards.append(1) if torch.is_grad_enabled() else None)
     loss, _ = trainer.unlearn_loss(runner, batch, counts)
+    handle.remove()
     loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad(set_to_none=True)
-    return loss.detach(), grads
+    return loss.detach(), grads, len(forwards)
 
 
 @pytest.mark.parametrize("method,fields", METHODS, ids=[f"{m}{'-' + '-'.join(f.values()) if f else ''}" for m, f in METHODS])
@@ -33,8 +37,13 @@ def test_every_method_loss_is_unchanged(method, fields, make_trainer):
     alpha = {} if method == "grad_ascent" else {"alpha": 1.0}
     trainer = make_trainer(method, max_steps=1, split_backward=False, **alpha, **fields)
     batch = next(iter(trainer.get_train_dataloader()))
-    plain, g_plain = _loss_and_grads(trainer, batch, one_graph=False)
-    joint, g_joint = _loss_and_grads(trainer, batch, one_graph=True)
+    plain, g_plain, n_plain = _loss_and_grads(trainer, batch, one_graph=False)
+    joint, g_joint, n_joint = _loss_and_grads(trainer, batch, one_graph=True)
+    parts = [k for k in trainer.one_graph_parts() if k in batch]
+    if len(parts) > 1:  # forget + retain (+ refusals): one training forward instead of one per part
+        assert (n_plain, n_joint) == (len(parts), 1)
+    else:  # opted out (RMU, NPO-SAM), a single part, or the all-positions KL: nothing changes
+        assert n_joint == n_plain
     assert plain.item() == pytest.approx(joint.item(), rel=1e-6, abs=1e-6)
     assert g_plain.keys() == g_joint.keys() and g_plain
     for n in g_plain:
