@@ -102,6 +102,71 @@ def _current_rss() -> int:
     return psutil.Process().memory_info().rss
 
 
+def _proc_status() -> dict[str, int]:
+    """VmRSS / RssAnon / RssFile of this process now, in bytes (Linux; empty elsewhere)."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                name, _, rest = line.partition(":")
+                if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
+                    out[name] = int(rest.split()[0]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+class _MemTrace:
+    """Where the peak RSS is: a thread samples RSS split into anonymous memory (heap, tensors) and
+    file-backed pages (mapped libraries, a safetensors mapping) and glibc's live allocations
+    (`llm_unlearn.perf.MallocPeak`: what is allocated and not freed, without the free memory the
+    heap keeps) every `interval` s; `snapshot(name)` records all three at a point of the run."""
+
+    def __init__(self, interval: float = 0.005):
+        import threading
+
+        from llm_unlearn.perf import MallocPeak
+
+        self._malloc = MallocPeak(interval=3600)  # only its reader; sampled here with the status
+        self.points: dict[str, dict[str, float]] = {}
+        self.at_peak: dict[str, float] = {}
+        self.max_anon = self.max_file = self.max_live = 0
+        self._stop = threading.Event()
+        self._sample()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> dict[str, int]:
+        st = _proc_status()
+        live = self._malloc.live()
+        self.max_anon = max(self.max_anon, st.get("RssAnon", 0))
+        self.max_file = max(self.max_file, st.get("RssFile", 0))
+        self.max_live = max(self.max_live, live)
+        if st.get("VmRSS", 0) >= self.at_peak.get("rss", 0) * GB:
+            self.at_peak = {"rss": st.get("VmRSS", 0) / GB, "anon": st.get("RssAnon", 0) / GB,
+                            "file": st.get("RssFile", 0) / GB, "malloc_live": live / GB}
+        return {**st, "live": live}
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            self._sample()
+
+    def snapshot(self, name: str) -> None:
+        s = self._sample()
+        self.points[name] = {"rss": s.get("VmRSS", 0) / GB, "anon": s.get("RssAnon", 0) / GB,
+                             "file": s.get("RssFile", 0) / GB, "malloc_live": s["live"] / GB}
+
+    def stop(self) -> dict:
+        self._stop.set()
+        self._thread.join()
+        self._malloc.stop()
+        self._sample()
+        return {"points_gb": {k: {f: round(v, 3) for f, v in p.items()} for k, p in self.points.items()},
+                "at_sampled_rss_peak_gb": {k: round(v, 3) for k, v in self.at_peak.items()},
+                "max_anon_gb": round(self.max_anon / GB, 3), "max_file_gb": round(self.max_file / GB, 3),
+                "max_malloc_live_gb": round(self.max_live / GB, 3)}
+
+
 def _cpu_s() -> float:
     import resource
 
@@ -151,14 +216,18 @@ def _load(args):
 def phase_train(args) -> dict:
     from llm_unlearn.data.pairing import ForgetRetainDataset
     from llm_unlearn.models import attach_lora
+    from llm_unlearn.perf import allocator_policy
     from llm_unlearn.scoring import IGNORE_INDEX
     from llm_unlearn.trainers import get_method
     from llm_unlearn.unlearn import build_config
 
     info = _start(args)
+    trace = _MemTrace()
+    trace.snapshot("imports")
     peak_before = _peak_gflops() if args.mode == "full" else None
     model, tok, forget, retain = _load(args)
     info["rss_after_load_gb"] = _current_rss() / GB
+    trace.snapshot("load")
     trainer_cls, _ = get_method(args.method)
     with tempfile.TemporaryDirectory() as out:
         overrides = {"num_train_epochs": 1.0, "learning_rate": args.lr, "per_device_train_batch_size": args.batch_size,
@@ -186,12 +255,14 @@ def phase_train(args) -> dict:
         trainer = trainer_cls(model=model, args=cfg, train_dataset=pairs, processing_class=tok, **kwargs)
         setup_s = time.perf_counter() - t0
         info["rss_after_setup_gb"] = _current_rss() / GB
+        trace.snapshot("setup")
         step_rss = _step_rss_callback()
         trainer.add_callback(step_rss)
         rows, remove = _count_rows(model)
         t0, cpu0 = time.perf_counter(), _cpu_s()
         result = trainer.train()
         train_s, train_cpu_s = time.perf_counter() - t0, _cpu_s() - cpu0
+        trace.snapshot("trained")
         remove()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     info["weights_fp32_gb"] = 4 * sum(p.numel() for p in model.parameters()) / GB
@@ -202,7 +273,9 @@ def phase_train(args) -> dict:
             "steps": result.global_step,
             "step_s": step_rss.seconds, "rss_after_step_gb": step_rss.rss, "tokens": tokens,
             "tokens_per_s": tokens / train_s, "trainable_params": trainable,
-            "frozen_copy": trainer.ref_model is not None, "peak_rss_bytes": peak_rss_bytes()}
+            "frozen_copy": trainer.ref_model is not None, "memory_trace": trace.stop(),
+            "allocator": allocator_policy(),
+            "peak_rss_bytes": peak_rss_bytes()}
 
 
 def _count_rows(model):

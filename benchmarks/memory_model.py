@@ -293,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {"method": "npo (alpha 1, cached reference)", "dtype": "float32", "prompt": args.prompt,
                            "answer": args.answer, "threads": args.threads, "tolerance": TOLERANCE,
                            "measured": "peak RSS (ru_maxrss) minus RSS after imports, tokenizer and data, before "
-                                       "the model is built; allocator: glibc tuned (llm_unlearn.perf)",
+                                       "the model is built; allocator: glibc tuned (llm_unlearn.perf.tune_allocator); "
+                                       "rows with the step in backward: lean_allocator (the trainer's choice)",
                            "plan": PLAN},
               "rows": rows, "targets": targets, "eight_b_40gb": eight, "plan": records}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

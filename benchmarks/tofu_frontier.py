@@ -220,7 +220,7 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
                      retain_split=RETAIN_SPLIT, trials=args.tune_trials, max_steps=args.tune_steps,
                      eval_every=args.tune_every, patience=args.tune_patience, modes=args.tune_modes, masks=masks,
                      batch_size=args.batch_size, lora_r=args.lora_r, optim=args.optim, seed=args.seed,
-                     score_items=args.eval_items, utility_items=args.tune_utility_items,
+                     score_items=args.tune_score_items or args.eval_items, utility_items=args.tune_utility_items,
                      retain_logs=str(retain_logs), eval_max_items=args.eval_items,
                      eval_max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
     stamp = {k: v for k, v in vars(cfg).items() if k not in ("output", "progress")}
@@ -509,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-patience", type=int, default=2, help="scorings without a better step before a trial stops")
     p.add_argument("--tune-modes", default="lora,full", help="modes the tuner searches")
     p.add_argument("--tune-utility-items", type=int, default=20, help="items per utility split in the tuner's scoring")
+    p.add_argument("--tune-score-items", type=int, default=None,
+                   help="forget and holdout items the tuner scores HFQ on (default --eval-items)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--ft-epochs", type=float, default=2.0,
                    help="finetuning epochs (target and retain; 2 at lr 4e-4 so that the target memorises clearly: "
@@ -533,7 +535,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1,
                    help="worker processes (one torch thread each): target and retain finetune side by side, then "
                         "the grid is shared out; the parent writes the outputs. Default 1: everything in this process")
-    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # comma list of ft:ROLE, eval:ROLE, mask:M, run:NAME
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # comma list of ft:ROLE, eval:ROLE, mask:M, run:NAME, tune:NAME
     args = p.parse_args(argv)
     if args.quick:
         args.authors, args.ft_epochs, args.epochs = 10, 0.1, 0.4
@@ -580,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     if tuned:
         settings["tuned"] = {"rows": tuned, "trials": args.tune_trials, "max_steps": args.tune_steps,
                              "eval_every": args.tune_every, "patience": args.tune_patience, "modes": args.tune_modes,
-                             "utility_items": args.tune_utility_items, "score_items": args.eval_items,
+                             "utility_items": args.tune_utility_items, "score_items": args.tune_score_items or args.eval_items,
                              "objective": "max HFQ s.t. utility proxy >= 0.95 x target (retain-free)"}
     # one directory for every budget: a run's own stamp holds its epochs and learning rate, and a run
     # off the default budget has them in its name, so sweeps share the target / retain evaluations
@@ -736,7 +738,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name}: FQ {summary['metrics'].get('forget_quality')}, MU {summary['metrics'].get('model_utility')}"
               f" ({done_s[-1]:.0f} s; {left} left, about {eta / 60:.0f} min)", flush=True)
         save()
-    if tasks is not None:
+    if tasks is not None:  # a worker: its tuned rows (tune:NAME), whose results land in the cache
+        for name in tuned:
+            if f"tune:{name}" in tasks:
+                tuned_run(name, model_dirs["target"], data, args, runs_dir, retain_logs)
         return 0
     for name in tuned:
         if args.report_only and not (runs_dir / f"tuned_{name}" / "tune.json").is_file():

@@ -35,12 +35,16 @@ The parts, per device (P parameters, T trainable, b bytes per element of `dtype`
   retain; IdkDPO three). With ``split_backward`` (the default) the forget graph is backwarded
   before the retain forward: the peak holds the gradients and one graph. Without it, and with the
   optimizer step in backward (which turns split_backward off), all graphs of the step are alive
-  at once, but not the gradients. A frozen reference copy (``ref="frozen"``: a KL retain term with
+  at once, but not the gradients: the trainer runs them as one batched forward
+  (`llm_unlearn.scoring.OneGraph`); over separate graphs each weight's gradient from the later
+  one would wait in autograd's buffer for the earlier one's, a full gradient buffer. A frozen reference copy (``ref="frozen"``: a KL retain term with
   full weights) adds one set of weights.
 
 Not counted: the runtime (Python, torch, CUDA context: about 0.5–1 GB on a GPU, 0.6 GB of RSS on
 CPU), the data, and allocator slack (the CUDA caching allocator's fragmentation, a CPU heap that
-keeps freed memory). `MemoryEstimate.fits` adds a stated margin for those.
+keeps freed memory: `llm_unlearn.perf.tune_allocator`'s; with the step in backward on CPU the
+trainer switches to `lean_allocator`, which keeps RSS close to the live tensors).
+`MemoryEstimate.fits` adds a stated margin for those.
 
 Validated by measurement on CPU (peak RSS minus the process's RSS before the model is built):
 `benchmarks/memory_model.py`, results in ``benchmarks/results/memory_model.json``.

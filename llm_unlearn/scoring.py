@@ -14,8 +14,10 @@ import inspect
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llm_unlearn.data.qa import IGNORE_INDEX, QACollator
 
@@ -109,6 +111,72 @@ def answer_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, 
 def sequence_logprobs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Run `model` on a padded QA batch: ``(sum_logprob [B], n_tokens [B])`` over the answer tokens."""
     return sequence_logprobs_from_logits(*answer_logits(model, batch))
+
+
+class OneGraph:
+    """The training forwards of one step's QA batches (forget, retain, refusals) as one batched
+    forward, so that autograd builds one graph in which every weight is used once.
+
+    Why: with the optimizer step inside backward (`llm_unlearn.optim`) a weight is updated when its
+    gradient is complete. Over two graphs (the forget forward, then the retain forward) backward
+    runs through every layer of the later graph first, and each weight's gradient from it waits in
+    autograd's buffer until the earlier graph's part arrives: a full gradient buffer after all
+    (0.54 GB on SmolLM2-135M in fp32; measured 0.84 vs 0.36 GB above the weights for one step's
+    backward of 4 + 4 items). In one graph each gradient is complete once computed.
+
+    Calling it as the model, ``oneg(input_ids=part["input_ids"], attention_mask=...,
+    logits_to_keep=k)`` with the very ``input_ids`` tensor of one of `parts` and grad enabled,
+    runs the joint forward once (every part right-padded to the longest, so causal attention sees
+    the same tokens; the head from the first answer position of any part, as `answer_logits`
+    asks) and returns that part's rows and positions of the joint logits: the same values as its
+    own forward up to float summation order. Any other call (no grad, other inputs or arguments,
+    positions before the kept ones) goes to the model unchanged. Attributes are the model's;
+    ``.module`` is the model (`core_model` unwraps it)."""
+
+    def __init__(self, model, parts: list[dict[str, torch.Tensor]]):
+        self.module = model
+        self._parts = parts
+        self._rows: list[int] = []
+        self._logits: torch.Tensor | None = None
+        self._first = 0  # the position of the joint logits' first row
+
+    def __getattr__(self, name: str):  # only for names not set on the wrapper itself
+        return getattr(self.__dict__["module"], name)
+
+    def _part(self, input_ids) -> int | None:
+        return next((i for i, p in enumerate(self._parts) if p["input_ids"] is input_ids), None)
+
+    def _run(self) -> None:
+        length = max(p["input_ids"].shape[1] for p in self._parts)
+        first = 0
+        if accepts_forward_arg(self.module, "logits_to_keep"):
+            first = min(answer_start(p["labels"]) for p in self._parts)
+        ids = torch.cat([F.pad(p["input_ids"], (0, length - p["input_ids"].shape[1]), value=0) for p in self._parts])
+        mask = torch.cat([F.pad(p["attention_mask"], (0, length - p["attention_mask"].shape[1]), value=0)
+                          for p in self._parts])
+        extra = {"logits_to_keep": length - first} if first > 0 else {}
+        self._logits = self.module(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
+        self._first = first
+        self._rows = [0]
+        for p in self._parts:
+            self._rows.append(self._rows[-1] + p["input_ids"].shape[0])
+
+    def __call__(self, *args, **kwargs):
+        input_ids = kwargs.get("input_ids")
+        keep = kwargs.get("logits_to_keep", 0)
+        i = None if args or set(kwargs) - {"input_ids", "attention_mask", "use_cache", "logits_to_keep"} \
+            or kwargs.get("use_cache") or not isinstance(keep, int) else self._part(input_ids)
+        if i is None or not torch.is_grad_enabled() or not self.module.training \
+                or kwargs.get("attention_mask") is not self._parts[i]["attention_mask"]:
+            return self.module(*args, **kwargs)
+        length = input_ids.shape[1]
+        start = length - keep if keep else 0
+        if self._logits is None:
+            self._run()
+        if start < self._first:
+            return self.module(*args, **kwargs)
+        rows = slice(self._rows[i], self._rows[i + 1])
+        return CausalLMOutputWithPast(logits=self._logits[rows, start - self._first:length - self._first])
 
 
 @torch.no_grad()

@@ -26,3 +26,71 @@ def test_allocator_setting_is_applied_once_and_can_be_turned_off():
     assert _probe() == ["True", "True"]
     assert _probe(LLM_UNLEARN_MALLOC="default") == ["False", "True"]
 
+
+
+LEAN = """
+import torch
+from llm_unlearn.perf import MallocPeak, allocator_policy, lean_allocator, tune_allocator
+import ctypes
+tune_allocator()
+sampler = MallocPeak(interval=3600)
+
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+
+def mapped_while_alive():  # bytes malloc serves from their own mappings for an 8 MB tensor
+    base = libc.mallinfo2().hblkhd
+    t = torch.ones(2 << 20)
+    return libc.mallinfo2().hblkhd - base
+
+before, policy_before = mapped_while_alive(), allocator_policy()
+print(lean_allocator(), lean_allocator(), policy_before, allocator_policy(), before, mapped_while_alive() >= 8 << 20)
+sampler.stop()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc-only setting")
+def test_lean_allocator_maps_large_buffers_on_their_own():
+    """`tune_allocator` keeps every buffer in the heap; `lean_allocator` (the trainer's choice
+    with optim_in_backward) serves large ones from their own mappings, returned to the OS on free."""
+    def run(**env):
+        return subprocess.run([sys.executable, "-c", LEAN], capture_output=True, text=True, check=True,
+                              env={**os.environ, **env}).stdout.split()
+
+    assert run() == ["True", "True", "reuse", "lean", "0", "True"]
+    off = run(LLM_UNLEARN_MALLOC="default")
+    assert off[:4] == ["False", "False", "default", "default"]
+    fast = run(LLM_UNLEARN_MALLOC="reuse")  # speed over memory: the heap keeps its buffers
+    assert fast == ["False", "False", "reuse", "reuse", "0", "False"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status")
+def test_owning_file_mapped_weights_drops_their_file_pages(tmp_path):
+    """A parameter whose storage is a file mapping (as `from_pretrained` loads safetensors) is
+    copied into process memory with the same values, and the file pages read for the copy leave
+    RSS at once (not only when the last tensor of the file is copied)."""
+    import torch
+
+    from llm_unlearn.perf import own_trainable_weights
+
+    def rss_file() -> int:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssFile:"))
+
+    n = 16 << 20  # 64 MB of fp32
+    path = tmp_path / "w.bin"
+    torch.arange(n, dtype=torch.float32).numpy().tofile(path)
+    mapped = torch.from_file(str(path), shared=False, size=n, dtype=torch.float32)
+    layer = torch.nn.Linear(4096, 4096, bias=False)
+    layer.weight.data = mapped.view(4096, 4096)
+    keep_mapping = mapped  # the file stays mapped, as while other tensors of a checkpoint wait for their copy
+    assert not layer.weight.untyped_storage().resizable()
+    before = rss_file()
+    assert own_trainable_weights(layer) == 1
+    assert layer.weight.untyped_storage().resizable()
+    assert torch.equal(layer.weight.view(-1), torch.arange(n, dtype=torch.float32))
+    assert rss_file() - before < 16 << 20  # without the drop: + 64 MB of file pages
+    assert keep_mapping[12345].item() == 12345.0  # the mapping still reads right (paged in again)

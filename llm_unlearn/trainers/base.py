@@ -27,8 +27,10 @@ returns the loss and the named terms to log. The base class provides what every 
   step hooks still run), the LR scheduler drives the hooks' lr, and ``grad_norm`` is logged.
   ``split_backward`` does not apply then: stepping on the forget term's gradient before the retain
   term's is added would be a different update, and holding it until then is the full gradient
-  buffer this mode removes. The forget and retain graphs are alive together instead; activation
-  checkpointing makes both small.
+  buffer this mode removes. The forget and retain forwards run as one batched forward instead
+  (`llm_unlearn.scoring.OneGraph`, the parts a method names in `one_graph_parts`): over two
+  graphs each weight's gradient from the later one would wait in autograd's buffer for the
+  earlier one's, a full gradient buffer again. Activation checkpointing keeps that graph small.
 - A divergence guard: a NaN/inf loss raises `DivergenceError` before the backward pass (so the
   weights of the last finite step are untouched) naming the last saved checkpoint, which is kept.
 - Logging of ``forget_nll``, ``retain_nll`` and each method's terms next to ``loss``.
@@ -58,9 +60,10 @@ from llm_unlearn.data.protocol import get_protocol
 from llm_unlearn.data.qa import check_tokenizer
 from llm_unlearn.errors import DivergenceError, UnlearnError
 from llm_unlearn.optim import OptimizerInBackward
-from llm_unlearn.perf import own_trainable_weights
+from llm_unlearn.perf import lean_allocator, own_trainable_weights
 from llm_unlearn.scoring import (
     IGNORE_INDEX,
+    OneGraph,
     answer_logits,
     model_logits,
     sequence_logprobs,
@@ -214,6 +217,8 @@ class UnlearnTrainer(Trainer):
         self.in_backward: OptimizerInBackward | None = None
         if args.optim_in_backward:
             self._check_in_backward()
+            if self.args.device.type == "cpu":
+                lean_allocator()  # the user asked for memory first: freed CPU buffers go back to the OS (llm_unlearn.perf)
         self._metric_sums: dict[str, float] = defaultdict(float)
         self._metric_step = 0
         self.setup()
@@ -236,6 +241,22 @@ class UnlearnTrainer(Trainer):
 
     def unlearn_loss(self, model, inputs: dict, counts: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
+
+    def one_graph_parts(self) -> tuple[str, ...]:
+        """The parts of a step's batch that `unlearn_loss` scores with the training model through
+        `answer_logits` / `sequence_logprobs` (with grad). With the optimizer step in backward
+        they run as one forward (`OneGraph`); () opts out (a method whose forwards are not QA
+        logits, or that runs its own backward passes)."""
+        parts = ("forget",)
+        if self.needs_retain(self.args) and not (getattr(self.args, "retain_loss_type", "nll") == "kl"
+                                                 and getattr(self.args, "kl_positions", "answer") == "all"):
+            parts += ("retain",)  # the KL over all positions asks for every position's logits: its own forward
+        return parts
+
+    def runs_one_graph(self, model) -> bool:
+        """Whether this forward's parts run as one (`OneGraph`): training with the optimizer step
+        in backward. (With ``split_backward`` one graph would hold both parts' activations.)"""
+        return self.in_backward is not None and model.training and torch.is_grad_enabled()
 
     # ---- reference ---------------------------------------------------------------------
 
@@ -436,6 +457,10 @@ class UnlearnTrainer(Trainer):
         global_counts = isinstance(num_items_in_batch, dict) and self.counts_across_processes()
         counts = num_items_in_batch if isinstance(num_items_in_batch, dict) else batch_counts([inputs])
         counts = {k: v.to(inputs["forget"]["input_ids"].device) for k, v in counts.items()}
+        if self.runs_one_graph(model):
+            parts = [inputs[k] for k in self.one_graph_parts() if k in inputs]
+            if len(parts) > 1:  # one graph: each weight's gradient is complete when computed (module docstring)
+                model = OneGraph(model, parts)
         loss, terms = self.unlearn_loss(model, inputs, counts)
         if not torch.isfinite(loss):
             self._diverged(loss, terms)

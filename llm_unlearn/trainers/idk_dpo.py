@@ -83,6 +83,9 @@ class IdkDPOTrainer(UnlearnTrainer):
             variants.append(Dataset.from_dict({f"idk_{key}": [e[key] for e in encoded] for key in QA_KEYS}))
         self.train_dataset.forget_variants = variants
 
+    def one_graph_parts(self) -> tuple[str, ...]:
+        return ("forget", "idk", *super().one_graph_parts()[1:])
+
     def unlearn_loss(self, model, inputs, counts):
         forget, idk = inputs["forget"], inputs["idk"]
         ref_rejected = self.reference_logprobs(model, forget)  # no-grad passes before any graph is held

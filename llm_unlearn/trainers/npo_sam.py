@@ -52,6 +52,9 @@ class NPOSAMTrainer(NPOTrainer):
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             raise UnlearnError("npo_sam: DeepSpeed is not supported (SAM perturbs the weights between two backward passes)")
 
+    def one_graph_parts(self) -> tuple[str, ...]:
+        return ()  # two forget forwards at different weights, the first one backwarded on its own
+
     def _forget_term(self, model, forget: dict, ref_logp: torch.Tensor, counts: dict) -> tuple[torch.Tensor, torch.Tensor]:
         logp, _ = sequence_logprobs(model, forget)
         npo = npo_loss(logp, ref_logp, self.args.beta).sum() / counts["forget_items"]

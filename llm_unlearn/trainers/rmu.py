@@ -138,6 +138,9 @@ class RMUTrainer(UnlearnTrainer):
             torch.func.functional_call(unwrapped, self.frozen_params, args=(), kwargs=kwargs, strict=False)
         return store["h"]
 
+    def one_graph_parts(self) -> tuple[str, ...]:
+        return ()  # the loss is on a layer's hidden states, captured by a hook, not on answer logits
+
     def unlearn_loss(self, model, inputs, counts):
         forget = inputs["forget"]
         h = self.activations(model, forget)

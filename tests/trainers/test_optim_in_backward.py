@@ -19,7 +19,11 @@ def _max_diff(a: dict, b: dict) -> float:
 
 @pytest.mark.parametrize("optim", ["adamw_torch", "adafactor"])
 def test_in_backward_equals_the_ordinary_step(optim, make_trainer, snapshot):
-    ordinary = make_trainer("npo", optim=optim, **NPO)
+    # the same forward as the in-backward run (forget and retain as one batch, `OneGraph`), so the
+    # gradients are bitwise equal and only the update's arithmetic is compared (AdamW's g/√v turns
+    # float-order differences of near-zero gradients into lr-sized ones)
+    ordinary = make_trainer("npo", optim=optim, split_backward=False, **NPO)
+    ordinary.runs_one_graph = lambda model: model.training and torch.is_grad_enabled()
     start = snapshot(ordinary.model)
     ordinary.train()
     fused = make_trainer("npo", optim=optim, optim_in_backward=True, **NPO)
@@ -165,8 +169,9 @@ def test_cli_flag_reaches_the_config():
 def test_8bit_adamw_in_backward(make_trainer, snapshot):
     """bitsandbytes' 8-bit AdamW (CPU: slow but correct) steps per parameter like the ordinary one."""
     pytest.importorskip("bitsandbytes")
-    # the same joint backward (no split): bit-equal gradients, so the same 8-bit codes
+    # the same joint forward and backward (one graph, no split): bit-equal gradients, so the same 8-bit codes
     ordinary = make_trainer("npo", optim="adamw_8bit", split_backward=False, **NPO)
+    ordinary.runs_one_graph = lambda model: model.training and torch.is_grad_enabled()
     start = snapshot(ordinary.model)
     ordinary.train()
     fused = make_trainer("npo", optim="adamw_8bit", optim_in_backward=True, **NPO)
@@ -177,3 +182,37 @@ def test_8bit_adamw_in_backward(make_trainer, snapshot):
     states = {n: fused.in_backward.state[p] for n, p in fused.model.named_parameters()}
     assert states["model.layers.0.mlp.up_proj.weight"]["state1"].dtype == torch.uint8  # 8-bit moments
     assert states["model.embed_tokens.weight"]["state1"].dtype == torch.float32  # embeddings 32-bit, as the Trainer does
+
+
+@pytest.mark.parametrize("settings", [
+    {},  # the Trainer's adafactor: scale_parameter, relative_step, warmup_init off, lr given
+    {"scale_parameter": True, "relative_step": True, "warmup_init": True, "lr": None},
+    {"beta1": 0.9, "weight_decay": 0.01, "clip_threshold": 0.5},
+])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_in_place_adafactor_is_adafactor_bit_for_bit(settings, dtype):
+    from transformers.optimization import Adafactor
+
+    from llm_unlearn.optim import InPlaceAdafactor
+
+    kwargs = {"lr": 1e-3, "scale_parameter": False, "relative_step": False, "warmup_init": False, **settings}
+    g = torch.Generator().manual_seed(0)
+    shapes = [(48, 32), (32,), (3, 16, 8)]
+    start = [torch.randn(s, generator=g).to(dtype) for s in shapes]
+    grads = [[torch.randn(s, generator=g).to(dtype) for s in shapes] for _ in range(3)]
+    runs = []
+    for cls in (Adafactor, InPlaceAdafactor):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = cls(params, **kwargs)
+        for step in grads:
+            for p, gr in zip(params, step):
+                p.grad = gr.clone()
+            opt.step()
+        runs.append((params, opt.state))
+    (a, state_a), (b, state_b) = runs
+    for pa, pb in zip(a, b):
+        assert torch.equal(pa, pb)
+        for k, v in state_a[pa].items():
+            other = state_b[pb][k]
+            assert torch.equal(v, other) if torch.is_tensor(v) else v == other
+    assert not all(torch.equal(p, s) for p, s in zip(a, start))  # the steps moved the weights
