@@ -439,8 +439,8 @@ def run_parallel(args, argv: list[str], methods: list[str], masks: list[str], mo
     """``--jobs N``: the same work in N single-thread worker processes of this script, in three
     phases (each waits for the previous one): (1) target and retain finetuning side by side;
     (2) the retain model's evaluation (every forget quality needs its logs) beside the masks;
-    (3) the target's evaluation and the grid runs, shared out longest first to the least-loaded
-    worker. Everything lands in the cache; the outputs are then written from it in this process,
+    (3) the target's evaluation, the tuned rows' searches and the grid runs, shared out longest
+    first to the least-loaded worker. Everything lands in the cache; the outputs are then written from it in this process,
     with the wall time of the whole job."""
     import subprocess
 
@@ -451,6 +451,8 @@ def run_parallel(args, argv: list[str], methods: list[str], masks: list[str], mo
     n = args.jobs
     grid_runs = sorted(((_RUN_COST[(mode, "none" if mask == "none" else "masked")], f"run:{_run_name(method, mask, mode, args)}")
                         for mode in modes for mask in masks for method in methods), reverse=True)
+    # tuned rows are worker tasks too (a search costs about `trials` runs), longest first
+    grid_runs = [(args.tune_trials * 2.0, f"tune:{name}") for name in args.tuned.split(",") if name] + grid_runs
     lanes: list[list[str]] = [[] for _ in range(n)]
     load = [0.0] * n
     for cost, task in [(1.0, "eval:target"), *grid_runs]:
