@@ -218,11 +218,12 @@ def _optimizer_state(shape: ModelShape, optim: str, b: int, trainable: list[tupl
     return total
 
 
-def _step_temporaries(optim: str, largest: int, b: int) -> float:
+def _step_temporaries(optim: str, largest: int, b: int, in_place: bool = False) -> float:
     """Temporaries of one tensor's update: AdamW's denominator (``sqrt(v)``, then its quotient);
     Adafactor's update and its negation (plus fp32 copies of the parameter and gradient when they
-    are 16-bit); 8-bit AdamW works in its kernel; SGD without momentum in place."""
-    per_element = {"adamw_torch": 2 * b, "adafactor": 4 * (2 + (2 if b < 4 else 0))}.get(optim, 0)
+    are 16-bit), or the update alone with `in_place` (`llm_unlearn.optim.InPlaceAdafactor`, which the
+    optimizer step in backward uses); 8-bit AdamW works in its kernel; SGD without momentum in place."""
+    per_element = {"adamw_torch": 2 * b, "adafactor": 4 * ((1 if in_place else 2) + (2 if b < 4 else 0))}.get(optim, 0)
     return per_element * largest
 
 
@@ -327,11 +328,11 @@ def estimate(config: Any, method: str = "npo", mode: str = "full", optim: str = 
             held = vocab_rows * tb if shape.tied else 0
         else:
             first = last = largest
-        start = graphs * graph + backward_transient + held + first * tb + _step_temporaries(optim, first, tb)
-        end = max(last * tb + _step_temporaries(optim, last, tb), 3 * held)
+        start = graphs * graph + backward_transient + held + first * tb + _step_temporaries(optim, first, tb, True)
+        end = max(last * tb + _step_temporaries(optim, last, tb, True), 3 * held)
         live = max(start, end)
         parts["gradients"] = max(first, last) * tb
-        step_tmp = _step_temporaries(optim, max(first, last), tb)
+        step_tmp = _step_temporaries(optim, max(first, last), tb, True)
         notes.append("optimizer step in backward: the graphs of the step are alive together (no split_backward), "
                      "gradients one tensor at a time")
     elif split:  # the forget backward leaves the gradients; the retain graph is built next to them
