@@ -38,6 +38,7 @@ import math
 import shutil
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -211,6 +212,9 @@ def make_corpus_scorer(docs: dict[str, Any], tokenizer, batch_size: int,
 # search space
 
 
+BETA_RANGE = {"npo": (0.05, 1.0), "simnpo": (0.5, 5.0)}  # searched on a log scale
+
+
 def suggest(trial, cfg: TuneConfig) -> dict[str, Any]:
     """One point of the search space (names are the run_unlearning / config fields)."""
     modes = _list(cfg.modes, ("lora", "full"), "modes")
@@ -222,16 +226,45 @@ def suggest(trial, cfg: TuneConfig) -> dict[str, Any]:
     low = cfg.max_steps - cfg.eval_every * ((cfg.max_steps - math.ceil(cfg.max_steps / 2)) // cfg.eval_every)
     p["max_steps"] = trial.suggest_int("max_steps", low, cfg.max_steps, step=cfg.eval_every) \
         if cfg.max_steps > low else cfg.max_steps
-    if cfg.method == "npo":
-        p["beta"] = trial.suggest_float("beta", 0.05, 1.0, log=True)
-    elif cfg.method == "simnpo":
-        p["beta"] = trial.suggest_float("beta", 0.5, 5.0, log=True)
+    if cfg.method in BETA_RANGE:
+        p["beta"] = trial.suggest_float("beta", *BETA_RANGE[cfg.method], log=True)
     p["alpha"] = trial.suggest_float("alpha", 0.3, 3.0, log=True)
     mask = trial.suggest_categorical("mask", masks) if len(masks) > 1 else masks[0]
     p["mask"] = mask
     if mask != "none":
         p["mask_ratio"] = trial.suggest_float("mask_ratio", 0.2, 0.8)
     return p
+
+
+def default_points(cfg: TuneConfig) -> list[dict[str, Any]]:
+    """The trials a new study starts with (`cfg.default_trials`): one per searched mode at the
+    library's defaults, as Optuna parameters: `unlearn`'s per-mode learning rate
+    (`llm_unlearn.unlearn.MODE_DEFAULTS`), the method config's β and α, the whole step budget, and
+    the first searched mask (ratio 0.5). Values outside a search range are clipped into it. The
+    usual way to seed a TPE search with a known setting (``study.enqueue_trial``): the sampler then
+    explores around it instead of starting from random points only."""
+    _, config_cls = get_method(cfg.method)
+    own = {f.name: f.default for f in fields(config_cls)}
+    masks = _list(cfg.masks, MASK_CHOICES, "masks")
+    points = []
+    for mode in _list(cfg.modes, ("lora", "full"), "modes"):
+        lo, hi = cfg.lr_lora if mode == "lora" else cfg.lr_full
+        lr = unlearn_mod.mode_defaults(cfg.method, mode == "lora").get("learning_rate", own.get("learning_rate"))
+        point: dict[str, Any] = {"mode": mode, f"lr_{mode}": float(min(max(lr, lo), hi)), "max_steps": cfg.max_steps,
+                                 "alpha": float(min(max(own.get("alpha", 1.0), 0.3), 3.0)), "mask": masks[0]}
+        if cfg.method in BETA_RANGE:
+            b_lo, b_hi = BETA_RANGE[cfg.method]
+            point["beta"] = float(min(max(own.get("beta", b_lo), b_lo), b_hi))
+        if masks[0] != "none":
+            point["mask_ratio"] = 0.5
+        points.append(point)
+    return points
+
+
+def sampler_seed(cfg: TuneConfig) -> int:
+    """The TPE sampler's seed: `cfg.seed` mixed with the search (method, modes, masks), so two
+    searches with the same `--seed` do not draw the same random start points."""
+    return (cfg.seed * 1_000_003 + zlib.crc32(f"{cfg.method}|{cfg.modes}|{cfg.masks}".encode())) % (2 ** 32)
 
 
 def _list(value: str, valid: tuple[str, ...], what: str) -> list[str]:
@@ -364,7 +397,8 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
             say(f"trial {trial.number}: {_describe(p)} failed: {failures[trial.number]}")
             raise
         best = cb.best
-        rec = {"number": trial.number, "params": p, "feasible": best["feasible"], "hfq": best["hfq"], "ks_statistic": best["ks_statistic"],
+        rec = {"number": trial.number, "params": p, "default_point": bool(trial.user_attrs.get("default")),
+               "feasible": best["feasible"], "hfq": best["hfq"], "ks_statistic": best["ks_statistic"],
                "utility_proxy": best["utility_proxy"], "utility_ratio": best["utility_proxy"] / start["utility_proxy"],
                "best_step": best["step"], "steps_trained": manifest["steps"], "stopped_early": cb.stopped_early,
                "history": cb.history, "run_dir": str(run_dir), "time_s": round(time.time() - t, 1),
@@ -375,17 +409,20 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         trial.set_user_attr("record", {k: v for k, v in rec.items() if k != "history"})
         # <= 0: feasible (Optuna's convention); the chosen step always is (the start is a candidate)
         trial.set_constraint("utility_floor", utility_min - best["utility_proxy"])
-        say(f"trial {trial.number}: {_describe(p)} -> HFQ {best['hfq']:.3g} at step {best['step']}"
+        say(f"trial {trial.number}: {_describe(p)}{' (defaults)' if rec['default_point'] else ''} -> HFQ {best['hfq']:.3g} at step {best['step']}"
             f"/{manifest['steps']}, utility {rec['utility_ratio']:.3f}x start ({rec['time_s']:.0f} s)")
         return best["hfq"]
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by `objective`
-    sampler = optuna.samplers.TPESampler(seed=cfg.seed)
+    sampler = optuna.samplers.TPESampler(seed=sampler_seed(cfg))
     try:
         study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", sampler=sampler,
                                     load_if_exists=True)
     except Exception as exc:  # a malformed URL, an unreachable database: one line
         raise UnlearnError(f"--storage {storage}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+    if cfg.default_trials and not study.trials:  # a study other machines already work on has them
+        for point in default_points(cfg)[:cfg.trials]:
+            study.enqueue_trial(point, user_attrs={"default": True})
     with warnings.catch_warnings():  # library deprecation notices are not for the user of this command
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", module="optuna")
@@ -542,4 +579,4 @@ def plot_trials(records: list[dict], chosen: dict, start: dict, utility_min: flo
 
 
 __all__ = ["BestStepCallback", "TuneConfig", "corpus_documents", "final_corpus_report", "final_report",
-           "input_kind", "make_corpus_scorer", "make_scorer", "plot_trials", "scoring_rows", "step_key", "suggest", "tune"]
+           "input_kind", "make_corpus_scorer", "make_scorer", "plot_trials", "default_points", "sampler_seed", "scoring_rows", "step_key", "suggest", "tune"]

@@ -42,7 +42,12 @@ class TuneConfig:
     optim: str | None = field(default=None, metadata={"help": "optimizer (TrainingArguments.optim; default AdamW)"})
     storage: str | None = field(default=None, metadata={"help": "Optuna storage URL (default: sqlite:///OUTPUT/study.db)"})
     study_name: str | None = field(default=None, metadata={"help": "study name (default tune-METHOD-FORGET_SPLIT)"})
-    seed: int = field(default=0, metadata={"help": "sampler and training seed"})
+    seed: int = field(default=0, metadata={"help": "training seed; the sampler's seed is derived from it and the "
+                                                   "search (method, modes, masks), so searches differ"})
+    default_trials: bool = field(default=True, metadata={"help": "start a new study with one trial per searched "
+                                                                 "mode at the library's defaults (unlearn's per-mode "
+                                                                 "lr, the method's beta and alpha, the whole step "
+                                                                 "budget); then the TPE sampler"})
     protocol: str = field(default=DEFAULT_PROTOCOL, metadata={"help": "prompt / tokenisation protocol of training, "
                                                                        "scoring and the final evaluation"})
     holdout_split: str | None = field(default=None, metadata={"help": "holdout split (default holdoutXX)"})

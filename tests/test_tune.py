@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from llm_unlearn.tune import BestStepCallback, step_key
+from llm_unlearn.unlearn import MODE_DEFAULTS
 
 
 def test_step_key_prefers_feasible_then_hfq_then_smaller_statistic():
@@ -76,6 +77,11 @@ def test_tune_three_trials_never_opens_the_retain_logs(target_dir, synthetic_dir
     assert events[:3] == ["trial"] * 3 and events[3:] == [f"read:{unreadable}"]
     trials = json.loads((out / "trials.json").read_text())
     assert len(trials["trials"]) == 3
+    # a new study starts at the library's LoRA defaults (unlearn's per-mode lr, NPO's beta), then TPE samples
+    first = trials["trials"][0]
+    assert first["default_point"] and [t["default_point"] for t in trials["trials"][1:]] == [False, False]
+    assert first["params"]["learning_rate"] == pytest.approx(MODE_DEFAULTS["lora"]["learning_rate"])
+    assert first["params"]["max_steps"] == 4 and first["params"]["beta"] == pytest.approx(0.1)
     assert all(t["history"][0]["step"] == 0 and t["best_step"] in [h["step"] for h in t["history"]]
                for t in trials["trials"])
     summary = json.loads((out / "tune.json").read_text())
@@ -248,3 +254,22 @@ def test_tune_corpus_needs_its_holdout_and_retain_corpora(domain_target, synthet
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and "\n" not in err and message in err, (argv, err)
     assert not out.exists()
+
+
+def test_default_points_and_sampler_seed():
+    from llm_unlearn.tune import TuneConfig, default_points, sampler_seed
+
+    cfg = TuneConfig(model="m", output="o", data="d", method="npo", modes="lora,full", masks="wagle,none",
+                     max_steps=30, lr_full=(3e-6, 5e-5))
+    lora, full = default_points(cfg)
+    assert (lora["mode"], full["mode"]) == ("lora", "full")
+    assert lora["lr_lora"] == pytest.approx(MODE_DEFAULTS["lora"]["learning_rate"])
+    assert full["lr_full"] == pytest.approx(5e-5)  # unlearn's 1e-4, clipped into the searched range
+    assert lora["mask"] == "wagle" and lora["mask_ratio"] == 0.5 and lora["max_steps"] == 30
+    assert default_points(TuneConfig(model="m", output="o", method="simnpo", modes="full"))[0]["beta"] == 2.5
+    assert "beta" not in default_points(TuneConfig(model="m", output="o", method="grad_diff", modes="full"))[0]
+    # the same --seed gives different searches different random start points, and the same search the same
+    seeds = {sampler_seed(TuneConfig(model="m", output="o", method=m, masks=k)) for m in ("npo", "simnpo", "grad_diff")
+             for k in ("none", "wagle")}
+    assert len(seeds) == 6
+    assert sampler_seed(cfg) == sampler_seed(TuneConfig(**{**cfg.__dict__}))
