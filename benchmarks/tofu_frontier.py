@@ -268,6 +268,28 @@ def rank_agreement(rows: list[dict], retain_logs: Path | None) -> dict[str, Any]
     return out
 
 
+def utility_intervals(rows: list[dict], runs_dir: Path, n_boot: int = 1000) -> None:
+    """Each row's MU / target's MU with a 90 % paired-bootstrap interval over the evaluated utility
+    items (`llm_unlearn.eval.logs.utility_bootstrap`): on 40 items per split a few generations
+    decide MU, and the interval says how much of a difference is noise."""
+    from llm_unlearn.eval.logs import read_logs, utility_bootstrap
+
+    def logs_of(run: str):
+        d = runs_dir / run / ("chosen/eval" if run.startswith("tuned_") else "eval") / "per_item.json"
+        return read_logs(d) if d.is_file() else None
+
+    target = logs_of("target")
+    if target is None:
+        return
+    for r in rows:
+        lg = logs_of(r["run"]) if r.get("model_utility") is not None else None
+        if lg is None:
+            continue
+        b = utility_bootstrap(lg, target, n_boot=n_boot)
+        r["mu_ratio"], r["mu_ratio_interval"] = b["ratio"], b["ratio_interval"]
+        r["mu_interval"] = b["model_utility_interval"]
+
+
 def _row(name: str, summary: dict, **extra: Any) -> dict[str, Any]:
     metrics = summary.get("metrics", {})
     return {"run": name, **extra, **{k: metrics.get(k) for k in METRICS}}
@@ -334,7 +356,8 @@ def frontier_targets(rows: list[dict], agreement: dict) -> list[dict[str, Any]]:
     best = max(ok, key=lambda r: r["forget_quality"], default=None)
     out.append({"target": "best retain-free-tuned run: true FQ >= 0.5 with MU >= 0.95 x target's", "limit": 0.5,
                 "measured": None if best is None else {"run": best["run"], "forget_quality": best["forget_quality"],
-                                                      "model_utility": best["model_utility"], "target_mu": mu_t},
+                                                      "model_utility": best["model_utility"], "target_mu": mu_t,
+                                                      "mu_ratio_interval_90": best.get("mu_ratio_interval")},
                 "pass": None if not tuned else (best is not None and best["forget_quality"] >= 0.5)})
     rho = agreement.get("runs", {}).get("spearman")
     out.append({"target": "HFQ ranks runs like true FQ: Spearman >= 0.8 over all frontier runs", "limit": 0.8,
@@ -347,10 +370,11 @@ def write_outputs(result: dict, out_prefix: Path) -> None:
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     out_prefix.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     header = ["Run", "Method", "Mask", "Mode", "Forget quality", "HFQ (retain-free)", "Model utility",
-              "Forget ROUGE-L", "Forget prob.", "Forget truth ratio", "Retain ROUGE-L", "Train s", "Eval s"]
+              "MU / target (90% CI)", "Forget ROUGE-L", "Forget prob.", "Forget truth ratio", "Retain ROUGE-L", "Train s", "Eval s"]
     rows = [[r["run"], r.get("method", "-"), r.get("mask", "-"), r.get("mode", "-"),
-             *[r.get(k) for k in ("forget_quality", "holdout_forget_quality", "model_utility", "forget_rougeL_recall",
-                                  "forget_probability", "forget_truth_ratio", "retain_rougeL_recall")],
+             *[r.get(k) for k in ("forget_quality", "holdout_forget_quality", "model_utility")], _ratio_ci(r),
+             *[r.get(k) for k in ("forget_rougeL_recall", "forget_probability", "forget_truth_ratio",
+                                  "retain_rougeL_recall")],
              r.get("train_s") or r.get("run_s"), r.get("eval_s")] for r in result["rows"]]
     extra: list[str] = []
     tuned = [r for r in result["rows"] if r.get("tuned") and "params" in r]
@@ -390,6 +414,13 @@ def write_outputs(result: dict, out_prefix: Path) -> None:
     out_prefix.with_suffix(".md").write_text("\n".join(md))
     plot(result["rows"], out_prefix.with_suffix(".png"),
          f"{s['model']}, TOFU {s['authors']} authors, {s['epochs']} epochs ({result['status']})")
+
+
+def _ratio_ci(r: dict) -> str:
+    if r.get("mu_ratio") is None:
+        return "-"
+    lo, hi = r["mu_ratio_interval"]
+    return f"{r['mu_ratio']:.2f} [{lo:.2f}, {hi:.2f}]"
 
 
 def _fmt(v: Any) -> str:
@@ -757,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "error": str(exc).splitlines()[0]})
         save()
     result["planned_runs"] = len(grid) + len(tuned)
+    utility_intervals(result["rows"], runs_dir)
     result["rank_agreement"] = rank_agreement(result["rows"], retain_logs)
     result["targets"] = frontier_targets(result["rows"], result["rank_agreement"])
     finished = len(result["rows"]) - 2

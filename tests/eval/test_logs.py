@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from llm_unlearn.errors import UnlearnError
@@ -115,3 +116,37 @@ def test_missing_metrics_are_none_with_reason(reference_logs, tmp_path):
 def test_unknown_logs_path_is_a_clear_error(tmp_path):
     with pytest.raises(UnlearnError, match="no per_item.json"):
         read_logs(tmp_path)
+
+
+def _utility_logs(rng, n: int, rouge_hits: int):
+    from llm_unlearn.eval.logs import EvalLogs, SplitLog
+
+    splits = {}
+    for name in ("retain", "real_authors", "world_facts"):
+        rouge = np.zeros(n)
+        rouge[:rouge_hits] = 1.0
+        splits[name] = SplitLog(name=name, index=[str(i) for i in range(n)], gt_loss=rng.uniform(0.5, 2.0, n),
+                                paraphrased_loss=rng.uniform(0.5, 2.0, n),
+                                perturbed_loss=rng.uniform(1.0, 3.0, (n, 3)).tolist(), rougeL_recall=rouge)
+    return EvalLogs(splits=splits, fmt="synthetic")
+
+
+def test_utility_bootstrap_intervals():
+    from llm_unlearn.eval.logs import utility_bootstrap
+
+    rng = np.random.default_rng(0)
+    few, many = _utility_logs(rng, 40, 3), _utility_logs(rng, 400, 30)
+    b_few, b_many = utility_bootstrap(few, n_boot=300), utility_bootstrap(many, n_boot=300)
+    for b in (b_few, b_many):
+        lo, hi = b["model_utility_interval"]
+        assert lo <= b["model_utility"] <= hi
+    # a handful of generations decide MU on 40 items: the interval narrows with 10x the items
+    width = [b["model_utility_interval"][1] - b["model_utility_interval"][0] for b in (b_few, b_many)]
+    assert width[1] < 0.6 * width[0]
+    # paired with itself: the ratio is exactly 1 on every resample
+    same = utility_bootstrap(few, few, n_boot=100)
+    assert same["ratio"] == 1.0 and same["ratio_interval"] == [1.0, 1.0]
+    other = utility_bootstrap(_utility_logs(rng, 40, 5), few, n_boot=300)
+    assert other["ratio_interval"][0] < other["ratio"] < other["ratio_interval"][1]
+    with pytest.raises(UnlearnError, match="same retain items"):
+        utility_bootstrap(_utility_logs(rng, 41, 3), few, n_boot=10)
