@@ -80,21 +80,41 @@ def lean_allocator() -> bool:
     if _lean is not None:
         return _lean
     _lean = False
-    if os.environ.get("LLM_UNLEARN_MALLOC", "").lower() in ("default", "reuse") or not sys.platform.startswith("linux"):
+    policy = os.environ.get("LLM_UNLEARN_MALLOC", "").lower()
+    if policy in ("default", "reuse") or not sys.platform.startswith("linux"):
         return False
+    threshold = lean_threshold(policy)
     try:
         libc = ctypes.CDLL("libc.so.6")
         ok = (libc.mallopt(M_MMAP_MAX, _MMAP_MAX_DEFAULT) == 1
-              and libc.mallopt(M_MMAP_THRESHOLD, LEAN_MMAP_THRESHOLD) == 1
+              and libc.mallopt(M_MMAP_THRESHOLD, threshold) == 1
               and libc.mallopt(M_TRIM_THRESHOLD, _TRIM_DEFAULT) == 1)
         libc.malloc_trim(0)
     except (OSError, AttributeError):
         return False
     if ok:
         _done = False  # tune_allocator's setting is no longer in effect (and is not applied again)
-        logger.debug("allocator: memory first (mmap threshold %d bytes)", LEAN_MMAP_THRESHOLD)
+        logger.debug("allocator: memory first (mmap threshold %d bytes)", threshold)
     _lean = bool(ok)
     return _lean
+
+
+def lean_threshold(policy: str) -> int:
+    """The mmap threshold of the lean policy: `LEAN_MMAP_THRESHOLD`, or ``lean:N[K|M]`` in
+    ``LLM_UNLEARN_MALLOC`` (a larger threshold: fewer page faults, more memory kept in the heap)."""
+    if not policy.startswith("lean:"):
+        return LEAN_MMAP_THRESHOLD
+    spec = policy.split(":", 1)[1].strip()
+    scale = {"k": 1 << 10, "m": 1 << 20}.get(spec[-1:], 1)
+    try:
+        value = int(spec[:-1] if scale > 1 else spec) * scale
+    except ValueError:
+        value = 0
+    if not 0 < value <= 32 << 20:  # glibc's largest mmap threshold on 64-bit: 32 MiB
+        logger.warning("LLM_UNLEARN_MALLOC=%s: expected lean:N[K|M] up to 32M; using %d bytes", policy,
+                       LEAN_MMAP_THRESHOLD)
+        return LEAN_MMAP_THRESHOLD
+    return value
 
 
 def allocator_policy() -> str:
