@@ -238,7 +238,8 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
     chosen = summary["chosen"]
     row = _row(f"tuned_{name}", ev, method=name, mask=masks, mode=chosen["params"]["mode"], tuned=True,
                hfq_at_choice=chosen["hfq"], utility_proxy_ratio=chosen["utility_ratio"], best_step=chosen["best_step"],
-               params=chosen["params"], trials=summary["trials"], tune_s=summary["total_s"],
+               params=chosen["params"], default_point=chosen.get("default_point"), trials=summary["trials"],
+               tune_s=summary["total_s"],
                run_s=summary["search_s"], eval_s=ev.get("eval_time_s"))
     trials = json.loads((out / "trials.json").read_text())["trials"]
     row["scored_steps"] = [{"trial": t["number"], "step": h["step"], "hfq": h["hfq"],
@@ -387,7 +388,8 @@ def write_outputs(result: dict, out_prefix: Path) -> None:
                   md_table(["Run", "Chosen hyperparameters", "Best step", "HFQ at choice", "Utility proxy / start",
                             "Tune s"],
                            [[r["run"], ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                                 for k, v in r["params"].items()),
+                                                 for k, v in r["params"].items())
+                             + (" (the default trial)" if r.get("default_point") else ""),
                              r.get("best_step"), r.get("hfq_at_choice"), r.get("utility_proxy_ratio"), r.get("tune_s")]
                             for r in tuned])]
     ra = result.get("rank_agreement")
