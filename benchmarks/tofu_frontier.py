@@ -355,10 +355,14 @@ def frontier_targets(rows: list[dict], agreement: dict) -> list[dict[str, Any]]:
     tuned = [r for r in rows if r.get("tuned") and r.get("forget_quality") is not None]
     ok = [r for r in tuned if mu_t and r.get("model_utility") is not None and r["model_utility"] >= 0.95 * mu_t]
     best = max(ok, key=lambda r: r["forget_quality"], default=None)
+    # none within the utility bar: show the tuned run that forgot most, and how far its MU is
+    shown = best or max(tuned, key=lambda r: r["forget_quality"], default=None)
     out.append({"target": "best retain-free-tuned run: true FQ >= 0.5 with MU >= 0.95 x target's", "limit": 0.5,
-                "measured": None if best is None else {"run": best["run"], "forget_quality": best["forget_quality"],
-                                                      "model_utility": best["model_utility"], "target_mu": mu_t,
-                                                      "mu_ratio_interval_90": best.get("mu_ratio_interval")},
+                "measured": None if shown is None else {
+                    "run": shown["run"], "forget_quality": shown["forget_quality"],
+                    "model_utility": shown["model_utility"], "target_mu": mu_t,
+                    "mu_ratio": shown["model_utility"] / mu_t if mu_t else None,
+                    "mu_ratio_interval_90": shown.get("mu_ratio_interval"), "within_utility_bar": best is not None},
                 "pass": None if not tuned else (best is not None and best["forget_quality"] >= 0.5)})
     rho = agreement.get("runs", {}).get("spearman")
     out.append({"target": "HFQ ranks runs like true FQ: Spearman >= 0.8 over all frontier runs", "limit": 0.8,
