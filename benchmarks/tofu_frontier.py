@@ -24,6 +24,7 @@ writes ``benchmarks/results/tofu_frontier.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -223,10 +224,13 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
                      score_items=args.tune_score_items or args.eval_items, utility_items=args.tune_utility_items,
                      retain_logs=str(retain_logs), eval_max_items=args.eval_items,
                      eval_max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
-    stamp = {k: v for k, v in vars(cfg).items() if k not in ("output", "progress")}
+    stamp = json.loads(json.dumps({k: v for k, v in vars(cfg).items() if k not in ("output", "progress")}, default=str))
     stamp_file = out / "frontier_settings.json"
-    if (out / "tune.json").is_file() and stamp_file.is_file() and json.loads(stamp_file.read_text()) == \
-            json.loads(json.dumps(stamp, default=str)):
+    stored = json.loads(stamp_file.read_text()) if stamp_file.is_file() else None
+    if stored is not None:  # options added to TuneConfig later, at their defaults, keep a finished row valid
+        defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TuneConfig)}, default=str))
+        stamp_cmp = {k: v for k, v in stamp.items() if k in stored or v != defaults.get(k)}
+    if (out / "tune.json").is_file() and stored is not None and stored == stamp_cmp:
         print(f"reusing tuned_{name}", flush=True)
         summary = json.loads((out / "tune.json").read_text())
     else:

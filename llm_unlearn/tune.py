@@ -56,6 +56,7 @@ from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import logs as eval_logs
 from llm_unlearn.eval.corpus_scores import score_corpus
 from llm_unlearn.eval.evaluator import evaluate_model, score_splits, write_eval
+from llm_unlearn.eval.metrics import UTILITY_SPLITS
 from llm_unlearn.outputs import prepare_output_dir
 from llm_unlearn.trainers import get_method
 from llm_unlearn.tune_config import MASK_CHOICES, TUNABLE_METHODS, TuneConfig  # noqa: F401  (re-exported)
@@ -85,10 +86,12 @@ class BestStepCallback(TrainerCallback):
     starting model is always a candidate, so a trial that only hurts restores it."""
 
     def __init__(self, score_fn: Callable[[Any], dict[str, float]], every: int, utility_min: float,
-                 patience: int = 0, initial: dict[str, float] | None = None):
+                 patience: int = 0, initial: dict[str, float] | None = None,
+                 term_min: dict[str, float] | None = None):
         if every < 1:
             raise UnlearnError(f"eval_every must be >= 1, got {every}")
         self.score_fn, self.every, self.utility_min, self.patience = score_fn, every, utility_min, patience
+        self.term_min = term_min  # the "each" rule: every utility term >= its own floor
         self.initial = initial
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -105,7 +108,10 @@ class BestStepCallback(TrainerCallback):
         rec = {"step": step, "hfq": float(scores["hfq"]), "ks_statistic": float(scores["ks_statistic"]),
                "utility_proxy": float(scores["utility_proxy"])}
         rec["feasible"] = rec["utility_proxy"] >= self.utility_min
-        for key in ("forget_truth_ratios", "forget_nll", "holdout_nll", "retain_nll"):  # kept for later analysis
+        if self.term_min is not None:
+            terms = scores.get("utility_terms") or {}
+            rec["feasible"] = all(terms.get(k, float("-inf")) >= v for k, v in self.term_min.items())
+        for key in ("forget_truth_ratios", "forget_nll", "holdout_nll", "retain_nll", "utility_terms"):  # kept for later analysis
             if key in scores:  # (never compared with a retain model here)
                 rec[key] = scores[key]
         self.history.append(rec)
@@ -164,8 +170,10 @@ def make_scorer(rows: dict[str, list[dict]], tokenizer, batch_size: int,
         m = summary["metrics"]
         if m.get("holdout_forget_quality") is None or m.get("utility_proxy") is None:
             raise UnlearnError("scoring gave no holdout forget quality / utility proxy (check the data's splits)")
+        terms = {f"{s}_{k}": m[f"{s}_{k}"] for s in UTILITY_SPLITS for k in ("probability", "truth_ratio")}
         return {"hfq": m["holdout_forget_quality"], "ks_statistic": m["holdout_forget_quality_ks_statistic"],
-                "utility_proxy": m["utility_proxy"], "forget_truth_ratios": summary["truth_ratios"]["forget"]}
+                "utility_proxy": m["utility_proxy"], "forget_truth_ratios": summary["truth_ratios"]["forget"],
+                "utility_terms": terms}
 
     return score
 
@@ -213,6 +221,7 @@ def make_corpus_scorer(docs: dict[str, Any], tokenizer, batch_size: int,
 
 
 BETA_RANGE = {"npo": (0.05, 1.0), "simnpo": (0.5, 5.0)}  # searched on a log scale
+UTILITY_RULES = ("mean", "each")
 
 
 def suggest(trial, cfg: TuneConfig) -> dict[str, Any]:
@@ -304,6 +313,8 @@ def check_config(cfg: TuneConfig) -> str:
         raise UnlearnError(f"tune supports methods {', '.join(TUNABLE_METHODS)}, got '{cfg.method}'")
     if cfg.protocol not in PROTOCOLS:
         raise UnlearnError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got '{cfg.protocol}'")
+    if cfg.utility_rule not in UTILITY_RULES:
+        raise UnlearnError(f"--utility-rule must be one of {', '.join(UTILITY_RULES)}, got '{cfg.utility_rule}'")
     for name in ("trials", "max_steps", "eval_every", "score_items", "utility_items", "batch_size"):
         if getattr(cfg, name) < 1:
             raise UnlearnError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
@@ -361,6 +372,9 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
     start = scorer(model)
     del model
     utility_min = cfg.utility_floor * start["utility_proxy"]
+    term_min = None
+    if cfg.utility_rule == "each" and start.get("utility_terms"):
+        term_min = {k: cfg.utility_floor * v for k, v in start["utility_terms"].items()}
     say(f"start: HFQ {start['hfq']:.3g}, utility proxy {start['utility_proxy']:.4f} (floor {utility_min:.4f}); "
         f"{cfg.trials} trials of <= {cfg.max_steps} steps, scored every {cfg.eval_every}")
     records: dict[int, dict[str, Any]] = {}
@@ -369,7 +383,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
     def objective(trial) -> float:
         p = suggest(trial, cfg)
         run_dir = out / "trials" / f"trial_{trial.number:03d}"
-        cb = BestStepCallback(scorer, cfg.eval_every, utility_min, cfg.patience, initial=start)
+        cb = BestStepCallback(scorer, cfg.eval_every, utility_min, cfg.patience, initial=start, term_min=term_min)
         overrides = {"learning_rate": p["learning_rate"], "max_steps": p["max_steps"], "alpha": p["alpha"],
                      "per_device_train_batch_size": cfg.batch_size, "seed": cfg.seed,
                      "logging_steps": cfg.eval_every, "protocol": cfg.protocol}
@@ -408,7 +422,8 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         records[trial.number] = rec
         trial.set_user_attr("record", {k: v for k, v in rec.items() if k != "history"})
         # <= 0: feasible (Optuna's convention); the chosen step always is (the start is a candidate)
-        trial.set_constraint("utility_floor", utility_min - best["utility_proxy"])
+        trial.set_constraint("utility_floor", (utility_min - best["utility_proxy"]) if term_min is None
+                             else (0.0 if best["feasible"] else 1.0))
         say(f"trial {trial.number}: {_describe(p)}{' (defaults)' if rec['default_point'] else ''} -> HFQ {best['hfq']:.3g} at step {best['step']}"
             f"/{manifest['steps']}, utility {rec['utility_ratio']:.3f}x start ({rec['time_s']:.0f} s)")
         return best["hfq"]
@@ -452,7 +467,9 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         if cfg.final_eval or cfg.retain_logs:
             report = final_report(cfg, chosen_dir, say)
         objective = (f"maximise holdout forget quality subject to utility proxy >= {cfg.utility_floor} x start "
-                     f"({utility_min:.4f})")
+                     f"({utility_min:.4f})" if term_min is None else
+                     "maximise holdout forget quality subject to every utility term (probability and truth ratio on "
+                     f"retain, real authors, world facts) >= {cfg.utility_floor} x its start value")
     summary = {
         "format": TUNE_FORMAT, "config": {k: v for k, v in asdict(cfg).items()}, "inputs": kind,
         "storage": storage, "study_name": study_name, "objective": objective,

@@ -28,6 +28,11 @@ class TuneConfig:
                                                        "step (0: never stop early)"})
     utility_floor: float = field(default=0.95, metadata={"help": "constraint: utility proxy >= this x the "
                                                                  "starting model's"})
+    utility_rule: str = field(default="mean", metadata={"help": "mean: the utility proxy (harmonic mean of its "
+                                                               "terms) >= floor x start's; each: every term (QA: "
+                                                               "probability and truth ratio on retain, real "
+                                                               "authors, world facts) >= floor x its start value, "
+                                                               "so a drop in one large term is not hidden"})
     score_items: int = field(default=40, metadata={"help": "forget and holdout items (corpus: documents) scored "
                                                            "for HFQ"})
     utility_items: int = field(default=20, metadata={"help": "items per utility split (retain items left out of "

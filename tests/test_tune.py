@@ -19,6 +19,24 @@ def test_step_key_prefers_feasible_then_hfq_then_smaller_statistic():
     assert step_key(b) > step_key(a) > step_key(c)
 
 
+def test_each_rule_refuses_a_step_whose_one_term_fell():
+    """The harmonic-mean proxy barely registers an 18 % drop of one large term (retain probability
+    0.62 -> 0.51, as tuned NPO on SmolLM2) next to small gains elsewhere; the "each" rule (every term
+    >= floor x its start) refuses the step."""
+    from llm_unlearn.eval.metrics import utility_proxy
+
+    start = {"retain_probability": 0.62, "retain_truth_ratio": 0.37, "real_authors_probability": 0.30,
+             "real_authors_truth_ratio": 0.39, "world_facts_probability": 0.29, "world_facts_truth_ratio": 0.40}
+    later = {**start, "retain_probability": 0.51, "retain_truth_ratio": 0.39, "world_facts_truth_ratio": 0.42}
+    assert utility_proxy(later) > 0.99 * utility_proxy(start)  # the mean rule sees less than 1 % of it
+    point = {"hfq": 0.5, "ks_statistic": 0.2, "utility_proxy": utility_proxy(later), "utility_terms": later}
+    model = torch.nn.Linear(2, 2)
+    for term_min, feasible in ((None, True), ({k: 0.95 * v for k, v in start.items()}, False)):
+        cb = BestStepCallback(lambda m: dict(point), every=1, utility_min=0.95 * utility_proxy(start), term_min=term_min)
+        cb._record(1, model)
+        assert cb.history[-1]["feasible"] is feasible and cb.history[-1]["utility_terms"] == later
+
+
 def test_callback_stops_at_and_restores_the_best_step(target_dir, synthetic_dir, tmp_path):
     """Scripted scores: the best is step 2; steps 4 and 6 are worse (and step 4 breaks the utility floor),
     so with patience 2 training stops at step 6 and the saved adapter holds the step-2 weights."""
