@@ -19,7 +19,7 @@ from llm_unlearn.outputs import staging_path
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_sigint_during_unlearn_saves_a_checkpoint_and_resume_finishes(target_dir, synthetic_dir, tmp_path):
+def test_sigint_during_unlearn_saves_a_checkpoint_and_resume_finishes(target_dir, synthetic_dir, tmp_path, monkeypatch):
     out = tmp_path / "ga"
     argv = ["unlearn", "--model", str(target_dir), "--data", str(synthetic_dir), "--method", "grad_ascent",
             "--lr", "1e-5", "--output", str(out), "--set", "disable_tqdm=true"]
@@ -53,7 +53,9 @@ def test_sigint_during_unlearn_saves_a_checkpoint_and_resume_finishes(target_dir
     interrupted = json.loads((staged / "run.json").read_text())
     assert interrupted["status"] == "interrupted" and interrupted["checkpoint"].endswith(checkpoints[0].name)
 
-    # the printed command, with a shorter --max-steps so the test ends: picks the checkpoint up
+    # the printed command, with a shorter --max-steps so the test ends: picks the checkpoint up (in this
+    # process, with the same OMP_NUM_THREADS as the interrupted one whatever the outer environment has)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert main([*argv, "--max-steps", str(step + 2), "--resume"]) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "ok" and run["steps"] == step + 2
