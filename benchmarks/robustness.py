@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         if ok_p and r["fq_above_target"]:
             found.append({"run": r["run"], "fq": r["forget_quality"], "worst_probability": worst_p,
                           "worst_with_rougeL": worst_both, "holds_on_rougeL_too": ok_both})
-    best = min(found, key=lambda f: f["worst_probability"]) if found else None
+    best = max(found, key=lambda f: f["fq"]) if found else None  # of the robust runs, the one that forgot most
     candidates = [r for r in rows if r["fq_above_target"] and r["worst_recovery_probability"] is not None]
     closest = min(candidates, key=lambda r: r["worst_recovery_probability"]) if candidates else None
     result = {
