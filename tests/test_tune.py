@@ -291,3 +291,24 @@ def test_default_points_and_sampler_seed():
              for k in ("none", "wagle")}
     assert len(seeds) == 6
     assert sampler_seed(cfg) == sampler_seed(TuneConfig(**{**cfg.__dict__}))
+
+
+def test_tune_each_rule_end_to_end(target_dir, synthetic_dir, tmp_path, capsys):
+    from llm_unlearn.cli import main
+
+    out = tmp_path / "tune_each"
+    rc = main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(out),
+               "--method", "npo", "--trials", "2", "--max-steps", "4", "--eval-every", "2", "--modes", "lora",
+               "--utility-rule", "each", "--no-final-eval", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((out / "tune.json").read_text())
+    assert "every utility term" in summary["objective"]
+    start = summary["start"]["utility_terms"]
+    assert len(start) == 6
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    for t in trials:
+        for h in t["history"]:
+            assert h["feasible"] == all(h["utility_terms"][k] >= 0.95 * v for k, v in start.items())
+    assert main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(tmp_path / "x"),
+                 "--utility-rule", "median"]) == 2
+    assert "--utility-rule must be one of mean, each" in capsys.readouterr().err
