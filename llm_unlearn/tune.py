@@ -56,7 +56,7 @@ from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import logs as eval_logs
 from llm_unlearn.eval.corpus_scores import score_corpus
 from llm_unlearn.eval.evaluator import evaluate_model, score_splits, write_eval
-from llm_unlearn.eval.metrics import UTILITY_SPLITS
+from llm_unlearn.eval.metrics import UTILITY_PROXY_KEYS
 from llm_unlearn.outputs import prepare_output_dir
 from llm_unlearn.trainers import get_method
 from llm_unlearn.tune_config import MASK_CHOICES, TUNABLE_METHODS, TuneConfig  # noqa: F401  (re-exported)
@@ -107,8 +107,9 @@ class BestStepCallback(TrainerCallback):
         scores = scores if scores is not None else self.score_fn(model)
         rec = {"step": step, "hfq": float(scores["hfq"]), "ks_statistic": float(scores["ks_statistic"]),
                "utility_proxy": float(scores["utility_proxy"])}
-        rec["feasible"] = rec["utility_proxy"] >= self.utility_min
-        if self.term_min is not None:
+        if self.term_min is None:
+            rec["feasible"] = rec["utility_proxy"] >= self.utility_min
+        else:
             terms = scores.get("utility_terms") or {}
             rec["feasible"] = all(terms.get(k, float("-inf")) >= v for k, v in self.term_min.items())
         for key in ("forget_truth_ratios", "forget_nll", "holdout_nll", "retain_nll", "utility_terms"):  # kept for later analysis
@@ -170,7 +171,7 @@ def make_scorer(rows: dict[str, list[dict]], tokenizer, batch_size: int,
         m = summary["metrics"]
         if m.get("holdout_forget_quality") is None or m.get("utility_proxy") is None:
             raise UnlearnError("scoring gave no holdout forget quality / utility proxy (check the data's splits)")
-        terms = {f"{s}_{k}": m[f"{s}_{k}"] for s in UTILITY_SPLITS for k in ("probability", "truth_ratio")}
+        terms = {k: m[k] for k in UTILITY_PROXY_KEYS}
         return {"hfq": m["holdout_forget_quality"], "ks_statistic": m["holdout_forget_quality_ks_statistic"],
                 "utility_proxy": m["utility_proxy"], "forget_truth_ratios": summary["truth_ratios"]["forget"],
                 "utility_terms": terms}
@@ -221,6 +222,7 @@ def make_corpus_scorer(docs: dict[str, Any], tokenizer, batch_size: int,
 
 
 BETA_RANGE = {"npo": (0.05, 1.0), "simnpo": (0.5, 5.0)}  # searched on a log scale
+ALPHA_RANGE = (0.3, 3.0)
 UTILITY_RULES = ("mean", "each")
 
 
@@ -237,7 +239,7 @@ def suggest(trial, cfg: TuneConfig) -> dict[str, Any]:
         if cfg.max_steps > low else cfg.max_steps
     if cfg.method in BETA_RANGE:
         p["beta"] = trial.suggest_float("beta", *BETA_RANGE[cfg.method], log=True)
-    p["alpha"] = trial.suggest_float("alpha", 0.3, 3.0, log=True)
+    p["alpha"] = trial.suggest_float("alpha", *ALPHA_RANGE, log=True)
     mask = trial.suggest_categorical("mask", masks) if len(masks) > 1 else masks[0]
     p["mask"] = mask
     if mask != "none":
@@ -259,15 +261,18 @@ def default_points(cfg: TuneConfig) -> list[dict[str, Any]]:
     for mode in _list(cfg.modes, ("lora", "full"), "modes"):
         lo, hi = cfg.lr_lora if mode == "lora" else cfg.lr_full
         lr = unlearn_mod.mode_defaults(cfg.method, mode == "lora").get("learning_rate", own.get("learning_rate"))
-        point: dict[str, Any] = {"mode": mode, f"lr_{mode}": float(min(max(lr, lo), hi)), "max_steps": cfg.max_steps,
-                                 "alpha": float(min(max(own.get("alpha", 1.0), 0.3), 3.0)), "mask": masks[0]}
+        point: dict[str, Any] = {"mode": mode, f"lr_{mode}": _clip(lr, lo, hi), "max_steps": cfg.max_steps,
+                                 "alpha": _clip(own.get("alpha", 1.0), *ALPHA_RANGE), "mask": masks[0]}
         if cfg.method in BETA_RANGE:
-            b_lo, b_hi = BETA_RANGE[cfg.method]
-            point["beta"] = float(min(max(own.get("beta", b_lo), b_lo), b_hi))
+            point["beta"] = _clip(own.get("beta", BETA_RANGE[cfg.method][0]), *BETA_RANGE[cfg.method])
         if masks[0] != "none":
             point["mask_ratio"] = 0.5
         points.append(point)
     return points
+
+
+def _clip(value: float, lo: float, hi: float) -> float:
+    return float(min(max(value, lo), hi))
 
 
 def sampler_seed(cfg: TuneConfig) -> int:

@@ -159,7 +159,7 @@ def utility_proxy(values: dict[str, float]) -> float:
     {probability, truth-ratio score} x {retain, real authors, world facts} (model utility
     without the three ROUGE-L terms, which need greedy generation). Cheap enough to compute
     every few training steps; 0 if any value is 0. `values` as in `model_utility`."""
-    keys = [f"{s}_{m}" for s in UTILITY_SPLITS for m in ("probability", "truth_ratio")]
+    keys = UTILITY_PROXY_KEYS
     missing = [k for k in keys if values.get(k) is None]
     if missing:
         raise KeyError(f"the utility proxy needs {', '.join(missing)}")
@@ -190,6 +190,8 @@ def rouge_l_recall(generations: Sequence[str], answers: Sequence[str]) -> np.nda
 
 UTILITY_SPLITS = ("retain", "real_authors", "world_facts")
 UTILITY_MEASURES = ("probability", "rougeL_recall", "truth_ratio")
+# the terms of `utility_proxy` (model utility without its generation terms)
+UTILITY_PROXY_KEYS = tuple(f"{s}_{m}" for s in UTILITY_SPLITS for m in ("probability", "truth_ratio"))
 
 
 def model_utility(values: dict[str, float]) -> float:
