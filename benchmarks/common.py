@@ -125,6 +125,7 @@ def machine_info() -> dict[str, Any]:
         "versions": versions(),
         "allocator": ("glibc, freed memory kept in the heap (llm_unlearn.perf.tune_allocator)" if tune_allocator()
                       else "default"),
+        "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0"),  # llm_unlearn.perf.huge_pages
     }
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -275,6 +276,7 @@ def phase_train(args) -> dict:
             "tokens_per_s": tokens / train_s, "trainable_params": trainable,
             "frozen_copy": trainer.ref_model is not None, "memory_trace": trace.stop(),
             "allocator": allocator_policy(),
+            "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0"),
             "peak_rss_bytes": peak_rss_bytes()}
 
 
@@ -561,8 +563,6 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.phase:
         if args.malloc:  # read when training picks its allocator (llm_unlearn.perf), after this
-            import os
-
             os.environ["LLM_UNLEARN_MALLOC"] = args.malloc
         print(json.dumps(PHASES[args.phase](args)))
         return 0

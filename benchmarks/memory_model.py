@@ -90,6 +90,10 @@ def phase_train(args) -> dict:
     from llm_unlearn.trainers import NPOConfig, NPOTrainer
 
     torch.set_num_threads(args.threads)
+    if args.allocator == "lean":
+        from llm_unlearn.perf import lean_allocator
+
+        lean_allocator()  # RSS follows the live tensors: freed buffers go back to the OS
     tok = load_tokenizer(resolve_model_path("smollm2"))
     n = args.batch * args.steps
     forget = _data(tok, n, args.prompt, args.answer, 0)
@@ -209,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plan-only", action="store_true", help="write the predicted GPU table only")
     p.add_argument("--recompute", action="store_true",
                    help="re-predict the measured rows already in --out with the current memory model (no runs)")
+    p.add_argument("--allocator", default="lean", choices=["lean", "reuse"],
+                   help="CPU heap policy of every measured process: lean (llm_unlearn.perf.lean_allocator: RSS follows "
+                        "the live tensors, as on a GPU without allocator slack) or reuse (tune_allocator's heap, "
+                        "which keeps freed memory)")
     p.add_argument("--out", default=str(RESULTS / "memory_model.json"))
     p.add_argument("--phase", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -252,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.strftime('%H:%M:%S')}] {key} ...", flush=True)
             phase = ["--phase", "--model", spec, "--mode", mode, "--optim", optim, "--batch", str(batch),
                      "--steps", str(steps), "--prompt", str(args.prompt), "--answer", str(args.answer),
-                     "--threads", str(args.threads), *(["--in-backward"] if inb else []),
+                     "--threads", str(args.threads), "--allocator", args.allocator,
+                     *(["--in-backward"] if inb else []),
                      *(["--ckpt"] if ckpt else [])]
             try:
                 r = run_phase(__file__, phase)
@@ -263,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
             config = r.pop("config")
             e = _predict(shape, mode, optim, inb, ckpt, batch, args.prompt + args.answer, args.answer, config)
             r.update(predicted_gb=e.peak_gb, parts_gb=e.as_dict()["parts_gb"], batch=batch, steps=steps,
+                     allocator=args.allocator,
                      seq=args.prompt + args.answer, mode=mode, optim=optim, in_backward=inb, checkpointing=ckpt,
                      error=(e.peak_gb - r["measured_gb"]) / r["measured_gb"],
                      error_live=(e.peak_gb - r["live_malloc_peak_gb"]) / r["live_malloc_peak_gb"])
@@ -293,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
               "settings": {"method": "npo (alpha 1, cached reference)", "dtype": "float32", "prompt": args.prompt,
                            "answer": args.answer, "threads": args.threads, "tolerance": TOLERANCE,
                            "measured": "peak RSS (ru_maxrss) minus RSS after imports, tokenizer and data, before "
-                                       "the model is built; allocator: glibc tuned (llm_unlearn.perf.tune_allocator); "
-                                       "rows with the step in backward: lean_allocator (the trainer's choice)",
+                                       "the model is built; allocator: each row's 'allocator' (lean: llm_unlearn.perf.lean_allocator, "
+                                       "RSS follows the live tensors; reuse: tune_allocator's heap, which keeps freed memory; "
+                                       "rows with the step in backward are lean either way: the trainer's choice)",
                            "plan": PLAN},
               "rows": rows, "targets": targets, "eight_b_40gb": eight, "plan": records}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

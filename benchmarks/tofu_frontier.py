@@ -208,6 +208,12 @@ def evaluate(model_dir: Path, run_dir: Path, data: Path, args, retain_logs: Path
     return result["summary"], time.time() - t0
 
 
+def tuned_dir(name: str, args) -> str:
+    """The cache directory (and row name) of a tuned row: ``tuned_NAME``, or ``tuned_NAME_TAG`` with
+    ``--tune-tag`` (another budget or rule beside a finished row, never over it)."""
+    return f"tuned_{name}" + (f"_{args.tune_tag}" if args.tune_tag else "")
+
+
 def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, retain_logs: Path) -> dict[str, Any]:
     """One `tuned` row: `llm_unlearn.tune` on the target with the shared trial budget; the tuner
     sees only the holdout forget quality and the utility proxy. The retain model's logs are passed
@@ -216,14 +222,15 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
     from llm_unlearn.tune import TuneConfig, tune
 
     method, masks = TUNED[name]
-    out = runs_dir / f"tuned_{name}"
+    out = runs_dir / tuned_dir(name, args)
     cfg = TuneConfig(model=str(target_dir), data=str(data), output=str(out), method=method, forget_split=FORGET_SPLIT,
                      retain_split=RETAIN_SPLIT, trials=args.tune_trials, max_steps=args.tune_steps,
                      eval_every=args.tune_every, patience=args.tune_patience, modes=args.tune_modes, masks=masks,
                      batch_size=args.batch_size, lora_r=args.lora_r, optim=args.optim, seed=args.seed,
                      score_items=args.tune_score_items or args.eval_items, utility_items=args.tune_utility_items,
                      retain_logs=str(retain_logs), eval_max_items=args.eval_items,
-                     eval_max_new_tokens=args.max_new_tokens, progress=not args.no_progress)
+                     eval_max_new_tokens=args.max_new_tokens, utility_rule=args.tune_utility_rule,
+                     progress=not args.no_progress)
     stamp = json.loads(json.dumps({k: v for k, v in vars(cfg).items() if k not in ("output", "progress")}, default=str))
     stamp_file = out / "frontier_settings.json"
     stored = json.loads(stamp_file.read_text()) if stamp_file.is_file() else None
@@ -231,7 +238,7 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
         defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TuneConfig)}, default=str))
         stamp_cmp = {k: v for k, v in stamp.items() if k in stored or v != defaults.get(k)}
     if (out / "tune.json").is_file() and stored is not None and stored == stamp_cmp:
-        print(f"reusing tuned_{name}", flush=True)
+        print(f"reusing {out.name}", flush=True)
         summary = json.loads((out / "tune.json").read_text())
     else:
         print(f"[{time.strftime('%H:%M:%S')}] tuning {name}: {args.tune_trials} trials of <= {args.tune_steps} steps",
@@ -240,7 +247,7 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
         stamp_file.write_text(json.dumps(stamp, indent=1, default=str) + "\n")
     ev = json.loads((out / "chosen" / "eval" / "summary.json").read_text())
     chosen = summary["chosen"]
-    row = _row(f"tuned_{name}", ev, method=name, mask=masks, mode=chosen["params"]["mode"], tuned=True,
+    row = _row(out.name, ev, method=name, mask=masks, mode=chosen["params"]["mode"], tuned=True,
                hfq_at_choice=chosen["hfq"], utility_proxy_ratio=chosen["utility_ratio"], best_step=chosen["best_step"],
                params=chosen["params"], default_point=chosen.get("default_point"), trials=summary["trials"],
                tune_s=summary["total_s"],
@@ -551,6 +558,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-every", type=int, default=10, help="score HFQ and the utility proxy every k steps")
     p.add_argument("--tune-patience", type=int, default=2, help="scorings without a better step before a trial stops")
     p.add_argument("--tune-modes", default="lora,full", help="modes the tuner searches")
+    p.add_argument("--tune-utility-rule", default="mean", choices=["mean", "each"],
+                   help="the tuner's feasibility rule (llm-unlearn tune --utility-rule)")
+    p.add_argument("--tune-tag", default="", help="suffix of the tuned rows' cache directories and names "
+                                                 "(tuned_NAME_TAG), so another budget or rule never replaces a finished row")
     p.add_argument("--tune-utility-items", type=int, default=20, help="items per utility split in the tuner's scoring")
     p.add_argument("--tune-score-items", type=int, default=None,
                    help="forget and holdout items the tuner scores HFQ on (default --eval-items)")
@@ -787,14 +798,14 @@ def main(argv: list[str] | None = None) -> int:
                 tuned_run(name, model_dirs["target"], data, args, runs_dir, retain_logs)
         return 0
     for name in tuned:
-        if args.report_only and not (runs_dir / f"tuned_{name}" / "tune.json").is_file():
-            print(f"not finished: tuned_{name}", flush=True)
+        if args.report_only and not (runs_dir / tuned_dir(name, args) / "tune.json").is_file():
+            print(f"not finished: {tuned_dir(name, args)}", flush=True)
             continue
         try:
             result["rows"].append(tuned_run(name, model_dirs["target"], data, args, runs_dir, retain_logs))
         except Exception as exc:  # a failed search is a result too
-            print(f"  tuned_{name} failed: {exc}", flush=True)
-            result["rows"].append({"run": f"tuned_{name}", "method": name, "tuned": True,
+            print(f"  {tuned_dir(name, args)} failed: {exc}", flush=True)
+            result["rows"].append({"run": tuned_dir(name, args), "method": name, "tuned": True,
                                    "error": str(exc).splitlines()[0]})
         save()
     result["planned_runs"] = len(grid) + len(tuned)

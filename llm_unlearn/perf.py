@@ -49,13 +49,42 @@ _done: bool | None = None
 _lean: bool | None = None
 
 
+def huge_pages() -> bool:
+    """Back torch's large CPU buffers (2 MB and more) with transparent huge pages: sets
+    ``THP_MEM_ALLOC_ENABLE=1``, which makes torch's CPU allocator align such buffers to 2 MB and
+    ``madvise(MADV_HUGEPAGE)`` them. A buffer mapped afresh (every large one under `lean_allocator`)
+    then costs one page fault per 2 MB instead of one per 4 KB: allocating and filling a 141 MB and
+    a 3.5 MB buffer 200 times took 16.1 s of CPU with 4 KB pages, 3.1 s with huge pages (7.6 M vs
+    0.29 M faults). torch reads the variable once, at its first large allocation, so this must run
+    before a model is built: `tune_allocator` calls it (the ``llm-unlearn`` command, the recipes and
+    the benchmarks do at start). ``LLM_UNLEARN_THP=0`` (or a ``THP_MEM_ALLOC_ENABLE`` already set)
+    leaves it alone; so does a kernel whose transparent huge pages are ``never``. Returns whether
+    torch will use huge pages (as far as can be known here)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    if "THP_MEM_ALLOC_ENABLE" in os.environ:
+        return os.environ["THP_MEM_ALLOC_ENABLE"] not in ("", "0")
+    if os.environ.get("LLM_UNLEARN_THP", "1") == "0":
+        return False
+    try:
+        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return False
+    if "[never]" in mode:
+        return False
+    os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
+    return True
+
+
 def tune_allocator() -> bool:
-    """Keep freed CPU memory in the glibc heap for reuse (see the module docstring). Returns
-    whether the setting is active; idempotent."""
+    """Keep freed CPU memory in the glibc heap for reuse (see the module docstring), and back large
+    buffers with huge pages (`huge_pages`). Returns whether the heap setting is active; idempotent."""
     global _done
     if _done is not None:
         return _done
     _done = False
+    if os.environ.get("LLM_UNLEARN_MALLOC", "").lower() != "default":
+        huge_pages()
     if os.environ.get("LLM_UNLEARN_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
         return False
     try:

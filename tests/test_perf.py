@@ -94,3 +94,43 @@ def test_owning_file_mapped_weights_drops_their_file_pages(tmp_path):
     assert torch.equal(layer.weight.view(-1), torch.arange(n, dtype=torch.float32))
     assert rss_file() - before < 16 << 20  # without the drop: + 64 MB of file pages
     assert keep_mapping[12345].item() == 12345.0  # the mapping still reads right (paged in again)
+
+
+THP = """
+import os, resource
+from llm_unlearn.perf import lean_allocator, tune_allocator
+tune_allocator()
+import torch
+lean_allocator()  # every large buffer mapped afresh: the case huge pages are for
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    torch.ones(8 << 20)  # 32 MB, mapped, filled, unmapped
+print(os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def _thp_mode() -> str:
+    try:
+        return open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return "[never]"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or "[never]" in _thp_mode(),
+                    reason="needs transparent huge pages (madvise or always)")
+def test_huge_pages_cut_the_page_faults_of_fresh_buffers():
+    """`tune_allocator` turns on torch's huge-page CPU allocations before any large buffer exists;
+    a buffer mapped afresh then faults in 2 MB at a time. ``LLM_UNLEARN_THP=0`` leaves them off."""
+    env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "LLM_UNLEARN_THP")}
+
+    def run(**extra):
+        out = subprocess.run([sys.executable, "-c", THP], capture_output=True, text=True, check=True,
+                             env={**env, **extra}).stdout.split()
+        return out[0], int(out[1])
+
+    on, faults_on = run()
+    off, faults_off = run(LLM_UNLEARN_THP="0")
+    assert (on, off) == ("1", "unset")
+    assert faults_off >= 10 * (8 << 20) * 4 // 4096 * 0.9  # one fault per 4 KB page of every buffer
+    assert faults_on < faults_off / 4
+    assert run(THP_MEM_ALLOC_ENABLE="0")[0] == "0"  # the user's own setting is kept
