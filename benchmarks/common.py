@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llm_unlearn.perf import tune_allocator  # noqa: E402
+from llm_unlearn.perf import huge_pages_enabled, tune_allocator  # noqa: E402
 
 tune_allocator()  # every benchmark process reuses large CPU buffers, as the llm-unlearn command does
 
@@ -125,7 +125,7 @@ def machine_info() -> dict[str, Any]:
         "versions": versions(),
         "allocator": ("glibc, freed memory kept in the heap (llm_unlearn.perf.tune_allocator)" if tune_allocator()
                       else "default"),
-        "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0"),  # llm_unlearn.perf.huge_pages
+        "huge_pages": huge_pages_enabled(),
     }
 
 

@@ -217,7 +217,7 @@ def _load(args):
 def phase_train(args) -> dict:
     from llm_unlearn.data.pairing import ForgetRetainDataset
     from llm_unlearn.models import attach_lora
-    from llm_unlearn.perf import allocator_policy
+    from llm_unlearn.perf import allocator_policy, huge_pages_enabled
     from llm_unlearn.scoring import IGNORE_INDEX
     from llm_unlearn.trainers import get_method
     from llm_unlearn.unlearn import build_config
@@ -276,7 +276,7 @@ def phase_train(args) -> dict:
             "tokens_per_s": tokens / train_s, "trainable_params": trainable,
             "frozen_copy": trainer.ref_model is not None, "memory_trace": trace.stop(),
             "allocator": allocator_policy(),
-            "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0"),
+            "huge_pages": huge_pages_enabled(),
             "peak_rss_bytes": peak_rss_bytes()}
 
 

@@ -798,14 +798,15 @@ def main(argv: list[str] | None = None) -> int:
                 tuned_run(name, model_dirs["target"], data, args, runs_dir, retain_logs)
         return 0
     for name in tuned:
-        if args.report_only and not (runs_dir / tuned_dir(name, args) / "tune.json").is_file():
-            print(f"not finished: {tuned_dir(name, args)}", flush=True)
+        row_name = tuned_dir(name, args)
+        if args.report_only and not (runs_dir / row_name / "tune.json").is_file():
+            print(f"not finished: {row_name}", flush=True)
             continue
         try:
             result["rows"].append(tuned_run(name, model_dirs["target"], data, args, runs_dir, retain_logs))
         except Exception as exc:  # a failed search is a result too
-            print(f"  {tuned_dir(name, args)} failed: {exc}", flush=True)
-            result["rows"].append({"run": tuned_dir(name, args), "method": name, "tuned": True,
+            print(f"  {row_name} failed: {exc}", flush=True)
+            result["rows"].append({"run": row_name, "method": name, "tuned": True,
                                    "error": str(exc).splitlines()[0]})
         save()
     result["planned_runs"] = len(grid) + len(tuned)

@@ -33,6 +33,7 @@ import logging
 import os
 import sys
 import threading
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -62,18 +63,21 @@ def huge_pages() -> bool:
     torch will use huge pages (as far as can be known here)."""
     if not sys.platform.startswith("linux"):
         return False
-    if "THP_MEM_ALLOC_ENABLE" in os.environ:
-        return os.environ["THP_MEM_ALLOC_ENABLE"] not in ("", "0")
-    if os.environ.get("LLM_UNLEARN_THP", "1") == "0":
-        return False
+    if "THP_MEM_ALLOC_ENABLE" in os.environ or os.environ.get("LLM_UNLEARN_THP", "1") == "0":
+        return huge_pages_enabled()
     try:
-        mode = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+        mode = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
     except OSError:
         return False
     if "[never]" in mode:
         return False
     os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
     return True
+
+
+def huge_pages_enabled() -> bool:
+    """Whether torch's large CPU buffers get huge pages in processes started from here (``THP_MEM_ALLOC_ENABLE``)."""
+    return os.environ.get("THP_MEM_ALLOC_ENABLE", "0") not in ("", "0")
 
 
 def tune_allocator() -> bool:
@@ -83,10 +87,9 @@ def tune_allocator() -> bool:
     if _done is not None:
         return _done
     _done = False
-    if os.environ.get("LLM_UNLEARN_MALLOC", "").lower() != "default":
-        huge_pages()
     if os.environ.get("LLM_UNLEARN_MALLOC", "").lower() == "default" or not sys.platform.startswith("linux"):
         return False
+    huge_pages()
     try:
         libc = ctypes.CDLL("libc.so.6")
         ok = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, _TRIM_NEVER) == 1
