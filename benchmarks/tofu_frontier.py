@@ -623,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
     data = write_tofu_subset(args.data, cache / f"data_{args.authors}authors", args.authors, FORGET_SPLIT)
 
     settings = {
-        "model": args.model, "data_source": str(args.data), "authors": args.authors, "forget_split": FORGET_SPLIT,
+        "model": args.model, "data_source": str(Path(args.data).resolve()), "authors": args.authors, "forget_split": FORGET_SPLIT,
         "retain_split": RETAIN_SPLIT, "epochs": args.epochs, "batch_size": args.batch_size, "lr_full": args.lr_full,
         "lr_lora": args.lr_lora, "optim": args.optim, "optim_in_backward": args.optim_in_backward, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r,
         "mask_ratio": args.mask_ratio,

@@ -18,12 +18,13 @@ systems without glibc it does nothing.
 
 The one exception is `lean_allocator`, the memory-first policy, which the UnlearnTrainer applies
 when a run asks for memory savings (``optim_in_backward`` on CPU): every allocation of at least
-1 MB gets its own mapping and goes back to the OS when freed, the heap top is trimmed, and what
-the heap kept so far is released (``malloc_trim``). A heap that keeps freed memory also keeps its
-fragmentation: on SmolLM2-135M, NPO+RT in-backward Adafactor with checkpointing, live allocations
-peaked at 1.15 GB but RSS at 3.04 GB with `tune_allocator`'s setting, 2.16 GB with glibc's
-defaults (only buffers over 32 MB mapped), 1.64 GB with the 1 MB threshold, at +40 % CPU time
-for the page faults (3 steps, 1 thread).
+2 MiB (`LEAN_MMAP_THRESHOLD`) gets its own mapping and goes back to the OS when freed, the heap
+top is trimmed, and what the heap kept so far is released (``malloc_trim``). A heap that keeps
+freed memory also keeps its fragmentation: on SmolLM2-135M, NPO+RT in-backward Adafactor with
+checkpointing, live allocations peaked at 1.15 GB but RSS at 3.04 GB with `tune_allocator`'s
+setting, 2.16 GB with glibc's defaults (only buffers over 32 MB mapped), 1.64 GB with a 1 MB
+threshold, at +40 % CPU time for the page faults (3 steps, 1 thread). With huge pages
+(`huge_pages`) and the 2 MiB threshold, each mapped buffer faults in 2 MB at a time.
 """
 
 from __future__ import annotations
@@ -44,7 +45,12 @@ M_MMAP_MAX = -4
 _TRIM_NEVER = 2**31 - 1  # an int: the largest threshold mallopt takes
 _MMAP_MAX_DEFAULT = 65536
 _TRIM_DEFAULT = 128 * 1024
-LEAN_MMAP_THRESHOLD = 1 << 20  # bytes: allocations from this size on are mapped on their own by `lean_allocator`
+# bytes: allocations from this size on are mapped on their own by `lean_allocator`. 2 MiB is where
+# torch starts aligning buffers to huge pages (`huge_pages`), so every mapped buffer faults in 2 MB at
+# a time, while the many smaller ones (a SmolLM2 layer's activations of a batch: ~1.6 MB) are reused
+# from the heap. Measured on SmolLM2-135M, NPO+RT in-backward Adafactor + checkpointing, huge pages
+# on (benchmarks/cost.py): 1 MiB 1.88x the fp32 weights at 1.48x AdamW's time; 2 MiB 2.34x at 1.18x
+LEAN_MMAP_THRESHOLD = 2 << 20
 
 _done: bool | None = None
 _lean: bool | None = None
@@ -107,7 +113,8 @@ def lean_allocator() -> bool:
     handed back now. Process-wide and idempotent; returns whether it is active. Nothing happens
     with ``LLM_UNLEARN_MALLOC=default`` (glibc's own policy), ``LLM_UNLEARN_MALLOC=reuse`` (keep
     `tune_allocator`'s faster heap: speed over memory) or without glibc. Costs page faults on every large buffer
-    (about +40 % CPU time of a training step on SmolLM2-135M); undone by nothing but a new process."""
+    (+18 % time of a training step on SmolLM2-135M with huge pages, +48 % without them at a 1 MiB
+    threshold); undone by nothing but a new process."""
     global _lean, _done
     if _lean is not None:
         return _lean
