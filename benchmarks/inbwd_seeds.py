@@ -100,8 +100,8 @@ def report(parts: list[Path], runs: Path, out: Path) -> int:
                                   "(tofu_frontier.py's grid row); SmolLM2 frontier target and retain model",
                            "runs": str(runs)},
               "rows": rows, "forget_quality": fq, "model_utility": mu,
-              "targets": [{"target": "in-backward FQ within AdamW's seed range (widened by one step of the "
-                                     "observed KS p-value ladder), equal lr and steps", "limit": [lo_w, hi_w],
+              "targets": [{"target": "in-backward FQ within AdamW's seed range (widened by one rung of the "
+                                     "40-item KS p-value ladder each side), equal lr and steps", "limit": [lo_w, hi_w],
                            "measured": fq["inbwd"], "pass": within}]}
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"AdamW FQ {fq['adamw']}, in backward {fq['inbwd']}: within {within}; wrote {out}")
