@@ -47,7 +47,7 @@ def run(variant: str, seed: int, runs: Path, scratch: Path) -> dict:
     overrides = {**stamp["overrides"], "seed": seed, "disable_tqdm": True, "resample_pairs": False}
     method = METHODS["npo_rt"][0]
     out = scratch / f"{variant}_seed{seed}"
-    data = CACHE / "data_20authors"
+    data = runs.parent / "data_20authors"  # the frontier cache the runs belong to
     t0 = time.time()
     _, manifest = run_unlearning(stamp["target"], data, out, method, forget_split=FORGET_SPLIT,
                                  retain_split=RETAIN_SPLIT, overrides=overrides, lora=False, overwrite=True,

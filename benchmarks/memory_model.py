@@ -72,9 +72,9 @@ MEASURE_ALLOCATOR = "lean:256K"
 
 
 def _allocator(value: str) -> str:
-    import re
+    from llm_unlearn.perf import parse_lean_threshold
 
-    if value in ("lean", "reuse") or re.fullmatch(r"lean:[1-9][0-9]*[kKmM]?", value):
+    if value == "reuse" or parse_lean_threshold(value.lower()) is not None:
         return value.lower()
     raise argparse.ArgumentTypeError(f"expected lean, lean:N[K|M] or reuse, got '{value}'")
 

@@ -49,7 +49,7 @@ _TRIM_DEFAULT = 128 * 1024
 # torch starts aligning buffers to huge pages (`huge_pages`), so every mapped buffer faults in 2 MB at
 # a time, while the many smaller ones (a SmolLM2 layer's activations of a batch: ~1.6 MB) are reused
 # from the heap. Measured on SmolLM2-135M, NPO+RT in-backward Adafactor + checkpointing, huge pages
-# on (benchmarks/cost.py): 1 MiB 1.88x the fp32 weights at 1.48x AdamW's time; 2 MiB 2.34x at 1.18x
+# on (benchmarks/cost.py): 1 MiB 1.88x the fp32 weights at 1.48x AdamW's time; 2 MiB 2.28x at 1.20x
 LEAN_MMAP_THRESHOLD = 2 << 20
 
 _done: bool | None = None
@@ -138,18 +138,27 @@ def lean_allocator() -> bool:
     return _lean
 
 
+def parse_lean_threshold(policy: str) -> int | None:
+    """The mmap threshold a lean policy names: `LEAN_MMAP_THRESHOLD` for ``lean``, N bytes for
+    ``lean:N[K|M]`` (up to 32M, glibc's largest on 64-bit); None for anything else."""
+    if policy == "lean":
+        return LEAN_MMAP_THRESHOLD
+    if not policy.startswith("lean:"):
+        return None
+    spec = policy.split(":", 1)[1].strip().lower()
+    scale = {"k": 1 << 10, "m": 1 << 20}.get(spec[-1:], 1)
+    digits = spec[:-1] if scale > 1 else spec
+    value = int(digits) * scale if digits.isdigit() else 0
+    return value if 0 < value <= 32 << 20 else None
+
+
 def lean_threshold(policy: str) -> int:
     """The mmap threshold of the lean policy: `LEAN_MMAP_THRESHOLD`, or ``lean:N[K|M]`` in
     ``LLM_UNLEARN_MALLOC`` (a larger threshold: fewer page faults, more memory kept in the heap)."""
     if not policy.startswith("lean:"):
         return LEAN_MMAP_THRESHOLD
-    spec = policy.split(":", 1)[1].strip()
-    scale = {"k": 1 << 10, "m": 1 << 20}.get(spec[-1:], 1)
-    try:
-        value = int(spec[:-1] if scale > 1 else spec) * scale
-    except ValueError:
-        value = 0
-    if not 0 < value <= 32 << 20:  # glibc's largest mmap threshold on 64-bit: 32 MiB
+    value = parse_lean_threshold(policy)
+    if value is None:
         logger.warning("LLM_UNLEARN_MALLOC=%s: expected lean:N[K|M] up to 32M; using %d bytes", policy,
                        LEAN_MMAP_THRESHOLD)
         return LEAN_MMAP_THRESHOLD

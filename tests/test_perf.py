@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from llm_unlearn.perf import parse_lean_threshold
+
 PROBE = """
 from llm_unlearn.perf import tune_allocator
 first = tune_allocator()
@@ -65,6 +67,46 @@ def test_lean_allocator_maps_large_buffers_on_their_own():
     assert off[:4] == ["False", "False", "default", "default"]
     fast = run(LLM_UNLEARN_MALLOC="reuse")  # speed over memory: the heap keeps its buffers
     assert fast == ["False", "False", "reuse", "reuse", "0", "False"]
+
+
+THRESHOLD = """
+import torch
+from llm_unlearn.perf import lean_allocator
+import ctypes
+
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = Info
+lean_allocator()
+
+def mapped(n_bytes):  # does malloc serve a tensor of n_bytes from its own mapping?
+    base = libc.mallinfo2().hblkhd
+    t = torch.empty(n_bytes // 4)
+    return libc.mallinfo2().hblkhd - base >= n_bytes
+
+print(mapped(1 << 20), mapped(4 << 20))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc-only setting")
+def test_lean_threshold_splits_heap_and_mapped_buffers():
+    """Under `lean_allocator` buffers below the threshold (2 MiB, where torch's huge pages start)
+    are reused from the heap and larger ones are mapped; ``lean:N`` moves the threshold, and a
+    malformed one falls back to the default."""
+    def run(policy=None):
+        env = {k: v for k, v in os.environ.items() if k != "LLM_UNLEARN_MALLOC"}
+        env.update({"LLM_UNLEARN_MALLOC": policy} if policy else {})
+        return subprocess.run([sys.executable, "-c", THRESHOLD], capture_output=True, text=True, check=True,
+                              env=env).stdout.split()
+
+    assert run() == ["False", "True"]
+    assert run("lean:512K") == ["True", "True"]
+    assert run("lean:8M") == ["False", "False"]
+    assert run("lean:lots") == ["False", "True"]
+    assert parse_lean_threshold("lean") == 2 << 20 and parse_lean_threshold("lean:4m") == 4 << 20
+    assert parse_lean_threshold("lean:64M") is None and parse_lean_threshold("reuse") is None
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status")
