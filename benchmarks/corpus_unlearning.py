@@ -115,6 +115,12 @@ def targets(rows: list[dict]) -> list[dict]:
         vals = [r[key] for r in rows if r["model"] == model]
         return statistics.fmean(vals) if vals else None
 
+    def per_seed(model, key, minus=None):
+        by = {r["seed"]: r for r in rows if r["model"] == model}
+        ref = {r["seed"]: r for r in rows if r["model"] == (minus or model)}
+        return {s: round(by[s][key] - (ref[s]["general_acc"] if minus else by[s]["domain_chance"]), 4)
+                for s in sorted(by) if s in ref}
+
     ft_general = mean("finetuned", "general_acc")
     out = []
     # a precondition: unlearning targets mean nothing if the finetuned model never learnt the domain
@@ -122,7 +128,8 @@ def targets(rows: list[dict]) -> list[dict]:
         known = mean("finetuned", "domain_acc") - mean("finetuned", "domain_chance")
         out.append({"target": "finetuned model knows the domain: domain MCQ accuracy at least 10 points above chance "
                               "(else the unlearning targets below are vacuous)",
-                    "limit": 0.10, "measured": round(known, 4), "pass": known >= 0.10})
+                    "limit": 0.10, "measured": round(known, 4), "pass": known >= 0.10,
+                    "per_seed": per_seed("finetuned", "domain_acc")})
     methods = [m for m in dict.fromkeys(r["model"] for r in rows) if m not in ("base", "finetuned")]
     best = None
     for m in methods:
@@ -134,9 +141,11 @@ def targets(rows: list[dict]) -> list[dict]:
     if best is not None:
         m, ok, gap, drop = best
         out.append({"target": f"best method ({m}): domain MCQ accuracy within 5 points of chance",
-                    "limit": 0.05, "measured": round(gap, 4), "pass": gap <= 0.05})
+                    "limit": 0.05, "measured": round(gap, 4), "pass": gap <= 0.05,
+                    "per_seed": per_seed(m, "domain_acc")})
         out.append({"target": f"best method ({m}): general MCQ accuracy drop vs finetuned < 2 points",
-                    "limit": 0.02, "measured": round(drop, 4), "pass": drop < 0.02})
+                    "limit": 0.02, "measured": round(drop, 4), "pass": drop < 0.02,
+                    "per_seed": {s: -v for s, v in per_seed(m, "general_acc", minus="finetuned").items()}})
     return out
 
 
@@ -161,25 +170,51 @@ def main() -> int:
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default=None, help="suffix of the results file")
+    p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="run nothing: pool the rows of these results files (e.g. one per seed, run in parallel) "
+                        "and recompute the targets over all their seeds")
     args = p.parse_args()
     args.methods = [m.strip() for m in args.methods.split(",")]
     torch.set_num_threads(args.threads)
     t0 = time.time()
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
-            rows += run_seed(seed, args, Path(tmp))
+    sources = None
+    settings = {k: v for k, v in vars(args).items() if k != "merge"}
+    if args.merge:
+        sources, shared = [], None
+        for f in args.merge:
+            try:
+                d = json.loads(f.read_text())
+                rows += d["rows"]
+                run_settings = {k: v for k, v in d["settings"].items() if k not in ("seeds", "tag", "merge")}
+            except (OSError, ValueError, KeyError) as e:
+                print(f"error: {f}: not a corpus_unlearning results file ({e})", file=sys.stderr)
+                return 2
+            if shared is not None and run_settings != shared:
+                diff = sorted(k for k in set(shared) | set(run_settings) if shared.get(k) != run_settings.get(k))
+                print(f"error: {f}: settings differ from {args.merge[0]} ({', '.join(diff)}); "
+                      "only runs of one configuration pool", file=sys.stderr)
+                return 2
+            shared = run_settings
+            sources.append({"file": str(f), "command": d.get("command"), "wall_s": d.get("wall_s")})
+        settings = {**shared, "seeds": sorted({r["seed"] for r in rows}), "tag": args.tag}
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            for seed in args.seeds:
+                rows += run_seed(seed, args, Path(tmp))
     header = ["seed", "model", "domain acc", "chance", "general acc", "verbmem ROUGE-L"]
     table = [[r["seed"], r["model"], r["domain_acc"], r["domain_chance"], r["general_acc"], r["verbmem"]] for r in rows]
     print(fmt_table(header, table))
     tg = targets(rows)
     for t in tg:
-        print(f"{'PASS' if t['pass'] else 'FAIL'}  {t['target']}: measured {t['measured']} (limit {t['limit']})")
+        print(f"{'PASS' if t['pass'] else 'FAIL'}  {t['target']}: measured {t['measured']} (limit {t['limit']}; "
+              f"per seed {t.get('per_seed')})")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"corpus_unlearning{'_' + args.tag if args.tag else ''}.json"
     out.write_text(json.dumps({
         "benchmark": "corpus_unlearning", "machine": machine_info(), "command": " ".join(sys.argv),
-        "settings": vars(args), "rows": rows, "targets": tg, "markdown": md_table(header, table),
+        "settings": settings,
+        "merged_from": sources, "rows": rows, "targets": tg, "markdown": md_table(header, table),
         "wall_s": round(time.time() - t0, 1)}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
