@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, default_data, machine_info, md_table, write_tofu_subset  # noqa: E402
+from common import QA_PER_AUTHOR, RESULTS, default_data, machine_info, md_table, write_tofu_subset  # noqa: E402
 
-FORGET_SPLIT = "forget10"
+FORGET_SPLIT = "forget10"  # the default (--forget-split); inbwd_seeds.py runs on it
 RETAIN_SPLIT = "retain90"
 # name -> (llm_unlearn method, method hyperparameters); the same retain weight for all
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -93,11 +93,13 @@ def finetuned(role: str, data: Path, args, cache: Path) -> tuple[Path, float]:
     """The target (``full``) or retain (``retain90``) model, finetuned or reused from `cache`."""
     from llm_unlearn.finetune import FinetuneConfig, finetune
 
-    split = "full" if role == "target" else RETAIN_SPLIT
+    split = "full" if role == "target" else args.retain_split
     cfg = FinetuneConfig(model=args.model, data=str(data), split=split, output="", epochs=args.ft_epochs,
                          lr=args.ft_lr, batch_size=args.ft_batch_size, seed=args.seed, with_utility=False)
     settings = {k: v for k, v in vars(cfg).items() if k not in ("output", "data")}
     settings["data"] = json.loads((data / "SUBSET").read_text())
+    if role == "target":  # `full` is the same items whatever the forget split: one target for all of them
+        settings["data"]["forget_split"] = FORGET_SPLIT
     out = cache / f"{role}_{_key(settings)}"
     if (out / "run.json").is_file() and (out / "model.safetensors").is_file():
         print(f"reusing {role} model {out}", flush=True)
@@ -129,8 +131,8 @@ def mask_file(mask: str, target_dir: Path, data: Path, args, runs_dir: Path) -> 
 
     print(f"[{time.strftime('%H:%M:%S')}] computing the {mask} mask", flush=True)
     model, tok = load_target(str(target_dir))
-    forget, _ = tokenize_qa_dataset(load_tofu(FORGET_SPLIT, data), tok, max_length=256)
-    retain, _ = tokenize_qa_dataset(load_tofu(RETAIN_SPLIT, data), tok, max_length=256)
+    forget, _ = tokenize_qa_dataset(load_tofu(args.forget_split, data), tok, max_length=256)
+    retain, _ = tokenize_qa_dataset(load_tofu(args.retain_split, data), tok, max_length=256)
     retain = retain.select(range(min(len(retain), len(forget))))
     cols = ["input_ids", "attention_mask", "labels"]
 
@@ -201,7 +203,7 @@ def evaluate(model_dir: Path, run_dir: Path, data: Path, args, retain_logs: Path
 
     model, tokenizer = load_target(str(model_dir))
     t0 = time.time()
-    result = evaluate_model(model, tokenizer, data, forget_split=FORGET_SPLIT, retain_logs=retain_logs,
+    result = evaluate_model(model, tokenizer, data, forget_split=args.forget_split, retain_logs=retain_logs,
                             max_items=args.eval_items, batch_size=8, max_new_tokens=args.max_new_tokens,
                             progress=not args.no_progress, model_name=run_dir.name)
     write_eval(run_dir / "eval", result)
@@ -223,8 +225,8 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
 
     method, masks = TUNED[name]
     out = runs_dir / tuned_dir(name, args)
-    cfg = TuneConfig(model=str(target_dir), data=str(data), output=str(out), method=method, forget_split=FORGET_SPLIT,
-                     retain_split=RETAIN_SPLIT, trials=args.tune_trials, max_steps=args.tune_steps,
+    cfg = TuneConfig(model=str(target_dir), data=str(data), output=str(out), method=method,
+                     forget_split=args.forget_split, retain_split=args.retain_split, trials=args.tune_trials, max_steps=args.tune_steps,
                      eval_every=args.tune_every, patience=args.tune_patience, modes=args.tune_modes, masks=masks,
                      batch_size=args.batch_size, lora_r=args.lora_r, optim=args.optim, seed=args.seed,
                      score_items=args.tune_score_items or args.eval_items, utility_items=args.tune_utility_items,
@@ -417,7 +419,7 @@ def write_outputs(result: dict, out_prefix: Path) -> None:
                                [[t["target"], json.dumps(t["measured"], default=str) if isinstance(t["measured"], dict)
                                  else t["measured"], t["pass"]] for t in result["targets"]])]
     s = result["settings"]
-    md = [f"# TOFU frontier: {s['model']}, first {s['authors']} authors, {FORGET_SPLIT}",
+    md = [f"# TOFU frontier: {s['model']}, first {s['authors']} authors, {s.get('forget_split', FORGET_SPLIT)}",
           "", f"Status: **{result['status']}**, {len(result['rows']) - 2} of {result['planned_runs']} unlearning runs "
           f"done; compute time of everything in the table {result['compute_s'] / 60:.1f} min (finetuning "
           f"{result['finetune_s'] / 60:.1f} min; reused models and runs count their original time), wall time of "
@@ -538,6 +540,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default=default_data(), help="TOFU-layout directory (default ../shared/data/tofu)")
     p.add_argument("--model", default="smollm2", help="base model spec (default SmolLM2-135M-Instruct from the cache)")
     p.add_argument("--authors", type=int, default=20, help="first N authors (forget10 = the last 10%% of them)")
+    p.add_argument("--forget-split", default=FORGET_SPLIT,
+                   help="forgetXX: the last XX %% of the authors (default forget10: 2 of 20 authors, 40 items; "
+                        "forget20: 4 authors, 80 items, a sharper KS test with the same target model). "
+                        "--eval-items must cover it")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma list of {', '.join(METHODS)}")
     p.add_argument("--masks", default=",".join(MASKS), help=f"comma list of {', '.join(MASKS)}")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma list of {', '.join(MODES)}")
@@ -594,6 +600,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.authors, args.ft_epochs, args.epochs = 10, 0.1, 0.4
         args.eval_items, args.max_new_tokens = 4, 8
+    from llm_unlearn.data.source import forget_percent, matching_retain_split
+    from llm_unlearn.errors import UnlearnError
+
+    try:
+        args.retain_split = matching_retain_split(args.forget_split)
+    except UnlearnError as e:
+        p.error(f"--forget-split: {e}")
+    n_forget = max(1, round(args.authors * forget_percent(args.forget_split) / 100)) * QA_PER_AUTHOR
+    if not args.quick and args.eval_items < n_forget:
+        p.error(f"--eval-items {args.eval_items} would evaluate only part of {args.forget_split} ({n_forget} items "
+                f"of {args.authors} authors): give --eval-items {n_forget}")
         if args.methods == ",".join(METHODS):
             args.methods = "npo_rt,graddiff"
         if args.masks == ",".join(MASKS):
@@ -620,16 +637,17 @@ def main(argv: list[str] | None = None) -> int:
     out_prefix = Path(args.out) if args.out else RESULTS / ("tofu_frontier_quick" if args.quick else "tofu_frontier")
     cache = Path(args.cache)
     t_start = _PARALLEL.get("t_start", time.time())
-    data = write_tofu_subset(args.data, cache / f"data_{args.authors}authors", args.authors, FORGET_SPLIT)
+    data_dir = f"data_{args.authors}authors" + ("" if args.forget_split == FORGET_SPLIT else f"_{args.forget_split}")
+    data = write_tofu_subset(args.data, cache / data_dir, args.authors, args.forget_split)
 
     settings = {
-        "model": args.model, "data_source": str(Path(args.data).resolve()), "authors": args.authors, "forget_split": FORGET_SPLIT,
-        "retain_split": RETAIN_SPLIT, "epochs": args.epochs, "batch_size": args.batch_size, "lr_full": args.lr_full,
+        "model": args.model, "data_source": str(Path(args.data).resolve()), "authors": args.authors, "forget_split": args.forget_split,
+        "retain_split": args.retain_split, "epochs": args.epochs, "batch_size": args.batch_size, "lr_full": args.lr_full,
         "lr_lora": args.lr_lora, "optim": args.optim, "optim_in_backward": args.optim_in_backward, "lora_r": args.lora_r, "lora_alpha": 2 * args.lora_r,
         "mask_ratio": args.mask_ratio,
         "method_hyperparameters": {m: METHODS[m][1] for m in METHODS}, "warmup_steps": 0, "seed": args.seed,
         "finetune": {"epochs": args.ft_epochs, "lr": args.ft_lr, "batch_size": args.ft_batch_size,
-                     "splits": {"target": "full", "retain": RETAIN_SPLIT}, "with_utility": False},
+                     "splits": {"target": "full", "retain": args.retain_split}, "with_utility": False},
         "eval_items": args.eval_items, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
         "lr_grid": "none: one lr per mode for every method", "quick": args.quick,
     }
@@ -762,8 +780,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         try:
             _, manifest = run_unlearning(
-                str(model_dirs["target"]), data, run_dir, unlearn_method, forget_split=FORGET_SPLIT,
-                retain_split=RETAIN_SPLIT, overrides=overrides, lora=mode == "lora", lora_r=args.lora_r,
+                str(model_dirs["target"]), data, run_dir, unlearn_method, forget_split=args.forget_split,
+                retain_split=args.retain_split, overrides=overrides, lora=mode == "lora", lora_r=args.lora_r,
                 lora_alpha=2 * args.lora_r, mask=masks_files.get(mask), overwrite=True,
                 nll_max_retain=args.eval_items, score_hfq=False,  # the evaluation below reports HFQ
             )
