@@ -13,6 +13,8 @@ MMLU -1.0). Hyperparameters are the methods' defaults / the flags below, fixed b
 nothing is selected on the scores reported.
 
     flock /tmp/heavy.lock python benchmarks/corpus_unlearning.py                       # SmolLM2, seeds 0 1 2
+    python benchmarks/corpus_unlearning.py --seeds 1 --tag s1 &   # seeds side by side, then:
+    python benchmarks/corpus_unlearning.py --merge results/corpus_unlearning_s0.json ... --tag smollm2
     python benchmarks/corpus_unlearning.py --model tiny --devices 8 --seeds 0 --tag tiny   # minutes, CPU
 """
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -76,8 +80,22 @@ def method_runs(args) -> dict[str, dict]:
     }
 
 
-def run_seed(seed: int, args, work: Path) -> list[dict]:
-    domain_dir = write_domain(generate_domain(args.devices, seed=seed), work / f"domain_{seed}")
+def finetuned(seed: int, args, domain_dir: Path):
+    """(model, tokenizer, [base row, finetuned row]): the model finetuned on the seed's domain, from
+    `--cache` when a run with the same settings saved it, else finetuned (and saved) here."""
+    key_settings = {"model": args.model, "devices": args.devices, "seed": seed, "ft_epochs": args.ft_epochs,
+                    "ft_lr": args.ft_lr, "batch_size": args.batch_size, "max_length": args.max_length,
+                    "mem_prefix": args.mem_prefix, "mem_continuation": args.mem_continuation,
+                    "domain_sha256": hashlib.sha256((domain_dir / "forget_corpus.jsonl").read_bytes()
+                                                    + (domain_dir / "domain_mcq.jsonl").read_bytes()).hexdigest()}
+    key = hashlib.sha256(json.dumps(key_settings, sort_keys=True).encode()).hexdigest()[:10]
+    cached = Path(args.cache) / f"finetuned_{key}" if args.cache else None
+    if cached is not None and (cached / "rows.json").is_file():
+        from llm_unlearn.models import load_model, load_tokenizer
+
+        print(f"reusing the finetuned model {cached}", flush=True)
+        return load_model(str(cached), dtype="float32"), load_tokenizer(str(cached)), \
+            json.loads((cached / "rows.json").read_text())
     torch.manual_seed(seed)
     model, tok = load(args.model, domain_dir)
     rows = [{"seed": seed, "model": "base", **score(model, tok, domain_dir, args)}]
@@ -87,6 +105,25 @@ def run_seed(seed: int, args, work: Path) -> list[dict]:
                        seed=seed)
     rows.append({"seed": seed, "model": "finetuned", "train_s": round(time.time() - t0, 1),
                  **score(model, tok, domain_dir, args)})
+    print(fmt_table(["seed", "model", "domain", "general", "verbmem"],
+                    [[seed, r["model"], r["domain_acc"], r["general_acc"], r["verbmem"]] for r in rows]), flush=True)
+    if cached is not None:
+        tmp = cached.with_name(cached.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        (tmp / "settings.json").write_text(json.dumps(key_settings, indent=1) + "\n")
+        (tmp / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
+        shutil.rmtree(cached, ignore_errors=True)
+        tmp.rename(cached)  # complete or absent
+    return model, tok, rows
+
+
+def run_seed(seed: int, args, work: Path) -> list[dict]:
+    domain_dir = write_domain(generate_domain(args.devices, seed=seed), work / f"domain_{seed}")
+    model, tok, rows = finetuned(seed, args, domain_dir)
+    if args.finetune_only:
+        return rows
     target_state = copy.deepcopy(model.state_dict())
     for name, spec in method_runs(args).items():
         if name not in args.methods:
@@ -170,6 +207,11 @@ def main() -> int:
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default=None, help="suffix of the results file")
+    p.add_argument("--cache", default=str(Path.home() / ".cache" / "llm_unlearn" / "corpus"),
+                   help="finetuned models, keyed by every setting that shapes them, reused by later runs "
+                        "('' to cache nothing)")
+    p.add_argument("--finetune-only", action="store_true",
+                   help="finetune (or reuse) and score the base and finetuned models, then stop")
     p.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                    help="run nothing: pool the rows of these results files (e.g. one per seed, run in parallel) "
                         "and recompute the targets over all their seeds")
@@ -186,7 +228,7 @@ def main() -> int:
             try:
                 d = json.loads(f.read_text())
                 rows += d["rows"]
-                run_settings = {k: v for k, v in d["settings"].items() if k not in ("seeds", "tag", "merge")}
+                run_settings = {k: v for k, v in d["settings"].items() if k not in ("seeds", "tag", "merge", "cache", "finetune_only")}
             except (OSError, ValueError, KeyError) as e:
                 print(f"error: {f}: not a corpus_unlearning results file ({e})", file=sys.stderr)
                 return 2
