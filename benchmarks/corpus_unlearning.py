@@ -10,7 +10,10 @@ Targets: the finetuned model is at least 10 points above chance on the domain (a
 otherwise there is nothing to unlearn); the best method brings domain MCQ accuracy to within 5
 points of chance while general MCQ accuracy drops by less than 2 points (anchor: RMU on Zephyr-7b, WMDP-cyber 28.2 vs chance 25,
 MMLU -1.0). Hyperparameters are the methods' defaults / the flags below, fixed before the run;
-nothing is selected on the scores reported.
+nothing is selected on the scores reported. The `tuned-*` rows (``--methods tuned-npo,...``) are
+chosen by `llm-unlearn tune` on the corpora, retain-free: the corpus forget quality (Min-K% scores
+of forget vs holdout-corpus documents) under a retain-NLL floor; the MCQ scores are never seen by
+the search. Finetuned models are cached (``--cache``), so further methods reuse them.
 
     flock /tmp/heavy.lock python benchmarks/corpus_unlearning.py                       # SmolLM2, seeds 0 1 2
     python benchmarks/corpus_unlearning.py --seeds 1 --tag s1 &   # seeds side by side, then:
@@ -95,7 +98,7 @@ def finetuned(seed: int, args, domain_dir: Path):
 
         print(f"reusing the finetuned model {cached}", flush=True)
         return load_model(str(cached), dtype="float32"), load_tokenizer(str(cached)), \
-            json.loads((cached / "rows.json").read_text())
+            json.loads((cached / "rows.json").read_text()), cached
     torch.manual_seed(seed)
     model, tok = load(args.model, domain_dir)
     rows = [{"seed": seed, "model": "base", **score(model, tok, domain_dir, args)}]
@@ -116,15 +119,55 @@ def finetuned(seed: int, args, domain_dir: Path):
         (tmp / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
         shutil.rmtree(cached, ignore_errors=True)
         tmp.rename(cached)  # complete or absent
-    return model, tok, rows
+    return model, tok, rows, cached
+
+
+# tuned rows: name -> (llm_unlearn method, masks searched), tuned by `llm_unlearn.tune` on the corpora,
+# retain-free: the corpus HFQ (Min-K% scores, forget vs holdout documents) under a retain-NLL floor
+TUNED: dict[str, tuple[str, str]] = {"tuned-npo": ("npo", "none"), "tuned-npo+wagle": ("npo", "wagle"),
+                                     "tuned-simnpo": ("simnpo", "none"), "tuned-graddiff": ("grad_diff", "none")}
+
+
+def tuned_row(name: str, seed: int, model_dir: Path, domain_dir: Path, args, work: Path) -> dict:
+    """`llm-unlearn tune` on the finetuned model (the MCQ scores reported here are never seen by the
+    search), then the chosen run scored like every other row."""
+    from llm_unlearn.tune import TuneConfig, tune
+    from llm_unlearn.unlearn import load_target
+
+    method, masks = TUNED[name]
+    cfg = TuneConfig(model=str(model_dir), output=str(work / f"{name}_{seed}"), method=method,
+                     forget_corpus=str(domain_dir / "forget_corpus.jsonl"),
+                     retain_corpus=str(domain_dir / "retain_corpus.jsonl"),
+                     holdout_corpus=str(domain_dir / "holdout_corpus.jsonl"), trials=args.tune_trials,
+                     max_steps=args.steps, eval_every=args.tune_every, modes=args.tune_modes, masks=masks,
+                     batch_size=args.batch_size, max_length=args.max_length, seed=seed, progress=True)
+    t0 = time.time()
+    summary = tune(cfg, overwrite=True)
+    chosen, tok = load_target(summary["chosen_dir"])
+    params = summary["chosen"]["params"]
+    row = {"seed": seed, "model": name, "train_s": round(time.time() - t0, 1), "steps": summary["chosen"]["best_step"],
+           "tuned": {"params": params, "hfq": summary["chosen"].get("hfq"),
+                     "utility_ratio": summary["chosen"].get("utility_ratio"), "trials": summary["trials"]},
+           **score(chosen, tok, domain_dir, args)}
+    print(fmt_table(["seed", "model", "domain", "general", "verbmem", "chosen"],
+                    [[seed, name, row["domain_acc"], row["general_acc"], row["verbmem"],
+                      f"{params.get('mode')} lr {params.get('learning_rate', 0):.2g} step {row['steps']}"]]), flush=True)
+    del chosen
+    return row
 
 
 def run_seed(seed: int, args, work: Path) -> list[dict]:
     domain_dir = write_domain(generate_domain(args.devices, seed=seed), work / f"domain_{seed}")
-    model, tok, rows = finetuned(seed, args, domain_dir)
+    model, tok, rows, model_dir = finetuned(seed, args, domain_dir)
     if args.finetune_only:
         return rows
     target_state = copy.deepcopy(model.state_dict())
+    for name in [m for m in args.methods if m in TUNED]:
+        if model_dir is None:  # the tuner loads the finetuned model from disk
+            model_dir = work / f"finetuned_{seed}"
+            model.save_pretrained(str(model_dir), safe_serialization=True)
+            tok.save_pretrained(str(model_dir))
+        rows.append(tuned_row(name, seed, model_dir, domain_dir, args, work))
     for name, spec in method_runs(args).items():
         if name not in args.methods:
             continue
@@ -191,7 +234,9 @@ def main() -> int:
     p.add_argument("--model", default="smollm2", help="model spec (smollm2, a directory) or tiny")
     p.add_argument("--devices", type=int, default=24, help="devices of the synthetic domain (6 facts each)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", default="rmu,npo,npo+wagle")
+    p.add_argument("--methods", default="rmu,npo,npo+wagle",
+                   help="comma list of rmu, npo, npo+wagle (fixed settings below) and tuned-npo, tuned-npo+wagle, "
+                        "tuned-simnpo, tuned-graddiff (llm-unlearn tune on the corpora, retain-free)")
     p.add_argument("--ft-epochs", type=float, default=10)
     p.add_argument("--ft-lr", type=float, default=5e-5)
     p.add_argument("--steps", type=int, default=50, help="unlearning steps per method")
@@ -199,6 +244,9 @@ def main() -> int:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--npo-lr", type=float, default=1e-5, help="NPO lr (WAGLE's WMDP setting)")
     p.add_argument("--mask-ratio", type=float, default=0.6, help="WAGLE mask ratio (WAGLE's NPO setting)")
+    p.add_argument("--tune-trials", type=int, default=4, help="trials per tuned row (tuned-npo, ...)")
+    p.add_argument("--tune-every", type=int, default=10, help="tuned rows: score every k steps (--steps is the budget)")
+    p.add_argument("--tune-modes", default="lora,full", help="tuned rows: the modes searched")
     p.add_argument("--rmu-lr", type=float, default=5e-5)
     p.add_argument("--rmu-c", type=float, default=6.5, help="RMU steering coefficient")
     p.add_argument("--rmu-alpha", type=float, default=1200.0)
@@ -217,6 +265,9 @@ def main() -> int:
                         "and recompute the targets over all their seeds")
     args = p.parse_args()
     args.methods = [m.strip() for m in args.methods.split(",")]
+    unknown = [m for m in args.methods if m not in (*method_runs(args), *TUNED)]
+    if unknown:
+        p.error(f"--methods: unknown {', '.join(unknown)}; valid: {', '.join([*method_runs(args), *TUNED])}")
     torch.set_num_threads(args.threads)
     t0 = time.time()
     rows: list[dict] = []
