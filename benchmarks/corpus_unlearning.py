@@ -157,7 +157,8 @@ def tuned_row(name: str, seed: int, model_dir: Path, domain_dir: Path, args, wor
 
 
 def run_seed(seed: int, args, work: Path) -> list[dict]:
-    domain_dir = write_domain(generate_domain(args.devices, seed=seed), work / f"domain_{seed}")
+    domain_dir = write_domain(generate_domain(args.devices, seed=seed, documents=args.documents,
+                                              mentions=args.mentions), work / f"domain_{seed}")
     model, tok, rows, model_dir = finetuned(seed, args, domain_dir)
     if args.finetune_only:
         return rows
@@ -233,6 +234,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", help="model spec (smollm2, a directory) or tiny")
     p.add_argument("--devices", type=int, default=24, help="devices of the synthetic domain (6 facts each)")
+    p.add_argument("--documents", type=int, default=1,
+                   help="documents per device, each in its own sentence order (4 with --mentions 1: the augmentation "
+                        "under which a finetuned model answers questions on the facts; see README)")
+    p.add_argument("--mentions", type=int, default=2, help="times each document states each fact")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", default="rmu,npo,npo+wagle",
                    help="comma list of rmu, npo, npo+wagle (fixed settings below) and tuned-npo, tuned-npo+wagle, "

@@ -85,19 +85,23 @@ def _mcq(rng: random.Random, question: str, answer: str, choice_set: list[str]) 
     return {"question": question, "choices": choices, "answer": choices.index(answer)}
 
 
-def _devices(rng: random.Random, names: list[str], mentions: int) -> tuple[list[dict], list[dict]]:
+def _devices(rng: random.Random, names: list[str], mentions: int,
+             documents: int = 1) -> tuple[list[dict], list[dict]]:
     """Documents and questions for `names`, in blocks of four devices: for each attribute a block
-    draws four distinct values, one per device, and every question of the block offers those four."""
+    draws four distinct values, one per device, and every question of the block offers those four.
+    With `documents` > 1 each device gets that many documents, each in its own sentence order, the
+    wordings rotating over documents and attributes."""
     docs, questions = [], []
     for b in range(0, len(names), CHOICES):
         block = names[b: b + CHOICES]
         values = {attr: rng.sample(pool, CHOICES) for attr, (_, _, pool) in ATTRIBUTES.items()}
         for i, d in enumerate(block):
             facts = {attr: values[attr][i] for attr in ATTRIBUTES}
-            sentences = [templates[m % len(templates)].format(d=d, v=facts[attr])
-                         for m in range(mentions) for attr, (templates, _, _) in ATTRIBUTES.items()]
-            rng.shuffle(sentences)
-            docs.append({"text": " ".join(s[0].upper() + s[1:] for s in sentences), "device": d})
+            for j in range(documents):
+                sentences = [templates[(m + (j + a if documents > 1 else 0)) % len(templates)].format(d=d, v=facts[attr])
+                             for m in range(mentions) for a, (attr, (templates, _, _)) in enumerate(ATTRIBUTES.items())]
+                rng.shuffle(sentences)
+                docs.append({"text": " ".join(s[0].upper() + s[1:] for s in sentences), "device": d})
             for attr, (_, stem, _) in ATTRIBUTES.items():
                 q = stem.format(d=d)
                 questions.append({**_mcq(rng, q[0].upper() + q[1:], facts[attr], values[attr]), "device": d,
@@ -106,11 +110,16 @@ def _devices(rng: random.Random, names: list[str], mentions: int) -> tuple[list[
 
 
 def generate_domain(n_devices: int = 24, seed: int = 0, mentions: int = 2,
-                    holdout_devices: int | None = None) -> dict[str, list[dict]]:
+                    holdout_devices: int | None = None, documents: int = 1) -> dict[str, list[dict]]:
     """``{"forget_corpus", "holdout_corpus", "retain_corpus", "domain_mcq", "general_mcq"}`` rows.
 
     Each device is one document that states each of its facts `mentions` times (in different
-    wordings, one of them the question's); each fact gives one 4-choice question. Choices are
+    wordings, one of them the question's); each fact gives one 4-choice question. With
+    `documents` = k > 1 a device has k documents instead, each in its own sentence order, the
+    wordings rotating (e.g. ``documents=4, mentions=1``). That is the augmentation under which a
+    finetuned model can answer questions on the facts and not only continue the text: SmolLM2,
+    8 devices, 10 epochs at lr 2e-4 answers 52 % with one document per device and 92 % with four
+    (README, corpus unlearning). Choices are
     balanced: devices come in blocks of four, and the four questions on one attribute of a block
     share the same four choices, each the right answer once, and every general question's choices
     are the answers of its group of four (`GENERAL_GROUPS`). So any scorer that ignores the
@@ -124,6 +133,8 @@ def generate_domain(n_devices: int = 24, seed: int = 0, mentions: int = 2,
     states each general fact in every template."""
     if n_devices < 1:
         raise ValueError(f"n_devices must be >= 1, got {n_devices}")
+    if documents < 1 or mentions < 1:
+        raise ValueError(f"documents and mentions must be >= 1, got {documents} and {mentions}")
     holdout_devices = n_devices if holdout_devices is None else holdout_devices
     if holdout_devices < 0:
         raise ValueError(f"holdout_devices must be >= 0, got {holdout_devices}")
@@ -132,8 +143,8 @@ def generate_domain(n_devices: int = 24, seed: int = 0, mentions: int = 2,
         raise ValueError(f"at most {available} devices in all, got {n_devices} + {holdout_devices} held out")
     rng = random.Random(seed)
     names = _device_names(rng, n_devices + holdout_devices)
-    forget_corpus, domain_mcq = _devices(rng, names[:n_devices], mentions)
-    holdout_corpus, _ = _devices(rng, names[n_devices:], mentions)
+    forget_corpus, domain_mcq = _devices(rng, names[:n_devices], mentions, documents)
+    holdout_corpus, _ = _devices(rng, names[n_devices:], mentions, documents)
     retain_corpus, general_mcq = [], []
     for group in GENERAL_GROUPS:
         answers = [a for _, a in group]

@@ -32,6 +32,23 @@ def test_domain_fixture_layout(domain_dir):
     assert (domain_dir / "holdout_corpus.jsonl").is_file()
 
 
+def test_several_documents_per_device_each_state_every_fact_in_their_own_order():
+    one, four = generate_domain(8, seed=0), generate_domain(8, seed=0, documents=4, mentions=1)
+    assert len(one["forget_corpus"]) == 8 and len(four["forget_corpus"]) == 4 * 8 == len(four["holdout_corpus"])
+    assert len(four["domain_mcq"]) == len(one["domain_mcq"])  # one question per fact, however many documents
+    by_device: dict[str, list[str]] = {}
+    for d in four["forget_corpus"]:
+        by_device.setdefault(d["device"], []).append(d["text"])
+    assert all(len(texts) == 4 for texts in by_device.values())
+    for q in four["domain_mcq"]:  # every document of a device states each of its facts
+        assert all(q["choices"][q["answer"]] in t for t in by_device[q["device"]])
+    for texts in by_device.values():
+        assert len(set(texts)) == 4 and len({t.split(".")[0] for t in texts}) > 1  # own order and wording
+        assert all(t.count(".") == 6 for t in texts)  # mentions=1: six facts, each once
+    with pytest.raises(ValueError, match="documents"):
+        generate_domain(4, documents=0)
+
+
 @pytest.mark.parametrize("n_devices", [4, 8, 24])
 def test_choices_are_balanced_so_a_question_blind_scorer_gets_chance(n_devices):
     """Whatever a scorer prefers among the choices (shorter, longer, first in order: what an
