@@ -234,16 +234,19 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2", help="model spec (smollm2, a directory) or tiny")
     p.add_argument("--devices", type=int, default=24, help="devices of the synthetic domain (6 facts each)")
-    p.add_argument("--documents", type=int, default=1,
+    p.add_argument("--documents", type=int, default=4,
                    help="documents per device, each in its own sentence order (4 with --mentions 1: the augmentation "
                         "under which a finetuned model answers questions on the facts; see README)")
-    p.add_argument("--mentions", type=int, default=2, help="times each document states each fact")
+    p.add_argument("--mentions", type=int, default=1, help="times each document states each fact")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", default="rmu,npo,npo+wagle",
                    help="comma list of rmu, npo, npo+wagle (fixed settings below) and tuned-npo, tuned-npo+wagle, "
                         "tuned-simnpo, tuned-graddiff (llm-unlearn tune on the corpora, retain-free)")
     p.add_argument("--ft-epochs", type=float, default=10)
-    p.add_argument("--ft-lr", type=float, default=5e-5)
+    p.add_argument("--ft-lr", type=float, default=2e-4,
+                   help="finetuning lr (2e-4 with 4 documents per device: the finetuned model answers 92 %% on an "
+                        "8-device probe; the session-11 run at 5e-5 with one document per device stayed +10 points "
+                        "above chance)")
     p.add_argument("--steps", type=int, default=50, help="unlearning steps per method")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
