@@ -142,3 +142,16 @@ def test_synth_too_many_devices_writes_nothing(tmp_path, capsys):
                  "--out", str(out)]) == 2
     assert "--domain-devices: at most 280 devices in all, got 200 + 200 held out" in _error(capsys)
     assert not out.exists()
+
+
+def test_synth_domain_documents(tmp_path, capsys):
+    out = tmp_path / "data"
+    assert main(["data", "synth", "--authors", "2", "--qa-per-author", "2", "--domain-devices", "4",
+                 "--domain-documents", "3", "--out", str(out)]) == 0
+    docs = [json.loads(line) for line in (out / "domain" / "forget_corpus.jsonl").read_text().splitlines()]
+    assert len(docs) == 3 * 4 and {sum(d["device"] == x["device"] for d in docs) for x in docs} == {3}
+    assert len((out / "domain" / "domain_mcq.jsonl").read_text().splitlines()) == 4 * 6  # one per fact
+    bad = tmp_path / "bad"
+    assert main(["data", "synth", "--authors", "2", "--qa-per-author", "2", "--domain-documents", "0",
+                 "--out", str(bad)]) == 2
+    assert "--domain-documents" in _error(capsys) and not bad.exists()

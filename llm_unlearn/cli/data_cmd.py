@@ -19,6 +19,9 @@ def register(sub, name: str, help_text: str) -> None:
                    help="devices of the fictitious technical domain written to OUT/domain (corpora, 4-choice "
                         "questions with balanced choices: a multiple of 4 makes chance exactly 25%%, lm-eval task "
                         "configs; as many more devices in the holdout corpus); 0: none")
+    s.add_argument("--domain-documents", type=int, default=1,
+                   help="documents per domain device, each in its own sentence order (4: the augmentation under "
+                        "which a finetuned model answers questions on the facts, not only continues the text)")
     s.add_argument("--out", required=True, help="output directory")
     add_overwrite_flag(s)
     s.set_defaults(func=run_synth)
@@ -41,9 +44,11 @@ def run_synth(args: argparse.Namespace) -> int:
         from llm_unlearn.data.domain import generate_domain, write_domain
 
         try:  # before anything is written
-            domain = generate_domain(args.domain_devices, seed=args.seed)
+            domain = generate_domain(args.domain_devices, seed=args.seed, documents=args.domain_documents,
+                                     mentions=2 if args.domain_documents == 1 else 1)
         except ValueError as exc:
-            raise UnlearnError(f"--domain-devices: {exc}") from None
+            flag = "--domain-documents" if args.domain_documents < 1 else "--domain-devices"
+            raise UnlearnError(f"{flag}: {exc}") from None
     from llm_unlearn.outputs import staged_dir
 
     with staged_dir(args.out, args.overwrite, flag="--out") as stage:
