@@ -34,6 +34,13 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def forget_items(authors: int, forget_split: str) -> int:
+    """Items of `forget_split` (forgetXX: the last XX % of the authors, at least one) in a subset of `authors`."""
+    from llm_unlearn.data.tofu import forget_percent
+
+    return max(1, round(authors * forget_percent(forget_split) / 100)) * QA_PER_AUTHOR
+
+
 def write_tofu_subset(source: str | Path, out: str | Path, authors: int, forget_split: str = "forget10") -> Path:
     """The first `authors` fictitious authors of a TOFU-layout directory as a TOFU source of its own.
 
@@ -46,7 +53,7 @@ def write_tofu_subset(source: str | Path, out: str | Path, authors: int, forget_
     (holdout forget quality, membership AUCs); the utility sets (real authors, world facts) and
     ``idontknow.txt`` are copied. Rewritten only when the settings change (``SUBSET`` records them)."""
     from llm_unlearn.data.synthetic import write_splits
-    from llm_unlearn.data.tofu import available_splits, forget_percent, load_tofu
+    from llm_unlearn.data.tofu import available_splits, load_tofu
     from llm_unlearn.errors import UnlearnError
 
     source, out = Path(source), Path(out)
@@ -60,7 +67,7 @@ def write_tofu_subset(source: str | Path, out: str | Path, authors: int, forget_
     if n > len(full):
         raise UnlearnError(f"--authors {authors} needs {n} items, {source}/full has {len(full)}")
     rows = full[:n]
-    k = max(1, round(authors * forget_percent(forget_split) / 100)) * QA_PER_AUTHOR
+    k = forget_items(authors, forget_split)
     if k >= n:
         raise UnlearnError(f"--authors {authors}: {forget_split} would leave no retain authors")
     perturbed: dict[str, dict] = {}

@@ -46,6 +46,8 @@ from llm_unlearn.finetune import finetune_on_corpus  # noqa: E402
 from llm_unlearn.unlearn import run_unlearning  # noqa: E402
 
 TASKS = "synth_domain,synth_general"
+# settings that do not change a run's rows: runs differing only in these pool with --merge
+RUN_ONLY_SETTINGS = ("seeds", "tag", "merge", "cache", "finetune_only")
 
 
 def load(spec: str, domain_dir: Path):
@@ -83,6 +85,12 @@ def method_runs(args) -> dict[str, dict]:
     }
 
 
+def save(model, tok, out: Path) -> Path:
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    return out
+
+
 def finetuned(seed: int, args, domain_dir: Path):
     """(model, tokenizer, [base row, finetuned row]): the model finetuned on the seed's domain, from
     `--cache` when a run with the same settings saved it, else finetuned (and saved) here."""
@@ -113,8 +121,7 @@ def finetuned(seed: int, args, domain_dir: Path):
     if cached is not None:
         tmp = cached.with_name(cached.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tok.save_pretrained(str(tmp))
+        save(model, tok, tmp)
         (tmp / "settings.json").write_text(json.dumps(key_settings, indent=1) + "\n")
         (tmp / "rows.json").write_text(json.dumps(rows, indent=1) + "\n")
         shutil.rmtree(cached, ignore_errors=True)
@@ -165,9 +172,7 @@ def run_seed(seed: int, args, work: Path) -> list[dict]:
     target_state = copy.deepcopy(model.state_dict())
     for name in [m for m in args.methods if m in TUNED]:
         if model_dir is None:  # the tuner loads the finetuned model from disk
-            model_dir = work / f"finetuned_{seed}"
-            model.save_pretrained(str(model_dir), safe_serialization=True)
-            tok.save_pretrained(str(model_dir))
+            model_dir = save(model, tok, work / f"finetuned_{seed}")
         rows.append(tuned_row(name, seed, model_dir, domain_dir, args, work))
     for name, spec in method_runs(args).items():
         if name not in args.methods:
@@ -196,11 +201,14 @@ def targets(rows: list[dict]) -> list[dict]:
         vals = [r[key] for r in rows if r["model"] == model]
         return statistics.fmean(vals) if vals else None
 
-    def per_seed(model, key, minus=None):
-        by = {r["seed"]: r for r in rows if r["model"] == model}
-        ref = {r["seed"]: r for r in rows if r["model"] == (minus or model)}
-        return {s: round(by[s][key] - (ref[s]["general_acc"] if minus else by[s]["domain_chance"]), 4)
-                for s in sorted(by) if s in ref}
+    by_seed = {(r["seed"], r["model"]): r for r in rows}
+
+    def gap_by_seed(model):  # domain accuracy above chance
+        return {s: round(r["domain_acc"] - r["domain_chance"], 4) for (s, m), r in sorted(by_seed.items()) if m == model}
+
+    def drop_by_seed(model):  # general accuracy lost against the seed's finetuned model
+        return {s: round(by_seed[(s, "finetuned")]["general_acc"] - r["general_acc"], 4)
+                for (s, m), r in sorted(by_seed.items()) if m == model and (s, "finetuned") in by_seed}
 
     ft_general = mean("finetuned", "general_acc")
     out = []
@@ -210,7 +218,7 @@ def targets(rows: list[dict]) -> list[dict]:
         out.append({"target": "finetuned model knows the domain: domain MCQ accuracy at least 10 points above chance "
                               "(else the unlearning targets below are vacuous)",
                     "limit": 0.10, "measured": round(known, 4), "pass": known >= 0.10,
-                    "per_seed": per_seed("finetuned", "domain_acc")})
+                    "per_seed": gap_by_seed("finetuned")})
     methods = [m for m in dict.fromkeys(r["model"] for r in rows) if m not in ("base", "finetuned")]
     best = None
     for m in methods:
@@ -223,10 +231,10 @@ def targets(rows: list[dict]) -> list[dict]:
         m, ok, gap, drop = best
         out.append({"target": f"best method ({m}): domain MCQ accuracy within 5 points of chance",
                     "limit": 0.05, "measured": round(gap, 4), "pass": gap <= 0.05,
-                    "per_seed": per_seed(m, "domain_acc")})
+                    "per_seed": gap_by_seed(m)})
         out.append({"target": f"best method ({m}): general MCQ accuracy drop vs finetuned < 2 points",
                     "limit": 0.02, "measured": round(drop, 4), "pass": drop < 0.02,
-                    "per_seed": {s: -v for s, v in per_seed(m, "general_acc", minus="finetuned").items()}})
+                    "per_seed": drop_by_seed(m)})
     return out
 
 
@@ -287,7 +295,7 @@ def main() -> int:
             try:
                 d = json.loads(f.read_text())
                 rows += d["rows"]
-                run_settings = {k: v for k, v in d["settings"].items() if k not in ("seeds", "tag", "merge", "cache", "finetune_only")}
+                run_settings = {k: v for k, v in d["settings"].items() if k not in RUN_ONLY_SETTINGS}
             except (OSError, ValueError, KeyError) as e:
                 print(f"error: {f}: not a corpus_unlearning results file ({e})", file=sys.stderr)
                 return 2

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import QA_PER_AUTHOR, RESULTS, default_data, machine_info, md_table, write_tofu_subset  # noqa: E402
+from common import RESULTS, default_data, forget_items, machine_info, md_table, write_tofu_subset  # noqa: E402
 
 FORGET_SPLIT = "forget10"  # the default (--forget-split); inbwd_seeds.py runs on it
 RETAIN_SPLIT = "retain90"
@@ -600,14 +600,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.authors, args.ft_epochs, args.epochs = 10, 0.1, 0.4
         args.eval_items, args.max_new_tokens = 4, 8
-    from llm_unlearn.data.source import forget_percent, matching_retain_split
+    from llm_unlearn.data.source import matching_retain_split
     from llm_unlearn.errors import UnlearnError
 
     try:
         args.retain_split = matching_retain_split(args.forget_split)
     except UnlearnError as e:
         p.error(f"--forget-split: {e}")
-    n_forget = max(1, round(args.authors * forget_percent(args.forget_split) / 100)) * QA_PER_AUTHOR
+    n_forget = forget_items(args.authors, args.forget_split)
     if not args.quick and args.eval_items < n_forget:
         p.error(f"--eval-items {args.eval_items} would evaluate only part of {args.forget_split} ({n_forget} items "
                 f"of {args.authors} authors): give --eval-items {n_forget}")
