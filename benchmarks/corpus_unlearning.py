@@ -47,7 +47,7 @@ from llm_unlearn.unlearn import run_unlearning  # noqa: E402
 
 TASKS = "synth_domain,synth_general"
 # settings that do not change a run's rows: runs differing only in these pool with --merge
-RUN_ONLY_SETTINGS = ("seeds", "tag", "merge", "cache", "finetune_only")
+RUN_ONLY_SETTINGS = ("seeds", "tag", "merge", "cache", "finetune_only", "methods")  # methods: seeds may run different rows
 
 
 def load(spec: str, domain_dir: Path):
@@ -194,12 +194,10 @@ def run_seed(seed: int, args, work: Path) -> list[dict]:
 
 def targets(rows: list[dict]) -> list[dict]:
     """Mean over seeds: the finetuned model >= 10 points above chance on the domain (precondition);
-    per method, domain acc - chance <= 0.05 and general drop vs finetuned < 0.02 (the best method's)."""
+    per method, domain acc - chance <= 0.05 and general drop vs the same seed's finetuned model < 0.02
+    (the best method's). Only a method run on every seed that has a finetuned model can be the best:
+    a mean over fewer seeds is not compared with one over more."""
     import statistics
-
-    def mean(model, key):
-        vals = [r[key] for r in rows if r["model"] == model]
-        return statistics.fmean(vals) if vals else None
 
     by_seed = {(r["seed"], r["model"]): r for r in rows}
 
@@ -210,11 +208,11 @@ def targets(rows: list[dict]) -> list[dict]:
         return {s: round(by_seed[(s, "finetuned")]["general_acc"] - r["general_acc"], 4)
                 for (s, m), r in sorted(by_seed.items()) if m == model and (s, "finetuned") in by_seed}
 
-    ft_general = mean("finetuned", "general_acc")
+    ft_seeds = {s for (s, m) in by_seed if m == "finetuned"}
     out = []
     # a precondition: unlearning targets mean nothing if the finetuned model never learnt the domain
-    if ft_general is not None:
-        known = mean("finetuned", "domain_acc") - mean("finetuned", "domain_chance")
+    if ft_seeds:
+        known = statistics.fmean(gap_by_seed("finetuned").values())
         out.append({"target": "finetuned model knows the domain: domain MCQ accuracy at least 10 points above chance "
                               "(else the unlearning targets below are vacuous)",
                     "limit": 0.10, "measured": round(known, 4), "pass": known >= 0.10,
@@ -222,8 +220,10 @@ def targets(rows: list[dict]) -> list[dict]:
     methods = [m for m in dict.fromkeys(r["model"] for r in rows) if m not in ("base", "finetuned")]
     best = None
     for m in methods:
-        gap = mean(m, "domain_acc") - mean(m, "domain_chance")
-        drop = ft_general - mean(m, "general_acc")
+        drops = drop_by_seed(m)
+        if not ft_seeds or set(drops) != ft_seeds:
+            continue  # not run on every seed
+        gap, drop = statistics.fmean(gap_by_seed(m).values()), statistics.fmean(drops.values())
         ok = gap <= 0.05 and drop < 0.02
         if best is None or (ok, -gap) > (best[1], -best[2]):
             best = (m, ok, gap, drop)
@@ -290,7 +290,7 @@ def main() -> int:
     sources = None
     settings = {k: v for k, v in vars(args).items() if k != "merge"}
     if args.merge:
-        sources, shared = [], None
+        sources, shared, methods = [], None, []
         for f in args.merge:
             try:
                 d = json.loads(f.read_text())
@@ -305,8 +305,15 @@ def main() -> int:
                       "only runs of one configuration pool", file=sys.stderr)
                 return 2
             shared = run_settings
+            methods += [m for m in d["settings"].get("methods", []) if m not in methods]
             sources.append({"file": str(f), "command": d.get("command"), "wall_s": d.get("wall_s")})
-        settings = {**shared, "seeds": sorted({r["seed"] for r in rows}), "tag": args.tag}
+        seen: set = set()
+        for r in rows:
+            if (r["seed"], r["model"]) in seen:
+                print(f"error: --merge: seed {r['seed']} {r['model']} appears in more than one file", file=sys.stderr)
+                return 2
+            seen.add((r["seed"], r["model"]))
+        settings = {**shared, "seeds": sorted({r["seed"] for r in rows}), "methods": methods, "tag": args.tag}
     else:
         with tempfile.TemporaryDirectory() as tmp:
             for seed in args.seeds:
