@@ -24,7 +24,7 @@ the same search runs with the corpus forms of both scores (`llm_unlearn.eval.cor
 
 The objective: maximise HFQ subject to utility proxy >= `utility_floor` x the starting model's.
 The callback keeps the best feasible step (ties on the p-value: the smaller KS statistic, then
-the higher utility) and restores it when training ends or stalls (`patience`), so each trial
+the smaller distance between the forget and holdout score distributions, then the higher utility) and restores it when training ends or stalls (`patience`), so each trial
 also chooses when to stop. The chosen run is a copy of the best trial's output (loadable like
 any ``unlearn`` output); `retain_logs`, if given, is read only after the search, to report the
 chosen run's true forget quality.
@@ -70,10 +70,39 @@ TUNE_FORMAT = "llm-unlearn-tune-v1"
 
 def step_key(rec: dict[str, Any]) -> tuple:
     """Order of scored steps: feasible before infeasible; then higher HFQ, smaller KS statistic,
-    higher utility proxy (infeasible ones by utility alone)."""
+    smaller `distance` (the Wasserstein-1 distance between the forget and holdout scores), higher
+    utility proxy (infeasible ones by utility alone).
+
+    The distance matters while the two sets are still completely separated: the KS p-value and
+    statistic then sit at their floor and 1 however far apart the sets are, so without it every
+    step of a trial ties with the untouched start, which wins on utility (a search that
+    cannot see forgetting until the first forget score crosses a holdout one)."""
     if not rec["feasible"]:
-        return (0, rec["utility_proxy"], 0.0, 0.0)
-    return (1, rec["hfq"], -rec["ks_statistic"], rec["utility_proxy"])
+        return (0, rec["utility_proxy"], 0.0, 0.0, 0.0)
+    return (1, rec["hfq"], -rec["ks_statistic"], -(rec.get("distance") or 0.0), rec["utility_proxy"])
+
+
+def score_distance(forget: Any, holdout: Any) -> float:
+    """Wasserstein-1 distance between two samples of per-item scores (truth ratios, Min-K%)."""
+    from scipy.stats import wasserstein_distance
+
+    return float(wasserstein_distance(list(forget), list(holdout)))
+
+
+def _distance_note(rec: dict[str, Any], start: dict[str, Any]) -> str:
+    if rec.get("distance") is None or not start.get("distance"):
+        return ""
+    return f" (forget-holdout distance {rec['distance'] / start['distance']:.2f}x start)"
+
+
+def objective_value(rec: dict[str, Any], start: dict[str, Any]) -> float:
+    """What a trial reports to Optuna (maximised): log10 HFQ, minus the KS statistic, minus the
+    distance as a fraction of the start's. The chosen trial is picked by `step_key`; this scalar
+    only guides the sampler, and it keeps changing while the p-value sits at its floor."""
+    value = math.log10(max(rec["hfq"], 1e-300)) - rec["ks_statistic"]
+    if start.get("distance"):
+        value -= (rec.get("distance") or 0.0) / start["distance"]
+    return value
 
 
 class BestStepCallback(TrainerCallback):
@@ -107,6 +136,8 @@ class BestStepCallback(TrainerCallback):
         scores = scores if scores is not None else self.score_fn(model)
         rec = {"step": step, "hfq": float(scores["hfq"]), "ks_statistic": float(scores["ks_statistic"]),
                "utility_proxy": float(scores["utility_proxy"])}
+        if scores.get("distance") is not None:
+            rec["distance"] = float(scores["distance"])
         if self.term_min is None:
             rec["feasible"] = rec["utility_proxy"] >= self.utility_min
         else:
@@ -172,8 +203,10 @@ def make_scorer(rows: dict[str, list[dict]], tokenizer, batch_size: int,
         if m.get("holdout_forget_quality") is None or m.get("utility_proxy") is None:
             raise UnlearnError("scoring gave no holdout forget quality / utility proxy (check the data's splits)")
         terms = {k: m[k] for k in UTILITY_PROXY_KEYS}
+        tr = summary["truth_ratios"]
         return {"hfq": m["holdout_forget_quality"], "ks_statistic": m["holdout_forget_quality_ks_statistic"],
-                "utility_proxy": m["utility_proxy"], "forget_truth_ratios": summary["truth_ratios"]["forget"],
+                "distance": score_distance(tr["forget"], tr["holdout"]) if tr.get("holdout") else None,
+                "utility_proxy": m["utility_proxy"], "forget_truth_ratios": tr["forget"],
                 "utility_terms": terms}
 
     return score
@@ -211,6 +244,7 @@ def make_corpus_scorer(docs: dict[str, Any], tokenizer, batch_size: int,
     def score(model) -> dict[str, float]:
         s = score_corpus(model, tokenizer, windows, batch_size=batch_size)
         return {"hfq": s["hfq"], "ks_statistic": s["ks_statistic"], "utility_proxy": s["utility_proxy"],
+                "distance": score_distance(s["forget_min_k"], s["holdout_min_k"]),
                 "forget_nll": s["mean_nll"]["forget"], "holdout_nll": s["mean_nll"]["holdout"],
                 "retain_nll": s["mean_nll"]["retain"]}
 
@@ -418,7 +452,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         best = cb.best
         rec = {"number": trial.number, "params": p, "default_point": bool(trial.user_attrs.get("default")),
                "feasible": best["feasible"], "hfq": best["hfq"], "ks_statistic": best["ks_statistic"],
-               "utility_proxy": best["utility_proxy"], "utility_ratio": best["utility_proxy"] / start["utility_proxy"],
+               "distance": best.get("distance"), "utility_proxy": best["utility_proxy"], "utility_ratio": best["utility_proxy"] / start["utility_proxy"],
                "best_step": best["step"], "steps_trained": manifest["steps"], "stopped_early": cb.stopped_early,
                "history": cb.history, "run_dir": str(run_dir), "time_s": round(time.time() - t, 1),
                "nll": {k: manifest["nll"][k] for k in ("forget_before", "forget_after", "retain_before", "retain_after")}}
@@ -429,9 +463,9 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         # <= 0: feasible (Optuna's convention); the chosen step always is (the start is a candidate)
         trial.set_constraint("utility_floor", (utility_min - best["utility_proxy"]) if term_min is None
                              else (0.0 if best["feasible"] else 1.0))
-        say(f"trial {trial.number}: {_describe(p)}{' (defaults)' if rec['default_point'] else ''} -> HFQ {best['hfq']:.3g} at step {best['step']}"
-            f"/{manifest['steps']}, utility {rec['utility_ratio']:.3f}x start ({rec['time_s']:.0f} s)")
-        return best["hfq"]
+        say(f"trial {trial.number}: {_describe(p)}{' (defaults)' if rec['default_point'] else ''} -> HFQ {best['hfq']:.3g}{_distance_note(best, start)} at step "
+            f"{best['step']}/{manifest['steps']}, utility {rec['utility_ratio']:.3f}x start ({rec['time_s']:.0f} s)")
+        return objective_value(best, start)
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by `objective`
     sampler = optuna.samplers.TPESampler(seed=sampler_seed(cfg))
@@ -457,7 +491,8 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         if rec is not chosen and rec["params"]["mode"] == "full" and not cfg.keep_full_models:
             for f in Path(rec["run_dir"]).glob("*.safetensors"):
                 f.unlink()
-    say(f"chosen: trial {chosen['number']} ({_describe(chosen['params'])}), HFQ {chosen['hfq']:.3g}, utility "
+    say(f"chosen: trial {chosen['number']} ({_describe(chosen['params'])}), HFQ {chosen['hfq']:.3g}"
+        f"{_distance_note(chosen, start)}, utility "
         f"{chosen['utility_ratio']:.3f}x start, step {chosen['best_step']}; copied to {chosen_dir}")
     search_s = time.time() - t0
 

@@ -19,6 +19,33 @@ def test_step_key_prefers_feasible_then_hfq_then_smaller_statistic():
     assert step_key(b) > step_key(a) > step_key(c)
 
 
+
+def test_step_key_sees_forgetting_while_the_sets_are_still_separated():
+    """Forget and holdout scores completely apart: the KS p-value and statistic sit at their floor
+    and 1 at every step, so only the distance between the two samples shows a step moving the forget
+    scores towards the holdout ones. Without it the untouched start (highest utility) won every tie
+    (SmolLM2 corpus tuning, session 12: every trial restored step 0)."""
+    from scipy.stats import ks_2samp
+
+    from llm_unlearn.tune import objective_value, score_distance
+
+    holdout = [-4.0 + 0.1 * i for i in range(10)]
+    forget_start = [-1.0 + 0.1 * i for i in range(10)]
+    forget_later = [x - 1.5 for x in forget_start]  # moved towards the holdout scores, still apart
+    recs = []
+    for forget, util in ((forget_start, 1.0), (forget_later, 0.99)):
+        ks = ks_2samp(forget, holdout)
+        recs.append({"feasible": True, "hfq": float(ks.pvalue), "ks_statistic": float(ks.statistic),
+                     "distance": score_distance(forget, holdout), "utility_proxy": util})
+    start, later = recs
+    assert start["hfq"] == later["hfq"] and start["ks_statistic"] == later["ks_statistic"] == 1.0
+    assert later["distance"] == pytest.approx(start["distance"] - 1.5)
+    assert step_key(later) > step_key(start)
+    assert objective_value(later, start) > objective_value(start, start)
+    # a step that overshoots (forget scores now far below the holdout ones) is worse again
+    overshoot = {**later, "distance": start["distance"] + 1.0}
+    assert step_key(overshoot) < step_key(start)
+
 def test_each_rule_refuses_a_step_whose_one_term_fell():
     """The harmonic-mean proxy barely registers an 18 % drop of one large term (retain probability
     0.62 -> 0.51, as tuned NPO on SmolLM2) next to small gains elsewhere; the "each" rule (every term

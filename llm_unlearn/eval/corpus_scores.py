@@ -48,7 +48,7 @@ def score_corpus(model, tokenizer, windows_by_split: dict[str, Any], batch_size:
                  k: float = MIN_K_DEFAULT) -> dict[str, Any]:
     """Scores of `model` on chunked ``forget``, ``holdout`` and ``retain`` windows (the retain ones
     left out of training): ``{"hfq", "ks_statistic", "floor", "utility_proxy", "mean_nll": {split:
-    …}, "mean_min_k": {split: …}, "windows": {split: n}, "forget_min_k": [...]}``."""
+    …}, "mean_min_k": {split: …}, "windows": {split: n}, "forget_min_k": [...], "holdout_min_k": [...]}``."""
     missing = [s for s in CORPUS_SPLITS if s not in windows_by_split or len(windows_by_split[s]) == 0]
     if missing:
         raise ValueError(f"corpus scores need windows of {', '.join(missing)}")
@@ -60,6 +60,7 @@ def score_corpus(model, tokenizer, windows_by_split: dict[str, Any], batch_size:
         "mean_nll": {s: float(sum(v["nll"]) / len(v["nll"])) for s, v in scores.items()},
         "mean_min_k": {s: float(sum(v["min_k"]) / len(v["min_k"])) for s, v in scores.items()},
         "windows": {s: len(v["nll"]) for s, v in scores.items()}, "forget_min_k": scores["forget"]["min_k"],
+        "holdout_min_k": scores["holdout"]["min_k"],
         "min_k": k,
     }
 
