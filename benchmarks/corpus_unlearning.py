@@ -296,23 +296,29 @@ def main() -> int:
                 d = json.loads(f.read_text())
                 rows += d["rows"]
                 run_settings = {k: v for k, v in d["settings"].items() if k not in RUN_ONLY_SETTINGS}
+                if not any(m in TUNED for m in d["settings"].get("methods", [])):  # the tuner's settings shaped nothing
+                    run_settings = {k: v for k, v in run_settings.items() if not k.startswith("tune_")}
             except (OSError, ValueError, KeyError) as e:
                 print(f"error: {f}: not a corpus_unlearning results file ({e})", file=sys.stderr)
                 return 2
-            if shared is not None and run_settings != shared:
+            common = set(shared or {}) & set(run_settings)
+            if shared is not None and (any(shared[k] != run_settings[k] for k in common)
+                                       or {k for k in set(shared) ^ set(run_settings) if not k.startswith("tune_")}):
                 diff = sorted(k for k in set(shared) | set(run_settings) if shared.get(k) != run_settings.get(k))
                 print(f"error: {f}: settings differ from {args.merge[0]} ({', '.join(diff)}); "
                       "only runs of one configuration pool", file=sys.stderr)
                 return 2
-            shared = run_settings
+            shared = {**(shared or {}), **run_settings}
             methods += [m for m in d["settings"].get("methods", []) if m not in methods]
             sources.append({"file": str(f), "command": d.get("command"), "wall_s": d.get("wall_s")})
-        seen: set = set()
+        seen: dict = {}
         for r in rows:
-            if (r["seed"], r["model"]) in seen:
+            key = (r["seed"], r["model"])
+            if key in seen and not (r["model"] in ("base", "finetuned") and r == seen[key]):
                 print(f"error: --merge: seed {r['seed']} {r['model']} appears in more than one file", file=sys.stderr)
                 return 2
-            seen.add((r["seed"], r["model"]))
+            seen.setdefault(key, r)
+        rows = list(seen.values())  # a seed's base and finetuned rows once (runs on one cached model repeat them)
         settings = {**shared, "seeds": sorted({r["seed"] for r in rows}), "methods": methods, "tag": args.tag}
     else:
         with tempfile.TemporaryDirectory() as tmp:
