@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from scipy.stats import wasserstein_distance
 from transformers import TrainerCallback
 
 import llm_unlearn.unlearn as unlearn_mod  # module attributes: tests can watch every run and read
@@ -84,8 +85,6 @@ def step_key(rec: dict[str, Any]) -> tuple:
 
 def score_distance(forget: Any, holdout: Any) -> float:
     """Wasserstein-1 distance between two samples of per-item scores (truth ratios, Min-K%)."""
-    from scipy.stats import wasserstein_distance
-
     return float(wasserstein_distance(list(forget), list(holdout)))
 
 

@@ -7,8 +7,9 @@ import json
 
 import pytest
 import torch
+from scipy.stats import ks_2samp
 
-from llm_unlearn.tune import BestStepCallback, step_key
+from llm_unlearn.tune import BestStepCallback, objective_value, score_distance, step_key
 from llm_unlearn.unlearn import MODE_DEFAULTS
 
 
@@ -25,10 +26,6 @@ def test_step_key_sees_forgetting_while_the_sets_are_still_separated():
     and 1 at every step, so only the distance between the two samples shows a step moving the forget
     scores towards the holdout ones. Without it the untouched start (highest utility) won every tie
     (SmolLM2 corpus tuning, session 12: every trial restored step 0)."""
-    from scipy.stats import ks_2samp
-
-    from llm_unlearn.tune import objective_value, score_distance
-
     holdout = [-4.0 + 0.1 * i for i in range(10)]
     forget_start = [-1.0 + 0.1 * i for i in range(10)]
     forget_later = [x - 1.5 for x in forget_start]  # moved towards the holdout scores, still apart
