@@ -290,25 +290,26 @@ def main() -> int:
     sources = None
     settings = {k: v for k, v in vars(args).items() if k != "merge"}
     if args.merge:
-        sources, shared, methods = [], None, []
+        sources, methods = [], []
+        shared: dict[str, dict] = {}  # "run": what shapes every row; "tune": what shapes the tuned rows
         for f in args.merge:
             try:
                 d = json.loads(f.read_text())
                 rows += d["rows"]
-                run_settings = {k: v for k, v in d["settings"].items() if k not in RUN_ONLY_SETTINGS}
-                if not any(m in TUNED for m in d["settings"].get("methods", [])):  # the tuner's settings shaped nothing
-                    run_settings = {k: v for k, v in run_settings.items() if not k.startswith("tune_")}
+                own = {k: v for k, v in d["settings"].items() if k not in RUN_ONLY_SETTINGS}
+                parts = {"run": {k: v for k, v in own.items() if not k.startswith("tune_")}}
+                if any(m in TUNED for m in d["settings"].get("methods", [])):  # else the tuner shaped nothing
+                    parts["tune"] = {k: v for k, v in own.items() if k.startswith("tune_")}
             except (OSError, ValueError, KeyError) as e:
                 print(f"error: {f}: not a corpus_unlearning results file ({e})", file=sys.stderr)
                 return 2
-            common = set(shared or {}) & set(run_settings)
-            if shared is not None and (any(shared[k] != run_settings[k] for k in common)
-                                       or {k for k in set(shared) ^ set(run_settings) if not k.startswith("tune_")}):
-                diff = sorted(k for k in set(shared) | set(run_settings) if shared.get(k) != run_settings.get(k))
-                print(f"error: {f}: settings differ from {args.merge[0]} ({', '.join(diff)}); "
-                      "only runs of one configuration pool", file=sys.stderr)
-                return 2
-            shared = {**(shared or {}), **run_settings}
+            for part, values in parts.items():
+                ref = shared.setdefault(part, values)
+                if values != ref:
+                    diff = sorted(k for k in set(ref) | set(values) if ref.get(k) != values.get(k))
+                    print(f"error: {f}: settings differ from an earlier file's ({', '.join(diff)}); "
+                          "only runs of one configuration pool", file=sys.stderr)
+                    return 2
             methods += [m for m in d["settings"].get("methods", []) if m not in methods]
             sources.append({"file": str(f), "command": d.get("command"), "wall_s": d.get("wall_s")})
         seen: dict = {}
@@ -319,7 +320,7 @@ def main() -> int:
                 return 2
             seen.setdefault(key, r)
         rows = list(seen.values())  # a seed's base and finetuned rows once (runs on one cached model repeat them)
-        settings = {**shared, "seeds": sorted({r["seed"] for r in rows}), "methods": methods, "tag": args.tag}
+        settings = {**shared["run"], **shared.get("tune", {}), "seeds": sorted({r["seed"] for r in rows}), "methods": methods, "tag": args.tag}
     else:
         with tempfile.TemporaryDirectory() as tmp:
             for seed in args.seeds:

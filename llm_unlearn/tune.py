@@ -24,10 +24,10 @@ the same search runs with the corpus forms of both scores (`llm_unlearn.eval.cor
 
 The objective: maximise HFQ subject to utility proxy >= `utility_floor` x the starting model's.
 The callback keeps the best feasible step (ties on the p-value: the smaller KS statistic, then
-the smaller distance between the forget and holdout score distributions, then the higher utility) and restores it when training ends or stalls (`patience`), so each trial
-also chooses when to stop. The chosen run is a copy of the best trial's output (loadable like
-any ``unlearn`` output); `retain_logs`, if given, is read only after the search, to report the
-chosen run's true forget quality.
+the smaller distance between the forget and holdout scores, then the higher utility) and restores
+it when training ends or stalls (`patience`), so each trial also chooses when to stop. The chosen
+run is a copy of the best trial's output (loadable like any ``unlearn`` output); `retain_logs`, if
+given, is read only after the search, to report the chosen run's true forget quality.
 """
 
 from __future__ import annotations

@@ -20,7 +20,6 @@ def test_step_key_prefers_feasible_then_hfq_then_smaller_statistic():
     assert step_key(b) > step_key(a) > step_key(c)
 
 
-
 def test_step_key_sees_forgetting_while_the_sets_are_still_separated():
     """Forget and holdout scores completely apart: the KS p-value and statistic sit at their floor
     and 1 at every step, so only the distance between the two samples shows a step moving the forget
@@ -42,6 +41,7 @@ def test_step_key_sees_forgetting_while_the_sets_are_still_separated():
     # a step that overshoots (forget scores now far below the holdout ones) is worse again
     overshoot = {**later, "distance": start["distance"] + 1.0}
     assert step_key(overshoot) < step_key(start)
+
 
 def test_each_rule_refuses_a_step_whose_one_term_fell():
     """The harmonic-mean proxy barely registers an 18 % drop of one large term (retain probability
