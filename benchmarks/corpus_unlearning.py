@@ -132,7 +132,8 @@ def finetuned(seed: int, args, domain_dir: Path):
 # tuned rows: name -> (llm_unlearn method, masks searched), tuned by `llm_unlearn.tune` on the corpora,
 # retain-free: the corpus HFQ (Min-K% scores, forget vs holdout documents) under a retain-NLL floor
 TUNED: dict[str, tuple[str, str]] = {"tuned-npo": ("npo", "none"), "tuned-npo+wagle": ("npo", "wagle"),
-                                     "tuned-simnpo": ("simnpo", "none"), "tuned-graddiff": ("grad_diff", "none")}
+                                     "tuned-simnpo": ("simnpo", "none"), "tuned-graddiff": ("grad_diff", "none"),
+                                     "tuned-rmu": ("rmu", "none")}
 
 
 def tuned_row(name: str, seed: int, model_dir: Path, domain_dir: Path, args, work: Path) -> dict:
@@ -146,7 +147,9 @@ def tuned_row(name: str, seed: int, model_dir: Path, domain_dir: Path, args, wor
                      forget_corpus=str(domain_dir / "forget_corpus.jsonl"),
                      retain_corpus=str(domain_dir / "retain_corpus.jsonl"),
                      holdout_corpus=str(domain_dir / "holdout_corpus.jsonl"), trials=args.tune_trials,
-                     max_steps=args.steps, eval_every=args.tune_every, modes=args.tune_modes, masks=masks,
+                     max_steps=args.steps, eval_every=args.tune_every, masks=masks,
+                     # RMU trains the MLP down-projections of three layers directly (WMDP), not an adapter
+                     modes="full" if method == "rmu" else args.tune_modes,
                      batch_size=args.batch_size, max_length=args.max_length, seed=seed, progress=True)
     t0 = time.time()
     summary = tune(cfg, overwrite=True)
@@ -249,7 +252,8 @@ def main() -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", default="rmu,npo,npo+wagle",
                    help="comma list of rmu, npo, npo+wagle (fixed settings below) and tuned-npo, tuned-npo+wagle, "
-                        "tuned-simnpo, tuned-graddiff (llm-unlearn tune on the corpora, retain-free)")
+                        "tuned-simnpo, tuned-graddiff, tuned-rmu (llm-unlearn tune on the corpora, retain-free; RMU with the "
+                        "adaptive steering coefficient, full weights)")
     p.add_argument("--ft-epochs", type=float, default=10)
     p.add_argument("--ft-lr", type=float, default=2e-4,
                    help="finetuning lr (2e-4 with 4 documents per device: the finetuned model answers 92 %% on an "

@@ -256,6 +256,21 @@ def make_corpus_scorer(docs: dict[str, Any], tokenizer, batch_size: int,
 
 BETA_RANGE = {"npo": (0.05, 1.0), "simnpo": (0.5, 5.0)}  # searched on a log scale
 ALPHA_RANGE = (0.3, 3.0)
+# RMU: α weighs an activation-matching term (WMDP: 1200 on Zephyr-7B); the adaptive steering scale s
+# (c = s x each forget token's activation norm, `RMUConfig.steering_scale`) spans a target well inside
+# the token's own norm to one that swamps it; the default point takes its geometric middle, 2
+RMU_ALPHA_RANGE = (30.0, 3000.0)
+RMU_SCALE_RANGE = (0.5, 8.0)
+
+
+def alpha_range(method: str) -> tuple[float, float]:
+    return RMU_ALPHA_RANGE if method == "rmu" else ALPHA_RANGE
+
+
+def lr_range(cfg: TuneConfig, mode: str) -> tuple[float, float]:
+    if mode == "lora":
+        return cfg.lr_lora
+    return cfg.lr_rmu if cfg.method == "rmu" else cfg.lr_full
 UTILITY_RULES = ("mean", "each")
 
 
@@ -264,7 +279,7 @@ def suggest(trial, cfg: TuneConfig) -> dict[str, Any]:
     modes = _list(cfg.modes, ("lora", "full"), "modes")
     masks = _list(cfg.masks, MASK_CHOICES, "masks")
     mode = trial.suggest_categorical("mode", modes) if len(modes) > 1 else modes[0]
-    lo, hi = cfg.lr_lora if mode == "lora" else cfg.lr_full
+    lo, hi = lr_range(cfg, mode)
     p: dict[str, Any] = {"mode": mode, "learning_rate": trial.suggest_float(f"lr_{mode}", lo, hi, log=True)}
     # from about half the budget to all of it, in whole scoring intervals (a range Optuna can step)
     low = cfg.max_steps - cfg.eval_every * ((cfg.max_steps - math.ceil(cfg.max_steps / 2)) // cfg.eval_every)
@@ -272,7 +287,9 @@ def suggest(trial, cfg: TuneConfig) -> dict[str, Any]:
         if cfg.max_steps > low else cfg.max_steps
     if cfg.method in BETA_RANGE:
         p["beta"] = trial.suggest_float("beta", *BETA_RANGE[cfg.method], log=True)
-    p["alpha"] = trial.suggest_float("alpha", *ALPHA_RANGE, log=True)
+    p["alpha"] = trial.suggest_float("alpha", *alpha_range(cfg.method), log=True)
+    if cfg.method == "rmu":
+        p["steering_scale"] = trial.suggest_float("steering_scale", *RMU_SCALE_RANGE, log=True)
     mask = trial.suggest_categorical("mask", masks) if len(masks) > 1 else masks[0]
     p["mask"] = mask
     if mask != "none":
@@ -292,12 +309,14 @@ def default_points(cfg: TuneConfig) -> list[dict[str, Any]]:
     masks = _list(cfg.masks, MASK_CHOICES, "masks")
     points = []
     for mode in _list(cfg.modes, ("lora", "full"), "modes"):
-        lo, hi = cfg.lr_lora if mode == "lora" else cfg.lr_full
+        lo, hi = lr_range(cfg, mode)
         lr = unlearn_mod.mode_defaults(cfg.method, mode == "lora").get("learning_rate", own.get("learning_rate"))
         point: dict[str, Any] = {"mode": mode, f"lr_{mode}": _clip(lr, lo, hi), "max_steps": cfg.max_steps,
-                                 "alpha": _clip(own.get("alpha", 1.0), *ALPHA_RANGE), "mask": masks[0]}
+                                 "alpha": _clip(own.get("alpha", 1.0), *alpha_range(cfg.method)), "mask": masks[0]}
         if cfg.method in BETA_RANGE:
             point["beta"] = _clip(own.get("beta", BETA_RANGE[cfg.method][0]), *BETA_RANGE[cfg.method])
+        if cfg.method == "rmu":
+            point["steering_scale"] = math.sqrt(RMU_SCALE_RANGE[0] * RMU_SCALE_RANGE[1])
         if masks[0] != "none":
             point["mask_ratio"] = 0.5
         points.append(point)
@@ -360,7 +379,7 @@ def check_config(cfg: TuneConfig) -> str:
         raise UnlearnError(f"--patience must be >= 0, got {cfg.patience}")
     if not 0 < cfg.utility_floor <= 1:
         raise UnlearnError(f"--utility-floor must be in (0, 1], got {cfg.utility_floor}")
-    for name in ("lr_lora", "lr_full"):
+    for name in ("lr_lora", "lr_full", "lr_rmu"):
         lo, hi = getattr(cfg, name)
         if not 0 < lo <= hi:
             raise UnlearnError(f"--{name.replace('_', '-')}: expected 0 < LOW <= HIGH, got {lo} {hi}")
@@ -425,8 +444,9 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         overrides = {"learning_rate": p["learning_rate"], "max_steps": p["max_steps"], "alpha": p["alpha"],
                      "per_device_train_batch_size": cfg.batch_size, "seed": cfg.seed,
                      "logging_steps": cfg.eval_every, "protocol": cfg.protocol}
-        if "beta" in p:
-            overrides["beta"] = p["beta"]
+        for key in ("beta", "steering_scale"):
+            if key in p:
+                overrides[key] = p[key]
         if cfg.optim:
             overrides["optim"] = cfg.optim
         if cfg.max_length is not None:
@@ -589,7 +609,7 @@ def _fmt(v: float | None) -> str:
 
 def _describe(p: dict[str, Any]) -> str:
     parts = [p["mode"], f"lr {p['learning_rate']:.2g}", f"{p['max_steps']} steps"]
-    parts += [f"{k} {p[k]:.2g}" for k in ("beta", "alpha") if k in p]
+    parts += [f"{k.replace('steering_scale', 'scale')} {p[k]:.2g}" for k in ("beta", "alpha", "steering_scale") if k in p]
     if p.get("mask", "none") != "none":
         parts.append(f"{p['mask']} {p['mask_ratio']:.2f}")
     return ", ".join(parts)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from llm_unlearn.data.protocol import DEFAULT_PROTOCOL
 
-TUNABLE_METHODS = ("grad_diff", "npo", "simnpo")
+TUNABLE_METHODS = ("grad_diff", "npo", "simnpo", "rmu")
 MASK_CHOICES = ("none", "wagle", "random")
 
 
@@ -42,6 +42,9 @@ class TuneConfig:
     masks: str = field(default="none", metadata={"help": "comma list of none, wagle, random: the masks searched"})
     lr_lora: tuple[float, float] = field(default=(1e-4, 3e-3), metadata={"help": "learning-rate range with LoRA (log)"})
     lr_full: tuple[float, float] = field(default=(3e-6, 1e-4), metadata={"help": "learning-rate range with full weights (log)"})
+    lr_rmu: tuple[float, float] = field(default=(1e-5, 1e-3), metadata={"help": "learning-rate range of RMU with full "
+                                                                           "weights (it trains three MLP "
+                                                                           "down-projections; log)"})
     batch_size: int = field(default=4, metadata={"help": "forget (and retain) items per step"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (alpha = 2r)"})
     optim: str | None = field(default=None, metadata={"help": "optimizer (TrainingArguments.optim; default AdamW)"})

@@ -4,6 +4,7 @@ the retain logs before its final report."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,7 +143,7 @@ def test_tune_bad_input_exits_2(target_dir, synthetic_dir, tmp_path, capsys):
     from llm_unlearn.cli import main
 
     assert main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(tmp_path / "t"),
-                 "--method", "rmu"]) == 2
+                 "--method", "idk_dpo"]) == 2
     assert "error: tune supports methods" in capsys.readouterr().err
     assert main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(tmp_path / "t"),
                  "--modes", "lora,qlora"]) == 2
@@ -310,6 +311,10 @@ def test_default_points_and_sampler_seed():
     assert lora["mask"] == "wagle" and lora["mask_ratio"] == 0.5 and lora["max_steps"] == 30
     assert default_points(TuneConfig(model="m", output="o", method="simnpo", modes="full"))[0]["beta"] == 2.5
     assert "beta" not in default_points(TuneConfig(model="m", output="o", method="grad_diff", modes="full"))[0]
+    # RMU: its own lr (5e-5, within the RMU range, not the full-weight one) and alpha (1200); the adaptive
+    # steering scale at the middle of its range
+    rmu = default_points(TuneConfig(model="m", output="o", method="rmu", modes="full"))[0]
+    assert rmu["lr_full"] == pytest.approx(5e-5) and rmu["alpha"] == 1200.0 and rmu["steering_scale"] == pytest.approx(2.0)
     # the same --seed gives different searches different random start points, and the same search the same
     seeds = {sampler_seed(TuneConfig(model="m", output="o", method=m, masks=k)) for m in ("npo", "simnpo", "grad_diff")
              for k in ("none", "wagle")}
@@ -336,3 +341,22 @@ def test_tune_each_rule_end_to_end(target_dir, synthetic_dir, tmp_path, capsys):
     assert main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(tmp_path / "x"),
                  "--utility-rule", "median"]) == 2
     assert "--utility-rule must be one of mean, each" in capsys.readouterr().err
+
+
+def test_tune_rmu_on_corpus_searches_the_adaptive_steering_scale(domain_target, tmp_path, capsys):
+    """RMU is tunable: each trial's steering scale reaches the trainer (recorded in its run)."""
+    from llm_unlearn.cli import main
+
+    dom, target = domain_target
+    out = tmp_path / "tune_rmu"
+    rc = main([*_corpus_argv(dom, target, out), "--method", "rmu", "--trials", "2", "--max-steps", "2",
+               "--eval-every", "2", "--modes", "full", "--max-length", "64", "--utility-items", "8",
+               "--score-items", "6", "--no-final-eval"])
+    assert rc == 0, capsys.readouterr().err
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    scales = [t["params"]["steering_scale"] for t in trials]
+    assert scales[0] == pytest.approx(2.0) and len(set(scales)) == 2
+    for t in trials:
+        run = json.loads((Path(t["run_dir"]) / "run.json").read_text())
+        assert run["hyperparameters"]["steering_scale"] == pytest.approx(t["params"]["steering_scale"])
+        assert 1e-5 <= t["params"]["learning_rate"] <= 1e-3

@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     names = {f.name for f in dataclasses.fields(TuneConfig)} - _SKIP
     cfg = TuneConfig(**{n: getattr(args, n) for n in names}, progress=not args.quiet, protocol=args.protocol)
-    cfg.lr_lora, cfg.lr_full = tuple(cfg.lr_lora), tuple(cfg.lr_full)
+    cfg.lr_lora, cfg.lr_full, cfg.lr_rmu = tuple(cfg.lr_lora), tuple(cfg.lr_full), tuple(cfg.lr_rmu)
     summary = tune(cfg, overwrite=args.overwrite)
     print(f"wrote {summary['chosen_dir']} (the chosen run), trials.json, trials.png and tune.json to {cfg.output}")
     return 0

@@ -15,7 +15,8 @@ HYPERPARAMETER_FLAGS: dict[str, str] = {
     "lr": "learning_rate", "epochs": "num_train_epochs", "max_steps": "max_steps",
     "batch_size": "per_device_train_batch_size", "grad_accum": "gradient_accumulation_steps",
     "max_length": "max_length", "seed": "seed", "beta": "beta", "alpha": "alpha", "gamma": "gamma",
-    "delta": "delta", "retain_loss": "retain_loss_type", "steering_coeff": "steering_coeff", "layer": "layer",
+    "delta": "delta", "retain_loss": "retain_loss_type", "steering_coeff": "steering_coeff",
+    "steering_scale": "steering_scale", "layer": "layer",
     "update_layers": "update_layers", "refusals": "refusals_file", "save_steps": "save_steps",
     "logging_steps": "logging_steps", "report_to": "report_to", "hub_model_id": "hub_model_id", "optim": "optim",
     "protocol": "protocol",
@@ -62,6 +63,8 @@ def register(sub, name: str, help_text: str) -> None:
     g.add_argument("--sam-rho", type=float, default=None, help="npo_sam: SAM radius ρ of the weight perturbation (default 0.01)")
     g.add_argument("--retain-loss", choices=["nll", "kl"], default=None, help="retain term: nll or kl(ref||θ)")
     g.add_argument("--steering-coeff", type=float, default=None, help="rmu: norm c of the random target direction")
+    g.add_argument("--steering-scale", type=float, default=None,
+                   help="rmu: adaptive c = s x each forget token's activation norm (replaces --steering-coeff)")
     g.add_argument("--layer", type=int, default=None, help="rmu: decoder layer whose activations are steered")
     g.add_argument("--update-layers", default=None, help="rmu: comma-separated layers whose parameters train")
     g.add_argument("--refusals", default=None, help="idk_dpo: refusal answers file (default: idontknow.txt of --data)")

@@ -3,7 +3,12 @@
     L = E_forget[ ‖h_ℓ^θ(x) − c·u‖² ] + α·E_retain[ ‖h_ℓ^θ(x) − h_ℓ^frozen(x)‖² ]
 
 h_ℓ is the output of decoder layer ℓ (squared error averaged over the hidden dimension and the
-non-padding positions), u a fixed random unit vector (seeded), c the steering coefficient. Only
+non-padding positions), u a fixed random unit vector (seeded), c the steering coefficient. c depends
+on the model's activation norms (WMDP tuned 6.5 for Zephyr-7B; SmolLM2-135M's layer-7 tokens have
+norms of ~80–170, a few of ~700): with ``steering_scale`` s, c is instead s·‖h_ℓ^frozen(x)‖ per
+token, the adaptive coefficient of Dang et al. (2025, "On effects of steering latent
+representation for LLM unlearning"), which carries across models and across tokens whose norms
+differ by 10×. Only
 the MLP down-projection weights of `update_layers` (default ℓ−2…ℓ) train, as in WMDP's
 ``rmu/unlearn.py`` (``param_ids=[6]``: ``mlp.down_proj.weight``) and open-unlearning's RMU config
 (``model.layers.(5|6|7).mlp.down_proj.weight``); ``update_params: all`` trains every parameter
@@ -31,6 +36,8 @@ class RMUConfig(UnlearnConfig):
 
     learning_rate: float = field(default=5e-5, metadata={"help": "peak learning rate (AdamW)"})
     steering_coeff: float = field(default=6.5, metadata={"help": "c: norm of the random target direction for forget activations"})
+    steering_scale: float | None = field(default=None, metadata={"help": "adaptive c: s x the frozen model's norm of each "
+                                                                         "forget token's activation (replaces steering_coeff)"})
     alpha: float = field(default=1200.0, metadata={"help": "weight of the retain activation-matching term (0 disables it)"})
     layer: int | None = field(default=None, metadata={"help": "decoder layer whose output is steered (default: 7/32 of the depth, layer 7 of 32 as in the paper)"})
     update_layers: str | None = field(default=None, metadata={"help": "comma-separated decoder layers whose parameters train (default: layer-2,layer-1,layer)"})
@@ -40,6 +47,8 @@ class RMUConfig(UnlearnConfig):
         super().__post_init__()
         if self.alpha < 0:
             raise UnlearnError(f"alpha must be >= 0, got {self.alpha}")
+        if self.steering_scale is not None and not self.steering_scale > 0:
+            raise UnlearnError(f"steering_scale must be > 0, got {self.steering_scale}")
         if self.update_params not in UPDATE_PARAMS:
             raise UnlearnError(f"update_params must be one of {', '.join(UPDATE_PARAMS)}, got '{self.update_params}'")
 
@@ -120,7 +129,8 @@ class RMUTrainer(UnlearnTrainer):
                                + (" (does the LoRA adapter target the MLP down-projection?)" if self.is_peft else ""))
         gen = torch.Generator().manual_seed(self.args.seed)
         u = torch.rand(model.config.hidden_size, generator=gen)
-        self.control_vec = (self.args.steering_coeff * u / u.norm()).to(next(model.parameters()).device)
+        self.direction = (u / u.norm()).to(next(model.parameters()).device)
+        self.control_vec = self.args.steering_coeff * self.direction
 
     def activations(self, model, batch: dict, frozen: bool = False) -> torch.Tensor:
         store: dict = {}
@@ -144,7 +154,12 @@ class RMUTrainer(UnlearnTrainer):
     def unlearn_loss(self, model, inputs, counts):
         forget = inputs["forget"]
         h = self.activations(model, forget)
-        target = self.control_vec.to(h.dtype).expand_as(h)
+        if self.args.steering_scale is None:
+            target = self.control_vec.to(h.dtype).expand_as(h)
+        else:  # adaptive: each token's target is s x its own (frozen) activation norm, along u
+            with torch.no_grad():
+                norm = self.activations(model, forget, frozen=True).norm(dim=-1, keepdim=True)
+            target = self.args.steering_scale * norm.to(h.dtype) * self.direction.to(h.dtype)
         rmu_forget = activation_sq_error(h, target, forget["attention_mask"]).sum() / counts["forget_positions"]
         loss, terms = rmu_forget, {"rmu_forget": rmu_forget}
         if self.needs_retain(self.args):

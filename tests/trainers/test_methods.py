@@ -74,3 +74,31 @@ def test_rmu_trains_only_the_chosen_layers(lora, make_trainer, snapshot):
     assert all("mlp.down_proj" in n for n in changed), sorted(changed)
     if lora:
         assert all("lora_" in n for n in changed)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_rmu_adaptive_steering_targets_each_tokens_own_norm(lora, make_trainer):
+    """With steering_scale s the forget target of every token is s x its frozen activation norm along
+    the fixed direction u (adaptive RMU), by hand; before any update h = h_frozen, so the forget term
+    is mean over tokens of ‖h − s‖h‖u‖² / d."""
+    import torch
+
+    from llm_unlearn.trainers.base import batch_counts
+
+    trainer = make_trainer("rmu", lora=lora, steering_scale=3.0, alpha=0.0, layer=2)
+    batch = next(iter(trainer.get_train_dataloader()))
+    forget = {k: v.to(trainer.model.device) for k, v in batch["forget"].items()}
+    model = trainer.model
+    with torch.no_grad():
+        loss, terms = trainer.unlearn_loss(model, {"forget": forget}, batch_counts([{"forget": forget}]))
+        h = model(input_ids=forget["input_ids"], attention_mask=forget["attention_mask"],
+                  output_hidden_states=True).hidden_states[3]  # the output of decoder layer 2
+    u = torch.rand(h.shape[-1], generator=torch.Generator().manual_seed(0))
+    u = u / u.norm()
+    target = 3.0 * h.norm(dim=-1, keepdim=True) * u
+    per_token = (h - target).pow(2).mean(-1)
+    mask = forget["attention_mask"].bool()
+    assert terms["rmu_forget"].item() == pytest.approx(per_token[mask].mean().item(), rel=1e-4)
+    # a fixed c would give another value: the scale, not steering_coeff, set the target
+    fixed = (h - trainer.args.steering_coeff * u).pow(2).mean(-1)[mask].mean().item()
+    assert abs(fixed - terms["rmu_forget"].item()) > 0.1 * fixed
