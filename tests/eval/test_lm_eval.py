@@ -106,7 +106,9 @@ def test_corpus_memorisation_runs_and_skips_short_docs(tiny_model, tiny_tokenize
 @pytest.mark.slow
 def test_finetuned_model_beats_chance_and_rmu_brings_it_down(tiny_model, tiny_tokenizer, domain_dir, tmp_path):
     """The tiny model learns the domain (beats chance), then RMU on the domain corpus (general
-    corpus retained) brings domain accuracy back down while general accuracy holds up."""
+    corpus retained) brings domain accuracy back down while general accuracy holds up. RMU's
+    target is adaptive (s x each token's own norm): a fixed c = 100 moved the domain accuracy by 0
+    to 0.06 on one host and by more on another."""
     from llm_unlearn.finetune import finetune_on_corpus
     from llm_unlearn.unlearn import run_unlearning
 
@@ -122,7 +124,7 @@ def test_finetuned_model_beats_chance_and_rmu_brings_it_down(tiny_model, tiny_to
                                  forget_corpus=domain_dir / "forget_corpus.jsonl",
                                  retain_corpus=domain_dir / "retain_corpus.jsonl",
                                  overrides={"max_steps": 80, "per_device_train_batch_size": 4, "max_length": 128,
-                                            "steering_coeff": 100.0, "alpha": 10.0, "learning_rate": 1e-2, "update_params": "all",
+                                            "steering_scale": 4.0, "alpha": 10.0, "learning_rate": 1e-2, "update_params": "all",
                                             "logging_steps": 100})
     assert manifest["chunking"]["forget"]["dropped_tokens"] == 0
     after = run_lm_eval(model, tiny_tokenizer, TASKS, include=domain_dir / "tasks", batch_size=16)
