@@ -256,6 +256,7 @@ def make_corpus_scorer(docs: dict[str, Any], tokenizer, batch_size: int,
 
 BETA_RANGE = {"npo": (0.05, 1.0), "simnpo": (0.5, 5.0)}  # searched on a log scale
 ALPHA_RANGE = (0.3, 3.0)
+UTILITY_RULES = ("mean", "each")
 # RMU: α weighs an activation-matching term (WMDP: 1200 on Zephyr-7B); the adaptive steering scale s
 # (c = s x each forget token's activation norm, `RMUConfig.steering_scale`) spans a target well inside
 # the token's own norm to one that swamps it; the default point takes its geometric middle, 2
@@ -264,14 +265,15 @@ RMU_SCALE_RANGE = (0.5, 8.0)
 
 
 def alpha_range(method: str) -> tuple[float, float]:
+    """The α searched: RMU's weighs activation matching, the others' a retain NLL / KL term."""
     return RMU_ALPHA_RANGE if method == "rmu" else ALPHA_RANGE
 
 
 def lr_range(cfg: TuneConfig, mode: str) -> tuple[float, float]:
+    """The learning rates searched in `mode` (RMU with full weights has its own range)."""
     if mode == "lora":
         return cfg.lr_lora
     return cfg.lr_rmu if cfg.method == "rmu" else cfg.lr_full
-UTILITY_RULES = ("mean", "each")
 
 
 def suggest(trial, cfg: TuneConfig) -> dict[str, Any]:
