@@ -438,6 +438,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         f"{cfg.trials} trials of <= {cfg.max_steps} steps, scored every {cfg.eval_every}")
     records: dict[int, dict[str, Any]] = {}
     failures: dict[int, str] = {}
+    nll_before: dict = {}  # every trial starts from the same model: its before-NLL is scored once per mode
 
     def objective(trial) -> float:
         p = suggest(trial, cfg)
@@ -461,6 +462,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
                 lora_alpha=2 * cfg.lora_r, mask_method=None if p["mask"] == "none" else p["mask"],
                 mask_ratio=p.get("mask_ratio"), overwrite=True, score_hfq=False, callbacks=[cb],
                 retain_exclude=retain_exclude, nll_max_retain=cfg.utility_items, quiet=True,
+                nll_before_cache=nll_before,
             )
 
         t = time.time()
@@ -476,7 +478,8 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
                "distance": best.get("distance"), "utility_proxy": best["utility_proxy"], "utility_ratio": best["utility_proxy"] / start["utility_proxy"],
                "best_step": best["step"], "steps_trained": manifest["steps"], "stopped_early": cb.stopped_early,
                "history": cb.history, "run_dir": str(run_dir), "time_s": round(time.time() - t, 1),
-               "nll": {k: manifest["nll"][k] for k in ("forget_before", "forget_after", "retain_before", "retain_after")}}
+               "nll": {k: manifest["nll"][k] for k in ("forget_before", "forget_after", "retain_before", "retain_after",
+                                                        "before_reused")}}
         _tag_run(run_dir, {"tune": {k: rec[k] for k in ("number", "params", "hfq", "utility_proxy", "best_step")},
                            "restored_step": best["step"]})
         records[trial.number] = rec

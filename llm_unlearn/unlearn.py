@@ -295,6 +295,7 @@ def run_unlearning(
     retain_exclude: set[str] | None = None,
     quiet: bool = False,
     threads: str | int | None = "auto",
+    nll_before_cache: dict | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Unlearn `forget_split` of `data` from `model` with `method`; returns ``(output dir, run.json dict)``.
 
@@ -324,6 +325,9 @@ def run_unlearning(
     - `retain_exclude`: retain questions (corpus: retain document texts) left out of training (held
       out for a utility measure).
     - `quiet`: no progress bar and no printed log lines (the history still goes to run.json).
+    - `nll_before_cache`: a dict shared by runs that start from the same model on the same data
+      (`llm_unlearn.tune`'s trials): the before-NLL is scored once per mode (LoRA / full) and
+      reused; run.json's ``nll.before_reused`` says so.
     - run.json gets ``nll``, ``hfq`` (before / after) and ``warning`` when forgetting did not
       happen (`forgetting_warning`).
     - `resume_from_checkpoint`: a checkpoint directory, or True for the last one of an interrupted
@@ -387,7 +391,7 @@ def run_unlearning(
                                      resume_from_checkpoint, nll_max_retain, threads, holdout_split=holdout_split,
                                      max_authors=max_authors, score_hfq=score_hfq, callbacks=callbacks, quiet=quiet,
                                      kind=kind, forget_corpus=forget_corpus, retain_corpus=retain_corpus,
-                                     max_windows_per_doc=max_windows_per_doc)
+                                     max_windows_per_doc=max_windows_per_doc, nll_before_cache=nll_before_cache)
         except DivergenceError:
             # the diverged run's record (run.json, status diverged) takes an empty place; it never
             # replaces a previous output (it stays in the staging directory, named in the error)
@@ -417,7 +421,8 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
                   retain_rows, cfg, lora, lora_r, lora_alpha, load_in_4bit, dtype, mask, mask_method, mask_ratio,
                   mask_granularity, mask_scope, mask_gamma, resume_from_checkpoint, nll_max_retain, threads, *,
                   holdout_split=None, max_authors=None, score_hfq=True, callbacks=None, quiet=False,
-                  kind="qa", forget_corpus=None, retain_corpus=None, max_windows_per_doc=None):
+                  kind="qa", forget_corpus=None, retain_corpus=None, max_windows_per_doc=None,
+                  nll_before_cache=None):
     """The work of `run_unlearning`, written into the staging directory ``stage.path``."""
     out = stage.path
 
@@ -452,10 +457,19 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
     # Trainer's own bar and log lines)
     label = f"unlearn {method}" + (f" + {mask_method} mask" if mask_method else " + mask" if mask else "")
     bar = None if is_verbose() or cfg.disable_tqdm else stage_bar(label, total=None)
-    _phase(bar, "scoring NLL before")
-    logger.info("scoring forget/retain NLL before unlearning")
-    forget_before = per_item_nll(model, forget_tok, tokenizer, batch_size=batch)
-    retain_before = per_item_nll(model, retain_eval, tokenizer, batch_size=batch)
+    # a LoRA adapter starts as the identity, so its before-NLL is the base model's; the key still
+    # separates the modes (and the item counts), so a cache never mixes two starting points
+    before_key = ("lora" if lora else "full", load_in_4bit, dtype, len(forget_tok), len(retain_eval))
+    before_reused = nll_before_cache is not None and before_key in nll_before_cache
+    if before_reused:
+        forget_before, retain_before = nll_before_cache[before_key]
+    else:
+        _phase(bar, "scoring NLL before")
+        logger.info("scoring forget/retain NLL before unlearning")
+        forget_before = per_item_nll(model, forget_tok, tokenizer, batch_size=batch)
+        retain_before = per_item_nll(model, retain_eval, tokenizer, batch_size=batch)
+        if nll_before_cache is not None:
+            nll_before_cache[before_key] = (forget_before, retain_before)
     hfq: dict[str, Any] = {"before": None, "after": None}
     rows_hfq = None
     if kind == "corpus":  # a TOFU-style metric: corpora have no perturbed answers or holdout items
@@ -557,7 +571,7 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
         nll={
             "forget_before": _mean(forget_before), "forget_after": _mean(forget_after),
             "retain_before": _mean(retain_before), "retain_after": _mean(retain_after),
-            "retain_items_scored": len(retain_eval),
+            "retain_items_scored": len(retain_eval), "before_reused": before_reused,
             "forget_per_item_before": forget_before, "forget_per_item_after": forget_after,
         },
         log_history=trainer.state.log_history,

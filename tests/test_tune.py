@@ -127,6 +127,9 @@ def test_tune_three_trials_never_opens_the_retain_logs(target_dir, synthetic_dir
     assert first["params"]["max_steps"] == 4 and first["params"]["beta"] == pytest.approx(0.1)
     assert all(t["history"][0]["step"] == 0 and t["best_step"] in [h["step"] for h in t["history"]]
                for t in trials["trials"])
+    # every trial starts from the same model: the before-NLL is scored by the first and reused
+    assert [t["nll"]["before_reused"] for t in trials["trials"]] == [False, True, True]
+    assert len({(t["nll"]["forget_before"], t["nll"]["retain_before"]) for t in trials["trials"]}) == 1
     summary = json.loads((out / "tune.json").read_text())
     assert "retain_logs_error" in summary["final_report"]
     assert summary["chosen"]["utility_proxy"] >= summary["utility_min"]
