@@ -89,8 +89,10 @@ def _tag(run_dir: Path, **fields: Any) -> None:
     path.write_text(json.dumps(manifest, indent=1, default=str) + "\n")
 
 
-def finetuned(role: str, data: Path, args, cache: Path) -> tuple[Path, float]:
-    """The target (``full``) or retain (``retain90``) model, finetuned or reused from `cache`."""
+def finetuned(role: str, data: Path, args, cache: Path, train: bool = True) -> tuple[Path, float]:
+    """The target (``full``) or retain (``retain90``) model, finetuned or reused from `cache`.
+    `train` False (a worker whose task is not ``ft:ROLE``): a model missing from the cache is an
+    error, never finetuned here, since the ``ft:ROLE`` worker may be training into the same place."""
     from llm_unlearn.finetune import FinetuneConfig, finetune
 
     split = "full" if role == "target" else args.retain_split
@@ -104,6 +106,10 @@ def finetuned(role: str, data: Path, args, cache: Path) -> tuple[Path, float]:
     if (out / "run.json").is_file() and (out / "model.safetensors").is_file():
         print(f"reusing {role} model {out}", flush=True)
         return out, float(json.loads((out / "run.json").read_text()).get("finetune_s", 0.0))
+    if not train:
+        print(f"error: the {role} model is not in the cache ({out}): run its finetuning (ft:{role}) first",
+              file=sys.stderr)
+        raise SystemExit(2)
     if out.exists():
         shutil.rmtree(out)
     cfg.output = str(out)
@@ -695,7 +701,7 @@ def main(argv: list[str] | None = None) -> int:
                 finetuned(role, data, args, cache)
         return 0
     for role in ("retain", "target"):
-        model_dirs[role], ft_s = finetuned(role, data, args, cache)
+        model_dirs[role], ft_s = finetuned(role, data, args, cache, train=tasks is None)
         result["timings_s"][f"finetune_{role}"] = round(ft_s, 1)
         result["finetune_s"] += ft_s
     eval_settings = {"eval_items": args.eval_items, "max_new_tokens": args.max_new_tokens}
