@@ -457,8 +457,8 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
     # Trainer's own bar and log lines)
     label = f"unlearn {method}" + (f" + {mask_method} mask" if mask_method else " + mask" if mask else "")
     bar = None if is_verbose() or cfg.disable_tqdm else stage_bar(label, total=None)
-    # a LoRA adapter starts as the identity, so its before-NLL is the base model's; the key still
-    # separates the modes (and the item counts), so a cache never mixes two starting points
+    # keyed by everything that changes the starting model's numerics or the items scored (a LoRA
+    # adapter starts as the identity, but its forward differs in the last bits from the base's)
     before_key = ("lora" if lora else "full", load_in_4bit, dtype, len(forget_tok), len(retain_eval))
     before_reused = nll_before_cache is not None and before_key in nll_before_cache
     if before_reused:
