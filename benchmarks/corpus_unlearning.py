@@ -152,6 +152,7 @@ def tuned_row(name: str, seed: int, model_dir: Path, domain_dir: Path, args, wor
                      modes="full" if method == "rmu" else args.tune_modes,
                      **({"lr_rmu": tuple(args.tune_lr_rmu)} if args.tune_lr_rmu else {}),
                      **({"patience": args.tune_patience} if args.tune_patience is not None else {}),
+                     **({"patience_warmup": args.tune_patience_warmup} if args.tune_patience_warmup is not None else {}),
                      batch_size=args.batch_size, max_length=args.max_length, seed=seed, progress=True)
     t0 = time.time()
     summary = tune(cfg, overwrite=True)
@@ -271,6 +272,9 @@ def main() -> int:
     p.add_argument("--tune-patience", type=int, default=None,
                    help="tuned rows: stop a trial after this many scorings without a better step (default: "
                         "llm-unlearn tune's 2; with --tune-every 5 that is 10 steps, less than RMU needs to move)")
+    p.add_argument("--tune-patience-warmup", type=float, default=None,
+                   help="tuned rows: patience never stops a trial before this fraction of its steps (default: "
+                        "llm-unlearn tune's 0.5; the smollm2v4 runs predate it and ran with 0)")
     p.add_argument("--tune-lr-rmu", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="tuned-rmu: the learning-rate range searched (default: llm-unlearn tune's --lr-rmu); "
                         "WMDP's 5e-5 is clipped into it for the default trial")

@@ -255,7 +255,8 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
     out = runs_dir / tuned_dir(name, args, seed)
     cfg = TuneConfig(model=str(target_dir), data=str(data), output=str(out), method=method,
                      forget_split=args.forget_split, retain_split=args.retain_split, trials=args.tune_trials, max_steps=args.tune_steps,
-                     eval_every=args.tune_every, patience=args.tune_patience, modes=args.tune_modes, masks=masks,
+                     eval_every=args.tune_every, patience=args.tune_patience,
+                     patience_warmup=args.tune_patience_warmup, modes=args.tune_modes, masks=masks,
                      batch_size=args.batch_size, lora_r=args.lora_r, optim=args.optim, seed=seed,
                      score_items=args.tune_score_items or args.eval_items, utility_items=args.tune_utility_items,
                      retain_logs=str(retain_logs), eval_max_items=args.eval_items,
@@ -611,6 +612,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-steps", type=int, default=40, help="training-step budget per trial")
     p.add_argument("--tune-every", type=int, default=10, help="score HFQ and the utility proxy every k steps")
     p.add_argument("--tune-patience", type=int, default=2, help="scorings without a better step before a trial stops")
+    p.add_argument("--tune-patience-warmup", type=float, default=0.5,
+                   help="patience never stops a trial before this fraction of its steps (NPO+RT's utility dips "
+                        "before the retain term pulls it back)")
     p.add_argument("--tune-modes", default="lora,full", help="modes the tuner searches")
     p.add_argument("--tune-utility-rule", default="mean", choices=["mean", "each"],
                    help="the tuner's feasibility rule (llm-unlearn tune --utility-rule)")
@@ -704,7 +708,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if tuned:
         settings["tuned"] = {"rows": tuned, "trials": args.tune_trials, "max_steps": args.tune_steps,
-                             "eval_every": args.tune_every, "patience": args.tune_patience, "modes": args.tune_modes,
+                             "eval_every": args.tune_every, "patience": args.tune_patience, "patience_warmup": args.tune_patience_warmup, "modes": args.tune_modes,
                              "seeds": tune_seeds(args), "utility_items": args.tune_utility_items, "score_items": args.tune_score_items or args.eval_items,
                              "objective": "max HFQ s.t. utility proxy >= 0.95 x target (retain-free)"}
     # one directory for every budget: a run's own stamp holds its epochs and learning rate, and a run

@@ -110,15 +110,20 @@ class BestStepCallback(TrainerCallback):
     (`step_key`; feasible = utility proxy >= `utility_min`), stops training after `patience`
     scorings without improvement (0: never), and restores the best weights when training ends.
 
+    `warmup_steps`: patience never stops training before this step (Optuna's ``n_warmup_steps``):
+    a method whose utility first dips and then recovers (NPO + RT: the retain term pulls it back),
+    or whose forget scores move only after some steps (RMU), is not judged by its first scorings.
+
     `initial`: the scores of the starting model (step 0), when known (saves one scoring); the
     starting model is always a candidate, so a trial that only hurts restores it."""
 
     def __init__(self, score_fn: Callable[[Any], dict[str, float]], every: int, utility_min: float,
                  patience: int = 0, initial: dict[str, float] | None = None,
-                 term_min: dict[str, float] | None = None):
+                 term_min: dict[str, float] | None = None, warmup_steps: int = 0):
         if every < 1:
             raise UnlearnError(f"eval_every must be >= 1, got {every}")
         self.score_fn, self.every, self.utility_min, self.patience = score_fn, every, utility_min, patience
+        self.warmup_steps = warmup_steps
         self.term_min = term_min  # the "each" rule: every utility term >= its own floor
         self.initial = initial
         self.history: list[dict[str, Any]] = []
@@ -160,7 +165,7 @@ class BestStepCallback(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0:
             self._record(state.global_step, model)
-            if self.patience and self._stale >= self.patience:
+            if self.patience and self._stale >= self.patience and state.global_step >= self.warmup_steps:
                 self.stopped_early = True
                 control.should_training_stop = True
         return control
@@ -379,6 +384,8 @@ def check_config(cfg: TuneConfig) -> str:
             raise UnlearnError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.patience < 0:
         raise UnlearnError(f"--patience must be >= 0, got {cfg.patience}")
+    if not 0 <= cfg.patience_warmup <= 1:
+        raise UnlearnError(f"--patience-warmup must be in [0, 1], got {cfg.patience_warmup}")
     if not 0 < cfg.utility_floor <= 1:
         raise UnlearnError(f"--utility-floor must be in (0, 1], got {cfg.utility_floor}")
     for name in ("lr_lora", "lr_full", "lr_rmu"):
@@ -443,7 +450,8 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
     def objective(trial) -> float:
         p = suggest(trial, cfg)
         run_dir = out / "trials" / f"trial_{trial.number:03d}"
-        cb = BestStepCallback(scorer, cfg.eval_every, utility_min, cfg.patience, initial=start, term_min=term_min)
+        cb = BestStepCallback(scorer, cfg.eval_every, utility_min, cfg.patience, initial=start, term_min=term_min,
+                              warmup_steps=math.ceil(cfg.patience_warmup * p["max_steps"]))
         overrides = {"learning_rate": p["learning_rate"], "max_steps": p["max_steps"], "alpha": p["alpha"],
                      "per_device_train_batch_size": cfg.batch_size, "seed": cfg.seed,
                      "logging_steps": cfg.eval_every, "protocol": cfg.protocol}

@@ -26,6 +26,10 @@ class TuneConfig:
     eval_every: int = field(default=10, metadata={"help": "score HFQ and the utility proxy every k steps"})
     patience: int = field(default=2, metadata={"help": "stop a trial after this many scorings without a better "
                                                        "step (0: never stop early)"})
+    patience_warmup: float = field(default=0.5, metadata={
+        "help": "patience never stops a trial before this fraction of its steps (a warm-up, as Optuna's "
+                "n_warmup_steps): NPO's utility dips before the retain term pulls it back, RMU's forget scores "
+                "move only after some steps; 0: patience from the first scoring"})
     utility_floor: float = field(default=0.95, metadata={"help": "constraint: utility proxy >= this x the "
                                                                  "starting model's"})
     utility_rule: str = field(default="mean", metadata={"help": "mean: the utility proxy (harmonic mean of its "

@@ -93,6 +93,43 @@ def test_callback_stops_at_and_restores_the_best_step(target_dir, synthetic_dir,
     assert any(not torch.equal(seen[2][k], seen[6][k]) for k in saved)  # the weights did move after step 2
 
 
+def test_callback_patience_waits_for_the_warmup(target_dir, synthetic_dir, tmp_path):
+    """The same scripted dip as above (steps 4 and 6 worse than step 2), with a warm-up of 8 steps:
+    patience does not stop the run at step 6, so the recovery at step 8 is found and restored."""
+    from safetensors.torch import load_file
+
+    from llm_unlearn.unlearn import run_unlearning
+
+    scripted = {2: (0.5, 0.3, 1.0), 4: (0.9, 0.1, 0.1), 6: (0.1, 0.6, 1.0), 8: (0.99, 0.0, 1.0), 10: (0.2, 0.5, 1.0)}
+    seen: dict[int, dict[str, torch.Tensor]] = {}
+    state = {"step": 0}
+
+    def score(model):
+        state["step"] += 2
+        seen[state["step"]] = {n.replace(".default", ""): p.detach().clone()
+                               for n, p in model.named_parameters() if p.requires_grad}
+        hfq, d, util = scripted[state["step"]]
+        return {"hfq": hfq, "ks_statistic": d, "utility_proxy": util}
+
+    cb = BestStepCallback(score, every=2, utility_min=0.95, patience=2, warmup_steps=8,
+                          initial={"hfq": 1e-3, "ks_statistic": 0.9, "utility_proxy": 1.0})
+    out, manifest = run_unlearning(str(target_dir), synthetic_dir, tmp_path / "run", "npo", lora=True,
+                                   overrides={"max_steps": 10, "learning_rate": 5e-3, "disable_tqdm": True},
+                                   callbacks=[cb], score_hfq=False)
+    assert manifest["steps"] == 10 and not cb.stopped_early
+    assert [h["step"] for h in cb.history] == [0, 2, 4, 6, 8, 10] and cb.best["step"] == 8
+    saved = load_file(str(out / "adapter_model.safetensors"))
+    assert all(torch.equal(saved[k], seen[8][k]) for k in saved)
+
+
+def test_patience_warmup_is_checked():
+    from llm_unlearn.errors import UnlearnError
+    from llm_unlearn.tune import TuneConfig, check_config
+
+    with pytest.raises(UnlearnError, match="--patience-warmup"):
+        check_config(TuneConfig(model="tiny", output="x", data="d", patience_warmup=1.5))
+
+
 def test_tune_three_trials_never_opens_the_retain_logs(target_dir, synthetic_dir, tmp_path, monkeypatch, capsys):
     import llm_unlearn.eval.logs as logs_mod
     import llm_unlearn.unlearn as unlearn_mod
