@@ -153,6 +153,7 @@ def tuned_row(name: str, seed: int, model_dir: Path, domain_dir: Path, args, wor
                      **({"lr_rmu": tuple(args.tune_lr_rmu)} if args.tune_lr_rmu else {}),
                      **({"patience": args.tune_patience} if args.tune_patience is not None else {}),
                      **({"patience_warmup": args.tune_patience_warmup} if args.tune_patience_warmup is not None else {}),
+                     **({"score_items": args.tune_score_items} if args.tune_score_items is not None else {}),
                      batch_size=args.batch_size, max_length=args.max_length, seed=seed, progress=True)
     t0 = time.time()
     summary = tune(cfg, overwrite=True)
@@ -275,6 +276,9 @@ def main() -> int:
     p.add_argument("--tune-patience-warmup", type=float, default=None,
                    help="tuned rows: patience never stops a trial before this fraction of its steps (default: "
                         "llm-unlearn tune's 0.5; the smollm2v4 runs predate it and ran with 0)")
+    p.add_argument("--tune-score-items", type=int, default=None,
+                   help="tuned rows: forget and holdout documents the search scores its HFQ on (default: llm-unlearn "
+                        "tune's 40; the chosen run is scored on all of them afterwards)")
     p.add_argument("--tune-lr-rmu", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
                    help="tuned-rmu: the learning-rate range searched (default: llm-unlearn tune's --lr-rmu); "
                         "WMDP's 5e-5 is clipped into it for the default trial")
