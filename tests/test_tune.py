@@ -62,14 +62,9 @@ def test_each_rule_refuses_a_step_whose_one_term_fell():
         assert cb.history[-1]["feasible"] is feasible and cb.history[-1]["utility_terms"] == later
 
 
-def test_callback_stops_at_and_restores_the_best_step(target_dir, synthetic_dir, tmp_path):
-    """Scripted scores: the best is step 2; steps 4 and 6 are worse (and step 4 breaks the utility floor),
-    so with patience 2 training stops at step 6 and the saved adapter holds the step-2 weights."""
-    from safetensors.torch import load_file
-
-    from llm_unlearn.unlearn import run_unlearning
-
-    scripted = {2: (0.5, 0.3, 1.0), 4: (0.9, 0.1, 0.1), 6: (0.1, 0.6, 1.0), 8: (0.99, 0.0, 1.0)}
+def _scripted_scorer(scripted: dict[int, tuple[float, float, float]]):
+    """A score function for `BestStepCallback` called every 2 steps: step -> (HFQ, KS statistic,
+    utility proxy) from `scripted`; `seen[step]` keeps the trainable weights it was called with."""
     seen: dict[int, dict[str, torch.Tensor]] = {}
     state = {"step": 0}
 
@@ -79,6 +74,19 @@ def test_callback_stops_at_and_restores_the_best_step(target_dir, synthetic_dir,
                                for n, p in model.named_parameters() if p.requires_grad}
         hfq, d, util = scripted[state["step"]]
         return {"hfq": hfq, "ks_statistic": d, "utility_proxy": util}
+
+    return score, seen
+
+
+def test_callback_stops_at_and_restores_the_best_step(target_dir, synthetic_dir, tmp_path):
+    """Scripted scores: the best is step 2; steps 4 and 6 are worse (and step 4 breaks the utility floor),
+    so with patience 2 training stops at step 6 and the saved adapter holds the step-2 weights."""
+    from safetensors.torch import load_file
+
+    from llm_unlearn.unlearn import run_unlearning
+
+    scripted = {2: (0.5, 0.3, 1.0), 4: (0.9, 0.1, 0.1), 6: (0.1, 0.6, 1.0), 8: (0.99, 0.0, 1.0)}
+    score, seen = _scripted_scorer(scripted)
 
     cb = BestStepCallback(score, every=2, utility_min=0.95, patience=2,
                           initial={"hfq": 1e-3, "ks_statistic": 0.9, "utility_proxy": 1.0})
@@ -101,15 +109,7 @@ def test_callback_patience_waits_for_the_warmup(target_dir, synthetic_dir, tmp_p
     from llm_unlearn.unlearn import run_unlearning
 
     scripted = {2: (0.5, 0.3, 1.0), 4: (0.9, 0.1, 0.1), 6: (0.1, 0.6, 1.0), 8: (0.99, 0.0, 1.0), 10: (0.2, 0.5, 1.0)}
-    seen: dict[int, dict[str, torch.Tensor]] = {}
-    state = {"step": 0}
-
-    def score(model):
-        state["step"] += 2
-        seen[state["step"]] = {n.replace(".default", ""): p.detach().clone()
-                               for n, p in model.named_parameters() if p.requires_grad}
-        hfq, d, util = scripted[state["step"]]
-        return {"hfq": hfq, "ks_statistic": d, "utility_proxy": util}
+    score, seen = _scripted_scorer(scripted)
 
     cb = BestStepCallback(score, every=2, utility_min=0.95, patience=2, warmup_steps=8,
                           initial={"hfq": 1e-3, "ks_statistic": 0.9, "utility_proxy": 1.0})
