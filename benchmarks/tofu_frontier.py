@@ -248,7 +248,7 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
     sees only the holdout forget quality and the utility proxy. The retain model's logs are passed
     for the final report only (the chosen run's true FQ), after the search. Reused when finished
     with the same settings."""
-    from llm_unlearn.tune import TuneConfig, tune
+    from llm_unlearn.tune import TuneConfig, resume_mismatch, tune
 
     method, masks = TUNED[name]
     seed = args.seed if seed is None else seed
@@ -271,10 +271,11 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
     if (out / "tune.json").is_file() and stored is not None and stored == stamp_cmp:
         print(f"reusing {out.name}", flush=True)
         summary = json.loads((out / "tune.json").read_text())
-    else:
-        print(f"[{time.strftime('%H:%M:%S')}] tuning {name}: {args.tune_trials} trials of <= {args.tune_steps} steps",
-              flush=True)
-        summary = tune(cfg, overwrite=True)
+    else:  # a search stopped part-way (a killed worker, a session's end) with these settings resumes
+        resume = resume_mismatch(cfg) == []
+        print(f"[{time.strftime('%H:%M:%S')}] {'resuming' if resume else 'tuning'} {name}: {args.tune_trials} trials "
+              f"of <= {args.tune_steps} steps", flush=True)
+        summary = tune(cfg, overwrite=True, resume=resume)
         stamp_file.write_text(json.dumps(stamp, indent=1, default=str) + "\n")
     ev = json.loads((out / "chosen" / "eval" / "summary.json").read_text())
     chosen = summary["chosen"]

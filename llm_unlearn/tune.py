@@ -58,7 +58,7 @@ from llm_unlearn.eval import logs as eval_logs
 from llm_unlearn.eval.corpus_scores import score_corpus
 from llm_unlearn.eval.evaluator import evaluate_model, score_splits, write_eval
 from llm_unlearn.eval.metrics import UTILITY_PROXY_KEYS
-from llm_unlearn.outputs import prepare_output_dir
+from llm_unlearn.outputs import check_output, prepare_output_dir
 from llm_unlearn.trainers import get_method
 from llm_unlearn.tune_config import MASK_CHOICES, TUNABLE_METHODS, TuneConfig  # noqa: F401  (re-exported)
 
@@ -403,8 +403,70 @@ def check_config(cfg: TuneConfig) -> str:
 # the search
 
 
-def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
-    """Run the search; returns the ``tune.json`` summary (also written to `cfg.output`)."""
+# fields a resumed study may change: the budget, the final report and the console; every other
+# field defines the search, and a resume with another value would mix two searches in one study
+RESUME_FREE = ("trials", "progress", "final_eval", "retain_logs", "eval_max_items", "eval_max_new_tokens",
+               "keep_full_models", "output")
+STATE_FILE = "tune_state.json"
+
+
+def _search_fields(cfg: TuneConfig) -> dict[str, Any]:
+    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in RESUME_FREE}, default=str))
+
+
+def resume_mismatch(cfg: TuneConfig) -> list[str] | None:
+    """What keeps `tune(cfg, resume=True)` from continuing the study in `cfg.output`: None when
+    there is nothing to resume (no ``tune_state.json``: a new search starts), else the search
+    fields whose values differ from the stored ones (empty: it resumes)."""
+    state_file = Path(cfg.output) / STATE_FILE
+    if not state_file.is_file():
+        return None
+    stored = json.loads(state_file.read_text()).get("config", {})
+    now = _search_fields(cfg)
+    return sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+
+
+def _resume_study(study, out: Path, own_storage: bool,
+                  say: Callable[[str], None]) -> tuple[dict[int, dict], dict[int, str]]:
+    """The finished trials of `study` that ran in `out` (their records, failures), after failing
+    and re-enqueueing (same parameters) the ones a killed process left running there. With the
+    output's own SQLite file (`own_storage`) every trial is the output's; in a shared study, those
+    whose ``output`` attribute names it."""
+    from optuna.trial import TrialState
+
+    records: dict[int, dict[str, Any]] = {}
+    failures: dict[int, str] = {}
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if not own_storage and t.user_attrs.get("output") != str(out.resolve()):
+            continue  # another machine's trial in a shared study
+        run_dir = out / "trials" / f"trial_{t.number:03d}"
+        if t.state == TrialState.COMPLETE and (run_dir / "record.json").is_file():
+            rec = json.loads((run_dir / "record.json").read_text())
+            rec["run_dir"] = str(run_dir)  # the output directory may have moved
+            records[t.number] = rec
+        elif t.state == TrialState.FAIL and "error" in t.user_attrs:  # e.g. diverged: counts as a trial
+            failures[t.number] = t.user_attrs["error"]
+        elif t.state in (TrialState.RUNNING, TrialState.FAIL) and t.number not in retried:
+            # killed (left running) or interrupted (Ctrl-C: failed without an error of its own)
+            if t.state == TrialState.RUNNING:
+                study.tell(t.number, state=TrialState.FAIL)
+            shutil.rmtree(run_dir, ignore_errors=True)
+            study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "default"}
+                                | {"retry_of": t.number})
+            say(f"trial {t.number} was interrupted: it runs again with the same parameters")
+    return records, failures
+
+
+def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict[str, Any]:
+    """Run the search; returns the ``tune.json`` summary (also written to `cfg.output`).
+
+    `cfg.trials` is the number of finished trials (completed or failed) the output ends with. With
+    `resume`, an output that holds an earlier search with the same search fields (see
+    `resume_mismatch`) is continued: its finished trials count, a trial its killed process left
+    running runs again with the same parameters, and the search time adds up. Without an earlier
+    search in `cfg.output`, `resume` starts a new one."""
     import optuna
 
     kind = check_config(cfg)
@@ -416,9 +478,27 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
     else:
         docs, held_out = corpus_documents(cfg)  # fails early on unreadable or overlapping corpora
         forget_name = Path(str(cfg.forget_corpus)).stem
-    out = prepare_output_dir(cfg.output, overwrite, [cfg.model, cfg.data, cfg.forget_corpus, cfg.retain_corpus,
-                                                     cfg.holdout_corpus])
-    (out / "trials").mkdir()
+    inputs = [cfg.model, cfg.data, cfg.forget_corpus, cfg.retain_corpus, cfg.holdout_corpus]
+    mismatch = resume_mismatch(cfg) if resume else None
+    if mismatch:
+        raise UnlearnError(f"--resume: {cfg.output} holds a search with other settings ({', '.join(mismatch)}); "
+                           "pass the same settings, or --overwrite without --resume to start over")
+    resuming = mismatch is not None
+    if resuming:
+        out = check_output(cfg.output, True, inputs)
+        shutil.rmtree(out / "chosen", ignore_errors=True)  # chosen again from every finished trial
+        elapsed_before = float(json.loads((out / STATE_FILE).read_text()).get("elapsed_s", 0.0))
+    else:
+        out = prepare_output_dir(cfg.output, overwrite, inputs)
+        elapsed_before = 0.0
+    (out / "trials").mkdir(exist_ok=True)
+
+    def save_state() -> None:
+        (out / STATE_FILE).write_text(json.dumps({"config": _search_fields(cfg),
+                                                  "elapsed_s": round(elapsed_before + time.time() - t0, 1)},
+                                                 indent=1) + "\n")
+
+    save_state()
     storage = cfg.storage or f"sqlite:///{(out / 'study.db').resolve()}"
     study_name = cfg.study_name or f"tune-{cfg.method}-{forget_name}"
 
@@ -448,6 +528,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
     nll_before: dict = {}  # every trial starts from the same model: its before-NLL is scored once per mode
 
     def objective(trial) -> float:
+        trial.set_user_attr("output", str(out.resolve()))  # whose trial it is (a shared study holds others')
         p = suggest(trial, cfg)
         run_dir = out / "trials" / f"trial_{trial.number:03d}"
         cb = BestStepCallback(scorer, cfg.eval_every, utility_min, cfg.patience, initial=start, term_min=term_min,
@@ -478,6 +559,8 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
             _, manifest = _run_trial()
         except UnlearnError as exc:  # e.g. diverged: the trial fails, the search goes on
             failures[trial.number] = str(exc).splitlines()[0]
+            trial.set_user_attr("error", failures[trial.number])
+            save_state()
             say(f"trial {trial.number}: {_describe(p)} failed: {failures[trial.number]}")
             raise
         best = cb.best
@@ -491,7 +574,9 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         _tag_run(run_dir, {"tune": {k: rec[k] for k in ("number", "params", "hfq", "utility_proxy", "best_step")},
                            "restored_step": best["step"]})
         records[trial.number] = rec
+        (run_dir / "record.json").write_text(json.dumps(rec, indent=1, default=str) + "\n")  # read by a resume
         trial.set_user_attr("record", {k: v for k, v in rec.items() if k != "history"})
+        save_state()
         # <= 0: feasible (Optuna's convention); the chosen step always is (the start is a candidate)
         trial.set_constraint("utility_floor", (utility_min - best["utility_proxy"]) if term_min is None
                              else (0.0 if best["feasible"] else 1.0))
@@ -506,13 +591,18 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
                                     load_if_exists=True)
     except Exception as exc:  # a malformed URL, an unreachable database: one line
         raise UnlearnError(f"--storage {storage}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
-    if cfg.default_trials and not study.trials:  # a study other machines already work on has them
+    if resuming:
+        records, failures = _resume_study(study, out, cfg.storage is None, say)
+        say(f"resuming {study_name}: {len(records) + len(failures)} of {cfg.trials} trials finished")
+    elif cfg.default_trials and not study.trials:  # a study other machines already work on has them
         for point in default_points(cfg)[:cfg.trials]:
             study.enqueue_trial(point, user_attrs={"default": True})
-    with warnings.catch_warnings():  # library deprecation notices are not for the user of this command
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", module="optuna")
-        study.optimize(objective, n_trials=cfg.trials, catch=(UnlearnError,))
+    remaining = cfg.trials - len(records) - len(failures)
+    if remaining > 0:
+        with warnings.catch_warnings():  # library deprecation notices are not for the user of this command
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            warnings.filterwarnings("ignore", module="optuna")
+            study.optimize(objective, n_trials=remaining, catch=(UnlearnError,))
     done = [records[n] for n in sorted(records)]
     if not done:
         raise UnlearnError("no trial finished (see the messages above)")
@@ -526,7 +616,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
     say(f"chosen: trial {chosen['number']} ({_describe(chosen['params'])}), HFQ {chosen['hfq']:.3g}"
         f"{_distance_note(chosen, start)}, utility "
         f"{chosen['utility_ratio']:.3f}x start, step {chosen['best_step']}; copied to {chosen_dir}")
-    search_s = time.time() - t0
+    search_s = elapsed_before + time.time() - t0
 
     report: dict[str, Any] = {}
     if kind == "corpus":
@@ -548,7 +638,8 @@ def tune(cfg: TuneConfig, overwrite: bool = False) -> dict[str, Any]:
         "start": start, "utility_min": utility_min, "chosen": {k: v for k, v in chosen.items() if k != "history"},
         "chosen_dir": str(chosen_dir), "trials": len(done), "failed_trials": failures,
         "search_s": round(search_s, 1),
-        "final_report": report, "total_s": round(time.time() - t0, 1),
+        "final_report": report, "total_s": round(elapsed_before + time.time() - t0, 1),
+        "resumed": resuming,
         "retain_model_used_for": "nothing but the final report" if cfg.retain_logs else "nothing",
     }
     (out / "trials.json").write_text(json.dumps({"format": TUNE_FORMAT, "start": start, "utility_min": utility_min,

@@ -20,7 +20,8 @@ class TuneConfig:
     method: str = field(default="npo", metadata={"help": f"unlearning method: {', '.join(TUNABLE_METHODS)}"})
     forget_split: str | None = field(default=None, metadata={"help": "split to forget (default forget10)"})
     retain_split: str | None = field(default=None, metadata={"help": "split to keep (default: the matching retainXX)"})
-    trials: int = field(default=8, metadata={"help": "trials (runs) in this process"})
+    trials: int = field(default=8, metadata={"help": "finished trials (runs) the output ends with; with "
+                                                     "--resume, those already in it count"})
     max_steps: int = field(default=40, metadata={"help": "training-step budget per trial (the search samples "
                                                          "between half of it and all of it)"})
     eval_every: int = field(default=10, metadata={"help": "score HFQ and the utility proxy every k steps"})

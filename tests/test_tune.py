@@ -221,6 +221,73 @@ def test_a_failed_trial_does_not_stop_the_search(target_dir, synthetic_dir, tmp_
     assert "trial 0" in capsys.readouterr().out
 
 
+def test_resume_continues_a_killed_search(target_dir, synthetic_dir, tmp_path, monkeypatch, capsys):
+    """A search killed in its second trial resumes from its own study: the finished trial is kept
+    as it was (not run again), the interrupted one runs again with the same parameters, the failed
+    one still counts against the budget, and only the missing trials are run. Other search settings
+    are refused."""
+    import llm_unlearn.unlearn as unlearn_mod
+    from llm_unlearn.cli import main
+    from llm_unlearn.errors import DivergenceError
+    from llm_unlearn.tune import TuneConfig, tune
+
+    orig_run, calls = unlearn_mod.run_unlearning, []
+
+    def killed_in_third(*a, **k):
+        calls.append(Path(k["output"]).name)
+        if len(calls) == 2:
+            raise DivergenceError("loss is nan at step 1")
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # the process dies inside its third trial
+        return orig_run(*a, **k)
+
+    out = tmp_path / "t"
+    args = ["--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(out), "--method", "npo",
+            "--max-steps", "2", "--eval-every", "2", "--modes", "lora", "--no-final-eval"]
+    monkeypatch.setattr(unlearn_mod, "run_unlearning", killed_in_third)
+    with pytest.raises(KeyboardInterrupt):
+        tune(TuneConfig(model=str(target_dir), data=str(synthetic_dir), output=str(out), method="npo", trials=4,
+                        max_steps=2, eval_every=2, modes="lora", final_eval=False, progress=False))
+    capsys.readouterr()
+    first = json.loads((out / "trials" / "trial_000" / "record.json").read_text())
+    assert not (out / "trials.json").exists()
+
+    import optuna
+
+    study = optuna.load_study(study_name="tune-npo-forget10", storage=f"sqlite:///{out / 'study.db'}")
+    interrupted = study.trials[2].params
+
+    # other search settings: refused, nothing touched
+    assert main(["tune", *args, "--trials", "4", "--resume", "--lr-lora", "1e-4", "1e-3"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("error: --resume") and "lr_lora" in err
+    assert (out / "trials" / "trial_000" / "record.json").is_file()
+
+    spy_calls: list[str] = []
+
+    def spy(*a, **k):
+        spy_calls.append(Path(k["output"]).name)
+        return orig_run(*a, **k)
+
+    monkeypatch.setattr(unlearn_mod, "run_unlearning", spy)
+    assert main(["tune", *args, "--trials", "4", "--resume"]) == 0, capsys.readouterr().err
+    assert "trial 2 was interrupted" in capsys.readouterr().out
+    assert spy_calls == ["trial_003", "trial_004"]  # the retry of trial 2, then one new trial; trial 0 not rerun
+    trials = json.loads((out / "trials.json").read_text())
+    assert [t["number"] for t in trials["trials"]] == [0, 3, 4]
+    assert trials["failed"] == {"1": "loss is nan at step 1"}
+    assert trials["trials"][0] == {**first, "run_dir": str(out / "trials" / "trial_000")}
+    study = optuna.load_study(study_name="tune-npo-forget10", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.trials[3].params == interrupted and study.trials[3].user_attrs["retry_of"] == 2
+    summary = json.loads((out / "tune.json").read_text())
+    assert summary["resumed"] and summary["trials"] == 3 and (out / "chosen" / "run.json").is_file()
+
+    # a larger budget later: only the extra trial runs
+    spy_calls.clear()
+    assert main(["tune", *args, "--trials", "5", "--resume"]) == 0
+    assert spy_calls == ["trial_005"]
+
+
 # --------------------------------------------------------------------------------------------
 # corpora
 

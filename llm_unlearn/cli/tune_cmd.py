@@ -43,6 +43,10 @@ def register(sub, name: str, help_text: str) -> None:
             p.add_argument(flag, type=type(f.default), default=f.default, help=f"{help_} (default {f.default})")
     add_protocol_argument(p)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the search in --output (killed, or given a larger --trials): its finished "
+                        "trials count, an interrupted trial runs again with the same parameters; the search "
+                        "settings must be the same (a new search starts if --output holds none)")
     add_overwrite_flag(p)
     p.set_defaults(func=run)
 
@@ -53,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
     names = {f.name for f in dataclasses.fields(TuneConfig)} - _SKIP
     cfg = TuneConfig(**{n: getattr(args, n) for n in names}, progress=not args.quiet, protocol=args.protocol)
     cfg.lr_lora, cfg.lr_full, cfg.lr_rmu = tuple(cfg.lr_lora), tuple(cfg.lr_full), tuple(cfg.lr_rmu)
-    summary = tune(cfg, overwrite=args.overwrite)
+    summary = tune(cfg, overwrite=args.overwrite, resume=args.resume)
     print(f"wrote {summary['chosen_dir']} (the chosen run), trials.json, trials.png and tune.json to {cfg.output}")
     return 0
