@@ -47,7 +47,7 @@ from llm_unlearn.unlearn import run_unlearning  # noqa: E402
 
 TASKS = "synth_domain,synth_general"
 # settings that do not change a run's rows: runs differing only in these pool with --merge
-RUN_ONLY_SETTINGS = ("seeds", "tag", "merge", "cache", "finetune_only", "methods")  # methods: seeds may run different rows
+RUN_ONLY_SETTINGS = ("seeds", "tag", "merge", "cache", "finetune_only", "methods", "work")  # methods: seeds may run different rows
 
 
 def load(spec: str, domain_dir: Path):
@@ -139,7 +139,7 @@ TUNED: dict[str, tuple[str, str]] = {"tuned-npo": ("npo", "none"), "tuned-npo+wa
 def tuned_row(name: str, seed: int, model_dir: Path, domain_dir: Path, args, work: Path) -> dict:
     """`llm-unlearn tune` on the finetuned model (the MCQ scores reported here are never seen by the
     search), then the chosen run scored like every other row."""
-    from llm_unlearn.tune import TuneConfig, tune
+    from llm_unlearn.tune import TuneConfig, resume_mismatch, tune
     from llm_unlearn.unlearn import load_target
 
     method, masks = TUNED[name]
@@ -154,9 +154,11 @@ def tuned_row(name: str, seed: int, model_dir: Path, domain_dir: Path, args, wor
                      **({"patience": args.tune_patience} if args.tune_patience is not None else {}),
                      **({"patience_warmup": args.tune_patience_warmup} if args.tune_patience_warmup is not None else {}),
                      **({"score_items": args.tune_score_items} if args.tune_score_items is not None else {}),
+                     **({"hfq_level": args.tune_hfq_level} if args.tune_hfq_level is not None else {}),
                      batch_size=args.batch_size, max_length=args.max_length, seed=seed, progress=True)
     t0 = time.time()
-    summary = tune(cfg, overwrite=True)
+    # with --work, a search stopped part-way (a session's end) with the same settings resumes
+    summary = tune(cfg, overwrite=True, resume=resume_mismatch(cfg) == [])
     chosen, tok = load_target(summary["chosen_dir"])
     params = summary["chosen"]["params"]
     row = {"seed": seed, "model": name, "train_s": round(time.time() - t0, 1), "steps": summary["chosen"]["best_step"],
@@ -283,6 +285,12 @@ def main() -> int:
                    help="tuned-rmu: the learning-rate range searched (default: llm-unlearn tune's --lr-rmu); "
                         "WMDP's 5e-5 is clipped into it for the default trial")
     p.add_argument("--tune-modes", default="lora,full", help="tuned rows: the modes searched")
+    p.add_argument("--tune-hfq-level", type=float, default=None,
+                   help="tuned rows: llm-unlearn tune --hfq-level (default 1: the step with the highest HFQ; below "
+                        "1: the step that forgets most among those whose HFQ reaches the level)")
+    p.add_argument("--work", default=None,
+                   help="keep the domain data and runs here (default: a temporary directory); a tuned row stopped "
+                        "part-way resumes from it")
     p.add_argument("--rmu-lr", type=float, default=5e-5)
     p.add_argument("--rmu-c", type=float, default=6.5, help="RMU steering coefficient")
     p.add_argument("--rmu-alpha", type=float, default=1200.0)
@@ -343,8 +351,9 @@ def main() -> int:
         settings = {**shared["run"], **shared.get("tune", {}), "seeds": sorted({r["seed"] for r in rows}), "methods": methods, "tag": args.tag}
     else:
         with tempfile.TemporaryDirectory() as tmp:
+            work = Path(args.work) if args.work else Path(tmp)
             for seed in args.seeds:
-                rows += run_seed(seed, args, Path(tmp))
+                rows += run_seed(seed, args, work)
     header = ["seed", "model", "domain acc", "chance", "general acc", "verbmem ROUGE-L"]
     table = [[r["seed"], r["model"], r["domain_acc"], r["domain_chance"], r["general_acc"], r["verbmem"]] for r in rows]
     print(fmt_table(header, table))

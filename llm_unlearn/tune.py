@@ -69,7 +69,7 @@ TUNE_FORMAT = "llm-unlearn-tune-v1"
 # the callback
 
 
-def step_key(rec: dict[str, Any]) -> tuple:
+def step_key(rec: dict[str, Any], hfq_level: float = 1.0) -> tuple:
     """Order of scored steps: feasible before infeasible; then higher HFQ, smaller KS statistic,
     smaller `distance` (the Wasserstein-1 distance between the forget and holdout scores), higher
     utility proxy (infeasible ones by utility alone).
@@ -77,10 +77,26 @@ def step_key(rec: dict[str, Any]) -> tuple:
     The distance matters while the two sets are still completely separated: the KS p-value and
     statistic then sit at their floor and 1 however far apart the sets are, so without it every
     step of a trial ties with the untouched start, which wins on utility (a search that
-    cannot see forgetting until the first forget score crosses a holdout one)."""
+    cannot see forgetting until the first forget score crosses a holdout one).
+
+    `hfq_level` < 1: every step whose HFQ reaches it counts as unseen alike (the test cannot tell
+    its forget scores from the holdout ones at that level), and among those the one that forgets
+    most wins: the smallest `gap` (forget items' mean familiarity minus the holdout items'), then
+    the higher utility. Such steps rank above every step under the level. 0: the most forgetting
+    the utility floor allows."""
     if not rec["feasible"]:
         return (0, rec["utility_proxy"], 0.0, 0.0, 0.0)
-    return (1, rec["hfq"], -rec["ks_statistic"], -(rec.get("distance") or 0.0), rec["utility_proxy"])
+    if hfq_level < 1 and rec["hfq"] >= hfq_level and rec.get("gap") is not None:
+        return (1, hfq_level, 1, -rec["gap"], rec["utility_proxy"])
+    return (1, min(rec["hfq"], hfq_level), 0, -rec["ks_statistic"], -(rec.get("distance") or 0.0),
+            rec["utility_proxy"])
+
+
+def familiarity_gap(forget: Any, holdout: Any) -> float:
+    """Mean familiarity of the forget items minus the holdout items' (0: alike; > 0: the forget
+    items are more familiar), from per-item scores where higher means more familiar."""
+    forget, holdout = list(forget), list(holdout)
+    return float(sum(forget) / len(forget) - sum(holdout) / len(holdout))
 
 
 def score_distance(forget: Any, holdout: Any) -> float:
@@ -94,11 +110,15 @@ def _distance_note(rec: dict[str, Any], start: dict[str, Any]) -> str:
     return f" (forget-holdout distance {rec['distance'] / start['distance']:.2f}x start)"
 
 
-def objective_value(rec: dict[str, Any], start: dict[str, Any]) -> float:
+def objective_value(rec: dict[str, Any], start: dict[str, Any], hfq_level: float = 1.0) -> float:
     """What a trial reports to Optuna (maximised): log10 HFQ, minus the KS statistic, minus the
     distance as a fraction of the start's. The chosen trial is picked by `step_key`; this scalar
-    only guides the sampler, and it keeps changing while the p-value sits at its floor."""
-    value = math.log10(max(rec["hfq"], 1e-300)) - rec["ks_statistic"]
+    only guides the sampler, and it keeps changing while the p-value sits at its floor. With
+    `hfq_level` < 1, a step at the level scores log10(level) plus its drop in `gap` as a fraction
+    of the start's (above every step under the level while it forgets)."""
+    if hfq_level < 1 and rec["hfq"] >= hfq_level and rec.get("gap") is not None and start.get("gap"):
+        return math.log10(max(hfq_level, 1e-300)) + (start["gap"] - rec["gap"]) / abs(start["gap"])
+    value = math.log10(max(min(rec["hfq"], hfq_level), 1e-300)) - rec["ks_statistic"]
     if start.get("distance"):
         value -= (rec.get("distance") or 0.0) / start["distance"]
     return value
@@ -119,9 +139,10 @@ class BestStepCallback(TrainerCallback):
 
     def __init__(self, score_fn: Callable[[Any], dict[str, float]], every: int, utility_min: float,
                  patience: int = 0, initial: dict[str, float] | None = None,
-                 term_min: dict[str, float] | None = None, warmup_steps: int = 0):
+                 term_min: dict[str, float] | None = None, warmup_steps: int = 0, hfq_level: float = 1.0):
         if every < 1:
             raise UnlearnError(f"eval_every must be >= 1, got {every}")
+        self.hfq_level = hfq_level  # see `step_key`
         self.score_fn, self.every, self.utility_min, self.patience = score_fn, every, utility_min, patience
         self.warmup_steps = warmup_steps
         self.term_min = term_min  # the "each" rule: every utility term >= its own floor
@@ -140,8 +161,9 @@ class BestStepCallback(TrainerCallback):
         scores = scores if scores is not None else self.score_fn(model)
         rec = {"step": step, "hfq": float(scores["hfq"]), "ks_statistic": float(scores["ks_statistic"]),
                "utility_proxy": float(scores["utility_proxy"])}
-        if scores.get("distance") is not None:
-            rec["distance"] = float(scores["distance"])
+        for key in ("distance", "gap"):
+            if scores.get(key) is not None:
+                rec[key] = float(scores[key])
         if self.term_min is None:
             rec["feasible"] = rec["utility_proxy"] >= self.utility_min
         else:
@@ -151,7 +173,7 @@ class BestStepCallback(TrainerCallback):
             if key in scores:  # (never compared with a retain model here)
                 rec[key] = scores[key]
         self.history.append(rec)
-        if self.best is None or step_key(rec) > step_key(self.best):
+        if self.best is None or step_key(rec, self.hfq_level) > step_key(self.best, self.hfq_level):
             self.best = rec
             self._weights = {n: p.detach().to("cpu", copy=True) for n, p in self._trainable(model).items()}
             self._stale = 0
@@ -210,6 +232,9 @@ def make_scorer(rows: dict[str, list[dict]], tokenizer, batch_size: int,
         tr = summary["truth_ratios"]
         return {"hfq": m["holdout_forget_quality"], "ks_statistic": m["holdout_forget_quality_ks_statistic"],
                 "distance": score_distance(tr["forget"], tr["holdout"]) if tr.get("holdout") else None,
+                # truth ratio R = P(perturbed) / P(correct): a known answer has a small R, so -log R is familiarity
+                "gap": familiarity_gap([-math.log(max(r, 1e-300)) for r in tr["forget"]],
+                                       [-math.log(max(r, 1e-300)) for r in tr["holdout"]]) if tr.get("holdout") else None,
                 "utility_proxy": m["utility_proxy"], "forget_truth_ratios": tr["forget"],
                 "utility_terms": terms}
 
@@ -249,6 +274,8 @@ def make_corpus_scorer(docs: dict[str, Any], tokenizer, batch_size: int,
         s = score_corpus(model, tokenizer, windows, batch_size=batch_size)
         return {"hfq": s["hfq"], "ks_statistic": s["ks_statistic"], "utility_proxy": s["utility_proxy"],
                 "distance": score_distance(s["forget_min_k"], s["holdout_min_k"]),
+                # Min-K% Prob here is minus the mean of the lowest log-probabilities: higher is less familiar
+                "gap": familiarity_gap([-x for x in s["forget_min_k"]], [-x for x in s["holdout_min_k"]]),
                 "forget_nll": s["mean_nll"]["forget"], "holdout_nll": s["mean_nll"]["holdout"],
                 "retain_nll": s["mean_nll"]["retain"]}
 
@@ -386,6 +413,8 @@ def check_config(cfg: TuneConfig) -> str:
         raise UnlearnError(f"--patience must be >= 0, got {cfg.patience}")
     if not 0 <= cfg.patience_warmup <= 1:
         raise UnlearnError(f"--patience-warmup must be in [0, 1], got {cfg.patience_warmup}")
+    if not 0 <= cfg.hfq_level <= 1:
+        raise UnlearnError(f"--hfq-level must be in [0, 1], got {cfg.hfq_level}")
     if not 0 < cfg.utility_floor <= 1:
         raise UnlearnError(f"--utility-floor must be in (0, 1], got {cfg.utility_floor}")
     for name in ("lr_lora", "lr_full", "lr_rmu"):
@@ -532,7 +561,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
         p = suggest(trial, cfg)
         run_dir = out / "trials" / f"trial_{trial.number:03d}"
         cb = BestStepCallback(scorer, cfg.eval_every, utility_min, cfg.patience, initial=start, term_min=term_min,
-                              warmup_steps=math.ceil(cfg.patience_warmup * p["max_steps"]))
+                              warmup_steps=math.ceil(cfg.patience_warmup * p["max_steps"]), hfq_level=cfg.hfq_level)
         overrides = {"learning_rate": p["learning_rate"], "max_steps": p["max_steps"], "alpha": p["alpha"],
                      "per_device_train_batch_size": cfg.batch_size, "seed": cfg.seed,
                      "logging_steps": cfg.eval_every, "protocol": cfg.protocol}
@@ -582,7 +611,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
                              else (0.0 if best["feasible"] else 1.0))
         say(f"trial {trial.number}: {_describe(p)}{' (defaults)' if rec['default_point'] else ''} -> HFQ {best['hfq']:.3g}{_distance_note(best, start)} at step "
             f"{best['step']}/{manifest['steps']}, utility {rec['utility_ratio']:.3f}x start ({rec['time_s']:.0f} s)")
-        return objective_value(best, start)
+        return objective_value(best, start, cfg.hfq_level)
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by `objective`
     sampler = optuna.samplers.TPESampler(seed=sampler_seed(cfg))
@@ -593,6 +622,8 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
         raise UnlearnError(f"--storage {storage}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
     if resuming:
         records, failures = _resume_study(study, out, cfg.storage is None, say)
+        # a sampler seeded as at the start would draw the start's random points again
+        study.sampler = optuna.samplers.TPESampler(seed=(sampler_seed(cfg) + len(study.trials)) % 2 ** 32)
         say(f"resuming {study_name}: {len(records) + len(failures)} of {cfg.trials} trials finished")
     elif cfg.default_trials and not study.trials:  # a study other machines already work on has them
         for point in default_points(cfg)[:cfg.trials]:
@@ -606,7 +637,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
     done = [records[n] for n in sorted(records)]
     if not done:
         raise UnlearnError("no trial finished (see the messages above)")
-    chosen = max(done, key=step_key)
+    chosen = max(done, key=lambda rec: step_key(rec, cfg.hfq_level))
     chosen_dir = out / "chosen"
     shutil.copytree(chosen["run_dir"], chosen_dir)
     for rec in done:
@@ -759,4 +790,4 @@ def plot_trials(records: list[dict], chosen: dict, start: dict, utility_min: flo
 
 
 __all__ = ["BestStepCallback", "TuneConfig", "corpus_documents", "final_corpus_report", "final_report",
-           "input_kind", "make_corpus_scorer", "make_scorer", "plot_trials", "default_points", "sampler_seed", "scoring_rows", "step_key", "suggest", "tune"]
+           "input_kind", "make_corpus_scorer", "make_scorer", "plot_trials", "default_points", "sampler_seed", "scoring_rows", "step_key", "familiarity_gap", "suggest", "tune"]

@@ -38,6 +38,11 @@ class TuneConfig:
                                                                "probability and truth ratio on retain, real "
                                                                "authors, world facts) >= floor x its start value, "
                                                                "so a drop in one large term is not hidden"})
+    hfq_level: float = field(default=1.0, metadata={
+        "help": "1: the step with the highest HFQ wins. Below 1: every step whose HFQ reaches this level counts "
+                "as unseen alike, and the one among them that forgets most wins (forget items' mean familiarity "
+                "furthest below the holdout items'), e.g. 0.1 for hazardous knowledge, where forgetting more is "
+                "the safe side; 0: the most forgetting the utility floor allows"})
     score_items: int = field(default=40, metadata={"help": "forget and holdout items (corpus: documents) scored "
                                                            "for HFQ"})
     utility_items: int = field(default=20, metadata={"help": "items per utility split (retain items left out of "

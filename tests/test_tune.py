@@ -44,6 +44,27 @@ def test_step_key_sees_forgetting_while_the_sets_are_still_separated():
     assert step_key(overshoot) < step_key(start)
 
 
+def test_hfq_level_prefers_the_step_that_forgets_most_once_unseen():
+    """A trial's scorings: the start (memorised), a step where forget and holdout scores cross
+    (highest HFQ), a later one that forgot more (HFQ lower, still above 0.1), one far past it (HFQ
+    at 0.02), and one past the utility floor. Level 1 (the default) keeps the crossing; 0.1 the
+    most forgetting still above the level; 0 the most forgetting the utility floor allows. Optuna's
+    value orders the steps the same way."""
+    start = {"feasible": True, "hfq": 1e-5, "ks_statistic": 0.9, "distance": 2.0, "gap": 2.0, "utility_proxy": 1.0}
+    cross = {"feasible": True, "hfq": 0.9, "ks_statistic": 0.1, "distance": 0.2, "gap": 0.1, "utility_proxy": 0.99}
+    later = {"feasible": True, "hfq": 0.4, "ks_statistic": 0.2, "distance": 0.4, "gap": -0.3, "utility_proxy": 0.98}
+    far = {"feasible": True, "hfq": 0.02, "ks_statistic": 0.5, "distance": 1.5, "gap": -1.5, "utility_proxy": 0.96}
+    broken = {"feasible": False, "hfq": 0.5, "ks_statistic": 0.2, "distance": 0.5, "gap": -3.0, "utility_proxy": 0.5}
+    steps = [start, cross, later, far, broken]
+    for level, best in ((1.0, cross), (0.1, later), (0.0, far)):
+        assert max(steps, key=lambda r, lv=level: step_key(r, lv)) is best, level
+        assert max(steps[:4], key=lambda r, lv=level: objective_value(r, start, lv)) is best, level
+        assert step_key(broken, level) < step_key(start, level)
+    assert step_key(cross) == step_key(cross, 1.0)  # the default is the highest-HFQ rule
+    # without a gap (an older scorer) a step above the level falls back to the HFQ order
+    assert step_key({**later, "gap": None}, 0.1) < step_key(later, 0.1)
+
+
 def test_each_rule_refuses_a_step_whose_one_term_fell():
     """The harmonic-mean proxy barely registers an 18 % drop of one large term (retain probability
     0.62 -> 0.51, as tuned NPO on SmolLM2) next to small gains elsewhere; the "each" rule (every term
@@ -169,6 +190,7 @@ def test_tune_three_trials_never_opens_the_retain_logs(target_dir, synthetic_dir
     assert len({(t["nll"]["forget_before"], t["nll"]["retain_before"]) for t in trials["trials"]}) == 1
     summary = json.loads((out / "tune.json").read_text())
     assert "retain_logs_error" in summary["final_report"]
+    assert summary["start"]["gap"] > 0  # the target knows its forget answers better than the holdout ones
     assert summary["chosen"]["utility_proxy"] >= summary["utility_min"]
     assert (out / "trials.png").is_file() and (out / "study.db").is_file()
     # the chosen run loads like any unlearn output and carries its evaluation
@@ -279,6 +301,7 @@ def test_resume_continues_a_killed_search(target_dir, synthetic_dir, tmp_path, m
     assert trials["trials"][0] == {**first, "run_dir": str(out / "trials" / "trial_000")}
     study = optuna.load_study(study_name="tune-npo-forget10", storage=f"sqlite:///{out / 'study.db'}")
     assert study.trials[3].params == interrupted and study.trials[3].user_attrs["retry_of"] == 2
+    assert study.trials[4].params not in [t.params for t in study.trials[:4]]  # new points, not the start's again
     summary = json.loads((out / "tune.json").read_text())
     assert summary["resumed"] and summary["trials"] == 3 and (out / "chosen" / "run.json").is_file()
 
@@ -343,11 +366,13 @@ def test_tune_on_corpus(domain_target, tmp_path, monkeypatch, capsys):
     assert summary["inputs"] == "corpus" and "Min-K% Prob" in summary["objective"]
     # the finetuned model tells its training documents from held-out ones: forget quality near the floor
     assert summary["start"]["hfq"] < 1e-6
+    assert summary["start"]["gap"] > 0  # ... and finds its forget documents more familiar (Min-K%) than them
     trials = json.loads((out / "trials.json").read_text())["trials"]
     assert len(trials) == 2 and len(calls) == 2
     for t in trials:  # unlearning moved the forget windows' NLL up; every scoring step was recorded
         assert [h["step"] for h in t["history"]] == list(range(0, t["params"]["max_steps"] + 1, 3))
         assert t["history"][-1]["forget_nll"] > t["history"][0]["forget_nll"]
+        assert all("gap" in h for h in t["history"])
     # the chosen step forgot more than the start: a higher HFQ, or (both at the KS floor, as on some
     # hosts' numerics) forget and holdout scores closer together
     chosen, start = summary["chosen"], summary["start"]
