@@ -25,6 +25,14 @@ def _checksums(paths) -> dict[str, str]:
     return sums
 
 
+def _earlier_search(w) -> str:
+    """An output holding an earlier `tune` search of another method (only its state file matters)."""
+    out = w["runs"] / "tune"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune_state.json").write_text(json.dumps({"config": {"method": "simnpo"}, "elapsed_s": 60.0}))
+    return str(out)
+
+
 @pytest.fixture()
 def world(tmp_path, target_dir, synthetic_dir):
     """Copies of a model and data the commands may be asked to destroy, plus a finished run
@@ -180,6 +188,14 @@ CASES = {
         lambda w: ["unlearn", "--model", str(w["model"]), "--data", str(w["data"]), "--method", "npo",
                    "--dtype", "float8", "--output", str(w["tmp"] / "out")],
         lambda w: [w["model"]], "--dtype must be", True),
+    "tune hfq level": (
+        lambda w: ["tune", "--model", str(w["model"]), "--data", str(w["data"]), "--output", str(w["tmp"] / "out"),
+                   "--hfq-level", "1.5"],
+        lambda w: [w["model"]], "--hfq-level must be in", True),
+    "tune resume with other settings": (
+        lambda w: ["tune", "--model", str(w["model"]), "--data", str(w["data"]), "--output", _earlier_search(w),
+                   "--method", "npo", "--resume"],
+        lambda w: [w["runs"] / "tune"], r"--resume: .* holds a search with other settings \(.*method", True),
     "finetune threads": (
         lambda w: ["finetune", "--data", str(w["data"]), "--output", str(w["tmp"] / "out"), "--threads", "many"],
         lambda w: [w["data"]], "--threads must be", True),
