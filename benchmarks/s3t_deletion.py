@@ -245,6 +245,7 @@ def bench_demo(tmp: Path, args) -> dict:
             cfg.s3t_lr = args.s3t_lr
         if args.s3t_lora_r is not None:
             cfg.s3t_lora_r = args.s3t_lora_r
+        cfg.s3t_layout = args.s3t_layout
         if args.ft_epochs is not None:
             cfg.ft_epochs = args.ft_epochs
         t0 = time.perf_counter()
@@ -273,7 +274,7 @@ def bench_demo(tmp: Path, args) -> dict:
         per_seed.append(row)
         _print_demo_seed(row)
     return {"model": args.model, "data": args.data or "synthetic (demo default)", "authors": args.demo_authors,
-            "prompt_loss": args.prompt_loss, "s3t_lora_r": args.s3t_lora_r, "s3t_epochs": args.s3t_epochs,
+            "prompt_loss": args.prompt_loss, "s3t_lora_r": args.s3t_lora_r, "s3t_layout": args.s3t_layout, "s3t_epochs": args.s3t_epochs,
             "seeds": per_seed, "by_mode": _by_mode(per_seed)}
 
 
@@ -368,6 +369,8 @@ def main() -> None:
     p.add_argument("--s3t-epochs", type=float, default=None, help="demo: override the S3T epochs per stage")
     p.add_argument("--s3t-lr", type=float, default=None, help="demo: override the S3T learning rate")
     p.add_argument("--s3t-lora-r", type=int, default=None, help="demo: override the S3T LoRA rank (alpha = 2r)")
+    p.add_argument("--s3t-layout", default="blocks", choices=["blocks", "stacked"],
+                   help="demo: what an S3T stage trains (llm_unlearn.s3t.train.LAYOUTS)")
     p.add_argument("--ft-epochs", type=float, default=None, help="demo: override the single models' epochs")
     p.add_argument("--eval-items", type=int, default=None, help="demo: cap every evaluation split")
     p.add_argument("--eval-new-tokens", type=int, default=None, help="demo: override the evaluation's greedy tokens")

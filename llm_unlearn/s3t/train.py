@@ -65,6 +65,9 @@ CHECKPOINTS_DIR = "checkpoints"
 # Splits the tiny tokenizer of an S3T run is trained on: utility sets, never trained by S3T, never deleted.
 TOKENIZER_SPLITS = ("real_authors", "real_authors_perturbed", "world_facts", "world_facts_perturbed")
 AGGREGATES = ("mean-logprob", "mixture", "posterior", "route")
+# What a stage trains. blocks: the LoRA of layer block i (the paper's layer-wise training); stacked:
+# its own rank-r slice of one rank r·L LoRA on every layer (see train_stage).
+LAYOUTS = ("blocks", "stacked")
 DEFAULT_AGGREGATE = "mixture"  # best model utility in benchmarks/s3t_deletion.py (demo data, 3 seeds)
 
 
@@ -95,6 +98,10 @@ class S3TConfig:
                 "that entity (what the posterior and route serving modes weigh)"})
     aggregate: str = field(default=DEFAULT_AGGREGATE, metadata={
         "help": "how the served shards are combined: mean-logprob, mixture, posterior or route (llm_unlearn.s3t.serve)"})
+    layout: str = field(default="blocks", metadata={
+        "help": "what stage i trains: blocks (the paper: the LoRA of layer block i) or stacked (its own rank-r slice of "
+                "one rank r*L LoRA on every layer, so the facts of every slice reach the whole depth; a stage's "
+                "parameters still depend only on slices 1..i, so deletion is as exact)"})
     exclude_ids: list[str] = field(default_factory=list, metadata={
         "help": "sample ids left out from the start (exact-retrain reference: same plan and seeds)"})
     exclude_split: str | None = field(default=None, metadata={
@@ -103,6 +110,8 @@ class S3TConfig:
     def __post_init__(self):
         if self.aggregate not in AGGREGATES:
             raise UnlearnError(f"--aggregate {self.aggregate!r} unknown (expected one of {', '.join(AGGREGATES)})")
+        if self.layout not in LAYOUTS:
+            raise UnlearnError(f"--layout {self.layout!r} unknown (expected one of {', '.join(LAYOUTS)})")
 
 
 # -- model structure ---------------------------------------------------------------------------
@@ -197,32 +206,61 @@ def run_lock(run_dir: str | Path):
 def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows: list[dict], seed: int,
                 cfg: S3TConfig, previous: dict[str, torch.Tensor] | None = None,
                 on_step: Callable[[int, int, float], None] | None = None):
-    """Train block `stage` (1-based) on `rows`; blocks < stage load `previous` and stay frozen.
-    `on_step(step, total, loss)` is called after each optimizer step (progress, logs).
+    """Train stage `stage` (1-based) on `rows`; what earlier stages trained loads from `previous`
+    and stays frozen. `on_step(step, total, loss)` is called after each optimizer step.
 
-    Returns the PEFT model (base is deep-copied, never modified) holding adapters for blocks 1..stage.
+    Layout `blocks`: the adapters of layer block `stage`; the model holds adapters for blocks
+    1..stage. Layout `stacked`: one LoRA of rank r·L on every layer, whose rank components
+    (rows of A, columns of B) (stage-1)·r … stage·r are this stage's; later stages' components are
+    zero (they add nothing), earlier ones are loaded. Gradients outside this stage's components are
+    masked to zero, so AdamW (no weight decay) leaves them bit for bit as loaded. With alpha scaled
+    by L too, each stage's component has the scale of a rank-r adapter in the blocks layout.
+
+    Returns the PEFT model (base is deep-copied, never modified).
     """
-    layers = [li for block in blocks[:stage] for li in block]
-    config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+    stacked = getattr(cfg, "layout", "blocks") == "stacked"
+    n_stages = len(blocks)
+    layers = sorted(li for block in blocks for li in block) if stacked else \
+        [li for block in blocks[:stage] for li in block]
+    r, alpha = (cfg.lora_r * n_stages, cfg.lora_alpha * n_stages) if stacked else (cfg.lora_r, cfg.lora_alpha)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0,
                         target_modules=lora_targets(base_model, layers), task_type="CAUSAL_LM")
     model = get_peft_model(copy.deepcopy(base_model), config)
     path = decoder_layers_path(base_model)
+    if stacked:  # nothing from PEFT's random init survives: unloaded components are zero
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_" in name:
+                    param.zero_()
     if previous is not None:
         result = set_peft_model_state_dict(model, previous)
         if getattr(result, "unexpected_keys", None):
             raise UnlearnError(f"stage {stage}: previous checkpoint has unexpected keys {result.unexpected_keys[:3]}")
     gen = torch.Generator().manual_seed(seed)
     trainable = []
+    lo, hi = (stage - 1) * cfg.lora_r, stage * cfg.lora_r
     for name, param in sorted(model.named_parameters()):
-        in_block = "lora_" in name and _layer_of(name, path) in blocks[stage - 1]
-        param.requires_grad_(in_block)
-        if in_block:
-            with torch.no_grad():
+        in_stage = "lora_" in name and (stacked or _layer_of(name, path) in blocks[stage - 1])
+        param.requires_grad_(in_stage)
+        if not in_stage:
+            continue
+        with torch.no_grad():
+            if stacked:
+                part = param[lo:hi] if "lora_A" in name else param[:, lo:hi]
                 if "lora_A" in name:
-                    torch.nn.init.kaiming_uniform_(param, a=math.sqrt(5), generator=gen)
+                    init = torch.empty_like(part)
+                    torch.nn.init.kaiming_uniform_(init, a=math.sqrt(5), generator=gen)
+                    part.copy_(init)
                 else:
-                    param.zero_()
-            trainable.append(param)
+                    part.zero_()
+                mask = torch.zeros_like(param)
+                (mask[lo:hi] if "lora_A" in name else mask[:, lo:hi]).fill_(1.0)
+                param.register_hook(lambda grad, mask=mask: grad * mask)
+            elif "lora_A" in name:
+                torch.nn.init.kaiming_uniform_(param, a=math.sqrt(5), generator=gen)
+            else:
+                param.zero_()
+        trainable.append(param)
     if not trainable:
         raise UnlearnError(f"stage {stage}: no LoRA parameters in layer block {blocks[stage - 1]}")
     features = [encode_qa(tokenizer, r["question"], r["answer"], cfg.max_length) for r in rows]

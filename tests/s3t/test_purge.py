@@ -230,3 +230,50 @@ def test_utility_rows_train_every_stage_and_stay_exact(synthetic_dir, tmp_path, 
     assert weights_sha256(reproduce_stage(run, rec.stage_id)) == rec.weights_sha256
     other = DeletionLedger.open(tmp_path / "plain").active_stages()[0]
     assert other.weights_sha256 != rec.weights_sha256  # the utility rows were trained on
+
+
+def test_stacked_layout_freezes_earlier_stages_and_stays_exact(synthetic_dir, tmp_path, s3t_settings):
+    """`layout="stacked"`: every stage trains its own rank-r components of one LoRA on every layer.
+    Stage 2 leaves stage 1's components bit for bit as stage 1 wrote them, stage 1 leaves stage 2's
+    at zero, every layer carries the adapter, and deleting a sample still gives the exact-retrain
+    reference's served weights."""
+    from safetensors.torch import load_file
+
+    from llm_unlearn.s3t.train import reproduce_stage, train_s3t, weights_sha256
+
+    cfg = s3t_settings(synthetic_dir, tmp_path / "stacked", shards=1, sequences=2, max_items=16, layout="stacked")
+    (tmp_path / "stacked").mkdir()
+    run = train_s3t(cfg)
+    ledger = DeletionLedger.open(run)
+    recs = {(r.sequence, r.stage): r for r in ledger.stages(0)}
+    s1 = load_file(str(run / recs[(0, 1)].checkpoint / "adapter_model.safetensors"))
+    s2 = load_file(str(run / recs[(0, 2)].checkpoint / "adapter_model.safetensors"))
+    config = json.loads((run / recs[(0, 2)].checkpoint / "adapter_config.json").read_text())
+    assert config["r"] == 2 * cfg.lora_r
+    r = cfg.lora_r
+    layers = {int(k.split("layers.")[1].split(".")[0]) for k in s2 if "layers." in k}
+    assert layers == {0, 1, 2, 3}  # the tiny model's every layer, at both stages
+    a_keys = [k for k in s2 if "lora_A" in k]
+    b_keys = [k for k in s2 if "lora_B" in k]
+    assert a_keys and b_keys
+    for k in a_keys:
+        assert torch.equal(s1[k][:r], s2[k][:r]) and not torch.equal(s2[k][r:], torch.zeros_like(s2[k][r:]))
+        assert torch.count_nonzero(s1[k][r:]) == 0
+    for k in b_keys:
+        assert torch.equal(s1[k][:, :r], s2[k][:, :r]) and torch.count_nonzero(s1[k][:, r:]) == 0
+    assert any(torch.count_nonzero(s2[k][:, r:]) > 0 for k in b_keys)  # stage 2 learned something
+    rec = recs[(1, 2)]
+    assert weights_sha256(reproduce_stage(run, rec.stage_id)) == rec.weights_sha256
+    # delete a sample of sequence 0's first slice: the shard serves sequence 1's prefix 1
+    victim = _first_slice_sample(ledger, 0, 0)
+    res = delete_samples(run, ids=[victim])
+    assert res.serving[0] == (1, 1)
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    train_s3t(s3t_settings(synthetic_dir, ref, shards=1, sequences=2, max_items=16, layout="stacked",
+                           exclude_ids=[victim]))
+    report = compare_with_reference(run, ref)
+    assert report["identical"] and [s["prefix"] for s in report["shards"]] == [1]
+    blocks = compare_with_reference(run, train_s3t(s3t_settings(
+        synthetic_dir, tmp_path / "blocks_ref", shards=1, sequences=2, max_items=16, exclude_ids=[victim])))
+    assert not blocks["identical"]  # the layout is part of what the reference must share
