@@ -218,7 +218,7 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
 
     Returns the PEFT model (base is deep-copied, never modified).
     """
-    stacked = getattr(cfg, "layout", "blocks") == "stacked"
+    stacked = cfg.layout == "stacked"
     n_stages = len(blocks)
     layers = sorted(li for block in blocks for li in block) if stacked else \
         [li for block in blocks[:stage] for li in block]
@@ -245,21 +245,16 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
         if not in_stage:
             continue
         with torch.no_grad():
-            if stacked:
-                part = param[lo:hi] if "lora_A" in name else param[:, lo:hi]
-                if "lora_A" in name:
-                    init = torch.empty_like(part)
-                    torch.nn.init.kaiming_uniform_(init, a=math.sqrt(5), generator=gen)
-                    part.copy_(init)
-                else:
-                    part.zero_()
-                mask = torch.zeros_like(param)
-                (mask[lo:hi] if "lora_A" in name else mask[:, lo:hi]).fill_(1.0)
-                param.register_hook(lambda grad, mask=mask: grad * mask)
-            elif "lora_A" in name:
-                torch.nn.init.kaiming_uniform_(param, a=math.sqrt(5), generator=gen)
+            # this stage's part: all of a blocks-layout parameter; its rank components when stacked
+            own = ((slice(lo, hi),) if "lora_A" in name else (slice(None), slice(lo, hi))) if stacked else (...,)
+            if "lora_A" in name:
+                torch.nn.init.kaiming_uniform_(param[own], a=math.sqrt(5), generator=gen)
             else:
-                param.zero_()
+                param[own].zero_()
+            if stacked:
+                mask = torch.zeros_like(param)
+                mask[own] = 1.0
+                param.register_hook(lambda grad, mask=mask: grad * mask)
         trainable.append(param)
     if not trainable:
         raise UnlearnError(f"stage {stage}: no LoRA parameters in layer block {blocks[stage - 1]}")
