@@ -231,7 +231,10 @@ def bench_demo(tmp: Path, args) -> dict:
     from llm_unlearn.models import load_model, load_tokenizer
     from llm_unlearn.s3t import AGGREGATES, load_s3t_model
 
-    pick = ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability", "forget_truth_ratio")
+    from llm_unlearn.eval.metrics import UTILITY_MEASURES, UTILITY_SPLITS
+
+    terms = tuple(f"{s}_{m}" for s in UTILITY_SPLITS for m in UTILITY_MEASURES)  # what model utility is made of
+    pick = ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability", "forget_truth_ratio", *terms)
     per_seed = []
     for seed in args.seeds:
         out = tmp / f"demo_{args.tag}_{seed}"
@@ -256,8 +259,9 @@ def bench_demo(tmp: Path, args) -> dict:
         retain_mu = summary["model_utility"]["retain"]
         single = load_model(str(out / "retain"))
         single_tok = load_tokenizer(str(out / "retain"))
+        single_metrics = json.loads((out / "retain" / "eval" / "summary.json").read_text())["metrics"]
         row = {"seed": seed, "demo_s": demo_s, "target_mu": summary["model_utility"]["target"],
-               "retain_mu": retain_mu, "exactness": summary["s3t_exactness"],
+               "retain_mu": retain_mu, "retain_terms": {k: single_metrics.get(k) for k in terms}, "exactness": summary["s3t_exactness"],
                "single_model_cost": _throughput(single, single_tok, data, args.cost_items, args.max_new_tokens),
                "modes": {}}
         del single

@@ -104,6 +104,16 @@ def score_distance(forget: Any, holdout: Any) -> float:
     return float(wasserstein_distance(list(forget), list(holdout)))
 
 
+def _weakest_term(rec: dict[str, Any], start: dict[str, Any]) -> str:
+    """``"; lowest term NAME 0.91x"``: the utility term that fell most against its start value."""
+    terms, base = rec.get("utility_terms") or {}, start.get("utility_terms") or {}
+    ratios = {k: v / base[k] for k, v in terms.items() if base.get(k)}
+    if not ratios:
+        return ""
+    k = min(ratios, key=ratios.get)
+    return f"; lowest term {k} {ratios[k]:.2f}x"
+
+
 def _distance_note(rec: dict[str, Any], start: dict[str, Any]) -> str:
     if rec.get("distance") is None or not start.get("distance"):
         return ""
@@ -135,11 +145,15 @@ class BestStepCallback(TrainerCallback):
     or whose forget scores move only after some steps (RMU), is not judged by its first scorings.
 
     `initial`: the scores of the starting model (step 0), when known (saves one scoring); the
-    starting model is always a candidate, so a trial that only hurts restores it."""
+    starting model is always a candidate, so a trial that only hurts restores it.
+
+    `on_record`: called with each scored step's record (after `feasible` is set), e.g. to report
+    progress or append it to a log while the trial runs."""
 
     def __init__(self, score_fn: Callable[[Any], dict[str, float]], every: int, utility_min: float,
                  patience: int = 0, initial: dict[str, float] | None = None,
-                 term_min: dict[str, float] | None = None, warmup_steps: int = 0, hfq_level: float = 1.0):
+                 term_min: dict[str, float] | None = None, warmup_steps: int = 0, hfq_level: float = 1.0,
+                 on_record: Callable[[dict[str, Any]], None] | None = None):
         if every < 1:
             raise UnlearnError(f"eval_every must be >= 1, got {every}")
         self.hfq_level = hfq_level  # see `step_key`
@@ -147,6 +161,7 @@ class BestStepCallback(TrainerCallback):
         self.warmup_steps = warmup_steps
         self.term_min = term_min  # the "each" rule: every utility term >= its own floor
         self.initial = initial
+        self.on_record = on_record
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
         self._weights: dict[str, Any] | None = None
@@ -173,6 +188,8 @@ class BestStepCallback(TrainerCallback):
             if key in scores:  # (never compared with a retain model here)
                 rec[key] = scores[key]
         self.history.append(rec)
+        if self.on_record is not None:
+            self.on_record(rec)
         if self.best is None or step_key(rec, self.hfq_level) > step_key(self.best, self.hfq_level):
             self.best = rec
             self._weights = {n: p.detach().to("cpu", copy=True) for n, p in self._trainable(model).items()}
@@ -560,8 +577,20 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
         trial.set_user_attr("output", str(out.resolve()))  # whose trial it is (a shared study holds others')
         p = suggest(trial, cfg)
         run_dir = out / "trials" / f"trial_{trial.number:03d}"
+        scores_log = out / "trials" / f"trial_{trial.number:03d}.scores.jsonl"
+        scores_log.unlink(missing_ok=True)
+
+        def on_record(rec: dict[str, Any], number: int = trial.number) -> None:
+            with scores_log.open("a") as fh:  # each scored step as it happens (the record comes at the trial's end)
+                fh.write(json.dumps(rec, default=str) + "\n")
+            if rec["step"] > 0:
+                say(f"  trial {number} step {rec['step']}: HFQ {rec['hfq']:.3g}, utility "
+                    f"{rec['utility_proxy'] / start['utility_proxy']:.3f}x start{_weakest_term(rec, start)}"
+                    f"{'' if rec['feasible'] else ' (under the floor)'}")
+
         cb = BestStepCallback(scorer, cfg.eval_every, utility_min, cfg.patience, initial=start, term_min=term_min,
-                              warmup_steps=math.ceil(cfg.patience_warmup * p["max_steps"]), hfq_level=cfg.hfq_level)
+                              warmup_steps=math.ceil(cfg.patience_warmup * p["max_steps"]), hfq_level=cfg.hfq_level,
+                              on_record=on_record)
         overrides = {"learning_rate": p["learning_rate"], "max_steps": p["max_steps"], "alpha": p["alpha"],
                      "per_device_train_batch_size": cfg.batch_size, "seed": cfg.seed,
                      "logging_steps": cfg.eval_every, "protocol": cfg.protocol}

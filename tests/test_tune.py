@@ -199,6 +199,13 @@ def test_tune_three_trials_never_opens_the_retain_logs(target_dir, synthetic_dir
     assert load_model(str(out / "chosen")) is not None
     assert json.loads((out / "chosen" / "run.json").read_text())["restored_step"] == summary["chosen"]["best_step"]
     assert (out / "chosen" / "eval" / "summary.json").is_file()
+    # each scored step is logged as it happens (a killed trial leaves what it scored) and reported
+    for t in trials["trials"]:
+        logged = [json.loads(line) for line in (out / "trials" / f"trial_{t['number']:03d}.scores.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in logged] == [h["step"] for h in t["history"]]
+        assert [r["hfq"] for r in logged] == [h["hfq"] for h in t["history"]]
+    printed = capsys.readouterr().out
+    assert "trial 0 step 2: HFQ" in printed and "lowest term" in printed
 
 
 def test_tune_bad_input_exits_2(target_dir, synthetic_dir, tmp_path, capsys):
