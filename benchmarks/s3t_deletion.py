@@ -228,10 +228,9 @@ def bench_demo(tmp: Path, args) -> dict:
     """The demo's S3T path per seed, every serving mode evaluated (see module docstring)."""
     from llm_unlearn.demo import DemoConfig, run_demo
     from llm_unlearn.eval.evaluator import evaluate_model
+    from llm_unlearn.eval.metrics import UTILITY_MEASURES, UTILITY_SPLITS
     from llm_unlearn.models import load_model, load_tokenizer
     from llm_unlearn.s3t import AGGREGATES, load_s3t_model
-
-    from llm_unlearn.eval.metrics import UTILITY_MEASURES, UTILITY_SPLITS
 
     terms = tuple(f"{s}_{m}" for s in UTILITY_SPLITS for m in UTILITY_MEASURES)  # what model utility is made of
     pick = ("forget_quality", "model_utility", "forget_rougeL_recall", "forget_probability", "forget_truth_ratio", *terms)
