@@ -533,16 +533,20 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
     if resuming:
         out = check_output(cfg.output, True, inputs)
         shutil.rmtree(out / "chosen", ignore_errors=True)  # chosen again from every finished trial
-        elapsed_before = float(json.loads((out / STATE_FILE).read_text()).get("elapsed_s", 0.0))
+        stored_state = json.loads((out / STATE_FILE).read_text())
+        elapsed_before = float(stored_state.get("elapsed_s", 0.0))
     else:
         out = prepare_output_dir(cfg.output, overwrite, inputs)
-        elapsed_before = 0.0
+        stored_state, elapsed_before = {}, 0.0
     (out / "trials").mkdir(exist_ok=True)
+    # the starting model's scores: the same model and subsets on a resume, so they are kept, not rescored
+    start: dict[str, Any] | None = stored_state.get("start")
 
     def save_state() -> None:
-        (out / STATE_FILE).write_text(json.dumps({"config": _search_fields(cfg),
-                                                  "elapsed_s": round(elapsed_before + time.time() - t0, 1)},
-                                                 indent=1) + "\n")
+        state = {"config": _search_fields(cfg), "elapsed_s": round(elapsed_before + time.time() - t0, 1)}
+        if start is not None:
+            state["start"] = start
+        (out / STATE_FILE).write_text(json.dumps(state, indent=1, default=float) + "\n")
 
     save_state()
     storage = cfg.storage or f"sqlite:///{(out / 'study.db').resolve()}"
@@ -561,7 +565,11 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
         scorer = make_corpus_scorer(docs, tokenizer, cfg.batch_size, corpus_max_length(cfg))
         retain_exclude = held_out
         data_args = {"data": None, "forget_corpus": cfg.forget_corpus, "retain_corpus": cfg.retain_corpus}
-    start = scorer(model)
+    if start is None:
+        start = scorer(model)
+        save_state()
+    else:
+        say(f"start: scores kept in {STATE_FILE}, not recomputed")
     del model
     utility_min = cfg.utility_floor * start["utility_proxy"]
     term_min = None

@@ -298,8 +298,20 @@ def test_resume_continues_a_killed_search(target_dir, synthetic_dir, tmp_path, m
         spy_calls.append(Path(k["output"]).name)
         return orig_run(*a, **k)
 
+    import llm_unlearn.tune as tune_mod
+
+    scorings, real_score = [], tune_mod.score_splits
+
+    def counting_score(*a, **k):
+        scorings.append(1)
+        return real_score(*a, **k)
+
+    monkeypatch.setattr(tune_mod, "score_splits", counting_score)
     monkeypatch.setattr(unlearn_mod, "run_unlearning", spy)
     assert main(["tune", *args, "--trials", "4", "--resume"]) == 0, capsys.readouterr().err
+    # the starting model's scores come from the state file: only the two trials' steps are scored
+    assert len(scorings) == 2
+    assert json.loads((out / "tune.json").read_text())["start"] == json.loads((out / "tune_state.json").read_text())["start"]
     assert "trial 2 was interrupted" in capsys.readouterr().out
     assert spy_calls == ["trial_003", "trial_004"]  # the retry of trial 2, then one new trial; trial 0 not rerun
     trials = json.loads((out / "trials.json").read_text())
