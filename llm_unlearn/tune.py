@@ -58,6 +58,7 @@ from llm_unlearn.eval import logs as eval_logs
 from llm_unlearn.eval.corpus_scores import score_corpus
 from llm_unlearn.eval.evaluator import evaluate_model, score_splits, write_eval
 from llm_unlearn.eval.metrics import UTILITY_PROXY_KEYS
+from llm_unlearn.models import load_tokenizer, resolve_model_path
 from llm_unlearn.outputs import check_output, prepare_output_dir
 from llm_unlearn.trainers import get_method
 from llm_unlearn.tune_config import MASK_CHOICES, TUNABLE_METHODS, TuneConfig  # noqa: F401  (re-exported)
@@ -556,7 +557,10 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
         if cfg.progress:
             print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    model, tokenizer = unlearn_mod.load_target(cfg.model)
+    if start is None:  # the model is needed only to score the start
+        model, tokenizer = unlearn_mod.load_target(cfg.model)
+    else:
+        model, tokenizer = None, load_tokenizer(resolve_model_path(cfg.model))
     if kind == "qa":
         scorer = make_scorer(rows, tokenizer, cfg.batch_size, cfg.protocol)
         retain_exclude = {r["question"] for r in rows["retain"]}
@@ -565,12 +569,12 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
         scorer = make_corpus_scorer(docs, tokenizer, cfg.batch_size, corpus_max_length(cfg))
         retain_exclude = held_out
         data_args = {"data": None, "forget_corpus": cfg.forget_corpus, "retain_corpus": cfg.retain_corpus}
-    if start is None:
+    if model is not None:
         start = scorer(model)
         save_state()
+        del model
     else:
         say(f"start: scores kept in {STATE_FILE}, not recomputed")
-    del model
     utility_min = cfg.utility_floor * start["utility_proxy"]
     term_min = None
     if cfg.utility_rule == "each" and start.get("utility_terms"):
