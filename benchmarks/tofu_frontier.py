@@ -261,11 +261,12 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
                      score_items=args.tune_score_items or args.eval_items, utility_items=args.tune_utility_items,
                      retain_logs=str(retain_logs), eval_max_items=args.eval_items,
                      eval_max_new_tokens=args.max_new_tokens, utility_rule=args.tune_utility_rule,
-                     progress=not args.no_progress)
+                     hfq_reference=args.tune_hfq_reference, progress=not args.no_progress)
     stamp = json.loads(json.dumps({k: v for k, v in vars(cfg).items() if k not in ("output", "progress")}, default=str))
     stamp_file = out / "frontier_settings.json"
     stored = json.loads(stamp_file.read_text()) if stamp_file.is_file() else None
     if stored is not None:  # options added to TuneConfig later, at their defaults, keep a finished row valid
+        stored.setdefault("hfq_reference", "current")  # except the HFQ reference: rows before it had only this one
         defaults = json.loads(json.dumps({f.name: f.default for f in dataclasses.fields(TuneConfig)}, default=str))
         stamp_cmp = {k: v for k, v in stamp.items() if k in stored or v != defaults.get(k)}
     if (out / "tune.json").is_file() and stored is not None and stored == stamp_cmp:
@@ -285,30 +286,73 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
                tune_s=summary["total_s"],
                run_s=summary["search_s"], eval_s=ev.get("eval_time_s"))
     trials = json.loads((out / "trials.json").read_text())["trials"]
-    row["scored_steps"] = [{"trial": t["number"], "step": h["step"], "hfq": h["hfq"],
+    row["hfq_reference"] = cfg.hfq_reference
+    row["scored_steps"] = [{"trial": t["number"], "step": h["step"], "hfq": h["hfq"], "hfq_reference": cfg.hfq_reference,
                             "forget_truth_ratios": h.get("forget_truth_ratios")} for t in trials for h in t["history"]]
     return row
 
 
-def rank_agreement(rows: list[dict], retain_logs: Path | None) -> dict[str, Any]:
+def _target_holdout_ratios(runs_dir: Path) -> list[float] | None:
+    """The holdout items' truth ratios under the target (its evaluation): the reference of the
+    anchored HFQ (the tuner's ``hfq_reference="start"``)."""
+    from llm_unlearn.eval.logs import read_logs, split_truth_ratios
+
+    path = runs_dir / "target" / "eval" / "per_item.json"
+    if not path.is_file():
+        return None
+    logs = read_logs(path)
+    return [float(v) for v in split_truth_ratios(logs.splits["holdout"])] if "holdout" in logs.splits else None
+
+
+def anchored_hfq(rows: list[dict], runs_dir: Path) -> None:
+    """Each evaluated row's ``hfq_start``: KS p-value of its forget truth ratios against the holdout
+    items' under the target (the HFQ the tuner optimises with ``hfq_reference="start"``), beside
+    ``holdout_forget_quality`` (against the holdout items under the row's own model)."""
+    from llm_unlearn.eval import metrics as M
+    from llm_unlearn.eval.logs import read_logs, split_truth_ratios
+
+    ref = _target_holdout_ratios(runs_dir)
+    if ref is None:
+        return
+    for r in rows:
+        d = runs_dir / r["run"] / ("chosen/eval" if r.get("tuned") else "eval") / "per_item.json"
+        if not d.is_file():  # the retain row's: what a model that never saw the forget data gives
+            continue
+        forget = split_truth_ratios(read_logs(d).splits["forget"])
+        r["hfq_start"] = M.holdout_forget_quality(forget, ref)["pvalue"]
+
+
+def rank_agreement(rows: list[dict], retain_logs: Path | None, runs_dir: Path | None = None) -> dict[str, Any]:
     """Spearman(HFQ, true FQ): over the evaluated runs (every row but the retain model), and over
     every step the tuner scored (true FQ computed here, after tuning, from the per-item forget truth
-    ratios the callback kept and the retain model's)."""
+    ratios the callback kept and the retain model's). Each for both HFQ references: the holdout
+    items under the scored model (``runs``, ``scored_steps``: the tuner's ``current``) and under the
+    target (``runs_anchored``, ``scored_steps_anchored``: ``start``, recomputed here for every step
+    whatever reference its search used)."""
     from llm_unlearn.eval import metrics as M
 
-    pairs = [(r["holdout_forget_quality"], r["forget_quality"]) for r in rows if r["run"] != "retain"
-             and r.get("holdout_forget_quality") is not None and r.get("forget_quality") is not None]
-    out: dict[str, Any] = {"runs": {"n": len(pairs), "spearman": M.spearman(*zip(*pairs)) if len(pairs) >= 3 else None}}
+    def agreement(pairs: list[tuple[float, float]]) -> dict[str, Any]:
+        return {"n": len(pairs), "spearman": M.spearman(*zip(*pairs)) if len(pairs) >= 3 else None}
+
+    def pairs_of(key: str) -> list[tuple[float, float]]:
+        return [(r[key], r["forget_quality"]) for r in rows if r["run"] != "retain"
+                and r.get(key) is not None and r.get("forget_quality") is not None]
+
+    out: dict[str, Any] = {"runs": agreement(pairs_of("holdout_forget_quality")),
+                           "runs_anchored": agreement(pairs_of("hfq_start"))}
     steps = [s for r in rows for s in r.get("scored_steps", []) if s.get("forget_truth_ratios")]
     if retain_logs is not None and retain_logs.is_file() and steps:
         from llm_unlearn.eval.logs import read_logs, split_truth_ratios
 
         ref = split_truth_ratios(read_logs(retain_logs).splits["forget"])
-        fq = [M.forget_quality(s["forget_truth_ratios"], ref)["pvalue"] for s in steps
-              if len(s["forget_truth_ratios"]) == len(ref)]
-        hfq = [s["hfq"] for s in steps if len(s["forget_truth_ratios"]) == len(ref)]
-        out["scored_steps"] = {"n": len(fq), "spearman": M.spearman(hfq, fq) if len(fq) >= 3 else None,
-                               "pairs": [[h, f] for h, f in zip(hfq, fq)]}
+        steps = [s for s in steps if len(s["forget_truth_ratios"]) == len(ref)]
+        fq = [M.forget_quality(s["forget_truth_ratios"], ref)["pvalue"] for s in steps]
+        current = [(s["hfq"], f) for s, f in zip(steps, fq) if s.get("hfq_reference", "current") == "current"]
+        out["scored_steps"] = {**agreement(current), "pairs": [list(p) for p in current]}
+        held = _target_holdout_ratios(runs_dir) if runs_dir is not None else None
+        if held is not None:
+            anchored = [(M.holdout_forget_quality(s["forget_truth_ratios"], held)["pvalue"], f) for s, f in zip(steps, fq)]
+            out["scored_steps_anchored"] = {**agreement(anchored), "pairs": [list(p) for p in anchored]}
     return out
 
 
@@ -437,10 +481,11 @@ def frontier_targets(rows: list[dict], agreement: dict) -> list[dict[str, Any]]:
 def write_outputs(result: dict, out_prefix: Path) -> None:
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     out_prefix.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    header = ["Run", "Method", "Mask", "Mode", "Forget quality", "HFQ (retain-free)", "Model utility",
-              "MU / target (90% CI)", "Forget ROUGE-L", "Forget prob.", "Forget truth ratio", "Retain ROUGE-L", "Train s", "Eval s"]
+    header = ["Run", "Method", "Mask", "Mode", "Forget quality", "HFQ (retain-free)", "HFQ vs target's holdout",
+              "Model utility", "MU / target (90% CI)", "Forget ROUGE-L", "Forget prob.", "Forget truth ratio",
+              "Retain ROUGE-L", "Train s", "Eval s"]
     rows = [[r["run"], r.get("method", "-"), r.get("mask", "-"), r.get("mode", "-"),
-             *[r.get(k) for k in ("forget_quality", "holdout_forget_quality", "model_utility")], _ratio_ci(r),
+             *[r.get(k) for k in ("forget_quality", "holdout_forget_quality", "hfq_start", "model_utility")], _ratio_ci(r),
              *[r.get(k) for k in ("forget_rougeL_recall", "forget_probability", "forget_truth_ratio",
                                   "retain_rougeL_recall")],
              r.get("train_s") or r.get("run_s"), r.get("eval_s")] for r in result["rows"]]
@@ -461,9 +506,13 @@ def write_outputs(result: dict, out_prefix: Path) -> None:
                             for r in tuned])]
     ra = result.get("rank_agreement")
     if ra:
-        steps = ra.get("scored_steps", {})
+        steps, anchored = ra.get("scored_steps", {}), ra.get("scored_steps_anchored", {})
+        runs_a = ra.get("runs_anchored", {})
         extra += ["", f"Spearman(HFQ, true FQ): {_fmt(ra['runs'].get('spearman'))} over {ra['runs'].get('n')} evaluated "
-                      f"runs; {_fmt(steps.get('spearman'))} over {steps.get('n', 0)} steps the tuner scored."]
+                      f"runs; {_fmt(steps.get('spearman'))} over {steps.get('n', 0)} steps the tuner scored against the "
+                      "holdout under the scored model. Against the holdout under the target (the tuner's default "
+                      f"reference): {_fmt(runs_a.get('spearman'))} over {runs_a.get('n', 0)} runs, "
+                      f"{_fmt(anchored.get('spearman'))} over {anchored.get('n', 0)} scored steps."]
     if result.get("targets"):
         extra += ["", md_table(["Target", "Measured", "Pass"],
                                [[t["target"], json.dumps(t["measured"], default=str) if isinstance(t["measured"], dict)
@@ -624,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-seeds", type=int, nargs="+", default=None,
                    help="tune each tuned row once per seed (sampler and training seed; rows tuned_NAME_seedS beside "
                         "--seed's tuned_NAME); the target and retain models stay --seed's. Default: --seed alone")
+    p.add_argument("--tune-hfq-reference", default="start", choices=["start", "current"],
+                   help="the tuner's HFQ reference: the holdout items under the target (start) or under the scored model")
     p.add_argument("--tune-utility-items", type=int, default=20, help="items per utility split in the tuner's scoring")
     p.add_argument("--tune-score-items", type=int, default=None,
                    help="forget and holdout items the tuner scores HFQ on (default --eval-items)")
@@ -711,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["tuned"] = {"rows": tuned, "trials": args.tune_trials, "max_steps": args.tune_steps,
                              "eval_every": args.tune_every, "patience": args.tune_patience, "patience_warmup": args.tune_patience_warmup, "modes": args.tune_modes,
                              "seeds": tune_seeds(args), "utility_items": args.tune_utility_items, "score_items": args.tune_score_items or args.eval_items,
+                             "hfq_reference": args.tune_hfq_reference,
                              "objective": "max HFQ s.t. utility proxy >= 0.95 x target (retain-free)"}
     # one directory for every budget: a run's own stamp holds its epochs and learning rate, and a run
     # off the default budget has them in its name, so sweeps share the target / retain evaluations
@@ -887,7 +939,8 @@ def main(argv: list[str] | None = None) -> int:
             save()
     result["planned_runs"] = len(grid) + len(tuned) * len(tune_seeds(args))
     utility_intervals(result["rows"], runs_dir)
-    result["rank_agreement"] = rank_agreement(result["rows"], retain_logs)
+    anchored_hfq(result["rows"], runs_dir)
+    result["rank_agreement"] = rank_agreement(result["rows"], retain_logs, runs_dir)
     result["targets"] = frontier_targets(result["rows"], result["rank_agreement"])
     finished = len(result["rows"]) - 2
     planned = len(grid) + len(tuned) * len(tune_seeds(args))

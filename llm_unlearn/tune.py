@@ -9,7 +9,12 @@ scoring only (no generation):
 
 * the holdout forget quality (HFQ, `llm_unlearn.eval.metrics.holdout_forget_quality`): KS
   p-value between the per-item truth ratios on the forget items and on holdout items about
-  entities the model never trained on;
+  entities the model never trained on. By default (``hfq_reference="start"``) the holdout side is
+  the holdout items' truth ratios under the *starting* model, scored once: what a model that never
+  saw the forget data gives unseen items. The unlearning moves the holdout items too (its retain
+  term keeps finetuning on items of the same kind; on the SmolLM2 TOFU benchmark the holdout
+  median truth ratio fell from 0.85 to 0.78 in 100 NPO + RT steps), and scored against that moving
+  reference a half-forgotten model looked forgotten (``"current"``: rescored every time);
 * a utility proxy (`llm_unlearn.eval.metrics.utility_proxy`): probability and truth ratio on
   retain items *left out of training*, real authors and world facts.
 
@@ -57,7 +62,7 @@ from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import logs as eval_logs
 from llm_unlearn.eval.corpus_scores import score_corpus
 from llm_unlearn.eval.evaluator import evaluate_model, score_splits, write_eval
-from llm_unlearn.eval.metrics import UTILITY_PROXY_KEYS
+from llm_unlearn.eval.metrics import UTILITY_PROXY_KEYS, holdout_forget_quality
 from llm_unlearn.models import load_tokenizer, resolve_model_path
 from llm_unlearn.outputs import check_output, prepare_output_dir
 from llm_unlearn.trainers import get_method
@@ -185,7 +190,7 @@ class BestStepCallback(TrainerCallback):
         else:
             terms = scores.get("utility_terms") or {}
             rec["feasible"] = all(terms.get(k, float("-inf")) >= v for k, v in self.term_min.items())
-        for key in ("forget_truth_ratios", "forget_nll", "holdout_nll", "retain_nll", "utility_terms"):  # kept for later analysis
+        for key in ("forget_truth_ratios", "holdout_truth_ratios", "forget_nll", "holdout_nll", "retain_nll", "utility_terms"):  # kept for later analysis
             if key in scores:  # (never compared with a retain model here)
                 rec[key] = scores[key]
         self.history.append(rec)
@@ -239,22 +244,33 @@ def scoring_rows(cfg: TuneConfig) -> tuple[dict[str, list[dict]], str | None]:
     return rows, None
 
 
-def make_scorer(rows: dict[str, list[dict]], tokenizer, batch_size: int,
-                protocol: str = DEFAULT_PROTOCOL) -> Callable[[Any], dict[str, float]]:
+def make_scorer(rows: dict[str, list[dict]], tokenizer, batch_size: int, protocol: str = DEFAULT_PROTOCOL,
+                holdout_ratios: list[float] | None = None) -> Callable[[Any], dict[str, float]]:
+    """`score(model)`: HFQ and the utility proxy on `rows`. With `holdout_ratios` (the holdout items'
+    truth ratios under the starting model: ``hfq_reference="start"``) the holdout items are not
+    scored again; the forget items' truth ratios are compared with those."""
+    if holdout_ratios is not None:
+        rows = {k: v for k, v in rows.items() if k != "holdout"}
+
     def score(model) -> dict[str, float]:
         summary = score_splits(model, tokenizer, rows, batch_size=batch_size, protocol=protocol)
         m = summary["metrics"]
+        tr = dict(summary["truth_ratios"])
+        if holdout_ratios is not None and tr.get("forget"):
+            tr["holdout"] = list(holdout_ratios)
+            ks = holdout_forget_quality(tr["forget"], tr["holdout"])
+            m = {**m, "holdout_forget_quality": ks["pvalue"], "holdout_forget_quality_ks_statistic": ks["statistic"]}
         if m.get("holdout_forget_quality") is None or m.get("utility_proxy") is None:
             raise UnlearnError("scoring gave no holdout forget quality / utility proxy (check the data's splits)")
         terms = {k: m[k] for k in UTILITY_PROXY_KEYS}
-        tr = summary["truth_ratios"]
         return {"hfq": m["holdout_forget_quality"], "ks_statistic": m["holdout_forget_quality_ks_statistic"],
                 "distance": score_distance(tr["forget"], tr["holdout"]) if tr.get("holdout") else None,
                 # truth ratio R = P(perturbed) / P(correct): a known answer has a small R, so -log R is familiarity
                 "gap": familiarity_gap([-math.log(max(r, 1e-300)) for r in tr["forget"]],
                                        [-math.log(max(r, 1e-300)) for r in tr["holdout"]]) if tr.get("holdout") else None,
                 "utility_proxy": m["utility_proxy"], "forget_truth_ratios": tr["forget"],
-                "utility_terms": terms}
+                "utility_terms": terms,
+                **({"holdout_truth_ratios": tr["holdout"]} if holdout_ratios is None and tr.get("holdout") else {})}
 
     return score
 
@@ -307,6 +323,7 @@ def make_corpus_scorer(docs: dict[str, Any], tokenizer, batch_size: int,
 BETA_RANGE = {"npo": (0.05, 1.0), "simnpo": (0.5, 5.0)}  # searched on a log scale
 ALPHA_RANGE = (0.3, 3.0)
 UTILITY_RULES = ("mean", "each")
+HFQ_REFERENCES = ("start", "current")  # TuneConfig.hfq_reference
 # RMU: α weighs an activation-matching term (WMDP: 1200 on Zephyr-7B); the adaptive steering scale s
 # (c = s x each forget token's activation norm, `RMUConfig.steering_scale`) spans a target well inside
 # the token's own norm to one that swamps it; the default point takes its geometric middle, 2
@@ -431,6 +448,8 @@ def check_config(cfg: TuneConfig) -> str:
         raise UnlearnError(f"--patience must be >= 0, got {cfg.patience}")
     if not 0 <= cfg.patience_warmup <= 1:
         raise UnlearnError(f"--patience-warmup must be in [0, 1], got {cfg.patience_warmup}")
+    if cfg.hfq_reference not in HFQ_REFERENCES:
+        raise UnlearnError(f"--hfq-reference must be one of {', '.join(HFQ_REFERENCES)}, got '{cfg.hfq_reference}'")
     if not 0 <= cfg.hfq_level <= 1:
         raise UnlearnError(f"--hfq-level must be in [0, 1], got {cfg.hfq_level}")
     if not 0 < cfg.utility_floor <= 1:
@@ -575,10 +594,18 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
         del model
     else:
         say(f"start: scores kept in {STATE_FILE}, not recomputed")
+    if kind == "qa" and cfg.hfq_reference == "start":
+        if not start.get("holdout_truth_ratios"):
+            raise UnlearnError(f"{out / STATE_FILE}: the start's scores have no holdout truth ratios (written by an "
+                               "older version); start over with --overwrite")
+        scorer = make_scorer(rows, tokenizer, cfg.batch_size, cfg.protocol, holdout_ratios=start["holdout_truth_ratios"])
     utility_min = cfg.utility_floor * start["utility_proxy"]
     term_min = None
     if cfg.utility_rule == "each" and start.get("utility_terms"):
         term_min = {k: cfg.utility_floor * v for k, v in start["utility_terms"].items()}
+    if kind == "qa":
+        say("HFQ: forget items vs " + ("the holdout items' truth ratios under the starting model (scored once)"
+                                       if cfg.hfq_reference == "start" else "the holdout items under the scored model"))
     say(f"start: HFQ {start['hfq']:.3g}, utility proxy {start['utility_proxy']:.4f} (floor {utility_min:.4f}); "
         f"{cfg.trials} trials of <= {cfg.max_steps} steps, scored every {cfg.eval_every}")
     records: dict[int, dict[str, Any]] = {}

@@ -43,6 +43,11 @@ class TuneConfig:
                 "as unseen alike, and the one among them that forgets most wins (forget items' mean familiarity "
                 "furthest below the holdout items'), e.g. 0.1 for hazardous knowledge, where forgetting more is "
                 "the safe side; 0: the most forgetting the utility floor allows"})
+    hfq_reference: str = field(default="start", metadata={
+        "help": "what the forget items' truth ratios are compared with at each scoring: start (the holdout items' "
+                "truth ratios under the starting model, scored once: what a model that never saw the forget data "
+                "gives unseen items, unmoved by the unlearning's own drift on every item of that kind) or current "
+                "(the holdout items under the model being scored, rescored every time)"})
     score_items: int = field(default=40, metadata={"help": "forget and holdout items (corpus: documents) scored "
                                                            "for HFQ"})
     utility_items: int = field(default=20, metadata={"help": "items per utility split (retain items left out of "

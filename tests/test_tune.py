@@ -515,3 +515,57 @@ def test_tune_rmu_on_corpus_searches_the_adaptive_steering_scale(domain_target, 
         run = json.loads((Path(t["run_dir"]) / "run.json").read_text())
         assert run["hyperparameters"]["steering_scale"] == pytest.approx(t["params"]["steering_scale"])
         assert 1e-5 <= t["params"]["learning_rate"] <= 1e-3
+
+
+def test_hfq_reference_start_scores_the_holdout_once(target_dir, synthetic_dir, tmp_path, monkeypatch, capsys):
+    """Default reference: the holdout items are scored on the starting model only; every later HFQ
+    is the KS p-value of that step's forget truth ratios against the start's holdout ones. With
+    ``current`` the holdout items are rescored at every step (and their ratios move)."""
+    import llm_unlearn.tune as tune_mod
+    from llm_unlearn.cli import main
+    from llm_unlearn.eval.metrics import holdout_forget_quality
+
+    splits_scored: list[set[str]] = []
+    real = tune_mod.score_splits
+
+    def spy(model, tokenizer, rows, **kw):
+        splits_scored.append(set(rows))
+        return real(model, tokenizer, rows, **kw)
+
+    monkeypatch.setattr(tune_mod, "score_splits", spy)
+    histories = {}
+    for ref in ("start", "current"):
+        splits_scored.clear()
+        out = tmp_path / ref
+        rc = main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(out),
+                   "--method", "npo", "--trials", "1", "--max-steps", "4", "--eval-every", "2", "--modes", "lora",
+                   "--no-final-eval", "--hfq-reference", ref])
+        assert rc == 0, capsys.readouterr().err
+        with_holdout = ["holdout" in s for s in splits_scored]
+        assert len(splits_scored) == 3  # the start, steps 2 and 4
+        assert with_holdout == ([True, False, False] if ref == "start" else [True, True, True])
+        trials = json.loads((out / "trials.json").read_text())
+        start, history = trials["start"], trials["trials"][0]["history"]
+        histories[ref] = history
+        assert len(start["holdout_truth_ratios"]) > 0
+        if ref == "start":
+            for h in history[1:]:
+                expected = holdout_forget_quality(h["forget_truth_ratios"], start["holdout_truth_ratios"])
+                assert h["hfq"] == pytest.approx(expected["pvalue"])
+                assert h["ks_statistic"] == pytest.approx(expected["statistic"])
+                assert "holdout_truth_ratios" not in h  # the same list every time: kept once, in the start
+        else:
+            assert history[-1]["holdout_truth_ratios"] != start["holdout_truth_ratios"]  # the holdout moved
+        assert "HFQ: forget items vs" in capsys.readouterr().out
+    # the training is the same: the two searches differ only in what the forget ratios are compared with
+    assert histories["start"][-1]["forget_truth_ratios"] == pytest.approx(histories["current"][-1]["forget_truth_ratios"])
+
+
+def test_hfq_reference_is_checked(target_dir, synthetic_dir, tmp_path, capsys):
+    from llm_unlearn.cli import main
+
+    rc = main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(tmp_path / "t"),
+               "--hfq-reference", "retain"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --hfq-reference must be one of start, current")
