@@ -199,8 +199,21 @@ def hfq_rows(data, forget_split: str, max_items: int | None, holdout_split: str 
     return {"forget": forget, "holdout": hold}, None
 
 
-def _hfq(model, tokenizer, rows, batch_size: int) -> float | None:
-    return score_splits(model, tokenizer, rows, batch_size=batch_size)["metrics"].get("holdout_forget_quality")
+def _hfq(model, tokenizer, rows, batch_size: int) -> tuple[float | None, dict[str, list[float]]]:
+    """The holdout forget quality of `model` and the per-item truth ratios it compared."""
+    summary = score_splits(model, tokenizer, rows, batch_size=batch_size)
+    return summary["metrics"].get("holdout_forget_quality"), summary.get("truth_ratios") or {}
+
+
+def _anchored_hfq(forget_after: list[float] | None, holdout_before: list[float] | None) -> float | None:
+    """HFQ of the unlearned model's forget items against the holdout items under the starting model
+    (`llm_unlearn.tune`'s default reference): what a model that never saw the forget data gives
+    unseen items, not moved by the run's own drift on every item of that kind."""
+    if not forget_after or not holdout_before:
+        return None
+    from llm_unlearn.eval.metrics import holdout_forget_quality
+
+    return holdout_forget_quality(forget_after, holdout_before)["pvalue"]
 
 
 def _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, tokenizer, batch_size,
@@ -477,7 +490,7 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
     elif score_hfq:
         rows_hfq, hfq["not_available"] = hfq_rows(data, forget_split, nll_max_retain, holdout_split, max_authors)
         if rows_hfq is not None:
-            hfq["before"] = _hfq(model, tokenizer, rows_hfq, batch)
+            hfq["before"], ratios_before = _hfq(model, tokenizer, rows_hfq, batch)
             hfq["items"] = {k: len(v) for k, v in rows_hfq.items()}
     if mask is not None or mask_method is not None:
         _phase(bar, f"mask {mask_method or 'from file'}")
@@ -561,7 +574,8 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
                             f"{format_loss(_mean(forget_before))} -> {format_loss(_mean(forget_after))}")
         bar.close()
     if rows_hfq is not None:
-        hfq["after"] = _hfq(trainer.model, tokenizer, rows_hfq, batch)
+        hfq["after"], ratios_after = _hfq(trainer.model, tokenizer, rows_hfq, batch)
+        hfq["after_vs_start_holdout"] = _anchored_hfq(ratios_after.get("forget"), ratios_before.get("holdout"))
     nll_means = {"forget_before": _mean(forget_before), "forget_after": _mean(forget_after)}
     warning = forgetting_warning(nll_means, method_hyperparameters(cfg), lora)
     if warning:

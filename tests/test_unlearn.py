@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from llm_unlearn.cli import main
 from llm_unlearn.unlearn import MODE_DEFAULTS, build_config, forgetting_warning, mode_defaults
 
@@ -37,6 +39,9 @@ def test_warning_for_a_run_with_lr_0(target_dir, synthetic_dir, tmp_path, capsys
     run = json.loads((out / "run.json").read_text())
     assert run["warning"] and run["hfq"]["before"] is not None and run["hfq"]["after"] is not None
     assert abs(run["nll"]["forget_after"] - run["nll"]["forget_before"]) < 1e-6
+    # an unchanged model: its forget items against the starting model's holdout items = the HFQ before
+    assert run["hfq"]["after_vs_start_holdout"] == pytest.approx(run["hfq"]["before"])
+    assert "against the holdout items under the starting model" in printed
 
 
 def test_default_lora_run_forgets_without_a_warning(target_dir, synthetic_dir, tmp_path, capsys):
@@ -48,3 +53,4 @@ def test_default_lora_run_forgets_without_a_warning(target_dir, synthetic_dir, t
     run = json.loads((out / "run.json").read_text())
     assert run["nll"]["forget_after"] - run["nll"]["forget_before"] >= 0.1
     assert run["hfq"]["after"] > run["hfq"]["before"]  # the forget items look less seen than before
+    assert run["hfq"]["after_vs_start_holdout"] > run["hfq"]["before"]  # also against the unmoved holdout

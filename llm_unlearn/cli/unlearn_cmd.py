@@ -177,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
     if hfq.get("before") is not None:
         print(f"holdout forget quality (retain-free, 1 = forget items look unseen): "
               f"{format_value(hfq['before'], 'holdout_forget_quality')} -> "
-              f"{format_value(hfq['after'], 'holdout_forget_quality')}")
+              f"{format_value(hfq['after'], 'holdout_forget_quality')}"
+              + (f" ({format_value(hfq['after_vs_start_holdout'], 'holdout_forget_quality')} against the holdout items "
+                 "under the starting model)" if hfq.get("after_vs_start_holdout") is not None else ""))
     elif args.forget_corpus is None:
         print(f"holdout forget quality: n/a ({hfq.get('not_available') or 'not scored'})")
     if result.get("warning"):
