@@ -41,6 +41,10 @@ def forget_items(authors: int, forget_split: str) -> int:
     return max(1, round(authors * forget_percent(forget_split) / 100)) * QA_PER_AUTHOR
 
 
+HOLDOUT_ALL = "holdout_all"  # a subset's split of every outside item (the tuner's larger holdout, --tune-holdout-items)
+HOLDOUT_ALL_DOC = "every item of full with perturbed answers about authors outside the subset"
+
+
 def write_tofu_subset(source: str | Path, out: str | Path, authors: int, forget_split: str = "forget10") -> Path:
     """The first `authors` fictitious authors of a TOFU-layout directory as a TOFU source of its own.
 
@@ -50,7 +54,8 @@ def write_tofu_subset(source: str | Path, out: str | Path, authors: int, forget_
     ones with perturbed answers); ``holdoutXX`` = as many items about authors *outside* the subset
     (the last authors of ``full`` that have paraphrased / perturbed answers), which neither the
     target nor the retain model ever trains on: the reference of the retain-free forgetting scores
-    (holdout forget quality, membership AUCs); the utility sets (real authors, world facts) and
+    (holdout forget quality, membership AUCs); ``holdout_all`` = every such item (400 on TOFU: the
+    tuner's larger holdout, scored once); the utility sets (real authors, world facts) and
     ``idontknow.txt`` are copied. Rewritten only when the settings change (``SUBSET`` records them)."""
     from llm_unlearn.data.synthetic import write_splits
     from llm_unlearn.data.tofu import available_splits, load_tofu
@@ -58,7 +63,7 @@ def write_tofu_subset(source: str | Path, out: str | Path, authors: int, forget_
 
     source, out = Path(source), Path(out)
     settings = {"source": str(source.resolve()), "authors": authors, "forget_split": forget_split,
-                "holdout": "last authors of full with perturbed answers"}
+                "holdout": "last authors of full with perturbed answers", HOLDOUT_ALL: HOLDOUT_ALL_DOC}
     stamp = out / "SUBSET"  # no .json suffix: not a split
     if stamp.is_file() and json.loads(stamp.read_text()) == settings:
         return out
@@ -91,7 +96,7 @@ def write_tofu_subset(source: str | Path, out: str | Path, authors: int, forget_
     tag = forget_split.removeprefix("forget")
     splits = {"full": rows, forget_split: forget, f"retain{100 - int(tag):02d}": retain,
               f"{forget_split}_perturbed": [perturbed[r["question"]] for r in forget],
-              "retain_perturbed": retain_perturbed, f"holdout{tag}": outside[-k:]}
+              "retain_perturbed": retain_perturbed, f"holdout{tag}": outside[-k:], HOLDOUT_ALL: outside}
     for name in ("real_authors", "real_authors_perturbed", "world_facts", "world_facts_perturbed"):
         splits[name] = load_tofu(name, source).to_list()
     write_splits(splits, out, meta={"qa_per_author": QA_PER_AUTHOR, "subset_of": str(source), "authors": authors})

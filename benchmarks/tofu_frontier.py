@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, default_data, forget_items, machine_info, md_table, write_tofu_subset  # noqa: E402
+from common import HOLDOUT_ALL, RESULTS, default_data, forget_items, machine_info, md_table, write_tofu_subset  # noqa: E402
 
 FORGET_SPLIT = "forget10"  # the default (--forget-split); inbwd_seeds.py runs on it
 RETAIN_SPLIT = "retain90"
@@ -100,6 +100,7 @@ def finetuned(role: str, data: Path, args, cache: Path, train: bool = True) -> t
                          lr=args.ft_lr, batch_size=args.ft_batch_size, seed=args.seed, with_utility=False)
     settings = {k: v for k, v in vars(cfg).items() if k not in ("output", "data")}
     settings["data"] = json.loads((data / "SUBSET").read_text())
+    settings["data"].pop(HOLDOUT_ALL, None)  # a holdout split never changes what a model is finetuned on
     if role == "target":  # `full` is the same items whatever the forget split: one target for all of them
         settings["data"]["forget_split"] = FORGET_SPLIT
     out = cache / f"{role}_{_key(settings)}"
@@ -261,7 +262,9 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
                      score_items=args.tune_score_items or args.eval_items, utility_items=args.tune_utility_items,
                      retain_logs=str(retain_logs), eval_max_items=args.eval_items,
                      eval_max_new_tokens=args.max_new_tokens, utility_rule=args.tune_utility_rule,
-                     hfq_reference=args.tune_hfq_reference, progress=not args.no_progress)
+                     hfq_reference=args.tune_hfq_reference, progress=not args.no_progress,
+                     **({"holdout_split": HOLDOUT_ALL, "holdout_items": args.tune_holdout_items}
+                        if args.tune_holdout_items else {}))
     stamp = json.loads(json.dumps({k: v for k, v in vars(cfg).items() if k not in ("output", "progress")}, default=str))
     stamp_file = out / "frontier_settings.json"
     stored = json.loads(stamp_file.read_text()) if stamp_file.is_file() else None
@@ -675,6 +678,9 @@ def main(argv: list[str] | None = None) -> int:
                         "--seed's tuned_NAME); the target and retain models stay --seed's. Default: --seed alone")
     p.add_argument("--tune-hfq-reference", default="start", choices=["start", "current"],
                    help="the tuner's HFQ reference: the holdout items under the target (start) or under the scored model")
+    p.add_argument("--tune-holdout-items", type=int, default=None,
+                   help="holdout items the tuner scores HFQ against, from every item about authors outside the subset "
+                        "(400 on TOFU; default: as many as --tune-score-items, from the holdoutXX split)")
     p.add_argument("--tune-utility-items", type=int, default=20, help="items per utility split in the tuner's scoring")
     p.add_argument("--tune-score-items", type=int, default=None,
                    help="forget and holdout items the tuner scores HFQ on (default --eval-items)")
@@ -762,7 +768,7 @@ def main(argv: list[str] | None = None) -> int:
         settings["tuned"] = {"rows": tuned, "trials": args.tune_trials, "max_steps": args.tune_steps,
                              "eval_every": args.tune_every, "patience": args.tune_patience, "patience_warmup": args.tune_patience_warmup, "modes": args.tune_modes,
                              "seeds": tune_seeds(args), "utility_items": args.tune_utility_items, "score_items": args.tune_score_items or args.eval_items,
-                             "hfq_reference": args.tune_hfq_reference,
+                             "hfq_reference": args.tune_hfq_reference, "holdout_items": args.tune_holdout_items,
                              "objective": "max HFQ s.t. utility proxy >= 0.95 x target (retain-free)"}
     # one directory for every budget: a run's own stamp holds its epochs and learning rate, and a run
     # off the default budget has them in its name, so sweeps share the target / retain evaluations

@@ -233,7 +233,8 @@ def scoring_rows(cfg: TuneConfig) -> tuple[dict[str, list[dict]], str | None]:
     """The subsets every scoring uses: forget and holdout items (HFQ), and the utility items —
     the first retain items with perturbed answers (left out of training), real authors, world
     facts. `UnlearnError` when there is no holdout set with perturbed answers."""
-    rows, reason = unlearn_mod.hfq_rows(cfg.data, cfg.forget_split, cfg.score_items, cfg.holdout_split, cfg.max_authors)
+    rows, reason = unlearn_mod.hfq_rows(cfg.data, cfg.forget_split, cfg.score_items, cfg.holdout_split, cfg.max_authors,
+                                        holdout_items=cfg.holdout_items)
     if rows is None:
         raise UnlearnError(f"tune needs forget and holdout items with perturbed answers: {reason}")
     forget_q = {r["question"] for r in rows["forget"]}
@@ -441,8 +442,8 @@ def check_config(cfg: TuneConfig) -> str:
         raise UnlearnError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got '{cfg.protocol}'")
     if cfg.utility_rule not in UTILITY_RULES:
         raise UnlearnError(f"--utility-rule must be one of {', '.join(UTILITY_RULES)}, got '{cfg.utility_rule}'")
-    for name in ("trials", "max_steps", "eval_every", "score_items", "utility_items", "batch_size"):
-        if getattr(cfg, name) < 1:
+    for name in ("trials", "max_steps", "eval_every", "score_items", "utility_items", "batch_size", "holdout_items"):
+        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
             raise UnlearnError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     if cfg.patience < 0:
         raise UnlearnError(f"--patience must be >= 0, got {cfg.patience}")

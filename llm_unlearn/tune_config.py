@@ -50,6 +50,10 @@ class TuneConfig:
                 "(the holdout items under the model being scored, rescored every time)"})
     score_items: int = field(default=40, metadata={"help": "forget and holdout items (corpus: documents) scored "
                                                            "for HFQ"})
+    holdout_items: int | None = field(default=None, metadata={
+        "help": "holdout items scored for HFQ (default --score-items); with --hfq-reference start they are scored "
+                "once, on the starting model, so a larger holdout (less noise on its side of the KS test) costs "
+                "one scoring"})
     utility_items: int = field(default=20, metadata={"help": "items per utility split (retain items left out of "
                                                              "training, real authors, world facts; corpus: retain "
                                                              "documents left out of training)"})

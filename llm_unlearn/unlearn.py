@@ -179,17 +179,20 @@ def forgetting_warning(nll: dict[str, Any], hyperparameters: dict[str, Any], lor
 
 
 def hfq_rows(data, forget_split: str, max_items: int | None, holdout_split: str | None = None,
-             max_authors: int | None = None) -> tuple[dict[str, list[dict]] | None, str | None]:
-    """The forget items with perturbed answers and the holdout items the holdout forget quality
-    compares them with, or (None, why not)."""
+             max_authors: int | None = None, holdout_items: int | None = None
+             ) -> tuple[dict[str, list[dict]] | None, str | None]:
+    """The forget items with perturbed answers (at most `max_items`) and the holdout items the
+    holdout forget quality compares them with (at most `holdout_items`, default `max_items`), or
+    (None, why not)."""
     try:
         forget = load_tofu(f"{forget_split}_perturbed", data, max_items=max_items).to_list()
     except UnlearnError as exc:
         return None, f"no {forget_split}_perturbed split ({exc})"
     explicit = holdout_split is not None
     try:
-        hold, reason = holdout_rows(data, holdout_split or forget_split.replace("forget", "holdout", 1), max_items,
-                                     explicit=explicit, max_authors=max_authors, forget_rows=forget)
+        hold, reason = holdout_rows(data, holdout_split or forget_split.replace("forget", "holdout", 1),
+                                    holdout_items or max_items, explicit=explicit, max_authors=max_authors,
+                                    forget_rows=forget, n_outside=holdout_items)
     except UnlearnError as exc:
         return None, str(exc)
     if hold is None:

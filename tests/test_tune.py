@@ -569,3 +569,21 @@ def test_hfq_reference_is_checked(target_dir, synthetic_dir, tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --hfq-reference must be one of start, current")
+
+
+def test_holdout_items_apart_from_the_forget_items(synthetic_dir):
+    """`--holdout-items`: the holdout side of HFQ may hold more items than the forget side (with the
+    start reference they are scored once), from the holdout split or from the authors outside a
+    `--max-authors` subset."""
+    import llm_unlearn.unlearn as unlearn_mod
+    from llm_unlearn.data.tofu import load_tofu
+
+    n_hold = len(load_tofu("holdout10", synthetic_dir))
+    rows, _ = unlearn_mod.hfq_rows(synthetic_dir, "forget10", 3, holdout_items=n_hold)
+    assert len(rows["forget"]) == 3 and len(rows["holdout"]) == n_hold > 3
+    rows, _ = unlearn_mod.hfq_rows(synthetic_dir, "forget10", 3)
+    assert len(rows["holdout"]) == 3
+    default, _ = unlearn_mod.hfq_rows(synthetic_dir, "forget10", 2, max_authors=2)
+    wide, _ = unlearn_mod.hfq_rows(synthetic_dir, "forget10", 2, max_authors=2, holdout_items=5)
+    assert len(default["holdout"]) == 2 and len(wide["holdout"]) == 5
+    assert not {r["question"] for r in wide["holdout"]} & {r["question"] for r in wide["forget"]}

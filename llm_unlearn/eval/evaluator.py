@@ -254,19 +254,19 @@ def _load_rows(source, split: str, max_items: int | None) -> list[dict]:
 
 
 def holdout_rows(source, holdout_split: str, max_items: int | None, *, explicit: bool = False,
-                  max_authors: int | None = None, forget_rows: list[dict] | None = None
-                  ) -> tuple[list[dict] | None, str | None]:
+                  max_authors: int | None = None, forget_rows: list[dict] | None = None,
+                  n_outside: int | None = None) -> tuple[list[dict] | None, str | None]:
     """Holdout items (about entities the model never trained on) and, when there are none, why.
 
     Sources, first match: the split `holdout_split` (given with `explicit`: it must exist);
     with `max_authors` (a model trained on the first N authors of ``full``), items about the
-    authors outside them that have perturbed answers, as many as the forget items; the source's
-    ``holdoutXX`` split."""
+    authors outside them that have perturbed answers, as many as the forget items (`n_outside`:
+    that many instead); the source's ``holdoutXX`` split."""
     if explicit:
         return _load_rows(source, holdout_split, max_items), None
     if max_authors is not None:
         forget_rows = forget_rows or []
-        rows = outside_authors_rows(source, max_authors, n_items=len(forget_rows) or None,
+        rows = outside_authors_rows(source, max_authors, n_items=n_outside or len(forget_rows) or None,
                                     exclude_questions={r["question"] for r in forget_rows})
         return rows[:max_items] if max_items else rows, None
     if is_local_source(source) and holdout_split not in available_splits(source):
