@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import shutil
+import sys
 import time
 import warnings
 import zlib
@@ -51,6 +52,7 @@ from typing import Any
 
 import torch
 from scipy.stats import wasserstein_distance
+from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 import llm_unlearn.unlearn as unlearn_mod  # module attributes: tests can watch every run and read
@@ -574,8 +576,9 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
     study_name = cfg.study_name or f"tune-{cfg.method}-{forget_name}"
 
     def say(msg: str) -> None:
-        if cfg.progress:
-            print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+        if cfg.progress:  # tqdm.write: a line printed while a trial's bar is drawn goes above the bar, not onto it
+            tqdm.write(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stdout)
+            sys.stdout.flush()
 
     if start is None:  # the model is needed only to score the start
         model, tokenizer = unlearn_mod.load_target(cfg.model)
