@@ -263,6 +263,7 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
                      retain_logs=str(retain_logs), eval_max_items=args.eval_items,
                      eval_max_new_tokens=args.max_new_tokens, utility_rule=args.tune_utility_rule,
                      hfq_reference=args.tune_hfq_reference, progress=not args.no_progress,
+                     beta_range=tuple(args.tune_beta_range) if args.tune_beta_range else None,
                      **({"holdout_split": HOLDOUT_ALL, "holdout_items": args.tune_holdout_items}
                         if args.tune_holdout_items else {}))
     stamp = json.loads(json.dumps({k: v for k, v in vars(cfg).items() if k not in ("output", "progress")}, default=str))
@@ -678,6 +679,8 @@ def main(argv: list[str] | None = None) -> int:
                         "--seed's tuned_NAME); the target and retain models stay --seed's. Default: --seed alone")
     p.add_argument("--tune-hfq-reference", default="start", choices=["start", "current"],
                    help="the tuner's HFQ reference: the holdout items under the target (start) or under the scored model")
+    p.add_argument("--tune-beta-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="beta range the tuner searches (NPO, SimNPO; default the library's)")
     p.add_argument("--tune-holdout-items", type=int, default=None,
                    help="holdout items the tuner scores HFQ against, from every item about authors outside the subset "
                         "(400 on TOFU; default: as many as --tune-score-items, from the holdoutXX split)")
@@ -769,6 +772,7 @@ def main(argv: list[str] | None = None) -> int:
                              "eval_every": args.tune_every, "patience": args.tune_patience, "patience_warmup": args.tune_patience_warmup, "modes": args.tune_modes,
                              "seeds": tune_seeds(args), "utility_items": args.tune_utility_items, "score_items": args.tune_score_items or args.eval_items,
                              "hfq_reference": args.tune_hfq_reference, "holdout_items": args.tune_holdout_items,
+                             "beta_range": args.tune_beta_range,
                              "objective": "max HFQ s.t. utility proxy >= 0.95 x target (retain-free)"}
     # one directory for every budget: a run's own stamp holds its epochs and learning rate, and a run
     # off the default budget has them in its name, so sweeps share the target / retain evaluations

@@ -339,6 +339,11 @@ def alpha_range(method: str) -> tuple[float, float]:
     return RMU_ALPHA_RANGE if method == "rmu" else ALPHA_RANGE
 
 
+def beta_range(cfg: TuneConfig) -> tuple[float, float]:
+    """The β searched: `cfg.beta_range`, else the method's `BETA_RANGE`."""
+    return tuple(cfg.beta_range) if cfg.beta_range is not None else BETA_RANGE[cfg.method]
+
+
 def lr_range(cfg: TuneConfig, mode: str) -> tuple[float, float]:
     """The learning rates searched in `mode` (RMU with full weights has its own range)."""
     if mode == "lora":
@@ -358,7 +363,7 @@ def suggest(trial, cfg: TuneConfig) -> dict[str, Any]:
     p["max_steps"] = trial.suggest_int("max_steps", low, cfg.max_steps, step=cfg.eval_every) \
         if cfg.max_steps > low else cfg.max_steps
     if cfg.method in BETA_RANGE:
-        p["beta"] = trial.suggest_float("beta", *BETA_RANGE[cfg.method], log=True)
+        p["beta"] = trial.suggest_float("beta", *beta_range(cfg), log=True)
     p["alpha"] = trial.suggest_float("alpha", *alpha_range(cfg.method), log=True)
     if cfg.method == "rmu":
         p["steering_scale"] = trial.suggest_float("steering_scale", *RMU_SCALE_RANGE, log=True)
@@ -386,7 +391,7 @@ def default_points(cfg: TuneConfig) -> list[dict[str, Any]]:
         point: dict[str, Any] = {"mode": mode, f"lr_{mode}": _clip(lr, lo, hi), "max_steps": cfg.max_steps,
                                  "alpha": _clip(own.get("alpha", 1.0), *alpha_range(cfg.method)), "mask": masks[0]}
         if cfg.method in BETA_RANGE:
-            point["beta"] = _clip(own.get("beta", BETA_RANGE[cfg.method][0]), *BETA_RANGE[cfg.method])
+            point["beta"] = _clip(own.get("beta", beta_range(cfg)[0]), *beta_range(cfg))
         if cfg.method == "rmu":
             point["steering_scale"] = math.sqrt(RMU_SCALE_RANGE[0] * RMU_SCALE_RANGE[1])
         if masks[0] != "none":
@@ -457,7 +462,11 @@ def check_config(cfg: TuneConfig) -> str:
         raise UnlearnError(f"--hfq-level must be in [0, 1], got {cfg.hfq_level}")
     if not 0 < cfg.utility_floor <= 1:
         raise UnlearnError(f"--utility-floor must be in (0, 1], got {cfg.utility_floor}")
-    for name in ("lr_lora", "lr_full", "lr_rmu"):
+    if cfg.beta_range is not None and cfg.method not in BETA_RANGE:
+        raise UnlearnError(f"--beta-range applies to {', '.join(BETA_RANGE)}, not {cfg.method}")
+    for name in ("lr_lora", "lr_full", "lr_rmu", "beta_range"):
+        if getattr(cfg, name) is None:
+            continue
         lo, hi = getattr(cfg, name)
         if not 0 < lo <= hi:
             raise UnlearnError(f"--{name.replace('_', '-')}: expected 0 < LOW <= HIGH, got {lo} {hi}")

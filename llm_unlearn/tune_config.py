@@ -64,6 +64,10 @@ class TuneConfig:
     lr_rmu: tuple[float, float] = field(default=(1e-5, 1e-3), metadata={"help": "learning-rate range of RMU with full "
                                                                            "weights (it trains three MLP "
                                                                            "down-projections; log)"})
+    beta_range: tuple[float, float] | None = field(default=None, metadata={
+        "help": "beta range searched (log), NPO and SimNPO (default NPO 0.05-1, SimNPO 0.5-5); NPO's gradient "
+                "on a sequence fades as exp(beta x its log-likelihood drop), so a small beta keeps pushing longer "
+                "(towards gradient ascent)"})
     batch_size: int = field(default=4, metadata={"help": "forget (and retain) items per step"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (alpha = 2r)"})
     optim: str | None = field(default=None, metadata={"help": "optimizer (TrainingArguments.optim; default AdamW)"})

@@ -587,3 +587,23 @@ def test_holdout_items_apart_from_the_forget_items(synthetic_dir):
     wide, _ = unlearn_mod.hfq_rows(synthetic_dir, "forget10", 2, max_authors=2, holdout_items=5)
     assert len(default["holdout"]) == 2 and len(wide["holdout"]) == 5
     assert not {r["question"] for r in wide["holdout"]} & {r["question"] for r in wide["forget"]}
+
+
+def test_beta_range(target_dir, synthetic_dir, tmp_path, capsys):
+    """`--beta-range` replaces the method's β range: the default point is clipped into it and every
+    sampled β lies in it; bad ranges and methods without β are one-line errors."""
+    import optuna
+
+    from llm_unlearn.cli import main
+    from llm_unlearn.tune import TuneConfig, default_points, suggest
+
+    cfg = TuneConfig(model="m", output="o", method="npo", modes="lora", beta_range=(0.01, 0.03))
+    assert default_points(cfg)[0]["beta"] == pytest.approx(0.03)  # NPO's default 0.1, clipped
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(20):
+        assert 0.01 <= suggest(study.ask(), cfg)["beta"] <= 0.03
+    base = ["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(tmp_path / "t")]
+    assert main([*base, "--beta-range", "0.5", "0.1"]) == 2
+    assert "error: --beta-range: expected 0 < LOW <= HIGH" in capsys.readouterr().err
+    assert main([*base, "--method", "grad_diff", "--beta-range", "0.1", "0.2"]) == 2
+    assert "error: --beta-range applies to npo, simnpo, not grad_diff" in capsys.readouterr().err
