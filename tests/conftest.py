@@ -22,6 +22,13 @@ SHARED_TOFU = Path(os.environ.get("LLM_UNLEARN_TOFU_DATA")
 N_AUTHORS, QA_PER_AUTHOR = 10, 10
 
 
+@pytest.fixture(autouse=True)
+def _own_tune_start_cache(tmp_path, monkeypatch):
+    """Each test its own cache of `tune`'s starting-model scores: no test reads another's (or the
+    user's) cached scores, and none writes into ~/.cache."""
+    monkeypatch.setenv("LLM_UNLEARN_TUNE_START_CACHE", str(tmp_path / "tune_start_cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_tofu() -> Path:
     if not (SHARED_TOFU / "full.jsonl").is_file():

@@ -536,6 +536,7 @@ def test_hfq_reference_start_scores_the_holdout_once(target_dir, synthetic_dir, 
     histories = {}
     for ref in ("start", "current"):
         splits_scored.clear()
+        monkeypatch.setenv("LLM_UNLEARN_TUNE_START_CACHE", str(tmp_path / f"cache_{ref}"))  # each scores its start
         out = tmp_path / ref
         rc = main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(out),
                    "--method", "npo", "--trials", "1", "--max-steps", "4", "--eval-every", "2", "--modes", "lora",
@@ -607,3 +608,33 @@ def test_beta_range(target_dir, synthetic_dir, tmp_path, capsys):
     assert "error: --beta-range: expected 0 < LOW <= HIGH" in capsys.readouterr().err
     assert main([*base, "--method", "grad_diff", "--beta-range", "0.1", "0.2"]) == 2
     assert "error: --beta-range applies to npo, simnpo, not grad_diff" in capsys.readouterr().err
+
+
+def test_start_scores_are_cached_across_searches(target_dir, synthetic_dir, tmp_path, monkeypatch, capsys):
+    """A second search of the same model on the same items (another output, method or budget) reads
+    the starting model's scores from the cache instead of scoring them again; other items are
+    another key."""
+    import llm_unlearn.tune as tune_mod
+    from llm_unlearn.cli import main
+
+    calls: list[int] = []
+    real = tune_mod.score_splits
+
+    def spy(model, tokenizer, rows, **kw):
+        calls.append(1)
+        return real(model, tokenizer, rows, **kw)
+
+    monkeypatch.setattr(tune_mod, "score_splits", spy)
+    starts = []
+    for name, extra in (("a", []), ("b", ["--method", "simnpo"]), ("c", ["--score-items", "3"])):
+        calls.clear()
+        out = tmp_path / name
+        assert main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(out),
+                     "--trials", "1", "--max-steps", "2", "--eval-every", "2", "--modes", "lora", "--no-final-eval",
+                     *extra]) == 0, capsys.readouterr().err
+        starts.append(json.loads((out / "trials.json").read_text())["start"])
+        printed = capsys.readouterr().out
+        assert len(calls) == (1 if name == "b" else 2), name  # b: only step 2 scored
+        assert ("an earlier search of this model on these items" in printed) == (name == "b")
+    assert starts[1] == starts[0] and starts[2] != starts[0]
+    assert len(list((tmp_path / "tune_start_cache").glob("*.json"))) == 2
