@@ -248,6 +248,7 @@ def bench_demo(tmp: Path, args) -> dict:
         if args.s3t_lora_r is not None:
             cfg.s3t_lora_r = args.s3t_lora_r
         cfg.s3t_layout = args.s3t_layout
+        cfg.s3t_lr_schedule = args.s3t_lr_schedule
         if args.ft_epochs is not None:
             cfg.ft_epochs = args.ft_epochs
         t0 = time.perf_counter()
@@ -278,6 +279,7 @@ def bench_demo(tmp: Path, args) -> dict:
         _print_demo_seed(row)
     return {"model": args.model, "data": args.data or "synthetic (demo default)", "authors": args.demo_authors,
             "prompt_loss": args.prompt_loss, "s3t_lora_r": args.s3t_lora_r, "s3t_layout": args.s3t_layout, "s3t_epochs": args.s3t_epochs,
+            "s3t_lr": args.s3t_lr, "s3t_lr_schedule": args.s3t_lr_schedule,
             "seeds": per_seed, "by_mode": _by_mode(per_seed)}
 
 
@@ -374,6 +376,8 @@ def main() -> None:
     p.add_argument("--s3t-lora-r", type=int, default=None, help="demo: override the S3T LoRA rank (alpha = 2r)")
     p.add_argument("--s3t-layout", default="blocks", choices=["blocks", "stacked"],
                    help="demo: what an S3T stage trains (llm_unlearn.s3t.train.LAYOUTS)")
+    p.add_argument("--s3t-lr-schedule", default="constant", choices=["constant", "linear"],
+                   help="demo: the S3T learning rate within a stage (llm_unlearn.s3t.train.LR_SCHEDULES)")
     p.add_argument("--ft-epochs", type=float, default=None, help="demo: override the single models' epochs")
     p.add_argument("--eval-items", type=int, default=None, help="demo: cap every evaluation split")
     p.add_argument("--eval-new-tokens", type=int, default=None, help="demo: override the evaluation's greedy tokens")

@@ -26,6 +26,9 @@ def register(sub, name: str, help_text: str) -> None:
     t.add_argument("--lora-alpha", type=int, default=16)
     t.add_argument("--epochs-per-stage", type=float, default=2.0, help="epochs over π1..πi at stage i")
     t.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3; 1e-2 for tiny)")
+    t.add_argument("--lr-schedule", default="constant", choices=["constant", "linear"],
+                   help="learning rate within each stage: constant, or linear (decays from --lr to 0 over the "
+                        "stage's steps; depends only on the stage's sample count, so deletion stays exact)")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--max-length", type=int, default=256)
     t.add_argument("--max-items", type=int, default=None, help="only the first N items of the split")
@@ -94,7 +97,8 @@ def run_train(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha, epochs_per_stage=args.epochs_per_stage,
         lr=args.lr if args.lr is not None else (1e-2 if args.model == "tiny" else 1e-3),
         batch_size=args.batch_size, max_length=args.max_length, max_items=args.max_items, seed=args.seed,
-        prompt_loss=args.prompt_loss, with_utility=args.with_utility, layout=args.layout, **({"aggregate": args.aggregate} if args.aggregate else {}), exclude_ids=list(args.exclude_ids), exclude_split=args.exclude_split,
+        prompt_loss=args.prompt_loss, with_utility=args.with_utility, layout=args.layout,
+        lr_schedule=args.lr_schedule, **({"aggregate": args.aggregate} if args.aggregate else {}), exclude_ids=list(args.exclude_ids), exclude_split=args.exclude_split,
     )
     validate_config(cfg)  # before creating anything
     with staged_dir(args.output, args.overwrite, inputs) as stage:

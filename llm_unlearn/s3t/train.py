@@ -68,6 +68,10 @@ AGGREGATES = ("mean-logprob", "mixture", "posterior", "route")
 # What a stage trains. blocks: the LoRA of layer block i (the paper's layer-wise training); stacked:
 # its own rank-r slice of one rank r·L LoRA on every layer (see train_stage).
 LAYOUTS = ("blocks", "stacked")
+# The learning rate within a stage. constant: `lr` at every step; linear: from `lr` down to 0 over
+# the stage's steps (the HF Trainer's default decay, without warmup). The schedule depends only on
+# the stage's step count, a function of its sample count, so a retrain reproduces it exactly.
+LR_SCHEDULES = ("constant", "linear")
 DEFAULT_AGGREGATE = "mixture"  # best model utility in benchmarks/s3t_deletion.py (demo data, 3 seeds)
 
 
@@ -84,7 +88,9 @@ class S3TConfig:
     lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
     epochs_per_stage: float = field(default=2.0, metadata={"help": "epochs over π₁…π_i at stage i"})
-    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (constant)"})
+    lr: float = field(default=1e-3, metadata={"help": "AdamW learning rate (peak, with lr_schedule linear)"})
+    lr_schedule: str = field(default="constant", metadata={
+        "help": "learning rate within each stage: constant or linear (decays to 0 over the stage's steps)"})
     batch_size: int = field(default=8, metadata={"help": "batch size"})
     max_length: int = field(default=256, metadata={"help": "max tokens per QA item"})
     max_items: int | None = field(default=None, metadata={"help": "train on the first N items of the split only"})
@@ -112,6 +118,8 @@ class S3TConfig:
             raise UnlearnError(f"--aggregate {self.aggregate!r} unknown (expected one of {', '.join(AGGREGATES)})")
         if self.layout not in LAYOUTS:
             raise UnlearnError(f"--layout {self.layout!r} unknown (expected one of {', '.join(LAYOUTS)})")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise UnlearnError(f"--lr-schedule {self.lr_schedule!r} unknown (expected one of {', '.join(LR_SCHEDULES)})")
 
 
 # -- model structure ---------------------------------------------------------------------------
@@ -207,7 +215,8 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
                 cfg: S3TConfig, previous: dict[str, torch.Tensor] | None = None,
                 on_step: Callable[[int, int, float], None] | None = None):
     """Train stage `stage` (1-based) on `rows`; what earlier stages trained loads from `previous`
-    and stays frozen. `on_step(step, total, loss)` is called after each optimizer step.
+    and stays frozen. `on_step(step, total, loss)` is called after each optimizer step. With
+    `cfg.lr_schedule` linear, step k (0-based) of `total` uses lr·(1 - k/total).
 
     Layout `blocks`: the adapters of layer block `stage`; the model holds adapters for blocks
     1..stage. Layout `stacked`: one LoRA of rank r·L on every layer, whose rank components
@@ -267,6 +276,10 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
     optim = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
     steps_per_epoch = math.ceil(len(features) / cfg.batch_size) if features else 0
     total = int(round(cfg.epochs_per_stage * steps_per_epoch))
+    # the stage's step count depends only on its rows (slices 1..i, undeleted, plus the fixed rows):
+    # what a retrain after a deletion and the exact-retrain reference both count the same way
+    sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda k: 1.0 - k / total) \
+        if cfg.lr_schedule == "linear" and total else None
     model.train()
     step = 0
     while step < total:
@@ -281,6 +294,8 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
                 raise DivergenceError(f"stage {stage}: non-finite loss at step {step}; lower --lr")
             loss.backward()
             optim.step()
+            if sched is not None:
+                sched.step()
             optim.zero_grad(set_to_none=True)
             step += 1
             if on_step is not None:

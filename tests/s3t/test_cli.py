@@ -8,7 +8,8 @@ from llm_unlearn.cli import main
 def test_cli_train_small_run(tmp_path, synthetic_dir, capsys):
     out = tmp_path / "run"
     rc = main(["s3t", "train", "--data", str(synthetic_dir), "--output", str(out), "--shards", "1", "--slices", "2",
-               "--sequences", "2", "--method", "bipartite", "--max-items", "6", "--epochs-per-stage", "1"])
+               "--sequences", "2", "--method", "bipartite", "--max-items", "6", "--epochs-per-stage", "1",
+               "--lr-schedule", "linear"])
     assert rc == 0
     assert "serving" in capsys.readouterr().out
     from llm_unlearn.s3t.ledger import DeletionLedger
@@ -16,6 +17,7 @@ def test_cli_train_small_run(tmp_path, synthetic_dir, capsys):
     ledger = DeletionLedger.open(out)
     assert len(ledger.sample_ids()) == 6 and len(ledger.stages()) == 4
     assert json.loads((out / "plan.json").read_text())["method"] == "bipartite"
+    assert json.loads((out / "run.json").read_text())["config"]["lr_schedule"] == "linear"
     assert main(["s3t", "train", "--data", str(synthetic_dir), "--output", str(out)]) == 2  # exists, no --overwrite
 
 

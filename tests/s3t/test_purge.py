@@ -277,3 +277,63 @@ def test_stacked_layout_freezes_earlier_stages_and_stays_exact(synthetic_dir, tm
     blocks = compare_with_reference(run, train_s3t(s3t_settings(
         synthetic_dir, tmp_path / "blocks_ref", shards=1, sequences=2, max_items=16, exclude_ids=[victim])))
     assert not blocks["identical"]  # the layout is part of what the reference must share
+
+
+def test_linear_lr_schedule_decays_to_zero_within_each_stage(s3t_run):
+    """`lr_schedule="linear"`: step k of a stage's T steps uses lr·(1 - k/T), so the last step's lr
+    is lr/T and the stage ends at 0; `constant` keeps lr. The two give different weights."""
+    from dataclasses import replace
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from llm_unlearn.s3t.train import adapter_state, load_base, load_run, train_stage
+
+    ledger, plan, cfg, manifest = load_run(s3t_run)
+    base, tokenizer = load_base(s3t_run, manifest)
+    rec = next(r for r in ledger.stages(0) if r.stage == 1)
+    rows = ledger.samples(ledger.stage_sample_ids(rec.stage_id))
+    weights, lrs = {}, {}
+    for schedule in ("constant", "linear"):
+        seen = lrs[schedule] = []
+        handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs, seen=seen: seen.append(
+            opt.param_groups[0]["lr"]))
+        try:
+            stage_cfg = replace(cfg, lr_schedule=schedule, epochs_per_stage=6)
+            weights[schedule] = adapter_state(train_stage(base, tokenizer, plan.blocks, 1, rows, rec.seed, stage_cfg))
+        finally:
+            handle.remove()
+    total = 6 * -(-len(rows) // cfg.batch_size)
+    assert len(lrs["linear"]) == len(lrs["constant"]) == total >= 6
+    assert lrs["constant"] == [cfg.lr] * total
+    assert lrs["linear"] == pytest.approx([cfg.lr * (1 - k / total) for k in range(total)], rel=1e-12)
+    assert lrs["linear"][-1] == pytest.approx(cfg.lr / total)
+    assert weights["linear"].keys() == weights["constant"].keys()
+    assert not all(torch.equal(weights["linear"][k], weights["constant"][k]) for k in weights["linear"])
+
+
+def test_linear_lr_schedule_retrain_equals_excluded_reference(synthetic_dir, tmp_path, s3t_settings):
+    """With the linear schedule a retrained stage has fewer steps (batch size 2: 16 -> 14 samples is
+    8 -> 7 steps per epoch), so its decay differs from the first training's; the exclude reference
+    counts the same steps and matches bit for bit. A constant-lr reference does not."""
+    from llm_unlearn.s3t.train import train_s3t
+
+    settings = dict(shards=1, sequences=2, max_items=16, batch_size=2)
+    run = tmp_path / "run"
+    run.mkdir()
+    train_s3t(s3t_settings(synthetic_dir, run, lr_schedule="linear", **settings))
+    ledger = DeletionLedger.open(run)
+    victims = [_first_slice_sample(ledger, 0, 0), _first_slice_sample(ledger, 0, 1)]
+    res = delete_samples(run, ids=victims)
+    assert res.retrain_shards == [0]
+    assert retrain(run) == [0]
+    new = [r for r in ledger.stages(0) if r.generation == 1 and r.stage == 2]
+    assert all(len(ledger.stage_sample_ids(r.stage_id)) == 14 for r in new)
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    train_s3t(s3t_settings(synthetic_dir, ref, lr_schedule="linear", exclude_ids=victims, **settings))
+    report = compare_with_reference(run, ref)
+    assert report["identical"] and [s["prefix"] for s in report["shards"]] == [2]
+    const = tmp_path / "constant_ref"
+    const.mkdir()
+    train_s3t(s3t_settings(synthetic_dir, const, exclude_ids=victims, **settings))
+    assert not compare_with_reference(run, const)["identical"]  # the schedule is part of the reference
