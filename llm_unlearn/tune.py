@@ -37,6 +37,7 @@ given, is read only after the search, to report the chosen run's true forget qua
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -66,7 +67,7 @@ from llm_unlearn.eval import logs as eval_logs
 from llm_unlearn.eval.corpus_scores import score_corpus
 from llm_unlearn.eval.evaluator import evaluate_model, score_splits, write_eval
 from llm_unlearn.eval.metrics import UTILITY_PROXY_KEYS, holdout_forget_quality
-from llm_unlearn.models import load_tokenizer, resolve_model_path
+from llm_unlearn.models import cache_dir, load_tokenizer, resolve_model_path
 from llm_unlearn.outputs import check_output, prepare_output_dir
 from llm_unlearn.trainers import get_method
 from llm_unlearn.tune_config import MASK_CHOICES, TUNABLE_METHODS, TuneConfig  # noqa: F401  (re-exported)
@@ -257,10 +258,6 @@ def start_cache_path(cfg: TuneConfig, rows: dict[str, list[dict]]) -> Path | Non
     modification time), the scored items, the protocol and the batch size, so a search of another
     method, budget or seed on the same model and items skips that scoring (9 min for SmolLM2 on 80 +
     80 + 3 x 40 items on one core). None for a model that is not a local directory."""
-    import hashlib
-
-    from llm_unlearn.models import cache_dir
-
     try:
         model_dir = Path(resolve_model_path(cfg.model))
     except Exception:  # a Hub id not downloaded yet: nothing to key on

@@ -35,6 +35,7 @@ from llm_unlearn.data.qa import QACollator, check_tokenizer, template_settings, 
 from llm_unlearn.data.tofu import load_tofu, matching_retain_split, read_refusals
 from llm_unlearn.errors import DivergenceError, TrainingInterrupted, UnlearnError
 from llm_unlearn.eval.evaluator import holdout_rows, score_splits
+from llm_unlearn.eval.metrics import holdout_forget_quality
 from llm_unlearn.interrupt import SaveOnInterrupt, last_checkpoint
 from llm_unlearn.models import (
     ADAPTER_MASK_FILE,
@@ -214,8 +215,6 @@ def _anchored_hfq(forget_after: list[float] | None, holdout_before: list[float] 
     unseen items, not moved by the run's own drift on every item of that kind."""
     if not forget_after or not holdout_before:
         return None
-    from llm_unlearn.eval.metrics import holdout_forget_quality
-
     return holdout_forget_quality(forget_after, holdout_before)["pvalue"]
 
 
