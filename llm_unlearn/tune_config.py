@@ -65,7 +65,7 @@ class TuneConfig:
                                                                            "weights (it trains three MLP "
                                                                            "down-projections; log)"})
     beta_range: tuple[float, float] | None = field(default=None, metadata={
-        "help": "beta range searched (log), NPO and SimNPO (default NPO 0.05-1, SimNPO 0.5-5); NPO's gradient "
+        "help": "beta range searched (log), NPO and SimNPO (default NPO 0.01-1, SimNPO 0.5-5); NPO's gradient "
                 "on a sequence fades as exp(beta x its log-likelihood drop), so a small beta keeps pushing longer "
                 "(towards gradient ascent)"})
     batch_size: int = field(default=4, metadata={"help": "forget (and retain) items per step"})
