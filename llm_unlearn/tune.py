@@ -254,10 +254,11 @@ START_CACHE_VERSION = 1  # bump when the start's scores change meaning
 
 def start_cache_path(cfg: TuneConfig, rows: dict[str, list[dict]]) -> Path | None:
     """Where the starting model's scores on `rows` are cached across searches
-    (``$LLM_UNLEARN_CACHE/tune_start/KEY.json``, or ``$LLM_UNLEARN_TUNE_START_CACHE/KEY.json``): keyed by the model directory's files (path, size,
-    modification time), the scored items, the protocol and the batch size, so a search of another
-    method, budget or seed on the same model and items skips that scoring (9 min for SmolLM2 on 80 +
-    80 + 3 x 40 items on one core). None for a model that is not a local directory."""
+    (``$LLM_UNLEARN_CACHE/tune_start/KEY.json``, or ``$LLM_UNLEARN_TUNE_START_CACHE/KEY.json``):
+    keyed by the model directory's files (path, size, modification time), the scored items, the
+    protocol and the batch size, so a search of another method, budget or seed on the same model
+    and items skips that scoring (6-9 min for SmolLM2 on 80 + 80 + 3 x 40 items on one core). None
+    for a model that is not a local directory."""
     try:
         model_dir = Path(resolve_model_path(cfg.model))
     except Exception:  # a Hub id not downloaded yet: nothing to key on
@@ -350,9 +351,9 @@ def make_corpus_scorer(docs: dict[str, Any], tokenizer, batch_size: int,
 
 
 # searched on a log scale. NPO down to 0.01: its gradient on a sequence fades as exp(β x the drop in
-# its log-likelihood), and on SmolLM2 forget20 at β 0.1 it died by step 75 (NPO term 2e-4) with the
-# forget items' median truth ratio stuck at 0.69 (the retain model's: 0.83), while β 0.02 carried
-# them to 0.94 by step 50 and past the holdout's by step 75 (benchmarks/tofu_frontier.py, session 20)
+# its log-likelihood), and on SmolLM2 forget20 at β 0.1 it had died by step 100 (NPO term 2e-4) with
+# the forget items' median truth ratio stuck at 0.69 (the retain model's: 0.83), while β 0.02 carried
+# them to 0.94 by step 50 and past the retain model's level by step 75 (README, tofu_frontier session 20)
 BETA_RANGE = {"npo": (0.01, 1.0), "simnpo": (0.5, 5.0)}
 ALPHA_RANGE = (0.3, 3.0)
 UTILITY_RULES = ("mean", "each")
