@@ -360,6 +360,36 @@ def rank_agreement(rows: list[dict], retain_logs: Path | None, runs_dir: Path | 
     return out
 
 
+def pooled_agreement(rows: list[dict], runs_dir: Path, paths: list[str]) -> dict[str, Any]:
+    """Spearman(HFQ, true FQ) over every evaluated run on these models and items: this invocation's rows
+    and those of earlier result files (`paths`) whose runs directory has the same name (the same target,
+    retain model, subset and evaluation settings); a run in several files counts once, this
+    invocation's copy first. Runs evaluated against another holdout set (a tuned row's final
+    evaluation takes the search's holdout split) are compared on the anchored HFQ too, which reads
+    every row's forget truth ratios against the target's own holdout items."""
+    from llm_unlearn.eval import metrics as M
+
+    pool: dict[str, dict] = {}
+    sources = []
+    for path in paths:
+        other = json.loads(Path(path).read_text())
+        if Path(str(other.get("runs_dir", ""))).name != runs_dir.name:
+            continue
+        sources.append(Path(path).name)
+        for r in other.get("rows", []):
+            pool[r["run"]] = r
+    pool.update({r["run"]: r for r in rows})
+    evaluated = [r for r in pool.values() if r["run"] != "retain" and r.get("forget_quality") is not None]
+    anchored_hfq([r for r in evaluated if r.get("hfq_start") is None], runs_dir)  # older files: where the logs still are
+
+    def agreement(key: str) -> dict[str, Any]:
+        pairs = [(r[key], r["forget_quality"]) for r in evaluated if r.get(key) is not None]
+        return {"n": len(pairs), "spearman": M.spearman(*zip(*pairs)) if len(pairs) >= 3 else None,
+                "runs": sorted(r["run"] for r in evaluated if r.get(key) is not None)}
+
+    return {"files": sources, "runs": agreement("holdout_forget_quality"), "runs_anchored": agreement("hfq_start")}
+
+
 def utility_intervals(rows: list[dict], runs_dir: Path, n_boot: int = 1000) -> None:
     """Each row's MU / target's MU with a 90 % paired-bootstrap interval over the evaluated utility
     items (`llm_unlearn.eval.logs.utility_bootstrap`): on 40 items per split a few generations
@@ -475,9 +505,11 @@ def frontier_targets(rows: list[dict], agreement: dict) -> list[dict[str, Any]]:
                               "with mean MU >= 0.95 x target's (per-seed values and spread reported)",
                     "limit": 0.5, "measured": pick,
                     "pass": bool(good) and pick["mean_forget_quality"] >= 0.5})
-    rho = agreement.get("runs", {}).get("spearman")
+    # over every run on these models when earlier result files were pooled (--rank-pool), else this invocation's
+    runs = agreement.get("pooled", agreement).get("runs", {})
+    rho = runs.get("spearman")
     out.append({"target": "HFQ ranks runs like true FQ: Spearman >= 0.8 over all frontier runs", "limit": 0.8,
-                "measured": rho, "n": agreement.get("runs", {}).get("n"),
+                "measured": rho, "n": runs.get("n"),
                 "pass": None if rho is None or (isinstance(rho, float) and math.isnan(rho)) else rho >= 0.8})
     return out
 
@@ -517,6 +549,11 @@ def write_outputs(result: dict, out_prefix: Path) -> None:
                       "holdout under the scored model. Against the holdout under the target (the tuner's default "
                       f"reference): {_fmt(runs_a.get('spearman'))} over {runs_a.get('n', 0)} runs, "
                       f"{_fmt(anchored.get('spearman'))} over {anchored.get('n', 0)} scored steps."]
+        if ra.get("pooled"):
+            pr, pa = ra["pooled"]["runs"], ra["pooled"]["runs_anchored"]
+            extra += ["", f"Over every evaluated run on these models (this table and {', '.join(ra['pooled']['files'])}): "
+                          f"Spearman {_fmt(pr.get('spearman'))} over {pr.get('n')} runs; against the target's holdout "
+                          f"{_fmt(pa.get('spearman'))} over the {pa.get('n')} runs whose per-item logs were at hand."]
     if result.get("targets"):
         extra += ["", md_table(["Target", "Measured", "Pass"],
                                [[t["target"], json.dumps(t["measured"], default=str) if isinstance(t["measured"], dict)
@@ -704,6 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true",
                    help="train and evaluate nothing: write the outputs from the finished runs of this grid "
                         "(e.g. after running parts of the grid in parallel processes, --masks none / --masks wagle)")
+    p.add_argument("--rank-pool", nargs="*", default=[], metavar="JSON",
+                   help="earlier result files of this frontier: their rows on the same models (same runs directory) "
+                        "join this invocation's in the Spearman(HFQ, true FQ) over all frontier runs")
     p.add_argument("--quick", action="store_true",
                    help="smoke configuration: 10 authors, a few finetuning/unlearning steps, 2 methods x 2 masks x "
                         "2 modes, 4 eval items, 8 new tokens")
@@ -951,6 +991,8 @@ def main(argv: list[str] | None = None) -> int:
     utility_intervals(result["rows"], runs_dir)
     anchored_hfq(result["rows"], runs_dir)
     result["rank_agreement"] = rank_agreement(result["rows"], retain_logs, runs_dir)
+    if args.rank_pool:
+        result["rank_agreement"]["pooled"] = pooled_agreement(result["rows"], runs_dir, args.rank_pool)
     result["targets"] = frontier_targets(result["rows"], result["rank_agreement"])
     finished = len(result["rows"]) - 2
     planned = len(grid) + len(tuned) * len(tune_seeds(args))
