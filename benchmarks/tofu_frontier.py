@@ -326,6 +326,19 @@ def anchored_hfq(rows: list[dict], runs_dir: Path) -> None:
         r["hfq_start"] = M.holdout_forget_quality(forget, ref)["pvalue"]
 
 
+def _agreement(pairs: list[tuple[float, float]]) -> dict[str, Any]:
+    from llm_unlearn.eval import metrics as M
+
+    return {"n": len(pairs), "spearman": M.spearman(*zip(*pairs)) if len(pairs) >= 3 else None}
+
+
+def run_agreement(rows: list[dict], key: str) -> dict[str, Any]:
+    """Spearman(row[key], true FQ) over the evaluated runs (every row but the retain model's), and
+    which runs they were."""
+    runs = [r for r in rows if r["run"] != "retain" and r.get(key) is not None and r.get("forget_quality") is not None]
+    return {**_agreement([(r[key], r["forget_quality"]) for r in runs]), "runs": sorted(r["run"] for r in runs)}
+
+
 def rank_agreement(rows: list[dict], retain_logs: Path | None, runs_dir: Path | None = None) -> dict[str, Any]:
     """Spearman(HFQ, true FQ): over the evaluated runs (every row but the retain model), and over
     every step the tuner scored (true FQ computed here, after tuning, from the per-item forget truth
@@ -335,15 +348,8 @@ def rank_agreement(rows: list[dict], retain_logs: Path | None, runs_dir: Path | 
     whatever reference its search used)."""
     from llm_unlearn.eval import metrics as M
 
-    def agreement(pairs: list[tuple[float, float]]) -> dict[str, Any]:
-        return {"n": len(pairs), "spearman": M.spearman(*zip(*pairs)) if len(pairs) >= 3 else None}
-
-    def pairs_of(key: str) -> list[tuple[float, float]]:
-        return [(r[key], r["forget_quality"]) for r in rows if r["run"] != "retain"
-                and r.get(key) is not None and r.get("forget_quality") is not None]
-
-    out: dict[str, Any] = {"runs": agreement(pairs_of("holdout_forget_quality")),
-                           "runs_anchored": agreement(pairs_of("hfq_start"))}
+    out: dict[str, Any] = {"runs": run_agreement(rows, "holdout_forget_quality"),
+                           "runs_anchored": run_agreement(rows, "hfq_start")}
     steps = [s for r in rows for s in r.get("scored_steps", []) if s.get("forget_truth_ratios")]
     if retain_logs is not None and retain_logs.is_file() and steps:
         from llm_unlearn.eval.logs import read_logs, split_truth_ratios
@@ -352,11 +358,11 @@ def rank_agreement(rows: list[dict], retain_logs: Path | None, runs_dir: Path | 
         steps = [s for s in steps if len(s["forget_truth_ratios"]) == len(ref)]
         fq = [M.forget_quality(s["forget_truth_ratios"], ref)["pvalue"] for s in steps]
         current = [(s["hfq"], f) for s, f in zip(steps, fq) if s.get("hfq_reference", "current") == "current"]
-        out["scored_steps"] = {**agreement(current), "pairs": [list(p) for p in current]}
+        out["scored_steps"] = {**_agreement(current), "pairs": [list(p) for p in current]}
         held = _target_holdout_ratios(runs_dir) if runs_dir is not None else None
         if held is not None:
             anchored = [(M.holdout_forget_quality(s["forget_truth_ratios"], held)["pvalue"], f) for s, f in zip(steps, fq)]
-            out["scored_steps_anchored"] = {**agreement(anchored), "pairs": [list(p) for p in anchored]}
+            out["scored_steps_anchored"] = {**_agreement(anchored), "pairs": [list(p) for p in anchored]}
     return out
 
 
@@ -367,8 +373,6 @@ def pooled_agreement(rows: list[dict], runs_dir: Path, paths: list[str]) -> dict
     invocation's copy first. Runs evaluated against another holdout set (a tuned row's final
     evaluation takes the search's holdout split) are compared on the anchored HFQ too, which reads
     every row's forget truth ratios against the target's own holdout items."""
-    from llm_unlearn.eval import metrics as M
-
     pool: dict[str, dict] = {}
     sources = []
     for path in paths:
@@ -379,15 +383,10 @@ def pooled_agreement(rows: list[dict], runs_dir: Path, paths: list[str]) -> dict
         for r in other.get("rows", []):
             pool[r["run"]] = r
     pool.update({r["run"]: r for r in rows})
-    evaluated = [r for r in pool.values() if r["run"] != "retain" and r.get("forget_quality") is not None]
-    anchored_hfq([r for r in evaluated if r.get("hfq_start") is None], runs_dir)  # older files: where the logs still are
-
-    def agreement(key: str) -> dict[str, Any]:
-        pairs = [(r[key], r["forget_quality"]) for r in evaluated if r.get(key) is not None]
-        return {"n": len(pairs), "spearman": M.spearman(*zip(*pairs)) if len(pairs) >= 3 else None,
-                "runs": sorted(r["run"] for r in evaluated if r.get(key) is not None)}
-
-    return {"files": sources, "runs": agreement("holdout_forget_quality"), "runs_anchored": agreement("hfq_start")}
+    rows = list(pool.values())
+    anchored_hfq([r for r in rows if r.get("hfq_start") is None], runs_dir)  # older files: where the logs still are
+    return {"files": sources, "runs": run_agreement(rows, "holdout_forget_quality"),
+            "runs_anchored": run_agreement(rows, "hfq_start")}
 
 
 def utility_intervals(rows: list[dict], runs_dir: Path, n_boot: int = 1000) -> None:

@@ -1,0 +1,41 @@
+"""`benchmarks/tofu_frontier.py --rank-pool`: the Spearman over all frontier runs pools earlier result
+files on the same models (the same runs directory), each run once, this invocation's copy first."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import tofu_frontier  # noqa: E402
+
+
+def _row(run, fq, hfq, hfq_start=None):
+    return {"run": run, "forget_quality": fq, "holdout_forget_quality": hfq, "hfq_start": hfq_start}
+
+
+def _write(path, runs_dir, rows):
+    path.write_text(json.dumps({"runs_dir": str(runs_dir), "rows": rows}))
+    return str(path)
+
+
+def test_pooled_agreement_counts_each_run_once_on_the_same_models(tmp_path):
+    runs_dir = tmp_path / "cache" / "runs_abc"
+    runs_dir.mkdir(parents=True)
+    same = _write(tmp_path / "a.json", runs_dir, [
+        _row("retain", 1.0, 0.9), _row("target", 1e-5, 1e-5), _row("old_a", 0.02, 0.01),
+        _row("old_b", 0.3, 0.5), _row("mine", 0.9, 0.0001)])  # an older copy of "mine": replaced
+    other = _write(tmp_path / "b.json", tmp_path / "cache" / "runs_other", [_row("foreign", 0.5, 1e-9)])
+    rows = [_row("retain", 1.0, 0.9), _row("target", 1e-5, 1e-5, 1e-5), _row("mine", 0.6, 0.7, 0.8)]
+
+    pooled = tofu_frontier.pooled_agreement(rows, runs_dir, [same, other])
+
+    assert pooled["files"] == ["a.json"]  # another runs directory: other models, not pooled
+    assert pooled["runs"]["runs"] == ["mine", "old_a", "old_b", "target"]  # retain left out, "mine" once
+    assert pooled["runs"]["spearman"] == pytest.approx(1.0)  # this invocation's "mine" (HFQ 0.7, FQ 0.6)
+    assert pooled["runs_anchored"]["n"] == 2 and pooled["runs_anchored"]["spearman"] is None  # < 3 runs
+    # the target line of the benchmark reads the pooled figure when there is one
+    targets = tofu_frontier.frontier_targets(rows, {"runs": {"spearman": -1.0, "n": 2}, "pooled": pooled})
+    spearman = next(t for t in targets if t["target"].startswith("HFQ ranks runs"))
+    assert spearman["measured"] == pytest.approx(1.0) and spearman["n"] == 4 and spearman["pass"] is True
