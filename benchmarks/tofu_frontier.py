@@ -243,6 +243,13 @@ def wants_tune(tasks: set[str], name: str, seed: int) -> bool:
     return f"tune:{name}" in tasks or f"tune:{name}@{seed}" in tasks
 
 
+def tuned_beta_range(method: str, args) -> tuple[float, float] | None:
+    """The β range a tuned row searches: ``--tune-beta-range`` for the NPO rows (NPO+RT, NPO+RT+WAGLE),
+    where β scales the log-likelihood ratio to the target; SimNPO's β divides a length-normalised
+    log-likelihood (another scale) and GradDiff has none, so they keep the library's ranges."""
+    return tuple(args.tune_beta_range) if args.tune_beta_range and method == "npo" else None
+
+
 def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, retain_logs: Path,
               seed: int | None = None) -> dict[str, Any]:
     """One `tuned` row: `llm_unlearn.tune` on the target with the shared trial budget; the tuner
@@ -263,7 +270,7 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
                      retain_logs=str(retain_logs), eval_max_items=args.eval_items,
                      eval_max_new_tokens=args.max_new_tokens, utility_rule=args.tune_utility_rule,
                      hfq_reference=args.tune_hfq_reference, progress=not args.no_progress,
-                     beta_range=tuple(args.tune_beta_range) if args.tune_beta_range else None,
+                     beta_range=tuned_beta_range(method, args),
                      **({"holdout_split": HOLDOUT_ALL, "holdout_items": args.tune_holdout_items}
                         if args.tune_holdout_items else {}))
     stamp = json.loads(json.dumps({k: v for k, v in vars(cfg).items() if k not in ("output", "progress")}, default=str))
@@ -716,7 +723,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-hfq-reference", default="start", choices=["start", "current"],
                    help="the tuner's HFQ reference: the holdout items under the target (start) or under the scored model")
     p.add_argument("--tune-beta-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
-                   help="beta range the tuner searches (NPO, SimNPO; default the library's)")
+                   help="beta range the tuner searches for the NPO rows (npo_rt, npo_rt_wagle); SimNPO and "
+                        "GradDiff keep the library's ranges (default: the library's for every row)")
     p.add_argument("--tune-holdout-items", type=int, default=None,
                    help="holdout items the tuner scores HFQ against, from every item about authors outside the subset "
                         "(400 on TOFU; default: as many as --tune-score-items, from the holdoutXX split)")

@@ -4,8 +4,11 @@ files on the same models (the same runs directory), each run once, this invocati
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+
+from llm_unlearn.tune import TuneConfig, beta_range
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import tofu_frontier  # noqa: E402
@@ -39,3 +42,13 @@ def test_pooled_agreement_counts_each_run_once_on_the_same_models(tmp_path):
     targets = tofu_frontier.frontier_targets(rows, {"runs": {"spearman": -1.0, "n": 2}, "pooled": pooled})
     spearman = next(t for t in targets if t["target"].startswith("HFQ ranks runs"))
     assert spearman["measured"] == pytest.approx(1.0) and spearman["n"] == 4 and spearman["pass"] is True
+
+
+def test_tune_beta_range_reaches_the_npo_rows_only():
+    """`--tune-beta-range` is on NPO's scale: SimNPO (another scale) and GradDiff (no β) keep the
+    library's ranges, so one invocation can tune all four rows."""
+    args = SimpleNamespace(tune_beta_range=[0.02, 0.05])
+    got = {name: tofu_frontier.tuned_beta_range(method, args) for name, (method, _) in tofu_frontier.TUNED.items()}
+    assert got == {"npo_rt": (0.02, 0.05), "npo_rt_wagle": (0.02, 0.05), "simnpo": None, "graddiff": None}
+    assert beta_range(TuneConfig(model="m", data="d", output="o", method="simnpo", beta_range=got["simnpo"])) == (0.5, 5.0)
+    assert tofu_frontier.tuned_beta_range("npo", SimpleNamespace(tune_beta_range=None)) is None
