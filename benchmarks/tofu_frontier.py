@@ -271,6 +271,7 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
                      eval_max_new_tokens=args.max_new_tokens, utility_rule=args.tune_utility_rule,
                      hfq_reference=args.tune_hfq_reference, progress=not args.no_progress,
                      beta_range=tuned_beta_range(method, args),
+                     alpha_range=tuple(args.tune_alpha_range) if args.tune_alpha_range else None,
                      **({"holdout_split": HOLDOUT_ALL, "holdout_items": args.tune_holdout_items}
                         if args.tune_holdout_items else {}))
     stamp = json.loads(json.dumps({k: v for k, v in vars(cfg).items() if k not in ("output", "progress")}, default=str))
@@ -725,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-beta-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="beta range the tuner searches for the NPO rows (npo_rt, npo_rt_wagle); SimNPO and "
                         "GradDiff keep the library's ranges (default: the library's for every row)")
+    p.add_argument("--tune-alpha-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="alpha range (the retain term's weight) the tuner searches, every row (default the library's)")
     p.add_argument("--tune-holdout-items", type=int, default=None,
                    help="holdout items the tuner scores HFQ against, from every item about authors outside the subset "
                         "(400 on TOFU; default: as many as --tune-score-items, from the holdoutXX split)")
@@ -819,7 +822,7 @@ def main(argv: list[str] | None = None) -> int:
                              "eval_every": args.tune_every, "patience": args.tune_patience, "patience_warmup": args.tune_patience_warmup, "modes": args.tune_modes,
                              "seeds": tune_seeds(args), "utility_items": args.tune_utility_items, "score_items": args.tune_score_items or args.eval_items,
                              "hfq_reference": args.tune_hfq_reference, "holdout_items": args.tune_holdout_items,
-                             "beta_range": args.tune_beta_range,
+                             "beta_range": args.tune_beta_range, "alpha_range": args.tune_alpha_range,
                              "objective": "max HFQ s.t. utility proxy >= 0.95 x target (retain-free)"}
     # one directory for every budget: a run's own stamp holds its epochs and learning rate, and a run
     # off the default budget has them in its name, so sweeps share the target / retain evaluations

@@ -365,9 +365,12 @@ RMU_ALPHA_RANGE = (30.0, 3000.0)
 RMU_SCALE_RANGE = (0.5, 8.0)
 
 
-def alpha_range(method: str) -> tuple[float, float]:
-    """The α searched: RMU's weighs activation matching, the others' a retain NLL / KL term."""
-    return RMU_ALPHA_RANGE if method == "rmu" else ALPHA_RANGE
+def alpha_range(cfg: TuneConfig) -> tuple[float, float]:
+    """The α searched: `cfg.alpha_range`, else the method's (RMU's weighs activation matching, the
+    others' a retain NLL / KL term)."""
+    if cfg.alpha_range is not None:
+        return tuple(cfg.alpha_range)
+    return RMU_ALPHA_RANGE if cfg.method == "rmu" else ALPHA_RANGE
 
 
 def beta_range(cfg: TuneConfig) -> tuple[float, float]:
@@ -395,7 +398,7 @@ def suggest(trial, cfg: TuneConfig) -> dict[str, Any]:
         if cfg.max_steps > low else cfg.max_steps
     if cfg.method in BETA_RANGE:
         p["beta"] = trial.suggest_float("beta", *beta_range(cfg), log=True)
-    p["alpha"] = trial.suggest_float("alpha", *alpha_range(cfg.method), log=True)
+    p["alpha"] = trial.suggest_float("alpha", *alpha_range(cfg), log=True)
     if cfg.method == "rmu":
         p["steering_scale"] = trial.suggest_float("steering_scale", *RMU_SCALE_RANGE, log=True)
     mask = trial.suggest_categorical("mask", masks) if len(masks) > 1 else masks[0]
@@ -420,7 +423,7 @@ def default_points(cfg: TuneConfig) -> list[dict[str, Any]]:
         lo, hi = lr_range(cfg, mode)
         lr = unlearn_mod.mode_defaults(cfg.method, mode == "lora").get("learning_rate", own.get("learning_rate"))
         point: dict[str, Any] = {"mode": mode, f"lr_{mode}": _clip(lr, lo, hi), "max_steps": cfg.max_steps,
-                                 "alpha": _clip(own.get("alpha", 1.0), *alpha_range(cfg.method)), "mask": masks[0]}
+                                 "alpha": _clip(own.get("alpha", 1.0), *alpha_range(cfg)), "mask": masks[0]}
         if cfg.method in BETA_RANGE:
             point["beta"] = _clip(own.get("beta", beta_range(cfg)[0]), *beta_range(cfg))
         if cfg.method == "rmu":
@@ -495,7 +498,7 @@ def check_config(cfg: TuneConfig) -> str:
         raise UnlearnError(f"--utility-floor must be in (0, 1], got {cfg.utility_floor}")
     if cfg.beta_range is not None and cfg.method not in BETA_RANGE:
         raise UnlearnError(f"--beta-range applies to {', '.join(BETA_RANGE)}, not {cfg.method}")
-    for name in ("lr_lora", "lr_full", "lr_rmu", "beta_range"):
+    for name in ("lr_lora", "lr_full", "lr_rmu", "beta_range", "alpha_range"):
         if getattr(cfg, name) is None:
             continue
         lo, hi = getattr(cfg, name)

@@ -68,6 +68,9 @@ class TuneConfig:
         "help": "beta range searched (log), NPO and SimNPO (default NPO 0.01-1, SimNPO 0.5-5); NPO's gradient "
                 "on a sequence fades as exp(beta x its log-likelihood drop), so a small beta keeps pushing longer "
                 "(towards gradient ascent)"})
+    alpha_range: tuple[float, float] | None = field(default=None, metadata={
+        "help": "alpha range searched (log): the retain term's weight (NPO, SimNPO, GradDiff: 0.3-3 by default; "
+                "RMU: its activation-matching weight, 30-3000); LOW = HIGH fixes it"})
     batch_size: int = field(default=4, metadata={"help": "forget (and retain) items per step"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank (alpha = 2r)"})
     optim: str | None = field(default=None, metadata={"help": "optimizer (TrainingArguments.optim; default AdamW)"})

@@ -590,8 +590,8 @@ def test_holdout_items_apart_from_the_forget_items(synthetic_dir):
     assert not {r["question"] for r in wide["holdout"]} & {r["question"] for r in wide["forget"]}
 
 
-def test_beta_range(target_dir, synthetic_dir, tmp_path, capsys):
-    """`--beta-range` replaces the method's β range: the default point is clipped into it and every
+def test_beta_and_alpha_range(target_dir, synthetic_dir, tmp_path, capsys):
+    """`--beta-range` (and `--alpha-range`) replaces the method's β (α) range: the default point is clipped into it and every
     sampled β lies in it; bad ranges and methods without β are one-line errors."""
     import optuna
 
@@ -608,6 +608,12 @@ def test_beta_range(target_dir, synthetic_dir, tmp_path, capsys):
     assert "error: --beta-range: expected 0 < LOW <= HIGH" in capsys.readouterr().err
     assert main([*base, "--method", "grad_diff", "--beta-range", "0.1", "0.2"]) == 2
     assert "error: --beta-range applies to npo, simnpo, not grad_diff" in capsys.readouterr().err
+    # --alpha-range likewise, for every method (the retain term's weight; LOW = HIGH fixes it)
+    fixed = TuneConfig(model="m", output="o", method="grad_diff", modes="lora", alpha_range=(3.0, 3.0))
+    assert default_points(fixed)[0]["alpha"] == pytest.approx(3.0)  # the config's 1.0, clipped
+    assert suggest(study.ask(), fixed)["alpha"] == pytest.approx(3.0)
+    assert main([*base, "--alpha-range", "0", "1"]) == 2
+    assert "error: --alpha-range: expected 0 < LOW <= HIGH" in capsys.readouterr().err
 
 
 def test_start_scores_are_cached_across_searches(target_dir, synthetic_dir, tmp_path, monkeypatch, capsys):

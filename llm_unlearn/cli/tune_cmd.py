@@ -36,7 +36,7 @@ def register(sub, name: str, help_text: str) -> None:
         elif isinstance(f.default, tuple):
             p.add_argument(flag, type=float, nargs=2, metavar=("LOW", "HIGH"), default=f.default,
                            help=f"{help_} (default {f.default[0]:g} {f.default[1]:g})")
-        elif f.name == "beta_range":
+        elif f.name in ("beta_range", "alpha_range"):
             p.add_argument(flag, type=float, nargs=2, metavar=("LOW", "HIGH"), default=None, help=help_)
         elif f.default is None:
             typ = int if f.name in ("max_authors", "max_length") or "items" in f.name else str
@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = TuneConfig(**{n: getattr(args, n) for n in names}, progress=not args.quiet, protocol=args.protocol)
     cfg.lr_lora, cfg.lr_full, cfg.lr_rmu = tuple(cfg.lr_lora), tuple(cfg.lr_full), tuple(cfg.lr_rmu)
     cfg.beta_range = tuple(cfg.beta_range) if cfg.beta_range is not None else None
+    cfg.alpha_range = tuple(cfg.alpha_range) if cfg.alpha_range is not None else None
     summary = tune(cfg, overwrite=args.overwrite, resume=args.resume)
     print(f"wrote {summary['chosen_dir']} (the chosen run), trials.json, trials.png and tune.json to {cfg.output}")
     return 0
