@@ -70,7 +70,7 @@ from llm_unlearn.eval.metrics import UTILITY_PROXY_KEYS, holdout_forget_quality
 from llm_unlearn.models import cache_dir, load_tokenizer, resolve_model_path
 from llm_unlearn.outputs import check_output, prepare_output_dir
 from llm_unlearn.trainers import get_method
-from llm_unlearn.tune_config import MASK_CHOICES, TUNABLE_METHODS, TuneConfig  # noqa: F401  (re-exported)
+from llm_unlearn.tune_config import MASK_CHOICES, RANGE_FIELDS, TUNABLE_METHODS, TuneConfig  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -498,7 +498,7 @@ def check_config(cfg: TuneConfig) -> str:
         raise UnlearnError(f"--utility-floor must be in (0, 1], got {cfg.utility_floor}")
     if cfg.beta_range is not None and cfg.method not in BETA_RANGE:
         raise UnlearnError(f"--beta-range applies to {', '.join(BETA_RANGE)}, not {cfg.method}")
-    for name in ("lr_lora", "lr_full", "lr_rmu", "beta_range", "alpha_range"):
+    for name in RANGE_FIELDS:
         if getattr(cfg, name) is None:
             continue
         lo, hi = getattr(cfg, name)

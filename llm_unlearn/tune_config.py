@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from llm_unlearn.data.protocol import DEFAULT_PROTOCOL
 
 TUNABLE_METHODS = ("grad_diff", "npo", "simnpo", "rmu")
+# the (LOW, HIGH) search ranges of TuneConfig: tuples, validated alike (None: the method's own range)
+RANGE_FIELDS = ("lr_lora", "lr_full", "lr_rmu", "beta_range", "alpha_range")
 MASK_CHOICES = ("none", "wagle", "random")
 
 

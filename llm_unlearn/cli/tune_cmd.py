@@ -54,13 +54,13 @@ def register(sub, name: str, help_text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from llm_unlearn.tune import TuneConfig, tune
+    from llm_unlearn.tune import RANGE_FIELDS, TuneConfig, tune
 
     names = {f.name for f in dataclasses.fields(TuneConfig)} - _SKIP
     cfg = TuneConfig(**{n: getattr(args, n) for n in names}, progress=not args.quiet, protocol=args.protocol)
-    cfg.lr_lora, cfg.lr_full, cfg.lr_rmu = tuple(cfg.lr_lora), tuple(cfg.lr_full), tuple(cfg.lr_rmu)
-    cfg.beta_range = tuple(cfg.beta_range) if cfg.beta_range is not None else None
-    cfg.alpha_range = tuple(cfg.alpha_range) if cfg.alpha_range is not None else None
+    for name in RANGE_FIELDS:  # argparse gives lists
+        if getattr(cfg, name) is not None:
+            setattr(cfg, name, tuple(getattr(cfg, name)))
     summary = tune(cfg, overwrite=args.overwrite, resume=args.resume)
     print(f"wrote {summary['chosen_dir']} (the chosen run), trials.json, trials.png and tune.json to {cfg.output}")
     return 0
