@@ -66,7 +66,12 @@ from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import logs as eval_logs
 from llm_unlearn.eval.corpus_scores import score_corpus
 from llm_unlearn.eval.evaluator import evaluate_model, score_splits, write_eval
-from llm_unlearn.eval.metrics import UTILITY_PROXY_KEYS, holdout_forget_quality
+from llm_unlearn.eval.metrics import (
+    UTILITY_PROXY_KEYS,
+    describe_forgetting,
+    forgetting_direction,
+    holdout_forget_quality,
+)
 from llm_unlearn.models import cache_dir, load_tokenizer, resolve_model_path
 from llm_unlearn.outputs import check_output, prepare_output_dir
 from llm_unlearn.trainers import get_method
@@ -130,6 +135,16 @@ def _distance_note(rec: dict[str, Any], start: dict[str, Any]) -> str:
     return f" (forget-holdout distance {rec['distance'] / start['distance']:.2f}x start)"
 
 
+# what to change when the chosen step's forget items still differ from unseen ones
+# (`forgetting_direction`; the two-sided HFQ cannot say which way)
+DIRECTION_HINTS = {
+    "short": ": give the search room to go further (more --trials, a larger --max-steps, a higher --lr-lora / "
+             "--lr-full range, or for NPO a lower --beta-range)",
+    "overshot": ": the forgetting ran past unseen items' level before the step the search kept; score more "
+                "often (--eval-every) or search a lower learning-rate range",
+}
+
+
 def objective_value(rec: dict[str, Any], start: dict[str, Any], hfq_level: float = 1.0) -> float:
     """What a trial reports to Optuna (maximised): log10 HFQ, minus the KS statistic, minus the
     distance as a fraction of the start's. The chosen trial is picked by `step_key`; this scalar
@@ -189,6 +204,8 @@ class BestStepCallback(TrainerCallback):
         for key in ("distance", "gap"):
             if scores.get(key) is not None:
                 rec[key] = float(scores[key])
+        if scores.get("direction"):
+            rec["direction"] = scores["direction"]
         if self.term_min is None:
             rec["feasible"] = rec["utility_proxy"] >= self.utility_min
         else:
@@ -298,6 +315,7 @@ def make_scorer(rows: dict[str, list[dict]], tokenizer, batch_size: int, protoco
                 # truth ratio R = P(perturbed) / P(correct): a known answer has a small R, so -log R is familiarity
                 "gap": familiarity_gap([-math.log(max(r, 1e-300)) for r in tr["forget"]],
                                        [-math.log(max(r, 1e-300)) for r in tr["holdout"]]) if tr.get("holdout") else None,
+                "direction": forgetting_direction(tr["forget"], tr["holdout"])["verdict"] if tr.get("holdout") else None,
                 "utility_proxy": m["utility_proxy"], "forget_truth_ratios": tr["forget"],
                 "utility_terms": terms,
                 **({"holdout_truth_ratios": tr["holdout"]} if holdout_ratios is None and tr.get("holdout") else {})}
@@ -340,6 +358,7 @@ def make_corpus_scorer(docs: dict[str, Any], tokenizer, batch_size: int,
                 "distance": score_distance(s["forget_min_k"], s["holdout_min_k"]),
                 # Min-K% Prob here is minus the mean of the lowest log-probabilities: higher is less familiar
                 "gap": familiarity_gap([-x for x in s["forget_min_k"]], [-x for x in s["holdout_min_k"]]),
+                "direction": forgetting_direction(s["forget_min_k"], s["holdout_min_k"])["verdict"],
                 "forget_nll": s["mean_nll"]["forget"], "holdout_nll": s["mean_nll"]["holdout"],
                 "retain_nll": s["mean_nll"]["retain"]}
 
@@ -727,7 +746,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
         best = cb.best
         rec = {"number": trial.number, "params": p, "default_point": bool(trial.user_attrs.get("default")),
                "feasible": best["feasible"], "hfq": best["hfq"], "ks_statistic": best["ks_statistic"],
-               "distance": best.get("distance"), "utility_proxy": best["utility_proxy"], "utility_ratio": best["utility_proxy"] / start["utility_proxy"],
+               "distance": best.get("distance"), "direction": best.get("direction"), "utility_proxy": best["utility_proxy"], "utility_ratio": best["utility_proxy"] / start["utility_proxy"],
                "best_step": best["step"], "steps_trained": manifest["steps"], "stopped_early": cb.stopped_early,
                "history": cb.history, "run_dir": str(run_dir), "time_s": round(time.time() - t, 1),
                "nll": {k: manifest["nll"][k] for k in ("forget_before", "forget_after", "retain_before", "retain_after",
@@ -779,6 +798,9 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
     say(f"chosen: trial {chosen['number']} ({_describe(chosen['params'])}), HFQ {chosen['hfq']:.3g}"
         f"{_distance_note(chosen, start)}, utility "
         f"{chosen['utility_ratio']:.3f}x start, step {chosen['best_step']}; copied to {chosen_dir}")
+    if chosen.get("direction"):
+        say(f"at the chosen step the forget items {describe_forgetting(chosen['direction'])}"
+            + DIRECTION_HINTS.get(chosen["direction"], ""))
     search_s = elapsed_before + time.time() - t0
 
     report: dict[str, Any] = {}

@@ -35,7 +35,7 @@ from llm_unlearn.data.qa import QACollator, check_tokenizer, template_settings, 
 from llm_unlearn.data.tofu import load_tofu, matching_retain_split, read_refusals
 from llm_unlearn.errors import DivergenceError, TrainingInterrupted, UnlearnError
 from llm_unlearn.eval.evaluator import holdout_rows, score_splits
-from llm_unlearn.eval.metrics import holdout_forget_quality
+from llm_unlearn.eval.metrics import forgetting_direction, holdout_forget_quality
 from llm_unlearn.interrupt import SaveOnInterrupt, last_checkpoint
 from llm_unlearn.models import (
     ADAPTER_MASK_FILE,
@@ -177,6 +177,26 @@ def forgetting_warning(nll: dict[str, Any], hyperparameters: dict[str, Any], lor
             f"Raise --lr (now {lr:g}) or the budget ({budget})"
             + ("" if lora else " or train a LoRA adapter (--lora)")
             + ", or search them without a retain model: llm-unlearn tune")
+
+
+BETA_METHODS = ("npo", "npo_sam")  # NPO's push on a sequence fades as exp(beta x its log-likelihood drop)
+
+
+def direction_advice(verdict: str, method: str, hyperparameters: dict[str, Any]) -> str:
+    """What to change after a run whose forget items still differ from unseen ones
+    (`forgetting_direction`'s verdict ``short`` or ``overshot``; "" for ``alike``)."""
+    if verdict not in ("short", "overshot"):
+        return ""
+    lr, beta = hyperparameters.get("learning_rate"), hyperparameters.get("beta")
+    steps, epochs = hyperparameters.get("max_steps"), hyperparameters.get("num_train_epochs")
+    budget = f"--max-steps {steps}" if steps and steps > 0 else f"--epochs {epochs:g}" if epochs else "the budget"
+    lr_now = f" (now {lr:g})" if lr else ""
+    beta_now = f" (now {beta:g})" if beta is not None else ""
+    if verdict == "short":
+        return (f"raise --lr{lr_now} or {budget}" + (f", or lower --beta{beta_now}" if method in BETA_METHODS else "")
+                + "; llm-unlearn tune searches them without a retain model")
+    return (f"lower --lr{lr_now} or {budget}" + (f", or raise --beta{beta_now}" if method in BETA_METHODS else "")
+            + "; llm-unlearn tune picks the stopping step without a retain model")
 
 
 def hfq_rows(data, forget_split: str, max_items: int | None, holdout_split: str | None = None,
@@ -578,8 +598,16 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
     if rows_hfq is not None:
         hfq["after"], ratios_after = _hfq(trainer.model, tokenizer, rows_hfq, batch)
         hfq["after_vs_start_holdout"] = _anchored_hfq(ratios_after.get("forget"), ratios_before.get("holdout"))
+        # which way the forget items differ from unseen ones, against the holdout under the starting
+        # model (the tuner's reference; a run that damages every item moves the holdout with it)
+        reference = ratios_before.get("holdout") or ratios_after.get("holdout")
+        if ratios_after.get("forget") and reference:
+            hfq["direction"] = forgetting_direction(ratios_after["forget"], reference)
+            hfq["direction"]["reference"] = "start" if ratios_before.get("holdout") else "current"
     nll_means = {"forget_before": _mean(forget_before), "forget_after": _mean(forget_after)}
     warning = forgetting_warning(nll_means, method_hyperparameters(cfg), lora)
+    if hfq.get("direction"):
+        hfq["direction"]["advice"] = direction_advice(hfq["direction"]["verdict"], method, method_hyperparameters(cfg))
     if warning:
         logger.info(warning)
     manifest.update(
@@ -612,5 +640,5 @@ def method_hyperparameters(cfg: UnlearnConfig) -> dict[str, Any]:
     return {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v) for k, v in out.items()}
 
 
-__all__ = ["METHODS", "MODE_DEFAULTS", "build_config", "forgetting_warning", "load_config_file", "load_target",
+__all__ = ["METHODS", "MODE_DEFAULTS", "build_config", "direction_advice", "forgetting_warning", "load_config_file", "load_target",
            "method_hyperparameters", "mode_defaults", "run_unlearning"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from scipy.stats import ks_2samp
 
+from llm_unlearn.eval import metrics as M
 from llm_unlearn.tune import BestStepCallback, objective_value, score_distance, step_key
 from llm_unlearn.unlearn import MODE_DEFAULTS
 
@@ -206,6 +207,12 @@ def test_tune_three_trials_never_opens_the_retain_logs(target_dir, synthetic_dir
         assert [r["hfq"] for r in logged] == [h["hfq"] for h in t["history"]]
     printed = capsys.readouterr().out
     assert "trial 0 step 2: HFQ" in printed and "lowest term" in printed
+    # every scored step says which way its forget items differ from unseen ones; the start's stop short
+    assert all(h["direction"] in M.FORGETTING_VERDICTS for t in trials["trials"] for h in t["history"])
+    assert trials["trials"][0]["history"][0]["direction"] == "short"
+    chosen = next(t for t in trials["trials"] if t["number"] == trials["chosen"])
+    assert summary["chosen"]["direction"] == chosen["direction"] == next(h["direction"] for h in chosen["history"] if h["step"] == chosen["best_step"])
+    assert f"at the chosen step the forget items {M.describe_forgetting(chosen['direction'])}" in printed
 
 
 def test_tune_bad_input_exits_2(target_dir, synthetic_dir, tmp_path, capsys):
@@ -391,7 +398,7 @@ def test_tune_on_corpus(domain_target, tmp_path, monkeypatch, capsys):
     for t in trials:  # unlearning moved the forget windows' NLL up; every scoring step was recorded
         assert [h["step"] for h in t["history"]] == list(range(0, t["params"]["max_steps"] + 1, 3))
         assert t["history"][-1]["forget_nll"] > t["history"][0]["forget_nll"]
-        assert all("gap" in h for h in t["history"])
+        assert all("gap" in h and h["direction"] in M.FORGETTING_VERDICTS for h in t["history"])
     # the chosen step forgot more than the start: a higher HFQ, or (both at the KS floor, as on some
     # hosts' numerics) forget and holdout scores closer together
     chosen, start = summary["chosen"], summary["start"]

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from llm_unlearn.eval.logs import (
         SUMMARY_FORMAT,
         compute_summary,
+        forgetting_note,
         format_value,
         read_logs,
         retain_free_note,
@@ -47,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
             n_ret = summary["retain_logs"]["n_forget_items"] if summary["retain_logs"] else n_forget
             reason = f"smallest p-value reachable with {n_forget} vs {n_ret} items"
         print(f"{key:36s} {format_value(value, key)}" + (f"  ({reason})" if reason else ""))
+        if key == "holdout_forget_quality" and forgetting_note(summary):
+            print(f"{'':36s} {forgetting_note(summary)}")
     if m["forget_quality"] is not None and m["forget_quality"] <= m["forget_quality_floor"] * (1 + 1e-9):
         print("note: forget quality is at the floor (complete separation): a bound, not a measurement")
     if out is not None:

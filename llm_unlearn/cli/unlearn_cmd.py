@@ -168,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
         threads=int(args.threads) if str(args.threads).isdigit() else args.threads,
     )
     from llm_unlearn.eval.logs import format_value
+    from llm_unlearn.eval.metrics import describe_forgetting
 
     nll, hfq = result["nll"], result.get("hfq") or {}
     retain = (f"retain NLL {nll['retain_before']:.3f} -> {nll['retain_after']:.3f}"
@@ -184,5 +185,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"holdout forget quality: n/a ({hfq.get('not_available') or 'not scored'})")
     if result.get("warning"):
         print(f"warning: {result['warning']}")
+    elif hfq.get("direction"):  # which way the forget items differ from unseen ones (HFQ is two-sided)
+        d = hfq["direction"]
+        print(f"forgetting: the forget items {describe_forgetting(d['verdict'])} (median truth ratio "
+              f"{d['forget_median']:.3f} vs the holdout's {d['holdout_median']:.3f})"
+              + (f"; {d['advice']}" if d.get("advice") else ""))
     print(f"saved {'adapter' if args.lora else 'model'}, tokenizer and run.json to {out}")
     return 0

@@ -561,6 +561,7 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None,
             na["forget_quality_floor"] = na["forget_quality"]
 
     m["holdout_forget_quality"] = m["holdout_forget_quality_ks_statistic"] = None
+    direction = None  # which way the forget items differ from the holdout's (`forgetting_direction`)
     hold = logs.splits.get("holdout")
     hold_tr = split_truth_ratios(hold) if hold is not None else None
     if hold is None:
@@ -572,6 +573,7 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None,
     else:
         hfq = M.holdout_forget_quality(ours_tr, hold_tr)
         m["holdout_forget_quality"], m["holdout_forget_quality_ks_statistic"] = hfq["pvalue"], hfq["statistic"]
+        direction = M.forgetting_direction(ours_tr, hold_tr)
     if m["holdout_forget_quality"] is None:
         na["holdout_forget_quality_ks_statistic"] = na["holdout_forget_quality"]
 
@@ -596,6 +598,7 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None,
     return {
         "metrics": m,
         "not_available": na,
+        "forgetting_direction": direction,
         "n_items": {name: len(s) for name, s in logs.splits.items()},
         "definitions": DEFINITIONS,
         "logs": {"format": logs.fmt, "path": logs.path, "protocol": logs.protocol},
@@ -604,6 +607,16 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None,
             "format": retain_logs.fmt, "path": retain_logs.path, "protocol": retain_logs.protocol,
             "n_forget_items": len(retain_logs.splits["forget"]) if "forget" in retain_logs.splits else 0},
     }
+
+
+def forgetting_note(summary: dict[str, Any]) -> str:
+    """``"the forget items ..."``: which way they differ from the holdout items (`forgetting_direction`,
+    what the two-sided HFQ does not say), for printing under HFQ; '' without a holdout comparison."""
+    d = summary.get("forgetting_direction")
+    if not d:
+        return ""
+    return (f"the forget items {M.describe_forgetting(d['verdict'])} (median truth ratio {d['forget_median']:.3f} "
+            f"vs the holdout's {d['holdout_median']:.3f})")
 
 
 def retain_free_note(key: str) -> str:

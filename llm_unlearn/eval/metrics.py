@@ -131,6 +131,43 @@ def holdout_forget_quality(forget_ratios: Sequence[float], holdout_ratios: Seque
     return forget_quality(forget_ratios, holdout_ratios)
 
 
+FORGETTING_VERDICTS = ("alike", "short", "overshot")
+FORGETTING_LEVEL = 0.05  # HFQ at or above it: the forget items cannot be told from unseen ones at the 5% level
+
+
+def forgetting_direction(forget_scores: Sequence[float], holdout_scores: Sequence[float],
+                         level: float = FORGETTING_LEVEL) -> dict[str, float | str]:
+    """Which way a model's forget items differ from unseen (holdout) ones: what HFQ, a two-sided
+    p-value, does not say. Scores are per item, *higher = less familiar*: TOFU truth ratios
+    (P(perturbed) / P(correct), small for a known answer) or corpus Min-K% scores.
+
+    The one-sided KS distances ``more_familiar = max(F_forget - F_holdout)`` and ``less_familiar =
+    max(F_holdout - F_forget)`` over the pooled values give the direction; the two-sided p-value
+    (`holdout_forget_quality`) decides whether there is one. ``verdict``:
+    - ``"alike"``: p >= `level`; the forget items look like items the model never saw;
+    - ``"short"``: the forget items are still more familiar: forgetting stopped short (the
+      starting model's verdict);
+    - ``"overshot"``: they are now *less* familiar than unseen items: the model rejects the forget
+      answers, which a membership attack can tell apart just as well (over-unlearning)."""
+    a, b = np.sort(_as_1d(forget_scores)), np.sort(_as_1d(holdout_scores))
+    grid = np.concatenate([a, b])
+    cdf_a = np.searchsorted(a, grid, side="right") / a.size
+    cdf_b = np.searchsorted(b, grid, side="right") / b.size
+    more, less = float(np.max(cdf_a - cdf_b)), float(np.max(cdf_b - cdf_a))
+    p = holdout_forget_quality(a, b)["pvalue"]
+    verdict = "alike" if p >= level else ("short" if more >= less else "overshot")
+    return {"verdict": verdict, "pvalue": p, "more_familiar": max(more, 0.0), "less_familiar": max(less, 0.0),
+            "forget_median": float(np.median(a)), "holdout_median": float(np.median(b))}
+
+
+def describe_forgetting(verdict: str) -> str:
+    """One clause for `forgetting_direction`'s verdict, for a console line."""
+    return {"alike": "look like unseen items",
+            "short": "are still more familiar than unseen items: forgetting stopped short",
+            "overshot": "are now less familiar than unseen items: forgetting overshot, which a membership "
+                        "attack detects as well as memorisation"}[verdict]
+
+
 def corpus_forget_quality(forget_scores: Sequence[float], holdout_scores: Sequence[float]) -> dict[str, float]:
     """The corpus form of `holdout_forget_quality` (raw text has no paraphrased / perturbed answers,
     so no truth ratio): the p-value of the two-sample KS test between a per-window membership score

@@ -18,6 +18,27 @@ def test_hfq_is_a_ks_pvalue_of_forget_vs_holdout_ratios():
     assert apart["statistic"] == 1.0
 
 
+def test_forgetting_direction_says_which_way_the_forget_items_differ():
+    """HFQ is two-sided; the direction tells stopping short (forget items still more familiar: lower
+    truth ratios) from overshooting (less familiar than unseen items)."""
+    rng = np.random.default_rng(1)
+    holdout = rng.uniform(0.6, 0.9, 80)
+    short = M.forgetting_direction(rng.uniform(0.2, 0.5, 80), holdout)
+    over = M.forgetting_direction(rng.uniform(0.95, 1.4, 80), holdout)
+    alike = M.forgetting_direction(rng.uniform(0.6, 0.9, 80), holdout)
+    assert (short["verdict"], over["verdict"], alike["verdict"]) == ("short", "overshot", "alike")
+    assert short["more_familiar"] == 1.0 and short["less_familiar"] == 0.0
+    assert over["less_familiar"] == 1.0 and over["more_familiar"] == 0.0
+    assert alike["pvalue"] >= M.FORGETTING_LEVEL and short["forget_median"] < short["holdout_median"]
+    # a partly forgotten set: 30 items still known, 50 like unseen ones: short, by the one-sided distance
+    mixed = np.concatenate([rng.uniform(0.2, 0.5, 30), rng.uniform(0.6, 0.9, 50)])
+    d = M.forgetting_direction(mixed, holdout)
+    assert d["verdict"] == "short" and d["more_familiar"] > d["less_familiar"]
+    assert d["pvalue"] == pytest.approx(M.holdout_forget_quality(mixed, holdout)["pvalue"])
+    assert M.forgetting_direction(mixed, holdout, level=0.0)["verdict"] == "alike"  # the level decides "alike"
+    assert len({M.describe_forgetting(v) for v in M.FORGETTING_VERDICTS}) == 3
+
+
 def test_utility_proxy_is_the_harmonic_mean_without_rouge():
     vals = {f"{s}_{m}": 0.5 for s in M.UTILITY_SPLITS for m in M.UTILITY_MEASURES}
     vals["retain_rougeL_recall"] = 0.0  # ROUGE plays no part
@@ -43,7 +64,8 @@ def scored(synthetic_dir, target_dir, retain_dir):
     out = {}
     for role, path in (("target", target_dir), ("retain", retain_dir)):
         model, tok = load_target(str(path))
-        out[role] = score_splits(model, tok, rows)["metrics"]
+        summary = score_splits(model, tok, rows)
+        out[role] = {**summary["metrics"], "truth_ratios": summary["truth_ratios"]}
     return out
 
 
@@ -57,6 +79,10 @@ def test_hfq_high_for_the_retain_model_low_for_the_target(scored):
     assert abs(scored["retain"]["mia_auc_loss"] - M.RETAIN_FREE_AUC) < 0.25
     assert scored["target"]["mia_auc_loss"] > 0.9
     assert scored["target"]["utility_proxy"] > 0 and scored["target"]["model_utility"] is None  # no generation
+    # and which way: the target's forget items are more familiar than unseen ones; the retain model's alike
+    tr = {role: scored[role]["truth_ratios"] for role in ("target", "retain")}
+    assert M.forgetting_direction(tr["target"]["forget"], tr["target"]["holdout"])["verdict"] == "short"
+    assert M.forgetting_direction(tr["retain"]["forget"], tr["retain"]["holdout"])["verdict"] == "alike"
 
 
 def test_eval_and_score_print_hfq_without_retain_logs(target_dir, synthetic_dir, tmp_path, capsys):
@@ -70,10 +96,16 @@ def test_eval_and_score_print_hfq_without_retain_logs(target_dir, synthetic_dir,
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["holdout_forget_quality"] is not None
     assert summary["metrics"]["forget_quality"] is None
+    d = summary["forgetting_direction"]  # and which way the forget items differ: the target's stop short
+    assert d["pvalue"] == pytest.approx(summary["metrics"]["holdout_forget_quality"])
+    assert (d["verdict"] == "alike") == (d["pvalue"] >= M.FORGETTING_LEVEL)
+    assert d["verdict"] != "overshot" and d["forget_median"] <= d["holdout_median"]
+    assert f"the forget items {M.describe_forgetting(d['verdict'])}" in printed
     assert main(["score", "--logs", str(out)]) == 0
     printed = capsys.readouterr().out
     line = next(ln for ln in printed.splitlines() if ln.startswith("holdout_forget_quality "))
     assert "n/a" not in line
+    assert f"the forget items {M.describe_forgetting(d['verdict'])}" in printed  # score recomputes it from the logs
 
 
 def test_holdout_from_authors_outside_a_subset(synthetic_dir):
