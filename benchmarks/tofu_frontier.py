@@ -299,6 +299,7 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
                run_s=summary["search_s"], eval_s=ev.get("eval_time_s"))
     trials = json.loads((out / "trials.json").read_text())["trials"]
     row["hfq_reference"] = cfg.hfq_reference
+    row["direction_at_choice"] = chosen_direction(json.loads((out / "trials.json").read_text()), chosen)
     row["scored_steps"] = [{"trial": t["number"], "step": h["step"], "hfq": h["hfq"], "hfq_reference": cfg.hfq_reference,
                             "forget_truth_ratios": h.get("forget_truth_ratios")} for t in trials for h in t["history"]]
     return row
@@ -521,6 +522,24 @@ def frontier_targets(rows: list[dict], agreement: dict) -> list[dict[str, Any]]:
     return out
 
 
+def chosen_direction(trials: dict, chosen: dict) -> str | None:
+    """Which way the chosen step's forget items differ from unseen ones (`forgetting_direction`'s
+    verdict), from `trials.json`: as the tuner recorded it, or, for rows tuned before it did,
+    recomputed from the step's logged truth ratios against the same holdout reference."""
+    from llm_unlearn.eval import forgetting_direction
+
+    pick = next((h for t in trials["trials"] if t["number"] == chosen["number"] for h in t["history"]
+                 if h["step"] == chosen["best_step"]), None)
+    if pick is None:
+        return None
+    if pick.get("direction"):
+        return pick["direction"]
+    hold = pick.get("holdout_truth_ratios") or trials["start"].get("holdout_truth_ratios")
+    if not pick.get("forget_truth_ratios") or not hold:
+        return None
+    return forgetting_direction(pick["forget_truth_ratios"], hold)["verdict"]
+
+
 def write_outputs(result: dict, out_prefix: Path) -> None:
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
     out_prefix.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str) + "\n")
@@ -540,13 +559,17 @@ def write_outputs(result: dict, out_prefix: Path) -> None:
                       f"target), {t.get('trials')} trials of <= {t.get('max_steps')} steps each, scored every "
                       f"{t.get('eval_every')} steps, modes {t.get('modes')}; the retain model's logs were read only "
                       "after each search, for the FQ column.", "",
-                  md_table(["Run", "Chosen hyperparameters", "Best step", "HFQ at choice", "Utility proxy / start",
-                            "Tune s"],
+                  md_table(["Run", "Chosen hyperparameters", "Best step", "HFQ at choice", "Forget items at choice",
+                            "Utility proxy / start", "Tune s"],
                            [[r["run"], ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in r["params"].items())
                              + (" (the default trial)" if r.get("default_point") else ""),
-                             r.get("best_step"), r.get("hfq_at_choice"), r.get("utility_proxy_ratio"), r.get("tune_s")]
-                            for r in tuned])]
+                             r.get("best_step"), r.get("hfq_at_choice"), r.get("direction_at_choice") or "-",
+                             r.get("utility_proxy_ratio"), r.get("tune_s")]
+                            for r in tuned]),
+                  "", "Forget items at choice: `forgetting_direction` of the chosen step, the forget items' truth "
+                      "ratios against the holdout's (the tuner's reference): alike (HFQ >= 0.05), short (still more "
+                      "familiar than unseen items) or overshot (less familiar)."]
     ra = result.get("rank_agreement")
     if ra:
         steps, anchored = ra.get("scored_steps", {}), ra.get("scored_steps_anchored", {})

@@ -52,3 +52,20 @@ def test_tune_beta_range_reaches_the_npo_rows_only():
     assert got == {"npo_rt": (0.02, 0.05), "npo_rt_wagle": (0.02, 0.05), "simnpo": None, "graddiff": None}
     assert beta_range(TuneConfig(model="m", data="d", output="o", method="simnpo", beta_range=got["simnpo"])) == (0.5, 5.0)
     assert tofu_frontier.tuned_beta_range("npo", SimpleNamespace(tune_beta_range=None)) is None
+
+
+def test_chosen_direction_read_or_recomputed():
+    """The tuned table's direction column: the tuner's record, or for older rows the chosen step's
+    forget truth ratios against the start's holdout (anchored reference) recomputed."""
+    hold = [0.7 + 0.002 * i for i in range(80)]
+    old_step = {"step": 50, "hfq": 1e-9, "forget_truth_ratios": [0.3 + 0.002 * i for i in range(80)]}
+    trials = {"start": {"holdout_truth_ratios": hold},
+              "trials": [{"number": 0, "history": [{"step": 0}, old_step]},
+                         {"number": 1, "history": [{"step": 25, "direction": "overshot"}]}]}
+    assert tofu_frontier.chosen_direction(trials, {"number": 0, "best_step": 50}) == "short"
+    old_step["forget_truth_ratios"] = [1.2 + 0.002 * i for i in range(80)]
+    assert tofu_frontier.chosen_direction(trials, {"number": 0, "best_step": 50}) == "overshot"
+    old_step["holdout_truth_ratios"] = old_step["forget_truth_ratios"]  # a moving reference, logged per step
+    assert tofu_frontier.chosen_direction(trials, {"number": 0, "best_step": 50}) == "alike"
+    assert tofu_frontier.chosen_direction(trials, {"number": 1, "best_step": 25}) == "overshot"
+    assert tofu_frontier.chosen_direction(trials, {"number": 1, "best_step": 99}) is None

@@ -22,6 +22,7 @@ from llm_unlearn.eval.metrics import (
     corpus_utility_proxy,
     forget_quality,
     forget_truth_ratio_score,
+    forgetting_direction,
     holdout_forget_quality,
     ks_floor_pvalue,
     mia_auc,
@@ -40,7 +41,7 @@ from llm_unlearn.eval.sharded import evaluate_sharded
 
 __all__ = [
     "AttackConfig", "EvalLogs", "SplitLog", "build_report", "compute_summary", "evaluate_items", "evaluate_model",
-    "evaluate_sharded", "find_attack_summary", "forget_quality", "forget_truth_ratio_score", "generate_answers",
+    "evaluate_sharded", "find_attack_summary", "forget_quality", "forget_truth_ratio_score", "forgetting_direction", "generate_answers",
     "holdout_forget_quality", "ks_floor_pvalue", "load_eval_rows", "load_for_eval", "load_run", "mia_auc",
     "model_utility", "normalised_probability", "privleak", "probability", "read_logs", "rouge_l_recall",
     "run_attacks", "score_answers", "score_splits", "spearman", "truth_ratios", "utility_proxy",
