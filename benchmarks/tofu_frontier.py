@@ -272,6 +272,7 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
                      hfq_reference=args.tune_hfq_reference, progress=not args.no_progress,
                      beta_range=tuned_beta_range(method, args),
                      alpha_range=tuple(args.tune_alpha_range) if args.tune_alpha_range else None,
+                     guided=args.tune_guided,
                      **({"holdout_split": HOLDOUT_ALL, "holdout_items": args.tune_holdout_items}
                         if args.tune_holdout_items else {}))
     stamp = json.loads(json.dumps({k: v for k, v in vars(cfg).items() if k not in ("output", "progress")}, default=str))
@@ -294,7 +295,8 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
     chosen = summary["chosen"]
     row = _row(out.name, ev, method=name, mask=masks, mode=chosen["params"]["mode"], tuned=True, tune_seed=seed,
                hfq_at_choice=chosen["hfq"], utility_proxy_ratio=chosen["utility_ratio"], best_step=chosen["best_step"],
-               params=chosen["params"], default_point=chosen.get("default_point"), trials=summary["trials"],
+               params=chosen["params"], default_point=chosen.get("default_point"), guided=chosen.get("guided"),
+               trials=summary["trials"],
                tune_s=summary["total_s"],
                run_s=summary["search_s"], eval_s=ev.get("eval_time_s"))
     trials = json.loads((out / "trials.json").read_text())["trials"]
@@ -556,14 +558,16 @@ def write_outputs(result: dict, out_prefix: Path) -> None:
     if tuned:
         t = result["settings"].get("tuned", {})
         extra += ["", f"Tuned rows: `llm-unlearn tune` (retain-free: objective max HFQ s.t. utility proxy >= 0.95 x "
-                      f"target), {t.get('trials')} trials of <= {t.get('max_steps')} steps each, scored every "
+                      f"target), {t.get('trials')} trials{' (guided)' if t.get('guided') else ''} of <= "
+                      f"{t.get('max_steps')} steps each, scored every "
                       f"{t.get('eval_every')} steps, modes {t.get('modes')}; the retain model's logs were read only "
                       "after each search, for the FQ column.", "",
                   md_table(["Run", "Chosen hyperparameters", "Best step", "HFQ at choice", "Forget items at choice",
                             "Utility proxy / start", "Tune s"],
                            [[r["run"], ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                                  for k, v in r["params"].items())
-                             + (" (the default trial)" if r.get("default_point") else ""),
+                             + (" (the default trial)" if r.get("default_point") else "")
+                             + (f" (guided: {r['guided']})" if r.get("guided") else ""),
                              r.get("best_step"), r.get("hfq_at_choice"), r.get("direction_at_choice") or "-",
                              r.get("utility_proxy_ratio"), r.get("tune_s")]
                             for r in tuned]),
@@ -751,6 +755,10 @@ def main(argv: list[str] | None = None) -> int:
                         "GradDiff keep the library's ranges (default: the library's for every row)")
     p.add_argument("--tune-alpha-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="alpha range (the retain term's weight) the tuner searches, every row (default the library's)")
+    p.add_argument("--tune-guided", action="store_true",
+                   help="llm-unlearn tune --guided: after a trial that stopped short or overshot, the next moves "
+                        "NPO's beta (others: the lr) the other way instead of a TPE draw; with a larger "
+                        "--tune-trials it resumes a finished row's search")
     p.add_argument("--tune-holdout-items", type=int, default=None,
                    help="holdout items the tuner scores HFQ against, from every item about authors outside the subset "
                         "(400 on TOFU; default: as many as --tune-score-items, from the holdoutXX split)")
@@ -846,6 +854,7 @@ def main(argv: list[str] | None = None) -> int:
                              "seeds": tune_seeds(args), "utility_items": args.tune_utility_items, "score_items": args.tune_score_items or args.eval_items,
                              "hfq_reference": args.tune_hfq_reference, "holdout_items": args.tune_holdout_items,
                              "beta_range": args.tune_beta_range, "alpha_range": args.tune_alpha_range,
+                             "guided": args.tune_guided,
                              "objective": "max HFQ s.t. utility proxy >= 0.95 x target (retain-free)"}
     # one directory for every budget: a run's own stamp holds its epochs and learning rate, and a run
     # off the default budget has them in its name, so sweeps share the target / retain evaluations

@@ -48,7 +48,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, fields, replace
+from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -453,6 +453,65 @@ def default_points(cfg: TuneConfig) -> list[dict[str, Any]]:
     return points
 
 
+def trial_direction(rec: dict[str, Any]) -> str | None:
+    """Which way a finished trial's forgetting went: its chosen step's `forgetting_direction` verdict.
+    A trial that kept the untouched start while some later step fell under the utility floor went
+    too far, not too little: ``"overshot"``."""
+    hist = rec.get("history") or []
+    chosen = next((h for h in hist if h["step"] == rec["best_step"]), None)
+    if chosen is None or not chosen.get("direction"):
+        return None
+    if rec["best_step"] == 0 and any(not h["feasible"] for h in hist if h["step"] > 0):
+        return "overshot"
+    return chosen["direction"]
+
+
+def guided_knob(cfg: TuneConfig) -> str:
+    """The parameter `guided_point` moves: NPO's β (its push on a sequence fades as exp(β x the
+    drop in its log-likelihood): a smaller β forgets further), else the learning rate."""
+    return "beta" if cfg.method == "npo" else "learning_rate"
+
+
+def guided_point(done: list[dict[str, Any]], cfg: TuneConfig) -> tuple[dict[str, Any], str] | None:
+    """The next trial of a `cfg.guided` search, as Optuna parameters, and why; None when the last
+    finished trial's forget items look like unseen ones (or carry no verdict), or when the bracket
+    is empty: then TPE draws.
+
+    The last trial's point with one knob (`guided_knob`) moved against its verdict: β down / lr up
+    after ``short``, β up / lr down after ``overshot``. The new value is the geometric mean of the
+    bracket that every finished trial of the same mode gives: for β, from the largest β that
+    overshot (else the range's low end) to the smallest that stopped short (else the high end); for
+    the learning rate the other way round."""
+    last = done[-1]
+    verdict = trial_direction(last)
+    if verdict not in ("short", "overshot"):
+        return None
+    p, knob = last["params"], guided_knob(cfg)
+    mode = p["mode"]
+    lo, hi = beta_range(cfg) if knob == "beta" else lr_range(cfg, mode)
+    # the verdict that puts a value on the lower side of the bracket
+    below = "overshot" if knob == "beta" else "short"
+    for rec in done:
+        if rec["params"]["mode"] != mode or knob not in rec["params"]:
+            continue
+        v, d = rec["params"][knob], trial_direction(rec)
+        if d == below:
+            lo = max(lo, v)
+        elif d in ("short", "overshot"):
+            hi = min(hi, v)
+    if not lo < hi * (1 - 1e-6):
+        return None
+    value = math.sqrt(lo * hi)
+    point: dict[str, Any] = {"mode": mode, f"lr_{mode}": p["learning_rate"], "max_steps": p["max_steps"],
+                             "alpha": p["alpha"], "mask": p["mask"]}
+    for key in ("beta", "steering_scale", "mask_ratio"):
+        if key in p:
+            point[key] = p[key]
+    point["beta" if knob == "beta" else f"lr_{mode}"] = value
+    name = "beta" if knob == "beta" else "lr"
+    return point, f"trial {last['number']} {verdict}: {name} {p[knob]:.3g} -> {value:.3g}"
+
+
 def _clip(value: float, lo: float, hi: float) -> float:
     return float(min(max(value, lo), hi))
 
@@ -537,7 +596,7 @@ def check_config(cfg: TuneConfig) -> str:
 # fields a resumed study may change: the budget, the final report and the console; every other
 # field defines the search, and a resume with another value would mix two searches in one study
 RESUME_FREE = ("trials", "progress", "final_eval", "retain_logs", "eval_max_items", "eval_max_new_tokens",
-               "keep_full_models", "output")
+               "keep_full_models", "output", "guided")  # guided: how the next point is proposed, not the space
 STATE_FILE = "tune_state.json"
 
 
@@ -554,7 +613,10 @@ def resume_mismatch(cfg: TuneConfig) -> list[str] | None:
         return None
     stored = json.loads(state_file.read_text()).get("config", {})
     now = _search_fields(cfg)
-    return sorted(k for k in set(stored) | set(now) if stored.get(k) != now.get(k))
+    # a field added after the stored search ran (absent there) ran at its default
+    defaults = json.loads(json.dumps({f.name: f.default for f in fields(TuneConfig) if f.default is not MISSING},
+                                     default=str))
+    return sorted(k for k in set(stored) | set(now) if stored.get(k, defaults.get(k)) != now.get(k))
 
 
 def _resume_study(study, out: Path, own_storage: bool,
@@ -584,7 +646,7 @@ def _resume_study(study, out: Path, own_storage: bool,
             if t.state == TrialState.RUNNING:
                 study.tell(t.number, state=TrialState.FAIL)
             shutil.rmtree(run_dir, ignore_errors=True)
-            study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k == "default"}
+            study.enqueue_trial(t.params, user_attrs={k: v for k, v in t.user_attrs.items() if k in ("default", "guided")}
                                 | {"retry_of": t.number})
             say(f"trial {t.number} was interrupted: it runs again with the same parameters")
     return records, failures
@@ -745,6 +807,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
             raise
         best = cb.best
         rec = {"number": trial.number, "params": p, "default_point": bool(trial.user_attrs.get("default")),
+               "guided": trial.user_attrs.get("guided"),
                "feasible": best["feasible"], "hfq": best["hfq"], "ks_statistic": best["ks_statistic"],
                "distance": best.get("distance"), "direction": best.get("direction"), "utility_proxy": best["utility_proxy"], "utility_ratio": best["utility_proxy"] / start["utility_proxy"],
                "best_step": best["step"], "steps_trained": manifest["steps"], "stopped_early": cb.stopped_early,
@@ -760,8 +823,14 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
         # <= 0: feasible (Optuna's convention); the chosen step always is (the start is a candidate)
         trial.set_constraint("utility_floor", (utility_min - best["utility_proxy"]) if term_min is None
                              else (0.0 if best["feasible"] else 1.0))
-        say(f"trial {trial.number}: {_describe(p)}{' (defaults)' if rec['default_point'] else ''} -> HFQ {best['hfq']:.3g}{_distance_note(best, start)} at step "
-            f"{best['step']}/{manifest['steps']}, utility {rec['utility_ratio']:.3f}x start ({rec['time_s']:.0f} s)")
+        say(f"trial {trial.number}: {_describe(p)}{' (defaults)' if rec['default_point'] else ''}"
+            f"{' (guided: ' + rec['guided'] + ')' if rec['guided'] else ''} -> HFQ {best['hfq']:.3g}"
+            f"{_distance_note(best, start)} at step {best['step']}/{manifest['steps']}, utility "
+            f"{rec['utility_ratio']:.3f}x start, forget items {best.get('direction') or 'n/a'} ({rec['time_s']:.0f} s)")
+        if cfg.guided and len(records) + len(failures) < cfg.trials:
+            nxt = guided_point([records[n] for n in sorted(records)], cfg)
+            if nxt is not None:  # the next trial this process (or another machine on the study) asks for
+                study.enqueue_trial(nxt[0], user_attrs={"guided": nxt[1]})
         return objective_value(best, start, cfg.hfq_level)
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by `objective`
@@ -780,6 +849,11 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
         for point in default_points(cfg)[:cfg.trials]:
             study.enqueue_trial(point, user_attrs={"default": True})
     remaining = cfg.trials - len(records) - len(failures)
+    if cfg.guided and records and remaining > 0 and not any(
+            t.state == optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False)):
+        nxt = guided_point([records[n] for n in sorted(records)], cfg)  # a resumed search goes on guided
+        if nxt is not None:
+            study.enqueue_trial(nxt[0], user_attrs={"guided": nxt[1]})
     if remaining > 0:
         with warnings.catch_warnings():  # library deprecation notices are not for the user of this command
             warnings.filterwarnings("ignore", category=FutureWarning)
@@ -944,4 +1018,4 @@ def plot_trials(records: list[dict], chosen: dict, start: dict, utility_min: flo
 
 
 __all__ = ["BestStepCallback", "TuneConfig", "corpus_documents", "final_corpus_report", "final_report",
-           "input_kind", "make_corpus_scorer", "make_scorer", "plot_trials", "default_points", "sampler_seed", "scoring_rows", "step_key", "familiarity_gap", "suggest", "tune"]
+           "guided_knob", "guided_point", "input_kind", "make_corpus_scorer", "make_scorer", "plot_trials", "default_points", "trial_direction", "sampler_seed", "scoring_rows", "step_key", "familiarity_gap", "suggest", "tune"]

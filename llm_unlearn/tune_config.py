@@ -84,6 +84,11 @@ class TuneConfig:
                                                                  "mode at the library's defaults (unlearn's per-mode "
                                                                  "lr, the method's beta and alpha, the whole step "
                                                                  "budget); then the TPE sampler"})
+    guided: bool = field(default=False, metadata={
+        "help": "after a trial whose chosen step's forget items stopped short of unseen items' or overshot them "
+                "(the forgetting direction), run the next one at the same point with NPO's beta (other methods: "
+                "the learning rate) moved the other way, bisected on a log scale between the closest earlier "
+                "trials of each verdict, instead of a TPE draw"})
     protocol: str = field(default=DEFAULT_PROTOCOL, metadata={"help": "prompt / tokenisation protocol of training, "
                                                                        "scoring and the final evaluation"})
     holdout_split: str | None = field(default=None, metadata={"help": "holdout split (default holdoutXX)"})

@@ -4,6 +4,7 @@ the retain logs before its final report."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -651,3 +652,67 @@ def test_start_scores_are_cached_across_searches(target_dir, synthetic_dir, tmp_
         assert ("an earlier search of this model on these items" in printed) == (name == "b")
     assert starts[1] == starts[0] and starts[2] != starts[0]
     assert len(list((tmp_path / "tune_start_cache").glob("*.json"))) == 2
+
+
+def _rec(number, mode, lr, verdict, beta=None, best_step=10, infeasible_later=False):
+    params = {"mode": mode, "learning_rate": lr, "max_steps": 20, "alpha": 1.0, "mask": "none"}
+    if beta is not None:
+        params["beta"] = beta
+    hist = [{"step": 0, "direction": "short", "feasible": True},
+            {"step": 10, "direction": verdict, "feasible": True},
+            {"step": 20, "direction": verdict, "feasible": not infeasible_later}]
+    return {"number": number, "params": params, "best_step": best_step, "history": hist}
+
+
+def test_guided_point_bisects_against_the_direction():
+    """`--guided`: after a trial that stopped short, NPO's β goes down (other methods: the lr up);
+    after one that overshot, the other way; bisected (log scale) between the closest trials of each
+    verdict; an 'alike' trial, or an empty bracket, leaves the next draw to TPE."""
+    from llm_unlearn.tune import TuneConfig, guided_point, trial_direction
+
+    npo = TuneConfig(model="m", output="o", method="npo", modes="lora", beta_range=(0.01, 1.0))
+    done = [_rec(0, "lora", 2e-3, "short", beta=0.1)]
+    point, why = guided_point(done, npo)
+    assert point["beta"] == pytest.approx(math.sqrt(0.01 * 0.1)) and point["lr_lora"] == 2e-3
+    assert point["max_steps"] == 20 and point["mode"] == "lora" and why.startswith("trial 0 short: beta 0.1 ->")
+    done.append(_rec(1, "lora", 2e-3, "overshot", beta=point["beta"]))
+    point, _ = guided_point(done, npo)
+    assert point["beta"] == pytest.approx(math.sqrt(math.sqrt(0.01 * 0.1) * 0.1))  # between the two
+    done.append(_rec(2, "lora", 2e-3, "alike", beta=point["beta"]))
+    assert guided_point(done, npo) is None  # looks unseen: TPE explores from here
+    # other methods move the learning rate: up after short, down after overshooting
+    gd = TuneConfig(model="m", output="o", method="grad_diff", modes="lora", lr_lora=(1e-4, 4e-3))
+    up, _ = guided_point([_rec(0, "lora", 1e-3, "short")], gd)
+    assert up["lr_lora"] == pytest.approx(math.sqrt(1e-3 * 4e-3))
+    # a trial that kept the start while a later step fell under the utility floor went too far
+    collapsed = _rec(0, "lora", 1e-3, "short", best_step=0, infeasible_later=True)
+    assert trial_direction(collapsed) == "overshot"
+    down, why = guided_point([collapsed], gd)
+    assert down["lr_lora"] == pytest.approx(math.sqrt(1e-4 * 1e-3)) and "overshot" in why
+    assert guided_point([_rec(0, "lora", 4e-3, "short")], gd) is None  # already at the range's top
+
+
+def test_guided_search_end_to_end(target_dir, synthetic_dir, tmp_path, capsys):
+    """A 2-trial guided search on the tiny model: a learning rate too small to move it leaves the
+    first trial short of unseen items, so the second runs at the same point with a smaller β."""
+    from llm_unlearn.cli import main
+
+    out = tmp_path / "guided"
+    assert main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(out),
+                 "--method", "npo", "--trials", "2", "--max-steps", "4", "--eval-every", "2", "--modes", "lora",
+                 "--lr-lora", "1e-7", "1e-7", "--beta-range", "0.05", "0.5", "--guided", "--no-final-eval"]) == 0
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert [t["history"][-1]["direction"] for t in trials] == ["short", "short"]
+    assert trials[0]["default_point"] and not trials[0]["guided"]
+    assert trials[1]["guided"] == f"trial 0 short: beta 0.1 -> {math.sqrt(0.05 * 0.1):.3g}"
+    assert trials[1]["params"]["beta"] == pytest.approx(math.sqrt(0.05 * 0.1))
+    assert trials[1]["params"]["learning_rate"] == trials[0]["params"]["learning_rate"]
+    assert "(guided: trial 0 short" in capsys.readouterr().out
+    # a finished search resumed with a larger budget goes on guided, bracketed by both trials
+    assert main(["tune", "--model", str(target_dir), "--data", str(synthetic_dir), "--output", str(out),
+                 "--method", "npo", "--trials", "3", "--max-steps", "4", "--eval-every", "2", "--modes", "lora",
+                 "--lr-lora", "1e-7", "1e-7", "--beta-range", "0.05", "0.5", "--guided", "--no-final-eval",
+                 "--resume"]) == 0
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert len(trials) == 3 and trials[2]["guided"].startswith("trial 1 short")
+    assert trials[2]["params"]["beta"] == pytest.approx(math.sqrt(0.05 * math.sqrt(0.05 * 0.1)))
