@@ -299,9 +299,10 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
                trials=summary["trials"],
                tune_s=summary["total_s"],
                run_s=summary["search_s"], eval_s=ev.get("eval_time_s"))
-    trials = json.loads((out / "trials.json").read_text())["trials"]
+    trials_json = json.loads((out / "trials.json").read_text())
+    trials = trials_json["trials"]
     row["hfq_reference"] = cfg.hfq_reference
-    row["direction_at_choice"] = chosen_direction(json.loads((out / "trials.json").read_text()), chosen)
+    row["direction_at_choice"] = chosen_direction(trials_json, chosen)
     row["scored_steps"] = [{"trial": t["number"], "step": h["step"], "hfq": h["hfq"], "hfq_reference": cfg.hfq_reference,
                             "forget_truth_ratios": h.get("forget_truth_ratios")} for t in trials for h in t["history"]]
     return row

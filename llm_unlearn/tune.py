@@ -828,10 +828,15 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
             f"{_distance_note(best, start)} at step {best['step']}/{manifest['steps']}, utility "
             f"{rec['utility_ratio']:.3f}x start, forget items {best.get('direction') or 'n/a'} ({rec['time_s']:.0f} s)")
         if cfg.guided and len(records) + len(failures) < cfg.trials:
-            nxt = guided_point([records[n] for n in sorted(records)], cfg)
-            if nxt is not None:  # the next trial this process (or another machine on the study) asks for
-                study.enqueue_trial(nxt[0], user_attrs={"guided": nxt[1]})
+            enqueue_guided()
         return objective_value(best, start, cfg.hfq_level)
+
+    def enqueue_guided() -> None:
+        """The next trial of a guided search (`guided_point`), for this process or another machine
+        on the study; none when the last trial looks unseen (TPE draws)."""
+        nxt = guided_point([records[n] for n in sorted(records)], cfg)
+        if nxt is not None:
+            study.enqueue_trial(nxt[0], user_attrs={"guided": nxt[1]})
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials are reported by `objective`
     sampler = optuna.samplers.TPESampler(seed=sampler_seed(cfg))
@@ -851,9 +856,7 @@ def tune(cfg: TuneConfig, overwrite: bool = False, resume: bool = False) -> dict
     remaining = cfg.trials - len(records) - len(failures)
     if cfg.guided and records and remaining > 0 and not any(
             t.state == optuna.trial.TrialState.WAITING for t in study.get_trials(deepcopy=False)):
-        nxt = guided_point([records[n] for n in sorted(records)], cfg)  # a resumed search goes on guided
-        if nxt is not None:
-            study.enqueue_trial(nxt[0], user_attrs={"guided": nxt[1]})
+        enqueue_guided()  # a resumed search goes on guided
     if remaining > 0:
         with warnings.catch_warnings():  # library deprecation notices are not for the user of this command
             warnings.filterwarnings("ignore", category=FutureWarning)

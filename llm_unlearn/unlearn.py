@@ -35,7 +35,7 @@ from llm_unlearn.data.qa import QACollator, check_tokenizer, template_settings, 
 from llm_unlearn.data.tofu import load_tofu, matching_retain_split, read_refusals
 from llm_unlearn.errors import DivergenceError, TrainingInterrupted, UnlearnError
 from llm_unlearn.eval.evaluator import holdout_rows, score_splits
-from llm_unlearn.eval.metrics import forgetting_direction, holdout_forget_quality
+from llm_unlearn.eval.metrics import forgetting_direction
 from llm_unlearn.interrupt import SaveOnInterrupt, last_checkpoint
 from llm_unlearn.models import (
     ADAPTER_MASK_FILE,
@@ -161,6 +161,12 @@ def _mean(values: list[float]) -> float | None:
 MIN_FORGET_NLL_RISE = 0.1  # nats: below this, the run did not forget
 
 
+def _budget_flag(hyperparameters: dict[str, Any]) -> str:
+    """``--max-steps N`` or ``--epochs E``: the flag that sets a run's training budget, at its value."""
+    steps, epochs = hyperparameters.get("max_steps"), hyperparameters.get("num_train_epochs")
+    return f"--max-steps {steps}" if steps and steps > 0 else f"--epochs {epochs:g}" if epochs else "the budget"
+
+
 def forgetting_warning(nll: dict[str, Any], hyperparameters: dict[str, Any], lora: bool) -> str | None:
     """The warning for a run whose mean forget NLL rose by less than `MIN_FORGET_NLL_RISE` nats
     (None when it forgot), naming the flags to change and `llm-unlearn tune`."""
@@ -170,11 +176,8 @@ def forgetting_warning(nll: dict[str, Any], hyperparameters: dict[str, Any], lor
     rise = after - before
     if rise >= MIN_FORGET_NLL_RISE:
         return None
-    lr, epochs = hyperparameters.get("learning_rate"), hyperparameters.get("num_train_epochs")
-    steps = hyperparameters.get("max_steps")
-    budget = f"--max-steps {steps}" if steps and steps > 0 else f"--epochs {epochs:g}"
     return (f"forgetting did not happen: the forget NLL rose by {rise:+.3f} nats (< {MIN_FORGET_NLL_RISE} nats). "
-            f"Raise --lr (now {lr:g}) or the budget ({budget})"
+            f"Raise --lr (now {hyperparameters.get('learning_rate'):g}) or the budget ({_budget_flag(hyperparameters)})"
             + ("" if lora else " or train a LoRA adapter (--lora)")
             + ", or search them without a retain model: llm-unlearn tune")
 
@@ -187,9 +190,7 @@ def direction_advice(verdict: str, method: str, hyperparameters: dict[str, Any])
     (`forgetting_direction`'s verdict ``short`` or ``overshot``; "" for ``alike``)."""
     if verdict not in ("short", "overshot"):
         return ""
-    lr, beta = hyperparameters.get("learning_rate"), hyperparameters.get("beta")
-    steps, epochs = hyperparameters.get("max_steps"), hyperparameters.get("num_train_epochs")
-    budget = f"--max-steps {steps}" if steps and steps > 0 else f"--epochs {epochs:g}" if epochs else "the budget"
+    lr, beta, budget = hyperparameters.get("learning_rate"), hyperparameters.get("beta"), _budget_flag(hyperparameters)
     lr_now = f" (now {lr:g})" if lr else ""
     beta_now = f" (now {beta:g})" if beta is not None else ""
     if verdict == "short":
@@ -227,15 +228,6 @@ def _hfq(model, tokenizer, rows, batch_size: int) -> tuple[float | None, dict[st
     """The holdout forget quality of `model` and the per-item truth ratios it compared."""
     summary = score_splits(model, tokenizer, rows, batch_size=batch_size)
     return summary["metrics"].get("holdout_forget_quality"), summary.get("truth_ratios") or {}
-
-
-def _anchored_hfq(forget_after: list[float] | None, holdout_before: list[float] | None) -> float | None:
-    """HFQ of the unlearned model's forget items against the holdout items under the starting model
-    (`llm_unlearn.tune`'s default reference): what a model that never saw the forget data gives
-    unseen items, not moved by the run's own drift on every item of that kind."""
-    if not forget_after or not holdout_before:
-        return None
-    return holdout_forget_quality(forget_after, holdout_before)["pvalue"]
 
 
 def _build_mask(mask, mask_method, mask_ratio, model, forget_tok, retain_tok, tokenizer, batch_size,
@@ -597,17 +589,21 @@ def _unlearn_into(stage, trainer_cls, model, tokenizer, data, method, forget_spl
         bar.close()
     if rows_hfq is not None:
         hfq["after"], ratios_after = _hfq(trainer.model, tokenizer, rows_hfq, batch)
-        hfq["after_vs_start_holdout"] = _anchored_hfq(ratios_after.get("forget"), ratios_before.get("holdout"))
-        # which way the forget items differ from unseen ones, against the holdout under the starting
-        # model (the tuner's reference; a run that damages every item moves the holdout with it)
-        reference = ratios_before.get("holdout") or ratios_after.get("holdout")
-        if ratios_after.get("forget") and reference:
-            hfq["direction"] = forgetting_direction(ratios_after["forget"], reference)
-            hfq["direction"]["reference"] = "start" if ratios_before.get("holdout") else "current"
+        # against the holdout items under the starting model (`llm_unlearn.tune`'s default reference:
+        # what unseen items look like, not moved by the run's own drift on every item of that kind),
+        # HFQ and which way the forget items differ from unseen ones (the moving holdout without it)
+        anchored = ratios_before.get("holdout")
+        hfq["after_vs_start_holdout"] = None
+        if ratios_after.get("forget") and (anchored or ratios_after.get("holdout")):
+            d = forgetting_direction(ratios_after["forget"], anchored or ratios_after["holdout"])
+            hfq["direction"] = {**d, "reference": "start" if anchored else "current"}
+            if anchored:
+                hfq["after_vs_start_holdout"] = d["pvalue"]
     nll_means = {"forget_before": _mean(forget_before), "forget_after": _mean(forget_after)}
-    warning = forgetting_warning(nll_means, method_hyperparameters(cfg), lora)
+    hyper = method_hyperparameters(cfg)
+    warning = forgetting_warning(nll_means, hyper, lora)
     if hfq.get("direction"):
-        hfq["direction"]["advice"] = direction_advice(hfq["direction"]["verdict"], method, method_hyperparameters(cfg))
+        hfq["direction"]["advice"] = direction_advice(hfq["direction"]["verdict"], method, hyper)
     if warning:
         logger.info(warning)
     manifest.update(

@@ -190,8 +190,8 @@ def run(args: argparse.Namespace) -> int:
                     "utility_proxy", "forget_rougeL_recall", "forget_probability", "forget_truth_ratio", "privleak"):
             reason = s["not_available"].get(key) or retain_free_note(key)
             print(f"{key:24s} {format_value(s['metrics'][key], key)}" + (f"  ({reason})" if reason else ""))
-            if key == "holdout_forget_quality" and forgetting_note(s):
-                print(f"{'':24s} {forgetting_note(s)}")
+            if key == "holdout_forget_quality" and s.get("forgetting_direction"):
+                print(f"{'':24s} {forgetting_note(s['forgetting_direction'])}")
     if s.get("mixed_protocols"):
         print(f"note: mixed protocols (--allow-mixed-protocols): {s['mixed_protocols']}")
     for task, row in s.get("lm_eval", {}).items():

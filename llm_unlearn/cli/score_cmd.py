@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
             n_ret = summary["retain_logs"]["n_forget_items"] if summary["retain_logs"] else n_forget
             reason = f"smallest p-value reachable with {n_forget} vs {n_ret} items"
         print(f"{key:36s} {format_value(value, key)}" + (f"  ({reason})" if reason else ""))
-        if key == "holdout_forget_quality" and forgetting_note(summary):
-            print(f"{'':36s} {forgetting_note(summary)}")
+        if key == "holdout_forget_quality" and summary.get("forgetting_direction"):
+            print(f"{'':36s} {forgetting_note(summary['forgetting_direction'])}")
     if m["forget_quality"] is not None and m["forget_quality"] <= m["forget_quality_floor"] * (1 + 1e-9):
         print("note: forget quality is at the floor (complete separation): a bound, not a measurement")
     if out is not None:

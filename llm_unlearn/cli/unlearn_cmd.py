@@ -167,8 +167,7 @@ def run(args: argparse.Namespace) -> int:
         max_windows_per_doc=args.max_windows_per_doc,
         threads=int(args.threads) if str(args.threads).isdigit() else args.threads,
     )
-    from llm_unlearn.eval.logs import format_value
-    from llm_unlearn.eval.metrics import describe_forgetting
+    from llm_unlearn.eval.logs import forgetting_note, format_value
 
     nll, hfq = result["nll"], result.get("hfq") or {}
     retain = (f"retain NLL {nll['retain_before']:.3f} -> {nll['retain_after']:.3f}"
@@ -187,8 +186,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {result['warning']}")
     elif hfq.get("direction"):  # which way the forget items differ from unseen ones (HFQ is two-sided)
         d = hfq["direction"]
-        print(f"forgetting: the forget items {describe_forgetting(d['verdict'])} (median truth ratio "
-              f"{d['forget_median']:.3f} vs the holdout's {d['holdout_median']:.3f})"
-              + (f"; {d['advice']}" if d.get("advice") else ""))
+        print(f"forgetting: {forgetting_note(d)}" + (f"; {d['advice']}" if d.get("advice") else ""))
     print(f"saved {'adapter' if args.lora else 'model'}, tokenizer and run.json to {out}")
     return 0

@@ -609,10 +609,9 @@ def compute_summary(logs: EvalLogs, retain_logs: EvalLogs | None = None,
     }
 
 
-def forgetting_note(summary: dict[str, Any]) -> str:
-    """``"the forget items ..."``: which way they differ from the holdout items (`forgetting_direction`,
-    what the two-sided HFQ does not say), for printing under HFQ; '' without a holdout comparison."""
-    d = summary.get("forgetting_direction")
+def forgetting_note(d: dict[str, Any] | None) -> str:
+    """``"the forget items ..."``: which way they differ from the holdout items (a `forgetting_direction`
+    result, what the two-sided HFQ does not say), for printing; '' without a holdout comparison."""
     if not d:
         return ""
     return (f"the forget items {M.describe_forgetting(d['verdict'])} (median truth ratio {d['forget_median']:.3f} "
