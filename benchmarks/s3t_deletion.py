@@ -249,6 +249,8 @@ def bench_demo(tmp: Path, args) -> dict:
             cfg.s3t_lora_r = args.s3t_lora_r
         cfg.s3t_layout = args.s3t_layout
         cfg.s3t_lr_schedule = args.s3t_lr_schedule
+        cfg.s3t_base_paraphrases = args.s3t_base_paraphrases
+        cfg.s3t_base_authors = args.s3t_base_authors
         if args.ft_epochs is not None:
             cfg.ft_epochs = args.ft_epochs
         t0 = time.perf_counter()
@@ -280,6 +282,7 @@ def bench_demo(tmp: Path, args) -> dict:
     return {"model": args.model, "data": args.data or "synthetic (demo default)", "authors": args.demo_authors,
             "prompt_loss": args.prompt_loss, "s3t_lora_r": args.s3t_lora_r, "s3t_layout": args.s3t_layout, "s3t_epochs": args.s3t_epochs,
             "s3t_lr": args.s3t_lr, "s3t_lr_schedule": args.s3t_lr_schedule,
+            "s3t_base_paraphrases": args.s3t_base_paraphrases, "s3t_base_authors": args.s3t_base_authors,
             "seeds": per_seed, "by_mode": _by_mode(per_seed)}
 
 
@@ -378,6 +381,10 @@ def main() -> None:
                    help="demo: what an S3T stage trains (llm_unlearn.s3t.train.LAYOUTS)")
     p.add_argument("--s3t-lr-schedule", default="constant", choices=["constant", "linear"],
                    help="demo: the S3T learning rate within a stage (llm_unlearn.s3t.train.LR_SCHEDULES)")
+    p.add_argument("--s3t-base-paraphrases", action="store_true",
+                   help="demo (tiny): the S3T base's disjoint corpus states each fact in two wordings")
+    p.add_argument("--s3t-base-authors", type=int, default=None,
+                   help="demo (tiny): fictitious authors in the S3T base's disjoint corpus (default: --demo-authors)")
     p.add_argument("--ft-epochs", type=float, default=None, help="demo: override the single models' epochs")
     p.add_argument("--eval-items", type=int, default=None, help="demo: cap every evaluation split")
     p.add_argument("--eval-new-tokens", type=int, default=None, help="demo: override the evaluation's greedy tokens")

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from llm_unlearn.console import TRAINER_LOG_FILE, extra_trainer_log
+from llm_unlearn.data.source import source_meta
 from llm_unlearn.data.synthetic import generate, write_splits
 from llm_unlearn.data.tofu import (
     available_splits,
@@ -82,6 +83,11 @@ class DemoConfig:
     s3t_lora_r: int | None = None  # None: lora_r (alpha = 2r)
     s3t_layout: str = "blocks"  # llm_unlearn.s3t.train.LAYOUTS
     s3t_lr_schedule: str = "constant"  # llm_unlearn.s3t.train.LR_SCHEDULES
+    # tiny: the S3T base's disjoint corpus states each fact in two wordings (its answer and its
+    # paraphrase), as a pretrained LLM has seen facts stated many ways
+    s3t_base_paraphrases: bool = False
+    # tiny: fictitious authors in the S3T base's disjoint corpus (None: as many as the demo data has)
+    s3t_base_authors: int | None = None
     methods: list[str] = field(default_factory=lambda: ["graddiff", "npo", "npo_wagle"])
 
     def __post_init__(self):
@@ -366,7 +372,13 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
         # S3T gets what a pretrained LLM brings: a base pretrained on a disjoint corpus (other
         # fictitious authors, same kinds of facts, another seed) and the utility sets. It never
         # sees the demo's authors; everything it learns about them sits in deletable LoRA slices.
-        corpus = write_splits(generate(cfg.authors, cfg.qa_per_author, seed=cfg.seed + 1), out / "s3t_pretrain_data")
+        # none of the demo's own authors (synthetic data's meta.json names them) under another set of facts
+        demo_authors = source_meta(data).get("authors", [])
+        splits = generate(cfg.s3t_base_authors or cfg.authors, cfg.qa_per_author, seed=cfg.seed + 1,
+                          paraphrased_full=cfg.s3t_base_paraphrases, exclude_names=demo_authors)
+        if cfg.s3t_base_paraphrases:
+            splits["full"] = splits["full"] + splits.pop("full_paraphrased")
+        corpus = write_splits(splits, out / "s3t_pretrain_data")
         base_dir = out / "s3t_base"
         base_dir.mkdir()
         finetune(FinetuneConfig(model="tiny", data=str(corpus), split="full", with_utility=True,

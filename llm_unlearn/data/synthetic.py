@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -307,14 +308,20 @@ def n_forget_authors(n_authors: int, percent: int) -> int:
 
 
 def generate(n_authors: int = 20, qa_per_author: int = 20, seed: int = 0,
-             forget_percents: tuple[int, ...] = FORGET_PERCENTS) -> SyntheticSplits:
-    """All splits as lists of rows, keyed by TOFU split name (a dict with a `meta` attribute)."""
+             forget_percents: tuple[int, ...] = FORGET_PERCENTS, paraphrased_full: bool = False,
+             exclude_names: Iterable[str] = ()) -> SyntheticSplits:
+    """All splits as lists of rows, keyed by TOFU split name (a dict with a `meta` attribute;
+    `meta["authors"]` names the authors of `full` in order).
+
+    `paraphrased_full` adds `full_paraphrased`: every item of `full` once more, answered in its
+    paraphrase's wording (a corpus in which each fact is stated two ways; the rest is unchanged).
+    `exclude_names`: author names not to draw (another corpus's authors)."""
     if n_authors < 2:
         raise ValueError("need at least 2 authors (one to forget, one to retain)")
     if not 1 <= qa_per_author <= MAX_QA_PER_AUTHOR:
         raise ValueError(f"qa_per_author must be in [1, {MAX_QA_PER_AUTHOR}], got {qa_per_author}")
     rng = random.Random(seed)
-    used: set[str] = set()
+    used: set[str] = set(exclude_names)
     authors = [_make_author(rng, used) for _ in range(n_authors)]
     per_author = [_author_qa(rng, a, qa_per_author) for a in authors]
 
@@ -322,8 +329,12 @@ def generate(n_authors: int = 20, qa_per_author: int = 20, seed: int = 0,
         return [{"question": r["question"], "answer": r["answer"]} for rows_ in rows for r in rows_]
 
     splits = SyntheticSplits(full=plain(per_author))
+    if paraphrased_full:
+        splits["full_paraphrased"] = [{"question": r["question"], "answer": r["paraphrased_answer"]}
+                                      for rows_ in per_author for r in rows_]
     splits.meta = {"generator": "llm_unlearn.data.synthetic", "n_authors": n_authors,
-                   "qa_per_author": qa_per_author, "seed": seed, "forget_percents": list(forget_percents)}
+                   "qa_per_author": qa_per_author, "seed": seed, "forget_percents": list(forget_percents),
+                   "authors": [a["name"] for a in authors]}
     n_holdout_max = max(n_forget_authors(n_authors, p) for p in forget_percents)
     holdout_authors = [_make_author(rng, used) for _ in range(n_holdout_max)]
     holdout_qa = [_author_qa(rng, a, qa_per_author) for a in holdout_authors]

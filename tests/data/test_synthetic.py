@@ -97,3 +97,23 @@ def test_bad_sizes():
         generate(1, 5)
     with pytest.raises(ValueError, match=f"\\[1, {MAX_QA_PER_AUTHOR}\\]"):
         generate(3, MAX_QA_PER_AUTHOR + 1)
+
+
+def test_paraphrased_full_states_each_fact_again_in_another_wording(splits):
+    aug = generate(20, 12, seed=3, paraphrased_full=True)
+    assert {k: v for k, v in aug.items() if k != "full_paraphrased"} == dict(splits)  # nothing else moves
+    para = aug["full_paraphrased"]
+    assert [r["question"] for r in para] == [r["question"] for r in aug["full"]]
+    assert all(p["answer"] != r["answer"] for p, r in zip(para, aug["full"]))
+    by_q = {r["question"]: r["paraphrased_answer"] for r in aug["forget10_perturbed"]}
+    assert all(by_q[p["question"]] == p["answer"] for p in para if p["question"] in by_q)
+    assert "full_paraphrased" not in splits
+
+
+def test_meta_names_the_authors_and_another_corpus_can_exclude_them(splits):
+    names = splits.meta["authors"]
+    assert len(names) == len(set(names)) == 20
+    assert all(any(n in r["answer"] or n in r["question"] for r in splits["full"]) for n in names)
+    other = generate(200, 1, seed=4, exclude_names=names)
+    assert not set(other.meta["authors"]) & set(names)
+    assert set(generate(200, 1, seed=4).meta["authors"]) & set(names)  # without it, 200 draws meet some
