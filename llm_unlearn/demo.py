@@ -372,8 +372,10 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
         # S3T gets what a pretrained LLM brings: a base pretrained on a disjoint corpus (other
         # fictitious authors, same kinds of facts, another seed) and the utility sets. It never
         # sees the demo's authors; everything it learns about them sits in deletable LoRA slices.
-        # none of the demo's own authors (synthetic data's meta.json names them) under another set of facts
-        demo_authors = source_meta(data).get("authors", [])
+        # none of the demo's own or holdout authors (synthetic data's meta.json names them) under
+        # another set of facts
+        meta = source_meta(data)
+        demo_authors = [*meta.get("authors", []), *meta.get("holdout_authors", [])]
         splits = generate(cfg.s3t_base_authors or cfg.authors, cfg.qa_per_author, seed=cfg.seed + 1,
                           paraphrased_full=cfg.s3t_base_paraphrases, exclude_names=demo_authors)
         if cfg.s3t_base_paraphrases:

@@ -311,7 +311,8 @@ def generate(n_authors: int = 20, qa_per_author: int = 20, seed: int = 0,
              forget_percents: tuple[int, ...] = FORGET_PERCENTS, paraphrased_full: bool = False,
              exclude_names: Iterable[str] = ()) -> SyntheticSplits:
     """All splits as lists of rows, keyed by TOFU split name (a dict with a `meta` attribute;
-    `meta["authors"]` names the authors of `full` in order).
+    `meta["authors"]` names the authors of `full` in order, `meta["holdout_authors"]` those of the
+    holdout splits).
 
     `paraphrased_full` adds `full_paraphrased`: every item of `full` once more, answered in its
     paraphrase's wording (a corpus in which each fact is stated two ways; the rest is unchanged).
@@ -337,6 +338,7 @@ def generate(n_authors: int = 20, qa_per_author: int = 20, seed: int = 0,
                    "authors": [a["name"] for a in authors]}
     n_holdout_max = max(n_forget_authors(n_authors, p) for p in forget_percents)
     holdout_authors = [_make_author(rng, used) for _ in range(n_holdout_max)]
+    splits.meta["holdout_authors"] = [a["name"] for a in holdout_authors]
     holdout_qa = [_author_qa(rng, a, qa_per_author) for a in holdout_authors]
     for pct in forget_percents:
         k = n_forget_authors(n_authors, pct)

@@ -114,6 +114,9 @@ def test_meta_names_the_authors_and_another_corpus_can_exclude_them(splits):
     names = splits.meta["authors"]
     assert len(names) == len(set(names)) == 20
     assert all(any(n in r["answer"] or n in r["question"] for r in splits["full"]) for n in names)
-    other = generate(200, 1, seed=4, exclude_names=names)
-    assert not set(other.meta["authors"]) & set(names)
+    held = splits.meta["holdout_authors"]
+    assert len(held) == 2 and not set(held) & set(names)
+    assert all(any(n in r["question"] for r in splits["holdout10"]) for n in held)
+    other = generate(200, 1, seed=4, exclude_names=names + held)
+    assert not set(other.meta["authors"] + other.meta["holdout_authors"]) & set(names + held)
     assert set(generate(200, 1, seed=4).meta["authors"]) & set(names)  # without it, 200 draws meet some
