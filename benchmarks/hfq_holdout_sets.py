@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     from llm_unlearn.data.tofu import load_tofu
     from llm_unlearn.eval import metrics as M
-    from llm_unlearn.eval.evaluator import evaluate_items
+    from llm_unlearn.eval.evaluator import score_splits
     from llm_unlearn.eval.loading import load_for_eval
-    from llm_unlearn.eval.logs import ITEMS_FORMAT, logs_from_items, read_logs, split_truth_ratios
+    from llm_unlearn.eval.logs import read_logs, split_truth_ratios
 
     runs, t0 = Path(args.runs).expanduser(), time.time()
     hold_split = args.forget_split.replace("forget", "holdout", 1)
@@ -80,10 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t = time.time()
         model, tok = load_for_eval(str(path))
-        items = evaluate_items(model, tok, {"holdout": rows}, batch_size=8, progress=False, generate=False)
-        logs = logs_from_items({"format": ITEMS_FORMAT, "splits": {n: {"items": v} for n, v in items.items()}})
         scores[run] = {"questions": [r["question"] for r in rows],
-                       "ratios": [float(v) for v in split_truth_ratios(logs.splits["holdout"])]}
+                       "ratios": score_splits(model, tok, {"holdout": rows})["truth_ratios"]["holdout"]}
         if cache:
             cache.write_text(json.dumps(scores))
         print(f"scored {run} in {time.time() - t:.0f} s", flush=True)

@@ -333,12 +333,11 @@ def generate(n_authors: int = 20, qa_per_author: int = 20, seed: int = 0,
     if paraphrased_full:
         splits["full_paraphrased"] = [{"question": r["question"], "answer": r["paraphrased_answer"]}
                                       for rows_ in per_author for r in rows_]
-    splits.meta = {"generator": "llm_unlearn.data.synthetic", "n_authors": n_authors,
-                   "qa_per_author": qa_per_author, "seed": seed, "forget_percents": list(forget_percents),
-                   "authors": [a["name"] for a in authors]}
     n_holdout_max = max(n_forget_authors(n_authors, p) for p in forget_percents)
     holdout_authors = [_make_author(rng, used) for _ in range(n_holdout_max)]
-    splits.meta["holdout_authors"] = [a["name"] for a in holdout_authors]
+    splits.meta = {"generator": "llm_unlearn.data.synthetic", "n_authors": n_authors,
+                   "qa_per_author": qa_per_author, "seed": seed, "forget_percents": list(forget_percents),
+                   "authors": [a["name"] for a in authors], "holdout_authors": [a["name"] for a in holdout_authors]}
     holdout_qa = [_author_qa(rng, a, qa_per_author) for a in holdout_authors]
     for pct in forget_percents:
         k = n_forget_authors(n_authors, pct)
