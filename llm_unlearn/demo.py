@@ -365,6 +365,19 @@ S3T_FQ_MEANING = (
     "procedures differ, not a leak.")
 
 
+def s3t_base_corpus(cfg: DemoConfig, data: Path):
+    """The tiny S3T base's disjoint corpus: `cfg.s3t_base_authors` other fictitious authors (another
+    seed), none named like an author or holdout author of `data` (its meta.json names them), each
+    fact also in its paraphrase's wording with `cfg.s3t_base_paraphrases`."""
+    meta = source_meta(data)
+    splits = generate(cfg.s3t_base_authors or cfg.authors, cfg.qa_per_author, seed=cfg.seed + 1,
+                      paraphrased_full=cfg.s3t_base_paraphrases,
+                      exclude_names=[*meta.get("authors", []), *meta.get("holdout_authors", [])])
+    if cfg.s3t_base_paraphrases:
+        splits["full"] = splits["full"] + splits.pop("full_paraphrased")
+    return splits
+
+
 def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, timings) -> dict[str, Any]:
     base = cfg.model
     if cfg.model == "tiny":
@@ -372,15 +385,7 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
         # S3T gets what a pretrained LLM brings: a base pretrained on a disjoint corpus (other
         # fictitious authors, same kinds of facts, another seed) and the utility sets. It never
         # sees the demo's authors; everything it learns about them sits in deletable LoRA slices.
-        # none of the demo's own or holdout authors (synthetic data's meta.json names them) under
-        # another set of facts
-        meta = source_meta(data)
-        demo_authors = [*meta.get("authors", []), *meta.get("holdout_authors", [])]
-        splits = generate(cfg.s3t_base_authors or cfg.authors, cfg.qa_per_author, seed=cfg.seed + 1,
-                          paraphrased_full=cfg.s3t_base_paraphrases, exclude_names=demo_authors)
-        if cfg.s3t_base_paraphrases:
-            splits["full"] = splits["full"] + splits.pop("full_paraphrased")
-        corpus = write_splits(splits, out / "s3t_pretrain_data")
+        corpus = write_splits(s3t_base_corpus(cfg, data), out / "s3t_pretrain_data")
         base_dir = out / "s3t_base"
         base_dir.mkdir()
         finetune(FinetuneConfig(model="tiny", data=str(corpus), split="full", with_utility=True,

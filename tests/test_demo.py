@@ -136,3 +136,20 @@ def test_finetune_pins_the_tiny_model_to_one_thread(env, expected, monkeypatch, 
     assert calls[-1:] == expected
     threads = json.loads((out / "run.json").read_text())["threads"]
     assert threads["reason"] == ("model under 10 M parameters" if env is None else "OMP_NUM_THREADS=2")
+
+
+def test_s3t_base_corpus_leaves_out_the_demo_authors(tmp_path):
+    from llm_unlearn.data.synthetic import generate, write_splits
+    from llm_unlearn.demo import DemoConfig, s3t_base_corpus
+
+    data = write_splits(generate(20, 20, seed=0), tmp_path / "data")
+    demo = json.loads((data / "meta.json").read_text())
+    theirs = set(demo["authors"] + demo["holdout_authors"])
+    # seed 0: the generator's seed 1 draws a demo author ("Jareth Whitlock") among its first 20
+    assert set(generate(20, 20, seed=1).meta["authors"]) & theirs
+    base = s3t_base_corpus(DemoConfig(output=str(tmp_path / "out"), seed=0), data)
+    assert len(base.meta["authors"]) == 20 and not set(base.meta["authors"] + base.meta["holdout_authors"]) & theirs
+    cfg = DemoConfig(output=str(tmp_path / "out"), seed=0, s3t_base_authors=30, s3t_base_paraphrases=True)
+    big = s3t_base_corpus(cfg, data)
+    assert len(big.meta["authors"]) == 30 and "full_paraphrased" not in big
+    assert len(big["full"]) == 2 * 30 * cfg.qa_per_author  # every item in its answer's and its paraphrase's wording
