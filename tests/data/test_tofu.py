@@ -59,3 +59,21 @@ def test_json_array_files_load(tmp_path):
 def test_non_directory_source_is_refused(tmp_path):
     with pytest.raises(UnlearnError, match="not a directory"):
         load_tofu("full", tmp_path / "nothing.jsonl")
+
+
+def test_spread_over_authors_balances_authors_and_positions():
+    """80 of 20 authors x 20 items: 4 from each author, and every position (kind of question) 4 times;
+    uneven counts give the first authors one more; asking for more than there is returns everything."""
+    from collections import Counter
+
+    from llm_unlearn.data.tofu import spread_over_authors
+
+    groups = [[{"a": a, "i": i} for i in range(20)] for a in range(20)]
+    rows = spread_over_authors(groups, 80)
+    assert len(rows) == 80 and len({(r["a"], r["i"]) for r in rows}) == 80
+    assert set(Counter(r["a"] for r in rows).values()) == {4}
+    assert set(Counter(r["i"] for r in rows).values()) == {4}
+    per_author = Counter(r["a"] for r in spread_over_authors(groups, 30))
+    assert [per_author[a] for a in range(20)] == [2] * 10 + [1] * 10
+    short = [[{"a": 0, "i": 0}], [{"a": 1, "i": i} for i in range(5)]]
+    assert len(spread_over_authors(short, 4)) == 4 and spread_over_authors(short, 9) == short[0] + short[1]

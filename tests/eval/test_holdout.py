@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -108,17 +109,28 @@ def test_eval_and_score_print_hfq_without_retain_logs(target_dir, synthetic_dir,
     assert f"the forget items {M.describe_forgetting(d['verdict'])}" in printed  # score recomputes it from the logs
 
 
-def test_holdout_from_authors_outside_a_subset(synthetic_dir):
+def test_holdout_from_authors_outside_a_subset(synthetic_dir, tmp_path):
     """--max-authors N: the holdout items are other authors' (with perturbed answers), never the first N's
-    nor the excluded (forget) questions; the last ones of `full` first."""
+    nor the excluded (forget) questions; a few items are spread over the outside authors, one each."""
+    from llm_unlearn.data.source import qa_per_author
     from llm_unlearn.data.tofu import load_tofu, outside_authors_rows
     from llm_unlearn.errors import UnlearnError
 
-    full = [r["question"] for r in load_tofu("full", synthetic_dir).to_list()]
-    rows = outside_authors_rows(synthetic_dir, 5, n_items=4)
-    assert len(rows) == 4 and all(r.get("perturbed_answer") for r in rows)
-    assert all(full.index(r["question"]) >= 50 for r in rows)
-    assert [r["question"] for r in rows] == full[-4:]
+    src = tmp_path / "src"  # perturbed answers for every author's items, so several authors lie outside
+    shutil.copytree(synthetic_dir, src)
+    rows = load_tofu("full", src).to_list()
+    with (src / "retain_perturbed.jsonl").open("a", encoding="utf-8") as f:
+        for r in rows:
+            f.write(json.dumps({**r, "paraphrased_answer": r["answer"], "perturbed_answer": ["no", "none"]}) + "\n")
+    full = [r["question"] for r in rows]
+    per = qa_per_author(src)
+    every = outside_authors_rows(src, 5)
+    authors = {full.index(r["question"]) // per for r in every}
+    assert len(authors) >= 2 and min(authors) >= 5 and all(r.get("perturbed_answer") for r in every)
+    rows = outside_authors_rows(src, 5, n_items=len(authors))
+    assert len({full.index(r["question"]) // per for r in rows}) == len(authors)  # one item from each author
+    assert {r["question"] for r in rows} <= {r["question"] for r in every}
+    assert outside_authors_rows(src, 5, n_items=10 ** 6) == every
     with pytest.raises(UnlearnError, match="outside the first 5"):
         outside_authors_rows(synthetic_dir, 5, exclude_questions=set(full))
 
