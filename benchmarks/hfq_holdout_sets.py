@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, fmt_table, machine_info  # noqa: E402
 
 from llm_unlearn.data.tofu import spread_over_authors  # noqa: E402
+from llm_unlearn.eval.evaluator import holdout_size  # noqa: E402
 
 
 def model_path(runs: Path, run: str) -> Path | None:
@@ -71,27 +72,39 @@ def merge_scores(caches: list[dict]) -> dict:
 def author_sets(every: list[dict], per_author: int, block: int = 4) -> dict[str, list[dict]]:
     """Holdout sets drawn from `every` (whole authors of `per_author` consecutive items each): each run
     of `block` consecutive authors (how the product drew its holdout before session 25: the last
-    such block), the product's draw now (`spread_over_authors`: as many items, spread over every
-    author) and all of them."""
+    such block), as many items spread over every author (`spread_over_authors`), the evaluation's
+    draw now (`holdout_size` of the block's item count, spread), and all of them."""
     groups = [every[i:i + per_author] for i in range(0, len(every), per_author)]
     n = block * per_author
     sets = {f"authors {a + 1}-{min(a + block, len(groups))}": [r for g in groups[a:a + block] for r in g]
             for a in range(0, len(groups), block)}
     sets[f"spread {n}"] = spread_over_authors(groups, n)
+    m = holdout_size(n)  # what `eval` now reads against n forget items
+    if m < len(every):
+        sets[f"spread {m}"] = spread_over_authors(groups, m)
     sets[f"all {len(every)}"] = list(every)
     return sets
 
 
-def random_draws(every: list[dict], per_author: int, block: int, draws: int, seed: int = 0
+def random_draws(every: list[dict], per_author: int, block: int, draws: int, sizes: list[int], seed: int = 0
                  ) -> dict[str, list[set[str]]]:
-    """`draws` random holdout sets of each kind, as question sets: `block` whole authors, and as
-    many items spread over every author (the same number from each, at random positions)."""
+    """`draws` random holdout sets of each kind, as question sets: `block` whole authors; as many
+    items spread over every author (the same number from each, at random positions); and, for each
+    of `sizes`, the product's draw (`spread_over_authors`: every kind of question equally often)
+    with the authors in a random order, so each author gets another rotation of positions."""
     rng = random.Random(seed)
     groups = [every[i:i + per_author] for i in range(0, len(every), per_author)]
     k = max(1, block * per_author // len(groups))
-    return {"random authors": [{r["question"] for g in rng.sample(groups, block) for r in g} for _ in range(draws)],
-            "random spread": [{r["question"] for g in groups for r in rng.sample(g, min(k, len(g)))}
-                              for _ in range(draws)]}
+
+    def balanced(n: int) -> set[str]:
+        return {r["question"] for r in spread_over_authors(rng.sample(groups, len(groups)), n)}
+
+    out = {"random authors": [{r["question"] for g in rng.sample(groups, block) for r in g} for _ in range(draws)],
+           "random spread": [{r["question"] for g in groups for r in rng.sample(g, min(k, len(g)))}
+                             for _ in range(draws)]}
+    for n in sizes:
+        out[f"random balanced spread {n}"] = [balanced(n) for _ in range(draws if n < len(every) else 1)]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
               **{f"{kind} {name}": hfq(r, k, kind == "anchored") for name, k in keep.items()
                  for kind in ("own", "anchored")}} for r in complete]
     spearman = {f"{kind} {name}": rank(k, kind == "anchored") for name, k in keep.items() for kind in ("own", "anchored")}
-    draws = random_draws(every, args.per_author, args.block, args.draws)
+    sizes = sorted({40, 80, 120, 160, 200, holdout_size(args.block * args.per_author), 320} - {len(every)})
+    draws = random_draws(every, args.per_author, args.block, args.draws, [n for n in sizes if n < len(every)])
     spread = {}
     for name, ks in draws.items():
         for kind in ("own", "anchored"):
@@ -181,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             spread[f"{kind} {name}"] = {"median": statistics.median(v), "p10": v[len(v) // 10],
                                         "p90": v[(9 * len(v)) // 10], "min": v[0], "max": v[-1],
                                         "share >= 0.8": sum(x >= 0.8 for x in v) / len(v), "draws": len(v)}
-    big, pick = f"all {len(every)}", f"spread {args.block * args.per_author}"
+    big = f"all {len(every)}"
+    pick = f"spread {min(holdout_size(args.block * args.per_author), len(every))}"
+    pick = pick if pick in keep else big
     blocks = [n for n in keep if n.startswith("authors ")]
     show = [f"own {pick}", f"anchored {pick}", f"own {big}", f"anchored {big}"]
     print(fmt_table(["Run", "True FQ", *show, "own, 4-author blocks (min-max)"],
@@ -205,9 +221,13 @@ def main(argv: list[str] | None = None) -> int:
         "rows": table, "spearman": spearman, "random_draws": spread, "n": len(evaluated),
         "not_scored": sorted(set(skipped) | (set(scores) - set(complete))),
         "total_s": round(time.time() - t0, 1),
-        "targets": [{"target": f"own-model HFQ ranks runs like true FQ on the product's holdout draw ({name}): "
-                               "Spearman >= 0.8", "limit": 0.8, "measured": spearman[f"own {name}"],
-                     "n": len(evaluated), "pass": spearman[f"own {name}"] >= 0.8} for name in (pick, big)],
+        "targets": [{"target": f"own-model HFQ ranks runs like true FQ on the evaluation's holdout draw ({pick}): "
+                               "Spearman >= 0.8", "limit": 0.8, "measured": spearman[f"own {pick}"],
+                     "n": len(evaluated), "pass": spearman[f"own {pick}"] >= 0.8},
+                    {"target": f"... and on 90 % of random draws of that size (10th percentile of {args.draws})",
+                     "limit": 0.8, "measured": spread.get(f"own random balanced spread {pick.split()[1]}", {}).get("p10"),
+                     "n": len(evaluated),
+                     "pass": (spread.get(f"own random balanced spread {pick.split()[1]}", {}).get("p10") or 0) >= 0.8}],
     }
     Path(args.out).write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(f"\nwrote {args.out}")

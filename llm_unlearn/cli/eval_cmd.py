@@ -29,7 +29,8 @@ def register(sub, name: str, help_text: str) -> None:
                    help="the model was finetuned on the first N authors of full (a TOFU subset): the holdout items "
                         "are the other authors' (those with perturbed answers)")
     p.add_argument("--max-items", type=int, default=None,
-                   help="evaluate at most N items per split (default: the protocol's cap, none; tofu-legacy 300)")
+                   help="evaluate at most N items per split (default: the protocol's cap, none; tofu-legacy 300); "
+                        "the holdout, scored only, reads max(3 x the forget items, 200), spread over its authors")
     p.add_argument("--batch-size", type=int, default=8, help="sequences scored per forward pass")
     p.add_argument("--generation-batch-size", type=int, default=None,
                    help="prompts per greedy generate call (default: max(batch size, 64))")

@@ -110,9 +110,8 @@ def spread_over_authors(groups: list[list[dict]], n_items: int) -> list[dict]:
     for a, (g, c) in enumerate(zip(groups, quota)):
         if not c:
             continue
-        step = len(g) / c
-        shift = a % max(1, int(step))
-        out.extend(g[min(len(g) - 1, int(j * step) + shift)] for j in range(c))
+        step = len(g) / c  # evenly spaced, rotated by the author's index: distinct positions, all used alike
+        out.extend(g[(int(j * step) + a) % len(g)] for j in range(c))
     return out
 
 

@@ -42,6 +42,8 @@ from llm_unlearn.data.tofu import (
     is_local_source,
     load_tofu,
     outside_authors_rows,
+    qa_per_author,
+    spread_over_authors,
 )
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import metrics as M
@@ -253,6 +255,29 @@ def _load_rows(source, split: str, max_items: int | None) -> list[dict]:
     return load_tofu(split, source, max_items=max_items).to_list()
 
 
+# The holdout side of HFQ in an evaluation: at least this many items, or 3x the forget items (it is
+# scored only, never generated). On the SmolLM2 TOFU frontier (16 runs, benchmarks/hfq_holdout_sets.py)
+# 80 holdout items ranked the runs like true FQ (Spearman >= 0.8) in 77 % of random draws, 200 in 97 %,
+# 240 in 99 %, all 400 at 0.93.
+HOLDOUT_MIN_ITEMS = 200
+HOLDOUT_FACTOR = 3
+
+
+def holdout_size(n_forget: int) -> int:
+    """How many holdout items an evaluation reads against `n_forget` forget items (all there are
+    when fewer): ``max(HOLDOUT_FACTOR * n_forget, HOLDOUT_MIN_ITEMS)``."""
+    return max(HOLDOUT_FACTOR * n_forget, HOLDOUT_MIN_ITEMS)
+
+
+def _spread_cap(source, rows: list[dict], n: int | None) -> list[dict]:
+    """At most `n` of `rows` (a split listed author by author, as TOFU and `data synth` write them),
+    spread over its authors (`spread_over_authors`) rather than the first `n`."""
+    if not n or len(rows) <= n:
+        return rows
+    per = qa_per_author(source) if is_local_source(source) else 20
+    return spread_over_authors([rows[i:i + per] for i in range(0, len(rows), per)], n)
+
+
 def holdout_rows(source, holdout_split: str, max_items: int | None, *, explicit: bool = False,
                   max_authors: int | None = None, forget_rows: list[dict] | None = None,
                   n_outside: int | None = None) -> tuple[list[dict] | None, str | None]:
@@ -261,18 +286,20 @@ def holdout_rows(source, holdout_split: str, max_items: int | None, *, explicit:
     Sources, first match: the split `holdout_split` (given with `explicit`: it must exist);
     with `max_authors` (a model trained on the first N authors of ``full``), items about the
     authors outside them that have perturbed answers, as many as the forget items (`n_outside`:
-    that many instead); the source's ``holdoutXX`` split."""
+    that many instead); the source's ``holdoutXX`` split. At most `max_items`, spread over the
+    split's authors (`spread_over_authors`), not its first ones."""
     if explicit:
-        return _load_rows(source, holdout_split, max_items), None
+        return _spread_cap(source, _load_rows(source, holdout_split, None), max_items), None
     if max_authors is not None:
         forget_rows = forget_rows or []
-        rows = outside_authors_rows(source, max_authors, n_items=n_outside or len(forget_rows) or None,
-                                    exclude_questions={r["question"] for r in forget_rows})
-        return rows[:max_items] if max_items else rows, None
+        n = n_outside or len(forget_rows) or None
+        n = min(n, max_items) if n and max_items else n or max_items
+        return outside_authors_rows(source, max_authors, n_items=n,
+                                    exclude_questions={r["question"] for r in forget_rows}), None
     if is_local_source(source) and holdout_split not in available_splits(source):
         return None, f"data source {source} has no {holdout_split} split (pass --holdout-split or --max-authors)"
     try:
-        return _load_rows(source, holdout_split, max_items), None
+        return _spread_cap(source, _load_rows(source, holdout_split, None), max_items), None
     except UnlearnError as exc:
         return None, f"cannot load {holdout_split}: {exc}"
 
@@ -287,8 +314,9 @@ def load_eval_rows(data_source, forget_split: str = "forget10", max_items: int |
     rows = {name: _load_rows(data_source, split, max_items) for name, split in source_splits.items()}
     explicit = holdout_split is not None
     holdout_split = holdout_split or forget_split.replace("forget", "holdout", 1)
-    hold, reason = holdout_rows(data_source, holdout_split, max_items, explicit=explicit, max_authors=max_authors,
-                                 forget_rows=rows["forget"])
+    n_hold = holdout_size(len(rows["forget"]))  # scored only: more items than the generated splits
+    hold, reason = holdout_rows(data_source, holdout_split, n_hold, explicit=explicit, max_authors=max_authors,
+                                 forget_rows=rows["forget"], n_outside=n_hold)
     if hold is not None:
         rows["holdout"] = hold
         source_splits["holdout"] = (f"full: authors after the first {max_authors}, with perturbed answers"
@@ -417,7 +445,8 @@ def evaluate_model(model, tokenizer, data_source, forget_split: str = "forget10"
     ``holdoutXX`` (when there is none these metrics are "n/a" with the reason). `retain_logs` (a path in any format `read_logs` accepts, or
     `EvalLogs`) is the retain model's evaluation, needed for forget quality and privleak.
     `max_items` caps every split (default: the protocol's cap, none natively, 300 for TOFU
-    legacy); `max_new_tokens` defaults to the protocol's (200). `protocol` (default native)
+    legacy) except the holdout, which is scored only and reads `holdout_size` items (at least
+    200, spread over its authors); `max_new_tokens` defaults to the protocol's (200). `protocol` (default native)
     sets the prompt, tokenisation, lengths, generation and MIA details and is recorded in both
     outputs; retain logs of another protocol or evaluator are refused unless
     `allow_mixed_protocols`."""

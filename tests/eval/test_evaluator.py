@@ -70,7 +70,8 @@ def test_batch_size_1_and_8_give_the_same_values(tiny_eval):
 def test_summary_states_what_it_computed(tiny_eval):
     _, res = tiny_eval
     s = res[8]["summary"]
-    assert s["n_items"] == {"forget": 4, "retain": 4, "real_authors": 4, "world_facts": 4, "holdout": 4}
+    # max_items 4 caps the generated splits; the holdout (scored only) is all of holdout10 (10 < holdout_size(4))
+    assert s["n_items"] == {"forget": 4, "retain": 4, "real_authors": 4, "world_facts": 4, "holdout": 10}
     assert s["source_splits"]["forget"] == "forget10_perturbed" and s["source_splits"]["holdout"] == "holdout10"
     assert s["metrics"]["forget_quality"] is None and "retain" in s["not_available"]["forget_quality"]
     assert s["metrics"]["forget_quality_floor"] == pytest.approx(2 / 70)  # exact KS, n = m = 4

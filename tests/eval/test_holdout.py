@@ -137,14 +137,17 @@ def test_holdout_from_authors_outside_a_subset(synthetic_dir, tmp_path):
 
 def test_holdout_of_a_real_tofu_subset(shared_tofu):
     from llm_unlearn.data.tofu import load_tofu
-    from llm_unlearn.eval.evaluator import load_eval_rows
+    from llm_unlearn.data.tofu import outside_authors_rows
+    from llm_unlearn.eval.evaluator import holdout_size, load_eval_rows
 
     full = [r["question"] for r in load_tofu("full", shared_tofu).to_list()]
     rows, splits, reason = load_eval_rows(shared_tofu, "forget01", max_authors=20)
     forget = {r["question"] for r in rows["forget"]}
     hold = [r["question"] for r in rows["holdout"]]
-    assert reason is None and len(hold) == len(forget) == 40
+    assert reason is None and len(forget) == 40 and len(hold) == holdout_size(40) == 200  # scored only: more
     assert min(full.index(q) for q in hold) >= 400 and not set(hold) & forget
+    outside = {full.index(r["question"]) // 20 for r in outside_authors_rows(shared_tofu, 20, exclude_questions=forget)}
+    assert {full.index(q) // 20 for q in hold} == outside  # every outside author, not the first few
     assert "authors after the first 20" in splits["holdout"]
 
 
@@ -154,5 +157,7 @@ def test_explicit_holdout_split(synthetic_dir):
 
     rows, splits, _ = load_eval_rows(synthetic_dir, "forget10", holdout_split="holdout05")
     assert splits["holdout"] == "holdout05"
+    capped, _, _ = load_eval_rows(synthetic_dir, "forget10", max_items=2, holdout_split="holdout05")
+    assert len(capped["forget"]) == 2 and capped["holdout"] == rows["holdout"]  # the holdout is not capped to 2
     with pytest.raises(UnlearnError, match="nosuch"):
         load_eval_rows(synthetic_dir, "forget10", holdout_split="nosuch")
