@@ -38,9 +38,11 @@ from llm_unlearn.eval.evaluator import holdout_size  # noqa: E402
 
 
 def model_path(runs: Path, run: str) -> Path | None:
-    """The weights of a frontier row: a tuned row's chosen adapter, else the model its run.json names."""
-    if (runs / run / "chosen" / "adapter_config.json").is_file() or (runs / run / "chosen" / "config.json").is_file():
-        return runs / run / "chosen"
+    """The weights of a frontier row: a tuned row's chosen adapter, a grid row's own (LoRA) directory,
+    else the model its run.json names."""
+    for d in (runs / run / "chosen", runs / run):
+        if (d / "adapter_config.json").is_file() or (d / "config.json").is_file():
+            return d
     info = runs / run / "run.json"
     if info.is_file():
         d = json.loads(info.read_text()).get("model_dir")

@@ -65,7 +65,7 @@ from llm_unlearn.data.tofu import load_tofu
 from llm_unlearn.errors import UnlearnError
 from llm_unlearn.eval import logs as eval_logs
 from llm_unlearn.eval.corpus_scores import score_corpus
-from llm_unlearn.eval.evaluator import evaluate_model, score_splits, write_eval
+from llm_unlearn.eval.evaluator import evaluate_model, holdout_size, score_splits, write_eval
 from llm_unlearn.eval.metrics import (
     UTILITY_PROXY_KEYS,
     describe_forgetting,
@@ -251,11 +251,14 @@ class BestStepCallback(TrainerCallback):
 
 
 def scoring_rows(cfg: TuneConfig) -> tuple[dict[str, list[dict]], str | None]:
-    """The subsets every scoring uses: forget and holdout items (HFQ), and the utility items —
+    """The subsets every scoring uses: forget and holdout items (HFQ; with the start reference, as many
+    holdout items as an evaluation reads, else as many as forget items), and the utility items —
     the first retain items with perturbed answers (left out of training), real authors, world
     facts. `UnlearnError` when there is no holdout set with perturbed answers."""
+    # the holdout under the start is scored once: as many items as an evaluation reads (`holdout_size`)
+    n_hold = cfg.holdout_items or (holdout_size(cfg.score_items) if cfg.hfq_reference == "start" else None)
     rows, reason = unlearn_mod.hfq_rows(cfg.data, cfg.forget_split, cfg.score_items, cfg.holdout_split, cfg.max_authors,
-                                        holdout_items=cfg.holdout_items)
+                                        holdout_items=n_hold)
     if rows is None:
         raise UnlearnError(f"tune needs forget and holdout items with perturbed answers: {reason}")
     forget_q = {r["question"] for r in rows["forget"]}

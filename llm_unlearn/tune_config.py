@@ -53,9 +53,10 @@ class TuneConfig:
     score_items: int = field(default=40, metadata={"help": "forget and holdout items (corpus: documents) scored "
                                                            "for HFQ"})
     holdout_items: int | None = field(default=None, metadata={
-        "help": "holdout items scored for HFQ (default --score-items); with --hfq-reference start they are scored "
-                "once, on the starting model, so a larger holdout (less noise on its side of the KS test) costs "
-                "one scoring"})
+        "help": "holdout items scored for HFQ (default: with --hfq-reference start, max(3 x --score-items, 200), "
+                "spread over the holdout's authors, as `eval` reads them; they are scored once, on the starting "
+                "model, so the larger holdout (less noise on its side of the KS test) costs one scoring; with "
+                "current, --score-items)"})
     utility_items: int = field(default=20, metadata={"help": "items per utility split (retain items left out of "
                                                              "training, real authors, world facts; corpus: retain "
                                                              "documents left out of training)"})
