@@ -136,8 +136,7 @@ def test_holdout_from_authors_outside_a_subset(synthetic_dir, tmp_path):
 
 
 def test_holdout_of_a_real_tofu_subset(shared_tofu):
-    from llm_unlearn.data.tofu import load_tofu
-    from llm_unlearn.data.tofu import outside_authors_rows
+    from llm_unlearn.data.tofu import load_tofu, outside_authors_rows
     from llm_unlearn.eval.evaluator import holdout_size, load_eval_rows
 
     full = [r["question"] for r in load_tofu("full", shared_tofu).to_list()]
