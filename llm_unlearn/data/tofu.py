@@ -92,9 +92,9 @@ def spread_over_authors(groups: list[list[dict]], n_items: int) -> list[dict]:
     as many from each author (the first authors one more when `n_items` does not divide), at
     evenly spaced positions that rotate with the author, so every kind of question (TOFU asks
     them in the same order for every author) is drawn about equally often. All items when
-    `n_items` is at least their number. A holdout set drawn this way depends less on which
-    authors it reads: four contiguous TOFU authors moved the holdout forget quality of one
-    model from 0.92 to 0.24 (`benchmarks/hfq_holdout_sets.py`)."""
+    `n_items` is at least their number. A holdout drawn this way reads every author, not a few
+    whole ones (which four TOFU authors an 80-item holdout read moved one model's holdout forget
+    quality from 0.92 to 0.24); how many items it reads matters more (`benchmarks/hfq_holdout_sets.py`)."""
     groups = [g for g in groups if g]
     total = sum(len(g) for g in groups)
     if n_items >= total:
