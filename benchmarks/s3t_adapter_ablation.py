@@ -52,8 +52,9 @@ def lora_variant(kind: str):
 
 
 def cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "llm_unlearn.cli", *args], check=True, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL)
+    """The installed `llm-unlearn` command, as a user runs it (its console output dropped)."""
+    exe = shutil.which("llm-unlearn") or str(Path(sys.executable).with_name("llm-unlearn"))
+    subprocess.run([exe, *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def main(argv: list[str] | None = None) -> int:

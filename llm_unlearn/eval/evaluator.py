@@ -274,7 +274,7 @@ def _spread_cap(source, rows: list[dict], n: int | None) -> list[dict]:
     spread over its authors (`spread_over_authors`) rather than the first `n`."""
     if not n or len(rows) <= n:
         return rows
-    per = qa_per_author(source) if is_local_source(source) else 20
+    per = qa_per_author(source)
     return spread_over_authors([rows[i:i + per] for i in range(0, len(rows), per)], n)
 
 
