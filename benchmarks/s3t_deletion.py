@@ -249,6 +249,7 @@ def bench_demo(tmp: Path, args) -> dict:
             cfg.s3t_lora_r = args.s3t_lora_r
         cfg.s3t_layout = args.s3t_layout
         cfg.s3t_lr_schedule = args.s3t_lr_schedule
+        cfg.s3t_head = args.s3t_head
         cfg.s3t_base_paraphrases = args.s3t_base_paraphrases
         cfg.s3t_base_authors = args.s3t_base_authors
         if args.ft_epochs is not None:
@@ -281,7 +282,7 @@ def bench_demo(tmp: Path, args) -> dict:
         _print_demo_seed(row)
     return {"model": args.model, "data": args.data or "synthetic (demo default)", "authors": args.demo_authors,
             "prompt_loss": args.prompt_loss, "s3t_lora_r": args.s3t_lora_r, "s3t_layout": args.s3t_layout, "s3t_epochs": args.s3t_epochs,
-            "s3t_lr": args.s3t_lr, "s3t_lr_schedule": args.s3t_lr_schedule,
+            "s3t_lr": args.s3t_lr, "s3t_lr_schedule": args.s3t_lr_schedule, "s3t_head": args.s3t_head,
             "s3t_base_paraphrases": args.s3t_base_paraphrases, "s3t_base_authors": args.s3t_base_authors,
             "seeds": per_seed, "by_mode": _by_mode(per_seed)}
 
@@ -381,6 +382,8 @@ def main() -> None:
                    help="demo: what an S3T stage trains (llm_unlearn.s3t.train.LAYOUTS)")
     p.add_argument("--s3t-lr-schedule", default="constant", choices=["constant", "linear"],
                    help="demo: the S3T learning rate within a stage (llm_unlearn.s3t.train.LR_SCHEDULES)")
+    p.add_argument("--s3t-head", default="none", choices=["none", "lora"],
+                   help="demo: the S3T output head (llm_unlearn.s3t.train.HEADS)")
     p.add_argument("--s3t-base-paraphrases", action="store_true",
                    help="demo (tiny): the S3T base's disjoint corpus states each fact in two wordings")
     p.add_argument("--s3t-base-authors", type=int, default=None,

@@ -150,7 +150,7 @@ class S3TEnsemble(torch.nn.Module):
         """The adapter weights shard `shard` serves right now (keys as in its checkpoint file)."""
         if shard not in self.served:
             raise UnlearnError(f"shard {shard} is not serving")
-        return get_peft_model_state_dict(self.peft, adapter_name=f"shard{shard}")
+        return get_peft_model_state_dict(self.peft, adapter_name=f"shard{shard}", save_embedding_layers=False)
 
     def served_weights_sha256(self, shard: int) -> str:
         return weights_sha256(self.adapter_state(shard))

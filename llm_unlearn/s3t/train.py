@@ -68,6 +68,11 @@ AGGREGATES = ("mean-logprob", "mixture", "posterior", "route")
 # What a stage trains. blocks: the LoRA of layer block i (the paper's layer-wise training); stacked:
 # its own rank-r slice of one rank r·L LoRA on every layer (see train_stage).
 LAYOUTS = ("blocks", "stacked")
+# The output head. none: frozen (the paper: LoRA of the decoder layers only); lora: a LoRA of the
+# output head too, of rank r·L, whose rank-r components (stage-1)·r … stage·r are stage i's (as the
+# stacked layout's), so a stage's head delta depends only on slices 1..i and a deletion drops it as
+# exactly. A small model's frozen head caps what its adapters can learn (benchmarks/s3t_adapter_ablation.py).
+HEADS = ("none", "lora")
 # The learning rate within a stage. constant: `lr` at every step; linear: from `lr` down to 0 over
 # the stage's steps (the HF Trainer's default decay, without warmup). The schedule depends only on
 # the stage's step count, a function of its sample count, so a retrain reproduces it exactly.
@@ -108,6 +113,9 @@ class S3TConfig:
         "help": "what stage i trains: blocks (the paper: the LoRA of layer block i) or stacked (its own rank-r slice of "
                 "one rank r*L LoRA on every layer, so the facts of every slice reach the whole depth; a stage's "
                 "parameters still depend only on slices 1..i, so deletion is as exact)"})
+    head: str = field(default="none", metadata={
+        "help": "output head: none (frozen, the paper) or lora (a LoRA of the head too, each stage its own rank-r "
+                "components, so deletion is as exact)"})
     exclude_ids: list[str] = field(default_factory=list, metadata={
         "help": "sample ids left out from the start (exact-retrain reference: same plan and seeds)"})
     exclude_split: str | None = field(default=None, metadata={
@@ -118,6 +126,8 @@ class S3TConfig:
             raise UnlearnError(f"--aggregate {self.aggregate!r} unknown (expected one of {', '.join(AGGREGATES)})")
         if self.layout not in LAYOUTS:
             raise UnlearnError(f"--layout {self.layout!r} unknown (expected one of {', '.join(LAYOUTS)})")
+        if self.head not in HEADS:
+            raise UnlearnError(f"--head {self.head!r} unknown (expected one of {', '.join(HEADS)})")
         if self.lr_schedule not in LR_SCHEDULES:
             raise UnlearnError(f"--lr-schedule {self.lr_schedule!r} unknown (expected one of {', '.join(LR_SCHEDULES)})")
 
@@ -141,6 +151,15 @@ def lora_targets(model, layers: list[int]) -> list[str]:
         if m and int(m.group(1)) in layers and isinstance(module, torch.nn.Linear):
             out.append(name)
     return out
+
+
+def output_head_name(model) -> str:
+    """Module name of the model's output head (``lm_head`` for Llama/SmolLM2)."""
+    head = model.get_output_embeddings()
+    for name, module in model.named_modules():
+        if module is head and isinstance(module, torch.nn.Linear):
+            return name
+    raise UnlearnError(f"cannot find the output head of {type(model).__name__} (a Linear returned by get_output_embeddings)")
 
 
 def _layer_of(param_name: str, path: str) -> int:
@@ -225,6 +244,9 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
     masked to zero, so AdamW (no weight decay) leaves them bit for bit as loaded. With alpha scaled
     by L too, each stage's component has the scale of a rank-r adapter in the blocks layout.
 
+    With `cfg.head` lora, the output head carries a LoRA of rank r·L in either layout, split into
+    stages' components as the stacked layout's.
+
     Returns the PEFT model (base is deep-copied, never modified).
     """
     stacked = cfg.layout == "stacked"
@@ -232,15 +254,25 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
     layers = sorted(li for block in blocks for li in block) if stacked else \
         [li for block in blocks[:stage] for li in block]
     r, alpha = (cfg.lora_r * n_stages, cfg.lora_alpha * n_stages) if stacked else (cfg.lora_r, cfg.lora_alpha)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0,
-                        target_modules=lora_targets(base_model, layers), task_type="CAUSAL_LM")
+    targets = lora_targets(base_model, layers)
+    head = output_head_name(base_model) if cfg.head == "lora" else None
+    if head is not None:
+        targets.append(head)
+    # the head is split into stages' components in either layout
+    patterns = {re.escape(head): n_stages} if head is not None and not stacked else {}
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, task_type="CAUSAL_LM",
+                        rank_pattern={k: cfg.lora_r * n for k, n in patterns.items()},
+                        alpha_pattern={k: cfg.lora_alpha * n for k, n in patterns.items()})
     model = get_peft_model(copy.deepcopy(base_model), config)
     path = decoder_layers_path(base_model)
-    if stacked:  # nothing from PEFT's random init survives: unloaded components are zero
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if "lora_" in name:
-                    param.zero_()
+
+    def split(name: str) -> bool:  # a parameter whose rank components belong to the stages
+        return "lora_" in name and (stacked or (head is not None and f"{head}.lora_" in name))
+
+    with torch.no_grad():  # nothing from PEFT's random init survives in them: unloaded components are zero
+        for name, param in model.named_parameters():
+            if split(name):
+                param.zero_()
     if previous is not None:
         result = set_peft_model_state_dict(model, previous)
         if getattr(result, "unexpected_keys", None):
@@ -249,18 +281,19 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
     trainable = []
     lo, hi = (stage - 1) * cfg.lora_r, stage * cfg.lora_r
     for name, param in sorted(model.named_parameters()):
-        in_stage = "lora_" in name and (stacked or _layer_of(name, path) in blocks[stage - 1])
+        components = split(name)
+        in_stage = "lora_" in name and (components or _layer_of(name, path) in blocks[stage - 1])
         param.requires_grad_(in_stage)
         if not in_stage:
             continue
         with torch.no_grad():
-            # this stage's part: all of a blocks-layout parameter; its rank components when stacked
-            own = ((slice(lo, hi),) if "lora_A" in name else (slice(None), slice(lo, hi))) if stacked else (...,)
+            # this stage's part: all of a blocks-layout parameter; its rank components when split
+            own = ((slice(lo, hi),) if "lora_A" in name else (slice(None), slice(lo, hi))) if components else (...,)
             if "lora_A" in name:
                 torch.nn.init.kaiming_uniform_(param[own], a=math.sqrt(5), generator=gen)
             else:
                 param[own].zero_()
-            if stacked:
+            if components:
                 mask = torch.zeros_like(param)
                 mask[own] = 1.0
                 param.register_hook(lambda grad, mask=mask: grad * mask)
@@ -305,7 +338,7 @@ def train_stage(base_model, tokenizer, blocks: list[list[int]], stage: int, rows
 
 
 def adapter_state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model).items()}
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(model, save_embedding_layers=False).items()}
 
 
 # -- a whole sequence -------------------------------------------------------------------------
@@ -339,7 +372,8 @@ def train_sequence(run_dir: Path, ledger: DeletionLedger, base_model, tokenizer,
         ckpt = run_dir / rel
         if ckpt.exists():
             shutil.rmtree(ckpt)
-        model.save_pretrained(str(ckpt), safe_serialization=True)
+        # the adapter only: PEFT would also store the base head it wraps (an "embedding layer" to it)
+        model.save_pretrained(str(ckpt), safe_serialization=True, save_embedding_layers=False)
         fsync_tree(ckpt, run_dir)  # on disk before the ledger vouches for it
         weights_file = ckpt / "adapter_model.safetensors"
         previous = load_file(str(weights_file))

@@ -9,7 +9,7 @@ def test_cli_train_small_run(tmp_path, synthetic_dir, capsys):
     out = tmp_path / "run"
     rc = main(["s3t", "train", "--data", str(synthetic_dir), "--output", str(out), "--shards", "1", "--slices", "2",
                "--sequences", "2", "--method", "bipartite", "--max-items", "6", "--epochs-per-stage", "1",
-               "--lr-schedule", "linear"])
+               "--lr-schedule", "linear", "--head", "lora"])
     assert rc == 0
     assert "serving" in capsys.readouterr().out
     from llm_unlearn.s3t.ledger import DeletionLedger
@@ -17,7 +17,10 @@ def test_cli_train_small_run(tmp_path, synthetic_dir, capsys):
     ledger = DeletionLedger.open(out)
     assert len(ledger.sample_ids()) == 6 and len(ledger.stages()) == 4
     assert json.loads((out / "plan.json").read_text())["method"] == "bipartite"
-    assert json.loads((out / "run.json").read_text())["config"]["lr_schedule"] == "linear"
+    config = json.loads((out / "run.json").read_text())["config"]
+    assert config["lr_schedule"] == "linear" and config["head"] == "lora"
+    assert "lm_head" in json.loads((out / ledger.stages()[0].checkpoint / "adapter_config.json").read_text())[
+        "target_modules"]
     assert main(["s3t", "train", "--data", str(synthetic_dir), "--output", str(out)]) == 2  # exists, no --overwrite
 
 

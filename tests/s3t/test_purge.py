@@ -337,3 +337,54 @@ def test_linear_lr_schedule_retrain_equals_excluded_reference(synthetic_dir, tmp
     const.mkdir()
     train_s3t(s3t_settings(synthetic_dir, const, exclude_ids=victims, **settings))
     assert not compare_with_reference(run, const)["identical"]  # the schedule is part of the reference
+
+
+@pytest.mark.parametrize("layout", ["blocks", "stacked"])
+def test_head_lora_is_split_by_stage_and_stays_exact(synthetic_dir, tmp_path, s3t_settings, layout):
+    """`head="lora"`: the output head carries a LoRA of rank r·L in either layout. Stage 1 trains
+    its first r components and leaves the rest at zero; stage 2 keeps stage 1's bit for bit and
+    trains its own; the served ensemble uses the head delta; deleting a sample gives the
+    exact-retrain reference's served weights, head included."""
+    from safetensors.torch import load_file
+
+    from llm_unlearn.s3t.train import train_s3t
+
+    settings = dict(shards=1, sequences=2, max_items=16, layout=layout, head="lora")
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = s3t_settings(synthetic_dir, run, **settings)
+    train_s3t(cfg)
+    ledger = DeletionLedger.open(run)
+    recs = {(r.sequence, r.stage): r for r in ledger.stages(0)}
+    s1 = load_file(str(run / recs[(0, 1)].checkpoint / "adapter_model.safetensors"))
+    s2 = load_file(str(run / recs[(0, 2)].checkpoint / "adapter_model.safetensors"))
+    r = cfg.lora_r
+    head_a = [k for k in s2 if "lm_head.lora_A" in k]
+    head_b = [k for k in s2 if "lm_head.lora_B" in k]
+    assert len(head_a) == len(head_b) == 1
+    assert not [k for k in s2 if "lm_head" in k and "lora_" not in k]  # the adapter only, not the base head
+    a, b = head_a[0], head_b[0]
+    assert s2[a].shape[0] == s2[b].shape[1] == 2 * r
+    assert torch.count_nonzero(s1[a][r:]) == 0 and torch.count_nonzero(s1[b][:, r:]) == 0
+    assert torch.count_nonzero(s1[b][:, :r]) > 0  # stage 1 trained its head components
+    assert torch.equal(s1[a][:r], s2[a][:r]) and torch.equal(s1[b][:, :r], s2[b][:, :r])
+    assert torch.count_nonzero(s2[b][:, r:]) > 0  # stage 2 trained its own
+    model = load_s3t_model(run)
+    ids = model.tokenizer("Who wrote it?", return_tensors="pt")["input_ids"]
+    with_head = model.shard_logprobs(ids)
+    with torch.no_grad():
+        for name, p in model.peft.named_parameters():
+            if "lm_head.lora_B" in name:
+                p.zero_()
+    assert not torch.allclose(with_head, model.shard_logprobs(ids))  # the served head delta counts
+    victim = _first_slice_sample(ledger, 0, 0)
+    assert delete_samples(run, ids=[victim]).serving[0] == (1, 1)
+    ref = tmp_path / "reference"
+    ref.mkdir()
+    train_s3t(s3t_settings(synthetic_dir, ref, exclude_ids=[victim], **settings))
+    report = compare_with_reference(run, ref)
+    assert report["identical"] and [s["prefix"] for s in report["shards"]] == [1]
+    plain = compare_with_reference(run, train_s3t(s3t_settings(
+        synthetic_dir, tmp_path / "plain_ref", shards=1, sequences=2, max_items=16, layout=layout,
+        exclude_ids=[victim])))
+    assert not plain["identical"]  # the head is part of what the reference must share
