@@ -382,8 +382,8 @@ def main() -> None:
                    help="demo: what an S3T stage trains (llm_unlearn.s3t.train.LAYOUTS)")
     p.add_argument("--s3t-lr-schedule", default="constant", choices=["constant", "linear"],
                    help="demo: the S3T learning rate within a stage (llm_unlearn.s3t.train.LR_SCHEDULES)")
-    p.add_argument("--s3t-head", default="none", choices=["none", "lora"],
-                   help="demo: the S3T output head (llm_unlearn.s3t.train.HEADS)")
+    p.add_argument("--s3t-head", default=None, choices=["none", "lora"],
+                   help="demo: the S3T output head (llm_unlearn.s3t.train.HEADS; default: the demo's)")
     p.add_argument("--s3t-base-paraphrases", action="store_true",
                    help="demo (tiny): the S3T base's disjoint corpus states each fact in two wordings")
     p.add_argument("--s3t-base-authors", type=int, default=None,

@@ -45,9 +45,10 @@ def register(sub, name: str, help_text: str) -> None:
     t.add_argument("--layout", default="blocks", choices=["blocks", "stacked"],
                    help="what stage i trains: blocks (the paper: the LoRA of layer block i) or stacked (its own "
                         "rank-r slice of one rank r*L LoRA on every layer: more capacity, the same exactness)")
-    t.add_argument("--head", default="none", choices=["none", "lora"],
+    t.add_argument("--head", default=None, choices=["none", "lora"],
                    help="output head: none (frozen, as in the paper) or lora (a LoRA of the head too, each stage its "
-                        "own rank-r components: deletion stays exact; what a small model's adapters need)")
+                        "own rank-r components: deletion stays exact). Default: lora for --model tiny, whose random "
+                        "head caps what its adapters learn; none for a pretrained model")
     t.add_argument("--exclude-split", default=None,
                    help="exact-retrain reference: leave out the samples of this split (e.g. forget10), same plan and seeds")
     t.add_argument("--exclude-ids", nargs="+", default=[], metavar="ID",
@@ -100,7 +101,8 @@ def run_train(args: argparse.Namespace) -> int:
         lora_alpha=args.lora_alpha, epochs_per_stage=args.epochs_per_stage,
         lr=args.lr if args.lr is not None else (1e-2 if args.model == "tiny" else 1e-3),
         batch_size=args.batch_size, max_length=args.max_length, max_items=args.max_items, seed=args.seed,
-        prompt_loss=args.prompt_loss, with_utility=args.with_utility, layout=args.layout, head=args.head,
+        prompt_loss=args.prompt_loss, with_utility=args.with_utility, layout=args.layout,
+        head=args.head or ("lora" if args.model == "tiny" else "none"),
         lr_schedule=args.lr_schedule, **({"aggregate": args.aggregate} if args.aggregate else {}), exclude_ids=list(args.exclude_ids), exclude_split=args.exclude_split,
     )
     validate_config(cfg)  # before creating anything

@@ -100,6 +100,7 @@ def test_cli_train_exclude_split_records_the_reference(tmp_path, synthetic_dir, 
     ledger = DeletionLedger.open(out)
     assert len(ledger.deleted_ids()) == len(load_tofu("forget10", str(synthetic_dir)))
     assert ledger.deleted_texts() == [] and ledger.deletions()[0]["status"] == "excluded"
-    assert json.loads((out / "run.json").read_text())["aggregate"] == "route"
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["aggregate"] == "route" and manifest["config"]["head"] == "lora"  # the tiny model's default
     for rec in ledger.stages():
         assert not set(ledger.stage_sample_ids(rec.stage_id)) & ledger.deleted_ids()
