@@ -83,8 +83,9 @@ class DemoConfig:
     s3t_lora_r: int | None = None  # None: lora_r (alpha = 2r)
     s3t_layout: str = "blocks"  # llm_unlearn.s3t.train.LAYOUTS
     s3t_lr_schedule: str = "constant"  # llm_unlearn.s3t.train.LR_SCHEDULES
-    # llm_unlearn.s3t.train.HEADS; None: lora for tiny (its frozen head held the served ensemble at 0.68x the
-    # single model's utility; with it 0.92-0.95x, benchmarks/s3t_deletion.py), none for a pretrained model
+    # llm_unlearn.s3t.train.HEADS; None: lora for tiny (with its head frozen the served ensemble kept 0.67-0.71x
+    # the single model's utility, with a head LoRA 0.92-0.95x: benchmarks/s3t_deletion.py, 3 seeds), none
+    # for a pretrained model
     s3t_head: str | None = None
     # tiny: the S3T base's disjoint corpus states each fact in two wordings (its answer and its
     # paraphrase), as a pretrained LLM has seen facts stated many ways
