@@ -2,7 +2,8 @@
 order π, stage i trains the LoRA adapters of layer block i on the cumulative slices π₁…π_i while
 the adapters of blocks 1…i-1 stay frozen; blocks i+1…L carry no adapter yet. The checkpoint
 written after stage k therefore holds exactly blocks 1…k, and serving "prefix k" means loading
-that checkpoint — the served weights are the stored file, bit for bit.
+that checkpoint — the served weights are the stored file, bit for bit. With ``head="lora"`` every
+stage also trains its own rank-r components of a LoRA of the output head (``HEADS``).
 
 Stage k's LoRA-A init and its batch order come from a generator seeded by
 (run seed, shard, sequence, stage), so retraining a prefix from the samples the ledger says it
