@@ -39,7 +39,7 @@ from llm_unlearn.outputs import staged_dir
 from llm_unlearn.runinfo import read_manifest
 from llm_unlearn.s3t.serve import load_s3t_model
 from llm_unlearn.s3t.service import compare_with_reference, delete_samples, purge, retrain
-from llm_unlearn.s3t.train import S3TConfig, load_run, train_s3t
+from llm_unlearn.s3t.train import S3TConfig, default_head, load_run, train_s3t
 from llm_unlearn.unlearn import load_target, run_unlearning
 
 logger = logging.getLogger(__name__)
@@ -400,7 +400,8 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
                     sequences=cfg.s3t_sequences, epochs_per_stage=cfg.s3t_epochs_per_stage, lr=cfg.s3t_lr,
                     seed=cfg.seed, lora_r=cfg.s3t_lora_r or cfg.lora_r,
                     lora_alpha=2 * cfg.s3t_lora_r if cfg.s3t_lora_r else cfg.lora_alpha, prompt_loss=cfg.s3t_prompt_loss,
-                    layout=cfg.s3t_layout, lr_schedule=cfg.s3t_lr_schedule, head=cfg.s3t_head or ("lora" if cfg.model == "tiny" else "none"), with_utility=cfg.model == "tiny")  # as the demo's tiny single models are finetuned
+                    layout=cfg.s3t_layout, lr_schedule=cfg.s3t_lr_schedule, head=cfg.s3t_head or default_head(cfg.model),
+                    with_utility=cfg.model == "tiny")  # as the demo's tiny single models are finetuned
     run_dir = out / "s3t_deleted"
     run_dir.mkdir()
     t0 = time.time()

@@ -92,7 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
     inputs = [args.data, None if args.model == "tiny" else args.model]
     check_split(args.split, args.data)  # validate before creating anything (and before torch)
     check_output(args.output, args.overwrite, inputs)
-    from llm_unlearn.s3t.train import S3TConfig, train_s3t, validate_config
+    from llm_unlearn.s3t.train import S3TConfig, default_head, train_s3t, validate_config
 
 
     cfg = S3TConfig(
@@ -102,7 +102,7 @@ def run_train(args: argparse.Namespace) -> int:
         lr=args.lr if args.lr is not None else (1e-2 if args.model == "tiny" else 1e-3),
         batch_size=args.batch_size, max_length=args.max_length, max_items=args.max_items, seed=args.seed,
         prompt_loss=args.prompt_loss, with_utility=args.with_utility, layout=args.layout,
-        head=args.head or ("lora" if args.model == "tiny" else "none"),
+        head=args.head or default_head(args.model),
         lr_schedule=args.lr_schedule, **({"aggregate": args.aggregate} if args.aggregate else {}), exclude_ids=list(args.exclude_ids), exclude_split=args.exclude_split,
     )
     validate_config(cfg)  # before creating anything

@@ -74,6 +74,11 @@ LAYOUTS = ("blocks", "stacked")
 # stacked layout's), so a stage's head delta depends only on slices 1..i and a deletion drops it as
 # exactly. A small model's frozen head caps what its adapters can learn (benchmarks/s3t_adapter_ablation.py).
 HEADS = ("none", "lora")
+
+
+def default_head(model: str) -> str:
+    """The head a run trains unless told: lora for the random tiny model, none for a pretrained one."""
+    return "lora" if model == "tiny" else "none"
 # The learning rate within a stage. constant: `lr` at every step; linear: from `lr` down to 0 over
 # the stage's steps (the HF Trainer's default decay, without warmup). The schedule depends only on
 # the stage's step count, a function of its sample count, so a retrain reproduces it exactly.
