@@ -16,11 +16,14 @@
               model, and serving cost (scoring and generation tokens/s, beside the single model's).
               Forget quality against the exact-retrain reference, with bit-identity of the served
               weights. ``--model smollm2 --data /path/to/tofu --authors N`` runs the same on the
-              SmolLM2 TOFU subset (expensive: run it under ``flock /tmp/heavy.lock``).
+              SmolLM2 TOFU subset (expensive: one seed per process, ``--threads 1``, each under its own tag,
+              then ``--combine`` merges them into one row).
 
     PYTHONPATH=. python benchmarks/s3t_deletion.py --sections latency,stream,demo
-    PYTHONPATH=. flock /tmp/heavy.lock python benchmarks/s3t_deletion.py --sections demo --model smollm2 \
-        --data /work/shared/data/tofu --authors 4 --seeds 0 --tag smollm2
+    for s in 0 1 2; do PYTHONPATH=. python benchmarks/s3t_deletion.py --sections demo --model smollm2 \
+        --data /work/shared/data/tofu --demo-authors 5 --seeds $s --tag smollm2_s$s & done; wait
+    PYTHONPATH=. python benchmarks/s3t_deletion.py --sections none --combine smollm2_s0,smollm2_s1,smollm2_s2 \
+        --tag smollm2
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import argparse
 import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -294,7 +298,8 @@ def bench_demo(tmp: Path, args) -> dict:
             del model
         per_seed.append(row)
         _print_demo_seed(row)
-    return {"model": args.model, "data": args.data or "synthetic (demo default)", "authors": args.demo_authors,
+    return {"command": "python benchmarks/s3t_deletion.py " + " ".join(sys.argv[1:]),
+            "model": args.model, "data": args.data or "synthetic (demo default)", "authors": args.demo_authors,
             "prompt_loss": args.prompt_loss, "s3t_lora_r": args.s3t_lora_r, "s3t_layout": args.s3t_layout, "s3t_epochs": args.s3t_epochs,
             "s3t_lr": args.s3t_lr, "s3t_lr_schedule": args.s3t_lr_schedule, "s3t_head": args.s3t_head,
             "s3t_base_paraphrases": args.s3t_base_paraphrases, "s3t_base_authors": args.s3t_base_authors,
@@ -424,6 +429,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-reference", action="store_true",
                    help="demo: skip the exact-retrain reference (one S3T training less per seed; no exactness check)")
+    p.add_argument("--combine", default=None,
+                   help="comma list of demo tags already in the results (one seed each, run in parallel) to merge "
+                        "into one row demo_TAG; run with --sections none")
     p.add_argument("--workdir", default=None, help="keep every run here (default: a temporary directory)")
     args = p.parse_args()
     from llm_unlearn.perf import tune_allocator
@@ -432,7 +440,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     sections = set(args.sections.split(","))
     result = {"settings": vars(args), "machine": machine_info(),
-              "command": "python benchmarks/s3t_deletion.py " + " ".join(__import__("sys").argv[1:])}
+              "command": "python benchmarks/s3t_deletion.py " + " ".join(sys.argv[1:])}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         if args.workdir:  # kept after the run (a long SmolLM2 run's models and logs)
@@ -472,6 +480,14 @@ def main() -> None:
     merged = json.loads(path.read_text()) if path.is_file() else {}  # keep sections not rerun
     merged.pop("tofu", None)  # replaced by the demo sections (issue 18)
     merged.update(result)
+    if args.combine:  # seeds run as parallel processes, each under its own tag: one row
+        keys = [f"demo_{t}" for t in args.combine.split(",") if t]
+        missing = [k for k in keys if k not in merged]
+        if missing:
+            raise SystemExit(f"error: --combine: no {', '.join(missing)} in {path}")
+        parts = [merged.pop(k) for k in keys]
+        seeds = [s for part in parts for s in part["seeds"]]
+        merged[f"demo_{args.tag}"] = {**parts[0], "seeds": seeds, "by_mode": _by_mode(seeds), "combined_from": keys}
     merged["targets"] = _targets(merged)
     path.write_text(json.dumps(merged, indent=1, default=str) + "\n")
     for t in merged["targets"]:
