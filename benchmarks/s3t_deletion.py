@@ -15,7 +15,7 @@
               single retain model's (target: ≥ 0.9×), forget quality against the single retain
               model, and serving cost (scoring and generation tokens/s, beside the single model's).
               Forget quality against the exact-retrain reference, with bit-identity of the served
-              weights. ``--model smollm2 --data /path/to/tofu --authors N`` runs the same on the
+              weights. ``--model smollm2 --data /path/to/tofu --demo-authors N`` runs the same on the
               SmolLM2 TOFU subset (expensive: one seed per process, ``--threads 1``, each under its own tag,
               then ``--combine`` merges them into one row).
 
@@ -487,7 +487,8 @@ def main() -> None:
             raise SystemExit(f"error: --combine: no {', '.join(missing)} in {path}")
         parts = [merged.pop(k) for k in keys]
         seeds = [s for part in parts for s in part["seeds"]]
-        merged[f"demo_{args.tag}"] = {**parts[0], "seeds": seeds, "by_mode": _by_mode(seeds), "combined_from": keys}
+        merged[f"demo_{args.tag}"] = {**parts[0], "seeds": seeds, "by_mode": _by_mode(seeds), "combined_from": keys,
+                                         "command": [part.get("command") for part in parts]}
     merged["targets"] = _targets(merged)
     path.write_text(json.dumps(merged, indent=1, default=str) + "\n")
     for t in merged["targets"]:
