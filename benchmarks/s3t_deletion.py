@@ -365,11 +365,15 @@ def _targets(result: dict) -> list[dict]:
         out.append({"target": f"{key}: S3T served MU >= 0.9 x the single retain model's ({best}, worst of "
                               f"{len(r['seeds'])} seed(s))", "limit": 0.9, "measured": round(worst_seed, 3),
                     "pass": worst_seed >= 0.9})
-        fq_t = [s["target_fq"] for s in r["seeds"] if s.get("target_fq") is not None]
-        if r.get("model") not in (None, "tiny") and fq_t:  # a pretrained model: did the single models learn?
-            out.append({"target": f"{key}: the single models memorised (FQ(target) <= 1e-3, worst seed), so the "
-                                  "ratio above compares with a model that learned the data", "limit": 1e-3,
-                        "measured": max(fq_t), "pass": max(fq_t) <= 1e-3})
+        # A pretrained model: did the single models learn their data? Else a ratio near 1 says little.
+        # Probability, not FQ: on 20 forget items the KS test on truth ratios left FQ(target) at
+        # 0.004-0.081 for a target whose forget probability was 0.95 (that of a model that never saw them: 0.04).
+        learned = [min(s["target_forget_probability"], s["retain_terms"]["retain_probability"]) for s in r["seeds"]
+                   if s.get("target_forget_probability") is not None and s.get("retain_terms", {}).get("retain_probability")]
+        if r.get("model") not in (None, "tiny") and learned:
+            out.append({"target": f"{key}: the single models learned their data (target's forget probability and "
+                                  "retain model's retain probability >= 0.8, worst seed)", "limit": 0.8,
+                        "measured": round(min(learned), 3), "pass": min(learned) >= 0.8})
         checked = [s for s in r["seeds"] if s["exactness"].get("forget_quality_vs_reference") is not None]
         if not checked:  # run with --no-reference
             continue
