@@ -263,7 +263,7 @@ def _run_demo_into(cfg: DemoConfig, out: Path, t_start: float) -> dict[str, Any]
     exact = summary["s3t_exactness"] or {}
     if exact and exact["forget_quality_vs_reference"] is None:
         print(f"\nS3T ({exact['aggregate']}): forget quality {_fmt_or_na(exact['forget_quality_vs_retain_model'])} vs "
-              "the single retain model; no exact-retrain reference was trained (s3t_reference off).")
+              f"the single retain model; {exact['meaning']}.")
     elif exact:
         print(f"\nS3T ({exact['aggregate']}): forget quality {exact['forget_quality_vs_reference']:.3g} vs the "
               f"exact-retrain reference (served weights bit-identical: {exact['served_weights_identical_to_reference']}),"
@@ -435,14 +435,13 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
                    "retrained_shards": retrained, "delete_s": round(timings["s3t_delete"], 4),
                    "retrain_s": round(timings["s3t_retrain"], 2)})
     model = load_s3t_model(run_dir)
+    summary = evaluate(run_dir, model, model.tokenizer, "s3t_deleted", retain_logs)
+    exactness = summary["s3t_exactness"] = {
+        "aggregate": model.aggregate, "served_weights_identical_to_reference": None, "forget_quality_vs_reference": None,
+        "forget_quality_vs_retain_model": summary.get("metrics", {}).get("forget_quality"),
+        "meaning": "no exact-retrain reference was trained (s3t_reference off)",
+    }
     if not cfg.s3t_reference:
-        summary = evaluate(run_dir, model, model.tokenizer, "s3t_deleted", retain_logs)
-        summary["s3t_exactness"] = {
-            "aggregate": model.aggregate, "served_weights_identical_to_reference": None,
-            "forget_quality_vs_reference": None,
-            "forget_quality_vs_retain_model": summary.get("metrics", {}).get("forget_quality"),
-            "meaning": "no exact-retrain reference was trained (s3t_reference off)",
-        }
         return summary
     # The exact-retrain reference: the same plan and seeds with the forget authors left out from the
     # start, served at the same prefixes. Exact deletion means the two are the same model.
@@ -451,17 +450,11 @@ def _s3t(cfg: DemoConfig, data: Path, out: Path, retain_logs: Path, evaluate, ti
     t3 = time.time()
     train_s3t(S3TConfig(output=str(ref_dir), exclude_split=cfg.forget_split, **settings))
     timings["s3t_reference_train"] = time.time() - t3
-    comparison = compare_with_reference(run_dir, ref_dir)
-    summary = evaluate(run_dir, model, model.tokenizer, "s3t_deleted", retain_logs)
     reference = load_s3t_model(ref_dir, serve_like=run_dir)
     evaluate(ref_dir, reference, reference.tokenizer, "s3t_reference")
-    vs_ref = compute_summary(read_logs(run_dir / "eval" / "per_item.json"),
-                             read_logs(ref_dir / "eval" / "per_item.json"))["metrics"]["forget_quality"]
-    summary["s3t_exactness"] = {
-        "aggregate": model.aggregate,
-        "served_weights_identical_to_reference": comparison["identical"],
-        "forget_quality_vs_reference": vs_ref,
-        "forget_quality_vs_retain_model": summary.get("metrics", {}).get("forget_quality"),
-        "meaning": S3T_FQ_MEANING,
-    }
+    exactness.update(
+        served_weights_identical_to_reference=compare_with_reference(run_dir, ref_dir)["identical"],
+        forget_quality_vs_reference=compute_summary(read_logs(run_dir / "eval" / "per_item.json"),
+                                                    read_logs(ref_dir / "eval" / "per_item.json"))["metrics"]["forget_quality"],
+        meaning=S3T_FQ_MEANING)
     return summary

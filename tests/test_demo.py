@@ -153,3 +153,20 @@ def test_s3t_base_corpus_leaves_out_the_demo_authors(tmp_path):
     big = s3t_base_corpus(cfg, data)
     assert len(big.meta["authors"]) == 30 and "full_paraphrased" not in big
     assert len(big["full"]) == 2 * 30 * cfg.qa_per_author  # every item in its answer's and its paraphrase's wording
+
+
+def test_demo_without_the_exact_retrain_reference(tmp_path, capsys):
+    """`s3t_reference=False` (the benchmark's --no-reference) trains no reference and says so, and
+    still serves and evaluates the deleted ensemble."""
+    from llm_unlearn.demo import DemoConfig, run_demo
+
+    out = tmp_path / "out"
+    summary = run_demo(DemoConfig(output=str(out), small=True, authors=10, methods=[], s3t_reference=False,
+                                  eval_max_items=8))
+    assert not (out / "s3t_reference").exists()
+    assert (out / "s3t_deleted" / "eval" / "per_item.json").is_file()
+    exact = summary["s3t_exactness"]
+    assert exact["forget_quality_vs_reference"] is None and exact["served_weights_identical_to_reference"] is None
+    assert exact["forget_quality_vs_retain_model"] is not None
+    assert "s3t_reference_train" not in summary["timings_s"]
+    assert "no exact-retrain reference was trained" in capsys.readouterr().out

@@ -79,6 +79,8 @@ HEADS = ("none", "lora")
 def default_head(model: str) -> str:
     """The head a run trains unless told: lora for the random tiny model, none for a pretrained one."""
     return "lora" if model == "tiny" else "none"
+
+
 # The learning rate within a stage. constant: `lr` at every step; linear: from `lr` down to 0 over
 # the stage's steps (the HF Trainer's default decay, without warmup). The schedule depends only on
 # the stage's step count, a function of its sample count, so a retrain reproduces it exactly.
