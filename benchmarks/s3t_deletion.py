@@ -29,6 +29,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import statistics
@@ -445,11 +446,10 @@ def main() -> None:
     sections = set(args.sections.split(","))
     result = {"settings": vars(args), "machine": machine_info(),
               "command": "python benchmarks/s3t_deletion.py " + " ".join(sys.argv[1:])}
-    with tempfile.TemporaryDirectory() as d:
+    if args.workdir:  # kept after the run (a long SmolLM2 run's models and logs)
+        Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    with contextlib.nullcontext(args.workdir) if args.workdir else tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        if args.workdir:  # kept after the run (a long SmolLM2 run's models and logs)
-            tmp = Path(args.workdir)
-            tmp.mkdir(parents=True, exist_ok=True)
         data = _data(tmp, args.authors, args.qa_per_author)
         if "latency" in sections:
             r = result["latency"] = bench_latency(tmp, data, args)
