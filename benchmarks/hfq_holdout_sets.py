@@ -114,6 +114,22 @@ def random_draws(every: list[dict], per_author: int, block: int, draws: int, siz
     return out
 
 
+def earlier_rows(path: str | None, table: list[dict], columns: list[str]) -> tuple[list[dict], dict[str, float]]:
+    """The rows of an earlier report (`path`) for runs `table` does not hold, each marked with its
+    source, and, for the runs in both, the largest relative difference over `columns` (a rebuilt
+    target or retain model should read as it did)."""
+    if not path:
+        return [], {}
+    mine = {r["run"]: r for r in table}
+    old = json.loads(Path(path).read_text())["rows"]
+    missing = [c for c in columns if any(c not in r for r in old)]
+    if missing:
+        raise SystemExit(f"error: {path}: rows without {missing[0]!r} (another holdout layout)")
+    agreement = {r["run"]: max(abs(r[c] - mine[r["run"]][c]) / max(abs(r[c]), 1e-300) for c in columns)
+                 for r in old if r["run"] in mine}
+    return [{**r, "from": path} for r in old if r["run"] not in mine], agreement
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", required=True, help="the frontier's runs directory (runs_<hash>)")
@@ -129,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--score-only", action="store_true", help="score the runs, write the cache, print no report")
     p.add_argument("--report-only", action="store_true", help="score nothing: report the runs the caches hold in full")
     p.add_argument("--per-author", type=int, default=20, help="items per author in holdout_all (TOFU: 20)")
+    p.add_argument("--with-rows", default=None, metavar="JSON",
+                   help="an earlier report of this benchmark on the same data: its rows (each run's HFQ on every "
+                        "fixed holdout set) join this one's for the runs scored here no longer (weights gone), so the "
+                        "fixed sets' Spearman covers both; runs in both are compared (the largest difference is "
+                        "reported); the random draws need per-item scores and cover this report's runs only")
+    p.add_argument("--same-as", nargs="+", default=[], metavar="RUN=OTHER",
+                   help="a run whose weights are OTHER's (a tuned search that restored its start: the target), "
+                        "whose cache entry is gone: its row is OTHER's, under its own name")
     p.add_argument("--out", default=str(RESULTS / "hfq_holdout_sets.json"))
     args = p.parse_args(argv)
     import torch
@@ -191,7 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     table = [{"run": r, "forget_quality": fq[r],
               **{f"{kind} {name}": hfq(r, k, kind == "anchored") for name, k in keep.items()
                  for kind in ("own", "anchored")}} for r in complete]
-    spearman = {f"{kind} {name}": rank(k, kind == "anchored") for name, k in keep.items() for kind in ("own", "anchored")}
+    columns = [f"{kind} {name}" for name in keep for kind in ("own", "anchored")]
+    earlier, agreement = earlier_rows(args.with_rows, table, ["forget_quality", *columns])
+    table += earlier
+    for spec in args.same_as:
+        run, _, other = spec.partition("=")
+        src = next((r for r in table if r["run"] == other), None)
+        if src is None or not run:
+            raise SystemExit(f"error: --same-as {spec}: no row {other!r} to copy")
+        table.append({**src, "run": run, "same_as": other})
+    pooled = [r for r in table if r["run"] != "retain"]
+    spearman = {c: M.spearman([r[c] for r in pooled], [r["forget_quality"] for r in pooled]) for c in columns}
     sizes = sorted(n for n in {40, 80, 120, 160, 200, holdout_size(args.block * args.per_author), 320} if n < len(every))
     draws = random_draws(every, args.per_author, args.block, args.draws, sizes)
     spread = {}
@@ -210,10 +244,14 @@ def main(argv: list[str] | None = None) -> int:
                     [[r["run"], r["forget_quality"], *[r[c] for c in show],
                       f"{min(r['own ' + b] for b in blocks):.3g}-{max(r['own ' + b] for b in blocks):.3g}"]
                      for r in table]))
-    print(f"\nSpearman(HFQ, true FQ) over {len(evaluated)} runs (the retain model's row excluded):")
+    if args.with_rows:
+        print(f"\n{len(earlier)} runs from {args.with_rows} (not scored here); runs in both: "
+              + (", ".join(f"{r} (largest relative difference {d:.2g})" for r, d in agreement.items()) or "none"))
+    print(f"\nSpearman(HFQ, true FQ) over {len(pooled)} runs (the retain model's row excluded):")
     print(fmt_table(["Holdout set", "Items", "own-model HFQ", "anchored HFQ"],
                     [[n, len(keep[n]), spearman[f"own {n}"], spearman[f"anchored {n}"]] for n in keep]))
-    print(f"\n{args.draws} random holdout sets of each kind (Spearman, own-model / anchored):")
+    print(f"\n{args.draws} random holdout sets of each kind (Spearman over the {len(evaluated)} runs scored here, "
+          "own-model / anchored):")
     print(fmt_table(["Kind", "Reference", "median", "10th pct", "90th pct", "min", "share >= 0.8"],
                     [[n.split(" ", 1)[1], n.split(" ", 1)[0], d["median"], d["p10"], d["p90"], d["min"], d["share >= 0.8"]]
                      for n, d in spread.items()]))
@@ -225,12 +263,13 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "hfq_holdout_sets", "machine": machine_info(), "command": " ".join(sys.argv),
         "settings": {"runs": str(runs), "data": args.data, "forget_split": args.forget_split, "block": args.block,
                      "draws": args.draws, "holdout_sets": {k: len(v) for k, v in keep.items()}},
-        "rows": table, "spearman": spearman, "random_draws": spread, "n": len(evaluated),
+        "rows": table, "spearman": spearman, "random_draws": spread, "n": len(pooled), "n_scored": len(evaluated),
+        "with_rows": args.with_rows, "agreement_with_earlier": agreement,
         "not_scored": sorted(set(skipped) | (set(scores) - set(complete))),
         "total_s": round(time.time() - t0, 1),
         "targets": [{"target": f"own-model HFQ ranks runs like true FQ on the evaluation's holdout draw ({pick}): "
                                "Spearman >= 0.8", "limit": 0.8, "measured": spearman[f"own {pick}"],
-                     "n": len(evaluated), "pass": spearman[f"own {pick}"] >= 0.8},
+                     "n": len(pooled), "pass": spearman[f"own {pick}"] >= 0.8},
                     {"target": f"... and on 90 % of random draws of that size (10th percentile of {args.draws})",
                      "limit": 0.8, "measured": p10, "n": len(evaluated), "pass": p10 is not None and p10 >= 0.8}],
     }

@@ -272,6 +272,8 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
                      hfq_reference=args.tune_hfq_reference, progress=not args.no_progress,
                      beta_range=tuned_beta_range(method, args),
                      alpha_range=tuple(args.tune_alpha_range) if args.tune_alpha_range else None,
+                     **({f"lr_{m}": tuple(args.tune_lr_range) for m in args.tune_modes.split(",")}
+                        if args.tune_lr_range else {}),
                      guided=args.tune_guided,
                      **({"holdout_split": HOLDOUT_ALL, "holdout_items": args.tune_holdout_items}
                         if args.tune_holdout_items else {}))
@@ -756,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
                         "GradDiff keep the library's ranges (default: the library's for every row)")
     p.add_argument("--tune-alpha-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="alpha range (the retain term's weight) the tuner searches, every row (default the library's)")
+    p.add_argument("--tune-lr-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="learning-rate range the tuner searches in every tuned mode, every row (default the "
+                        "library's per mode); LOW = HIGH with one trial reruns a recorded trial's point")
     p.add_argument("--tune-guided", action="store_true",
                    help="llm-unlearn tune --guided: after a trial that stopped short or overshot, the next moves "
                         "NPO's beta (others: the lr) the other way instead of a TPE draw; with a larger "
@@ -855,6 +860,7 @@ def main(argv: list[str] | None = None) -> int:
                              "seeds": tune_seeds(args), "utility_items": args.tune_utility_items, "score_items": args.tune_score_items or args.eval_items,
                              "hfq_reference": args.tune_hfq_reference, "holdout_items": args.tune_holdout_items,
                              "beta_range": args.tune_beta_range, "alpha_range": args.tune_alpha_range,
+                             "lr_range": args.tune_lr_range,
                              "guided": args.tune_guided,
                              "objective": "max HFQ s.t. utility proxy >= 0.95 x target (retain-free)"}
     # one directory for every budget: a run's own stamp holds its epochs and learning rate, and a run

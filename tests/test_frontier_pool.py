@@ -69,3 +69,25 @@ def test_chosen_direction_read_or_recomputed():
     assert tofu_frontier.chosen_direction(trials, {"number": 0, "best_step": 50}) == "alike"
     assert tofu_frontier.chosen_direction(trials, {"number": 1, "best_step": 25}) == "overshot"
     assert tofu_frontier.chosen_direction(trials, {"number": 1, "best_step": 99}) is None
+
+
+def test_hfq_holdout_sets_joins_an_earlier_reports_rows(tmp_path):
+    """`hfq_holdout_sets.py --with-rows`: an earlier report's rows join for the runs not scored again
+    (weights gone); a run scored in both is compared, not duplicated; another holdout layout is refused."""
+    import hfq_holdout_sets
+
+    cols = ["forget_quality", "own spread 240", "anchored spread 240"]
+    old = [{"run": "target", "forget_quality": 2e-5, "own spread 240": 1e-6, "anchored spread 240": 1e-6},
+           {"run": "gone", "forget_quality": 0.3, "own spread 240": 0.2, "anchored spread 240": 0.25}]
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"rows": old}))
+    mine = [{"run": "target", "forget_quality": 2e-5, "own spread 240": 1.1e-6, "anchored spread 240": 1e-6},
+            {"run": "new", "forget_quality": 0.05, "own spread 240": 0.01, "anchored spread 240": 0.02}]
+
+    rows, agreement = hfq_holdout_sets.earlier_rows(str(path), mine, cols)
+
+    assert [r["run"] for r in rows] == ["gone"] and rows[0]["from"] == str(path)
+    assert agreement == {"target": pytest.approx(0.1)}  # the rebuilt target read 10 % off on one column
+    assert hfq_holdout_sets.earlier_rows(None, mine, cols) == ([], {})
+    with pytest.raises(SystemExit, match="rows without 'own all 400'"):
+        hfq_holdout_sets.earlier_rows(str(path), mine, [*cols, "own all 400"])
