@@ -124,7 +124,7 @@ def earlier_rows(path: str | None, table: list[dict], columns: list[str]) -> tup
     old = json.loads(Path(path).read_text())["rows"]
     missing = [c for c in columns if any(c not in r for r in old)]
     if missing:
-        raise SystemExit(f"error: {path}: rows without {missing[0]!r} (another holdout layout)")
+        raise ValueError(f"{path}: rows without {missing[0]!r} (another holdout layout)")
     agreement = {r["run"]: max(abs(r[c] - mine[r["run"]][c]) / max(abs(r[c]), 1e-300) for c in columns)
                  for r in old if r["run"] in mine}
     return [{**r, "from": path} for r in old if r["run"] not in mine], agreement
@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="an earlier report of this benchmark on the same data: its rows (each run's HFQ on every "
                         "fixed holdout set) join this one's for the runs scored here no longer (weights gone), so the "
                         "fixed sets' Spearman covers both; runs in both are compared (the largest difference is "
-                        "reported); the random draws need per-item scores and cover this report's runs only")
+                        "reported); the random draws need every run's per-item scores, so none are drawn and the report "
+                        "keeps the earlier one's draws target")
     p.add_argument("--same-as", nargs="+", default=[], metavar="RUN=OTHER",
                    help="a run whose weights are OTHER's (a tuned search that restored its start: the target), "
                         "whose cache entry is gone: its row is OTHER's, under its own name")
@@ -216,13 +217,18 @@ def main(argv: list[str] | None = None) -> int:
               **{f"{kind} {name}": hfq(r, k, kind == "anchored") for name, k in keep.items()
                  for kind in ("own", "anchored")}} for r in complete]
     columns = [f"{kind} {name}" for name in keep for kind in ("own", "anchored")]
-    earlier, agreement = earlier_rows(args.with_rows, table, ["forget_quality", *columns])
+    try:
+        earlier, agreement = earlier_rows(args.with_rows, table, ["forget_quality", *columns])
+    except (OSError, ValueError, KeyError) as exc:  # KeyError: a JSON without rows
+        print(f"error: --with-rows {args.with_rows}: {exc}", file=sys.stderr)
+        return 2
     table += earlier
     for spec in args.same_as:
         run, _, other = spec.partition("=")
         src = next((r for r in table if r["run"] == other), None)
         if src is None or not run:
-            raise SystemExit(f"error: --same-as {spec}: no row {other!r} to copy")
+            print(f"error: --same-as {spec}: no row {other!r} to copy", file=sys.stderr)
+            return 2
         table.append({**src, "run": run, "same_as": other})
     pooled = [r for r in table if r["run"] != "retain"]
     spearman = {c: M.spearman([r[c] for r in pooled], [r["forget_quality"] for r in pooled]) for c in columns}

@@ -89,5 +89,5 @@ def test_hfq_holdout_sets_joins_an_earlier_reports_rows(tmp_path):
     assert [r["run"] for r in rows] == ["gone"] and rows[0]["from"] == str(path)
     assert agreement == {"target": pytest.approx(0.1)}  # the rebuilt target read 10 % off on one column
     assert hfq_holdout_sets.earlier_rows(None, mine, cols) == ([], {})
-    with pytest.raises(SystemExit, match="rows without 'own all 400'"):
+    with pytest.raises(ValueError, match="rows without 'own all 400'"):
         hfq_holdout_sets.earlier_rows(str(path), mine, [*cols, "own all 400"])
