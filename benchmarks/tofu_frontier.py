@@ -834,6 +834,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs > 1 and args.worker is None and not args.report_only:
         return run_parallel(args, list(argv if argv is not None else sys.argv[1:]), methods, masks, modes)
     tasks = set(args.worker.split(",")) if args.worker else None
+    if tasks and any(t.startswith("ft:") for t in tasks) and not all(t.startswith("ft:") for t in tasks):
+        # the other tasks need both models (the target's evaluation, the retain model's logs): never skip them silently
+        print(f"error: --worker {args.worker}: ft:ROLE tasks run in a worker of their own; run "
+              f"{','.join(sorted(t for t in tasks if not t.startswith('ft:')))} in the next worker", file=sys.stderr)
+        return 2
     import torch
 
     torch.set_num_threads(args.threads)

@@ -91,3 +91,15 @@ def test_hfq_holdout_sets_joins_an_earlier_reports_rows(tmp_path):
     assert hfq_holdout_sets.earlier_rows(None, mine, cols) == ([], {})
     with pytest.raises(ValueError, match="rows without 'own all 400'"):
         hfq_holdout_sets.earlier_rows(str(path), mine, [*cols, "own all 400"])
+
+
+def test_a_worker_mixing_finetuning_with_other_tasks_is_refused(tmp_path, capsys):
+    """`--worker ft:target,eval:target` once finetuned and skipped the evaluation without a word; an
+    ft worker ends after finetuning (the evaluations need both models), so the mix is refused up front."""
+    code = tofu_frontier.main(["--data", str(tmp_path / "none"), "--cache", str(tmp_path / "cache"),
+                               "--worker", "ft:target,eval:target"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: --worker ft:target,eval:target: ft:ROLE tasks run in a worker of their own; "
+                   "run eval:target in the next worker"]
+    assert not (tmp_path / "cache").exists()
