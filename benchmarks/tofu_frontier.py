@@ -250,6 +250,31 @@ def tuned_beta_range(method: str, args) -> tuple[float, float] | None:
     return tuple(args.tune_beta_range) if args.tune_beta_range and method == "npo" else None
 
 
+def tune_config(name: str, target_dir: Path, data: Path, args, out: Path, retain_logs: Path, seed: int):
+    """The `llm_unlearn.tune` settings of one tuned row: the shared trial budget, the row's method
+    and masks, and the ranges the frontier's flags narrow (``--tune-lr-range`` LOW = HIGH with fixed
+    β / α ranges pins the default trial to a recorded point)."""
+    from llm_unlearn.tune import TuneConfig
+
+    method, masks = TUNED[name]
+    return TuneConfig(model=str(target_dir), data=str(data), output=str(out), method=method,
+                      forget_split=args.forget_split, retain_split=args.retain_split, trials=args.tune_trials, max_steps=args.tune_steps,
+                      eval_every=args.tune_every, patience=args.tune_patience,
+                      patience_warmup=args.tune_patience_warmup, modes=args.tune_modes, masks=masks,
+                      batch_size=args.batch_size, lora_r=args.lora_r, optim=args.optim, seed=seed,
+                      score_items=args.tune_score_items or args.eval_items, utility_items=args.tune_utility_items,
+                      retain_logs=str(retain_logs), eval_max_items=args.eval_items,
+                      eval_max_new_tokens=args.max_new_tokens, utility_rule=args.tune_utility_rule,
+                      hfq_reference=args.tune_hfq_reference, progress=not args.no_progress,
+                      beta_range=tuned_beta_range(method, args),
+                      alpha_range=tuple(args.tune_alpha_range) if args.tune_alpha_range else None,
+                      **({f"lr_{m}": tuple(args.tune_lr_range) for m in args.tune_modes.split(",")}
+                         if args.tune_lr_range else {}),
+                      guided=args.tune_guided,
+                      **({"holdout_split": HOLDOUT_ALL, "holdout_items": args.tune_holdout_items}
+                         if args.tune_holdout_items else {}))
+
+
 def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, retain_logs: Path,
               seed: int | None = None) -> dict[str, Any]:
     """One `tuned` row: `llm_unlearn.tune` on the target with the shared trial budget; the tuner
@@ -258,25 +283,10 @@ def tuned_run(name: str, target_dir: Path, data: Path, args, runs_dir: Path, ret
     with the same settings."""
     from llm_unlearn.tune import TuneConfig, resume_mismatch, tune
 
-    method, masks = TUNED[name]
     seed = args.seed if seed is None else seed
     out = runs_dir / tuned_dir(name, args, seed)
-    cfg = TuneConfig(model=str(target_dir), data=str(data), output=str(out), method=method,
-                     forget_split=args.forget_split, retain_split=args.retain_split, trials=args.tune_trials, max_steps=args.tune_steps,
-                     eval_every=args.tune_every, patience=args.tune_patience,
-                     patience_warmup=args.tune_patience_warmup, modes=args.tune_modes, masks=masks,
-                     batch_size=args.batch_size, lora_r=args.lora_r, optim=args.optim, seed=seed,
-                     score_items=args.tune_score_items or args.eval_items, utility_items=args.tune_utility_items,
-                     retain_logs=str(retain_logs), eval_max_items=args.eval_items,
-                     eval_max_new_tokens=args.max_new_tokens, utility_rule=args.tune_utility_rule,
-                     hfq_reference=args.tune_hfq_reference, progress=not args.no_progress,
-                     beta_range=tuned_beta_range(method, args),
-                     alpha_range=tuple(args.tune_alpha_range) if args.tune_alpha_range else None,
-                     **({f"lr_{m}": tuple(args.tune_lr_range) for m in args.tune_modes.split(",")}
-                        if args.tune_lr_range else {}),
-                     guided=args.tune_guided,
-                     **({"holdout_split": HOLDOUT_ALL, "holdout_items": args.tune_holdout_items}
-                        if args.tune_holdout_items else {}))
+    cfg = tune_config(name, target_dir, data, args, out, retain_logs, seed)
+    masks = TUNED[name][1]
     stamp = json.loads(json.dumps({k: v for k, v in vars(cfg).items() if k not in ("output", "progress")}, default=str))
     stamp_file = out / "frontier_settings.json"
     stored = json.loads(stamp_file.read_text()) if stamp_file.is_file() else None
@@ -712,7 +722,7 @@ def run_parallel(args, argv: list[str], methods: list[str], masks: list[str], mo
         _PARALLEL.clear()
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=default_data(), help="TOFU-layout directory (default ../shared/data/tofu)")
     p.add_argument("--model", default="smollm2", help="base model spec (default SmolLM2-135M-Instruct from the cache)")
@@ -799,6 +809,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="worker processes (one torch thread each): target and retain finetune side by side, then "
                         "the grid is shared out; the parent writes the outputs. Default 1: everything in this process")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # comma list of ft:ROLE, eval:ROLE, mask:M, run:NAME, tune:NAME
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.quick:
         args.authors, args.ft_epochs, args.epochs = 10, 0.1, 0.4

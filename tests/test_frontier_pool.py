@@ -103,3 +103,24 @@ def test_a_worker_mixing_finetuning_with_other_tasks_is_refused(tmp_path, capsys
     assert err == ["error: --worker ft:target,eval:target: ft:ROLE tasks run in a worker of their own; "
                    "run eval:target in the next worker"]
     assert not (tmp_path / "cache").exists()
+
+
+def test_tune_lr_range_pins_the_default_trial_to_a_recorded_point(tmp_path):
+    """`--tune-lr-range X X` with fixed β / α ranges and one trial: the one (default) trial is the
+    recorded trial's point, in every tuned mode, which is how a tuned row whose weights are gone is rerun."""
+    from llm_unlearn.tune import default_points
+
+    args = tofu_frontier.build_parser().parse_args([
+        "--tuned", "npo_rt", "--tune-trials", "1", "--tune-steps", "40", "--tune-modes", "lora,full",
+        "--tune-lr-range", "2.024e-5", "2.024e-5", "--tune-beta-range", "0.2037", "0.2037",
+        "--tune-alpha-range", "1.3996", "1.3996"])
+    args.retain_split = "retain90"
+    cfg = tofu_frontier.tune_config("npo_rt", tmp_path / "target", tmp_path / "data", args, tmp_path / "out",
+                                    tmp_path / "retain.json", seed=0)
+    assert cfg.lr_lora == cfg.lr_full == (2.024e-5, 2.024e-5)
+    points = default_points(cfg)
+    assert [(p["mode"], p[f"lr_{p['mode']}"], p["beta"], p["alpha"], p["max_steps"]) for p in points] == [
+        ("lora", 2.024e-5, 0.2037, 1.3996, 40), ("full", 2.024e-5, 0.2037, 1.3996, 40)]
+    unpinned = tofu_frontier.build_parser().parse_args(["--tuned", "npo_rt", "--tune-modes", "lora"])
+    unpinned.retain_split = "retain90"
+    assert tofu_frontier.tune_config("npo_rt", tmp_path, tmp_path, unpinned, tmp_path, tmp_path, 0).lr_lora == (1e-4, 3e-3)
